@@ -1,0 +1,60 @@
+"""homelab-media: a Proxmox VE node as a Blu-ray rip-and-transcode pipeline.
+
+Wiring only: config is validated first (components.config), then the node's side
+(MediaHost), then the two privileged containers. See README for the outputs.
+"""
+
+import sys
+
+import pulumi
+import pulumi_command as command
+import pulumi_proxmoxve as proxmoxve
+
+from components.config import ConfigError
+from components.media_host import MediaHost
+from components.remote import Node
+from components.ripper_ct import RipperCT
+from components.stack import load
+from components.transcoder_ct import TranscoderCT
+
+try:
+    inputs = load()
+except ConfigError as exc:
+    # Refused before any resource is declared: one line per problem, naming the key.
+    for message in exc.messages:
+        pulumi.log.error(message)
+    sys.exit(1)
+
+cfg = inputs.cfg
+provider = proxmoxve.Provider(
+    "pve",
+    endpoint=cfg.proxmox.endpoint,
+    insecure=cfg.proxmox.insecure,
+    username=cfg.proxmox.username,
+    password=inputs.proxmox_password,
+)
+node = Node(
+    connection=command.remote.ConnectionArgs(
+        host=cfg.ssh.host,
+        port=cfg.ssh.port,
+        user=cfg.ssh.user,
+        private_key=inputs.ssh_private_key,
+        dial_error_limit=cfg.ssh.dial_error_limit,
+        per_dial_timeout=cfg.ssh.per_dial_timeout,
+    ),
+    provider=provider,
+    node_name=cfg.proxmox.node,
+)
+
+host = MediaHost("media-host", cfg, node)
+transcoder = TranscoderCT("transcoder", cfg, node, host)
+ripper = RipperCT("ripper", cfg, node, host, makemkv_key=inputs.makemkv_key)
+
+pulumi.export("pool", host.pool)
+pulumi.export("mediaUser", host.media_user)
+pulumi.export("devices", host.discovery)
+pulumi.export("transcoder", {"vmId": transcoder.vm_id, "hostname": cfg.transcoder.hostname, "rawLines": transcoder.raw_lines})
+pulumi.export("ripper", {"vmId": ripper.vm_id, "hostname": cfg.ripper.hostname, "rawLines": ripper.raw_lines})
+pulumi.export("gpuVerification", transcoder.gpu)
+pulumi.export("driveVerification", ripper.drive)
+pulumi.export("pipeline", transcoder.pipeline)

@@ -1,0 +1,456 @@
+"""Stack configuration: pydantic models, loaded from Pulumi config or a stack file.
+
+Pure: no resources are declared here. Every bad value is refused with a message
+naming the key (as written in Pulumi.<stack>.yaml), the value and what is allowed.
+
+    python -m components.config Pulumi.homelab.yaml   # validate offline (PR check)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+NAMESPACE = "homelab-media"
+
+# The keys of the stack config, in the order people read them.
+SECTIONS = (
+    "proxmox",
+    "ssh",
+    "media",
+    "hostGroups",
+    "storage",
+    "template",
+    "network",
+    "transcoder",
+    "ripper",
+    "encoding",
+    "makemkv",
+    "devices",
+    "verify",
+)
+SECRETS = ("proxmoxPassword", "proxmoxApiToken", "sshPrivateKey", "makemkvKey")
+
+_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_HOSTNAME = re.compile(r"^(?!-)[a-zA-Z0-9-]{1,63}(?<!-)$")
+_LANG = re.compile(r"^[a-z]{2,3}$")
+_DIR = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._ -]+)*$")
+
+
+class ConfigError(ValueError):
+    """Configuration refused; `messages` holds one line per problem."""
+
+    def __init__(self, messages: list[str]):
+        self.messages = messages
+        super().__init__("\n".join(messages))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class ProxmoxConfig(_Model):
+    endpoint: str = Field(description="PVE API URL, e.g. https://pve.lan:8006/")
+    node: str = Field(description="node name as shown in the PVE tree")
+    username: str = "root@pam"
+    insecure: bool = False
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not re.match(r"^https://[^/\s]+(:\d+)?/?$", v):
+            raise ValueError("must be the API base URL like https://pve.lan:8006/")
+        return v if v.endswith("/") else v + "/"
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, v: str) -> str:
+        if not _HOSTNAME.match(v):
+            raise ValueError("must be the node name (letters, digits, '-')")
+        return v
+
+
+class SshConfig(_Model):
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    user: Literal["root"] = "root"
+    dial_error_limit: int = Field(5, ge=1, le=100)
+    per_dial_timeout: int = Field(10, ge=1, le=300, description="seconds per dial")
+
+
+class MediaUser(_Model):
+    user: str = "media"
+    uid: int = Field(1000, ge=1, le=65533)
+    gid: int = Field(1000, ge=1, le=65533)
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("must be a Linux user name (lowercase, digits, '_' or '-')")
+        return v
+
+
+class HostGroups(_Model):
+    """The node's numeric GIDs of the device groups (PVE 8: video 44, render 104, cdrom 24)."""
+
+    video: int = Field(44, ge=1, le=65533)
+    render: int = Field(104, ge=1, le=65533)
+    cdrom: int = Field(24, ge=1, le=65533)
+
+
+class StorageConfig(_Model):
+    pool: str = "/mnt/storage"
+    staging: str = "staging"
+    movies: str = "movies"
+    tv: str = "tv"
+    require_mount: bool = True
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, v: str) -> str:
+        if not v.startswith("/") or v.rstrip("/") in ("", "/") or ".." in v.split("/"):
+            raise ValueError("must be an absolute path below / such as /mnt/storage")
+        return v.rstrip("/")
+
+    @field_validator("staging", "movies", "tv")
+    @classmethod
+    def _subdir(cls, v: str) -> str:
+        if v.startswith("/") or ".." in v.split("/") or not _DIR.match(v):
+            raise ValueError("must be a relative directory under the pool, e.g. 'staging' or 'media/staging'")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "StorageConfig":
+        dirs = [self.staging, self.movies, self.tv]
+        if len(set(dirs)) != 3:
+            raise ValueError("staging, movies and tv must be three different directories")
+        return self
+
+    def path(self, sub: str) -> str:
+        return f"{self.pool}/{sub}"
+
+    @property
+    def staging_path(self) -> str:
+        return self.path(self.staging)
+
+    @property
+    def movies_path(self) -> str:
+        return self.path(self.movies)
+
+    @property
+    def tv_path(self) -> str:
+        return self.path(self.tv)
+
+
+class TemplateConfig(_Model):
+    datastore: str = "local"
+    url: str = "http://download.proxmox.com/images/system/debian-12-standard_12.7-1_amd64.tar.zst"
+    file_name: str = "debian-12-standard_12.7-1_amd64.tar.zst"
+    checksum: str | None = None
+    checksum_algorithm: Literal["md5", "sha1", "sha224", "sha256", "sha384", "sha512"] = "sha512"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://\S+$", v):
+            raise ValueError("must be an http(s) URL of a container template")
+        return v
+
+    @field_validator("file_name")
+    @classmethod
+    def _file_name(cls, v: str) -> str:
+        if not re.match(r"^[\w.+-]+\.tar\.(zst|gz|xz)$", v):
+            raise ValueError("must be a template file name ending in .tar.zst, .tar.gz or .tar.xz")
+        return v
+
+
+class NetworkConfig(_Model):
+    bridge: str = "vmbr0"
+    gateway: str | None = None
+    dns: list[str] = []
+
+    @field_validator("bridge")
+    @classmethod
+    def _bridge(cls, v: str) -> str:
+        if not re.match(r"^[a-zA-Z][a-zA-Z0-9_.-]{0,14}$", v):
+            raise ValueError("must be a Linux bridge name such as vmbr0")
+        return v
+
+    @field_validator("gateway")
+    @classmethod
+    def _gateway(cls, v: str | None) -> str | None:
+        if v is not None:
+            ipaddress.IPv4Address(v)
+        return v
+
+
+class ContainerConfig(_Model):
+    vm_id: int = Field(ge=100, le=999_999_999)
+    hostname: str
+    cores: int = Field(ge=1, le=512)
+    memory: int = Field(ge=64, le=4_194_304, description="MiB")
+    swap: int = Field(0, ge=0, le=4_194_304, description="MiB")
+    disk_gb: int = Field(ge=2, le=131_072)
+    datastore: str = "local-lvm"
+    ipv4: str = "dhcp"
+    start_on_boot: bool = True
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str) -> str:
+        if not _HOSTNAME.match(v):
+            raise ValueError("must be a hostname (letters, digits, '-', at most 63)")
+        return v
+
+    @field_validator("ipv4")
+    @classmethod
+    def _ipv4(cls, v: str) -> str:
+        if v == "dhcp":
+            return v
+        try:
+            iface = ipaddress.IPv4Interface(v)
+        except ValueError:
+            raise ValueError("must be 'dhcp' or an address with prefix such as 192.168.1.201/24") from None
+        if "/" not in v:
+            raise ValueError("needs a prefix length, such as 192.168.1.201/24")
+        return str(iface)
+
+
+class EncodingConfig(_Model):
+    languages: list[str] = ["eng", "bul"]
+    encoder: Literal["libx265", "hevc_qsv"] = "libx265"
+    preset: Literal[
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
+    ] = "slow"
+    crf: int = Field(18, ge=0, le=51)
+
+    @field_validator("languages")
+    @classmethod
+    def _languages(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("needs at least one language code, e.g. [eng]")
+        bad = [x for x in v if not _LANG.match(x)]
+        if bad:
+            raise ValueError(f"{bad} are not ISO 639 codes; use 2 or 3 lowercase letters like eng or bg")
+        return v
+
+
+class MakeMkvConfig(_Model):
+    install: bool = True
+    version: str = "1.18.1"
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not re.match(r"^\d+\.\d+\.\d+$", v):
+            raise ValueError("must be a MakeMKV release like 1.18.1")
+        return v
+
+
+class DevicesConfig(_Model):
+    """Bump `rediscover` after moving hardware (a new GPU, another sg index) to re-run discovery."""
+
+    rediscover: int = Field(1, ge=0)
+
+
+class VerifyConfig(_Model):
+    strict: bool = False
+
+
+class Secrets(_Model):
+    """Which secrets are present (values stay in Pulumi; never stored here)."""
+
+    proxmox_password: bool = False
+    proxmox_api_token: bool = False
+    ssh_private_key: bool = False
+    makemkv_key: bool = False
+
+
+class StackConfig(_Model):
+    proxmox: ProxmoxConfig
+    ssh: SshConfig
+    media: MediaUser = MediaUser()
+    host_groups: HostGroups = HostGroups()
+    storage: StorageConfig = StorageConfig()
+    template: TemplateConfig = TemplateConfig()
+    network: NetworkConfig = NetworkConfig()
+    transcoder: ContainerConfig
+    ripper: ContainerConfig
+    encoding: EncodingConfig = EncodingConfig()
+    makemkv: MakeMkvConfig = MakeMkvConfig()
+    devices: DevicesConfig = DevicesConfig()
+    verify: VerifyConfig = VerifyConfig()
+    secrets: Secrets = Secrets()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "StackConfig":
+        if self.transcoder.vm_id == self.ripper.vm_id:
+            raise ValueError(
+                f"transcoder.vmId and ripper.vmId are both {self.ripper.vm_id}; give each container its own id"
+            )
+        if self.transcoder.hostname == self.ripper.hostname:
+            raise ValueError("transcoder.hostname and ripper.hostname must differ")
+        return self
+
+
+def _key_of(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    idx = [p for p in loc if isinstance(p, int)]
+    key = ".".join(to_camel(p) if "_" in p else p for p in parts)
+    if idx:
+        key += f"[{idx[0]}]"
+    return key
+
+
+def _auth_problems(raw: dict[str, Any], secrets: Secrets, require_secrets: bool) -> list[str]:
+    problems = []
+    if secrets.proxmox_api_token:
+        problems.append(
+            f"{NAMESPACE}:proxmoxApiToken is set, but this stack creates privileged containers with a "
+            f"host bind mount ({'storage.pool'}) and raw device lines: Proxmox allows that only to "
+            "root@pam with a password (ticket), not to an API token, not even root@pam!token. "
+            f"Remove it (pulumi config rm {NAMESPACE}:proxmoxApiToken) and set "
+            f"`pulumi config set --secret {NAMESPACE}:proxmoxPassword` instead."
+        )
+    user = (raw.get("proxmox") or {}).get("username", "root@pam")
+    if user != "root@pam":
+        problems.append(
+            f"{NAMESPACE}:proxmox.username is {user!r}: bind-mounting {(raw.get('storage') or {}).get('pool', '/mnt/storage')} "
+            "into a privileged container is allowed only to root@pam. Set it to root@pam."
+        )
+    if not require_secrets:
+        return problems
+    if not secrets.proxmox_password and not secrets.proxmox_api_token:
+        problems.append(
+            f"{NAMESPACE}:proxmoxPassword is missing: set it with "
+            f"`pulumi config set --secret {NAMESPACE}:proxmoxPassword` (the root@pam password)."
+        )
+    if not secrets.ssh_private_key:
+        problems.append(
+            f"{NAMESPACE}:sshPrivateKey is missing: set it with "
+            f"`pulumi config set --secret {NAMESPACE}:sshPrivateKey < ~/.ssh/id_ed25519` "
+            "(a key that logs in to the node as root)."
+        )
+    return problems
+
+
+def parse(raw: dict[str, Any], secrets: Secrets, require_secrets: bool = True) -> StackConfig:
+    """Validate the structured config sections; raise ConfigError with every problem."""
+    problems: list[str] = []
+    unknown = sorted(set(raw) - set(SECTIONS))
+    for key in unknown:
+        problems.append(
+            f"{NAMESPACE}:{key} is not a setting of this program; known keys: {', '.join(SECTIONS + SECRETS)}"
+        )
+    data = {k: v for k, v in raw.items() if k in SECTIONS}
+    for key, value in data.items():
+        if not isinstance(value, dict) and key in SECTIONS:
+            problems.append(f"{NAMESPACE}:{key} must be a mapping of settings, got {value!r}")
+    if problems:
+        raise ConfigError(problems)
+    try:
+        cfg = StackConfig.model_validate({**data, "secrets": secrets})
+    except ValidationError as exc:
+        for err in exc.errors():
+            key = _key_of(err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "missing":
+                problems.append(f"{NAMESPACE}:{key} is required but missing")
+            elif err["type"] == "extra_forbidden":
+                problems.append(f"{NAMESPACE}:{key} is not a known setting (check its spelling)")
+            else:
+                problems.append(f"{NAMESPACE}:{key} = {err.get('input')!r} is refused: {msg}")
+        cfg = None
+    problems += _auth_problems(raw, secrets, require_secrets)
+    if problems:
+        raise ConfigError(problems)
+    assert cfg is not None
+    return cfg
+
+
+def from_stack_file(path: str | Path, require_secrets: bool = False) -> StackConfig:
+    """Read a Pulumi.<stack>.yaml without Pulumi (secrets count as present when set)."""
+    import yaml
+
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: no such stack file"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{p}: not valid YAML: {exc}"]) from None
+    entries = doc.get("config") or {}
+    raw: dict[str, Any] = {}
+    present: dict[str, bool] = {}
+    problems = []
+    for full_key, value in entries.items():
+        ns, _, key = str(full_key).partition(":")
+        if ns != NAMESPACE:
+            continue  # provider settings (proxmoxve:...) and others are not ours
+        if key in SECRETS:
+            if not (isinstance(value, dict) and "secure" in value):
+                problems.append(
+                    f"{p}: {full_key} is written in clear text; remove it and run "
+                    f"`pulumi config set --secret {full_key}` so Pulumi encrypts it"
+                )
+            present[key] = True
+        else:
+            raw[key] = value
+    secrets = Secrets(
+        proxmox_password=present.get("proxmoxPassword", False),
+        proxmox_api_token=present.get("proxmoxApiToken", False),
+        ssh_private_key=present.get("sshPrivateKey", False),
+        makemkv_key=present.get("makemkvKey", False),
+    )
+    try:
+        cfg = parse(raw, secrets, require_secrets)
+    except ConfigError as exc:
+        raise ConfigError(problems + exc.messages) from None
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    require = "--require-secrets" in argv
+    if require:
+        argv.remove("--require-secrets")
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        print("usage: python -m components.config [--require-secrets] Pulumi.<stack>.yaml", file=sys.stderr)
+        return 2
+    try:
+        cfg = from_stack_file(argv[0], require_secrets=require)
+    except ConfigError as exc:
+        print(f"{argv[0]}: {len(exc.messages)} problem(s):", file=sys.stderr)
+        for m in exc.messages:
+            print(f"  - {m}", file=sys.stderr)
+        return 1
+    missing = [k for k, v in cfg.secrets.model_dump(by_alias=True).items() if not v and k != "proxmoxApiToken"]
+    print(f"{argv[0]}: ok (transcoder CT {cfg.transcoder.vm_id}, ripper CT {cfg.ripper.vm_id}, pool {cfg.storage.pool})")
+    if missing:
+        print(f"  secrets not set here (fine for preview with dummies): {', '.join(missing)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

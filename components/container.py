@@ -1,0 +1,82 @@
+"""Wiring helper shared by TranscoderCT and RipperCT: one privileged LXC plus its raw lines.
+
+Privileged (the plan's choice: device nodes and the pool keep host UIDs/GIDs), the pool
+bind-mounted at the same path, nesting on, firewall off on the interface (not the plan's
+`firewall: 0`, which is no container key). A fixed vm id means a replacement must delete
+the old container first. Raw `lxc.*` lines cannot go through the API, so they are written
+into /etc/pve/lxc/<id>.conf by scripts/pve-ct-raw.sh, which restarts the container only
+when they changed.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pulumi
+import pulumi_proxmoxve as proxmoxve
+
+from .config import ContainerConfig, StackConfig
+from .remote import Node, run_script
+
+
+def privileged_container(
+    name: str,
+    ct: ContainerConfig,
+    cfg: StackConfig,
+    node: Node,
+    template_file_id: pulumi.Input[str],
+    parent: pulumi.Resource,
+    depends_on: Sequence[pulumi.Resource],
+) -> proxmoxve.ContainerLegacy:
+    ip = {"address": ct.ipv4}
+    if ct.ipv4 != "dhcp" and cfg.network.gateway:
+        ip["gateway"] = cfg.network.gateway
+    init: dict = {"hostname": ct.hostname, "ip_configs": [{"ipv4": ip}]}
+    if cfg.network.dns:
+        init["dns"] = {"servers": list(cfg.network.dns)}
+    return proxmoxve.ContainerLegacy(
+        name,
+        node_name=node.node_name,
+        vm_id=ct.vm_id,
+        description=f"{ct.hostname}: managed by the homelab-media Pulumi program",
+        unprivileged=False,
+        started=True,
+        start_on_boot=ct.start_on_boot,
+        cpu={"cores": ct.cores},
+        memory={"dedicated": ct.memory, "swap": ct.swap},
+        disk={"datastore_id": ct.datastore, "size": ct.disk_gb},
+        features={"nesting": True},
+        mount_points=[{"volume": cfg.storage.pool, "path": cfg.storage.pool}],
+        network_interfaces=[{"name": "eth0", "bridge": cfg.network.bridge, "firewall": False}],
+        initialization=init,
+        operating_system={"template_file_id": template_file_id, "type": "debian"},
+        opts=pulumi.ResourceOptions(
+            parent=parent,
+            provider=node.provider,
+            delete_before_replace=True,
+            depends_on=list(depends_on),
+        ),
+    )
+
+
+def raw_lines_step(
+    name: str,
+    vmid: int,
+    lines: pulumi.Input[list[str]],
+    node: Node,
+    parent: pulumi.Resource,
+    container: pulumi.Resource,
+):
+    """Write the wanted raw lines into the main section of the conf; restart only on change."""
+    stdin = pulumi.Output.from_input(lines).apply(lambda ls: "".join(f"{line}\n" for line in ls))
+    return run_script(
+        f"{name}-raw-lines",
+        node,
+        "pve-ct-raw.sh",
+        ["--vmid", str(vmid)],
+        stdin=stdin,
+        extra_scripts=["pve-lxc-raw.sh"],
+        parent=parent,
+        depends_on=[container],
+        replace_with=[container],
+    )

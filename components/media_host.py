@@ -1,0 +1,87 @@
+"""MediaHost: the Proxmox node's side of the pipeline.
+
+Pool check (stops the deployment before any container binds an unmounted pool), the
+media user and the pipeline's directories (never the whole pool), discovery of the
+GPU and optical drive nodes, and the container template.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_proxmoxve as proxmoxve
+
+from . import render
+from .config import StackConfig
+from .remote import Node, run_script
+
+
+class MediaHost(pulumi.ComponentResource):
+    pool: pulumi.Output[dict[str, Any]]
+    media_user: pulumi.Output[dict[str, Any]]
+    discovery: pulumi.Output[dict[str, Any]]
+    template_file_id: pulumi.Output[str]
+
+    def __init__(self, name: str, cfg: StackConfig, node: Node, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("homelab:index:MediaHost", name, None, opts)
+        st = cfg.storage
+
+        pool_args = ["--pool", st.pool] + ([] if st.require_mount else ["--no-require-mount"])
+        self.pool_check = run_script(
+            f"{name}-pool-check", node, "host-check-pool.sh", pool_args, parent=self
+        )
+
+        groups = cfg.host_groups
+        self.setup = run_script(
+            f"{name}-media-user",
+            node,
+            "host-setup.sh",
+            [
+                "--user", cfg.media.user,
+                "--uid", str(cfg.media.uid),
+                "--gid", str(cfg.media.gid),
+                "--groups", f"video:{groups.video},render:{groups.render},cdrom:{groups.cdrom}",
+                "--pool", st.pool,
+                "--dirs", ",".join([st.staging, st.movies, st.tv]),
+            ],
+            parent=self,
+            depends_on=[self.pool_check],
+        )
+
+        self.discover = run_script(
+            f"{name}-discover",
+            node,
+            "host-discover.sh",
+            parent=self,
+            depends_on=[self.pool_check],
+            triggers=[str(cfg.devices.rediscover)],
+        )
+
+        tpl = cfg.template
+        self.template = proxmoxve.download.File(
+            f"{name}-template",
+            content_type="vztmpl",
+            datastore_id=tpl.datastore,
+            node_name=node.node_name,
+            url=tpl.url,
+            file_name=tpl.file_name,
+            checksum=tpl.checksum,
+            checksum_algorithm=tpl.checksum_algorithm if tpl.checksum else None,
+            overwrite=False,
+            overwrite_unmanaged=True,
+            opts=pulumi.ResourceOptions(parent=self, provider=node.provider, retain_on_delete=True),
+        )
+
+        self.pool = self.pool_check.stdout.apply(lambda s: render.parse_json_output(s, "pool check"))
+        self.media_user = self.setup.stdout.apply(lambda s: render.parse_json_output(s, "media user"))
+        self.discovery = self.discover.stdout.apply(lambda s: render.parse_json_output(s, "discovery"))
+        self.template_file_id = self.template.id
+        self.register_outputs(
+            {
+                "pool": self.pool,
+                "mediaUser": self.media_user,
+                "discovery": self.discovery,
+                "templateFileId": self.template_file_id,
+            }
+        )

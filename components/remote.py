@@ -1,0 +1,70 @@
+"""Wiring helper: run one of scripts/ on the node (or inside a container) as a remote Command.
+
+Every step is `bash -s` over SSH to the node as root, with a bundle (components.render)
+on stdin; inside a container it is `pct exec <vmid> -- bash -s` (containers need no sshd).
+The content hash of the bundled scripts is a trigger, so a step re-runs only when its
+script or inputs change, and never during preview.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import pulumi
+import pulumi_command as command
+
+from . import render
+
+
+@dataclass(frozen=True)
+class Node:
+    """How to reach the Proxmox node: SSH connection (secret key) and the API provider."""
+
+    connection: command.remote.ConnectionArgs
+    provider: pulumi.ProviderResource
+    node_name: str
+
+
+def run_script(
+    name: str,
+    node: Node,
+    script: str,
+    args: pulumi.Input[Sequence[str]] = (),
+    stdin: pulumi.Input[str] | None = None,
+    extra_scripts: Iterable[str] = (),
+    files: Mapping[str, bytes] | None = None,
+    vmid: int | None = None,
+    parent: pulumi.Resource | None = None,
+    depends_on: Sequence[pulumi.Resource] = (),
+    triggers: Sequence[pulumi.Input[str]] = (),
+    secret_stdin: bool = False,
+    replace_with: Sequence[pulumi.Resource] = (),
+) -> command.remote.Command:
+    extra = tuple(extra_scripts)
+    files = dict(files or {})
+
+    def _render(values: list) -> str:
+        a, s = values
+        return render.bundle(script, list(a), s, extra, files)
+
+    text = pulumi.Output.all(args, stdin).apply(_render)
+    if secret_stdin:
+        text = pulumi.Output.secret(text)
+    where = "bash -s" if vmid is None else f"pct exec {vmid} -- bash -s"
+    content = render.sha256(
+        render.scripts_hash(*extra, script), *(render.sha256(k, v) for k, v in sorted(files.items()))
+    )
+    return command.remote.Command(
+        name,
+        connection=node.connection,
+        create=where,
+        stdin=text,
+        triggers=[content, *triggers],
+        opts=pulumi.ResourceOptions(
+            parent=parent,
+            depends_on=list(depends_on),
+            # a replaced container has a fresh conf and rootfs: its steps must run again
+            replace_with=list(replace_with) or None,
+        ),
+    )

@@ -1,0 +1,183 @@
+"""Pure rendering: raw LXC device lines, script bundles, deterministic archives.
+
+Nothing here talks to Pulumi or the network; every function is a plain value in,
+value out, so it is tested without an engine.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import io
+import json
+import shlex
+import tarfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+EOF_MARK = "__HOMELAB_EOF__"
+STDIN_MARK = "__HOMELAB_STDIN__"
+
+DRI_MAJOR = 226
+SR_MAJOR = 11
+SG_MAJOR = 21
+
+
+# --- raw lxc lines -------------------------------------------------------------------------
+
+
+def _node(d: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    if not d or not d.get("path"):
+        return None
+    return d
+
+
+def gpu_lines(discovery: Mapping[str, Any]) -> list[str]:
+    """cgroup allow lines for every discovered DRI node, plus the /dev/dri bind entry.
+
+    With an iGPU and an Arc card the Arc is often card1/renderD129, so every node the
+    node has is allowed (not the plan's fixed 226:0/226:128). No GPU: no lines.
+    """
+    nodes = [n for n in ((discovery.get("gpu") or {}).get("nodes") or []) if _node(n)]
+    if not nodes:
+        return []
+    lines = []
+    for n in sorted(nodes, key=lambda n: (int(n["major"]), int(n["minor"]))):
+        if int(n["major"]) != DRI_MAJOR:
+            raise ValueError(f"{n['path']}: major {n['major']} is not a DRI device ({DRI_MAJOR})")
+        lines.append(f"lxc.cgroup2.devices.allow: c {DRI_MAJOR}:{int(n['minor'])} rwm")
+    lines.append("lxc.mount.entry: /dev/dri dev/dri none bind,optional,create=dir")
+    return lines
+
+
+def drive_lines(discovery: Mapping[str, Any]) -> list[str]:
+    """Block rule for the sr node (b 11:N, never the plan's `c 11:0`), char rule for its sg node."""
+    optical = discovery.get("optical") or {}
+    sr, sg = _node(optical.get("sr")), _node(optical.get("sg"))
+    lines: list[str] = []
+    mounts: list[str] = []
+    if sr:
+        if int(sr["major"]) != SR_MAJOR:
+            raise ValueError(f"{sr['path']}: major {sr['major']} is not an optical block device ({SR_MAJOR})")
+        lines.append(f"lxc.cgroup2.devices.allow: b {SR_MAJOR}:{int(sr['minor'])} rwm")
+        mounts.append(_dev_entry(sr["path"]))
+    if sg:
+        if int(sg["major"]) != SG_MAJOR:
+            raise ValueError(f"{sg['path']}: major {sg['major']} is not a SCSI generic device ({SG_MAJOR})")
+        lines.append(f"lxc.cgroup2.devices.allow: c {SG_MAJOR}:{int(sg['minor'])} rwm")
+        mounts.append(_dev_entry(sg["path"]))
+    return lines + mounts
+
+
+def _dev_entry(path: str) -> str:
+    if not path.startswith("/dev/") or " " in path:
+        raise ValueError(f"{path!r} is not a /dev node path")
+    return f"lxc.mount.entry: {path} {path.lstrip('/')} none bind,optional,create=file"
+
+
+def parse_json_output(stdout: str, what: str) -> dict[str, Any]:
+    """The last JSON object a script printed; a readable failure state otherwise."""
+    for line in reversed((stdout or "").strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                break
+    text = (stdout or "").strip()
+    try:
+        value = json.loads(text)
+        if isinstance(value, dict):
+            return value
+    except json.JSONDecodeError:
+        pass
+    return {"ok": False, "reason": f"{what}: no JSON result in the script's output"}
+
+
+# --- script bundles ------------------------------------------------------------------------
+
+
+def script_text(name: str) -> str:
+    return (SCRIPTS / name).read_text()
+
+
+def deterministic_tarball(src: Path, arcname: str, exclude: Iterable[str] = ("__pycache__",)) -> bytes:
+    """A .tar.gz whose bytes depend only on the files' names, modes and contents."""
+    skip = set(exclude)
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=9) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            paths = sorted(p for p in src.rglob("*") if not (skip & set(p.relative_to(src).parts)))
+            for p in [src, *paths]:
+                if p.suffix == ".pyc":
+                    continue
+                info = tar.gettarinfo(str(p), arcname=str(Path(arcname) / p.relative_to(src)))
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
+                info.mtime = 0
+                info.mode = 0o755 if p.is_dir() or info.mode & 0o100 else 0o644
+                if p.is_file():
+                    with p.open("rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+    return buf.getvalue()
+
+
+def _heredoc(path_expr: str, text: str) -> str:
+    if EOF_MARK in text:
+        raise ValueError(f"{path_expr}: content contains the bundle marker {EOF_MARK}")
+    if not text.endswith("\n"):
+        text += "\n"
+    return f"cat > {path_expr} <<'{EOF_MARK}'\n{text}{EOF_MARK}\n"
+
+
+def bundle(
+    script: str,
+    args: Iterable[str] = (),
+    stdin: str | None = None,
+    extra_scripts: Iterable[str] = (),
+    files: Mapping[str, bytes] | None = None,
+) -> str:
+    """A self-contained bash program that runs scripts/<script> with args, fed to `bash -s`.
+
+    lib.sh, the script and its sibling scripts are written verbatim into a temp dir that
+    is removed on exit; binary files travel base64-encoded; the script runs with that
+    dir as its working directory; its exit code is the bundle's.
+    """
+    parts = [
+        "set -Eeuo pipefail",
+        "_d=$(mktemp -d /tmp/homelab-media.XXXXXX); trap 'rm -rf \"$_d\"' EXIT",
+    ]
+    for name in ["lib.sh", *extra_scripts, script]:
+        parts.append(_heredoc(f'"$_d/{name}"', script_text(name)).rstrip("\n"))
+    for name, data in sorted((files or {}).items()):
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"bundle file name {name!r} must be a plain file name")
+        b64 = base64.encodebytes(data).decode()
+        parts.append(f"base64 -d > \"$_d/{name}\" <<'{EOF_MARK}'\n{b64}{EOF_MARK}")
+    cmd = " ".join(["bash", f'"$_d/{script}"', *(shlex.quote(a) for a in args)])
+    if stdin is None:
+        parts.append(f'cd "$_d" && {cmd} </dev/null')
+    else:
+        if STDIN_MARK in stdin:
+            raise ValueError(f"stdin for {script} contains the bundle marker {STDIN_MARK}")
+        body = stdin if stdin.endswith("\n") or stdin == "" else stdin + "\n"
+        parts.append(f"cd \"$_d\" && {cmd} <<'{STDIN_MARK}'\n{body}{STDIN_MARK}")
+    return "\n".join(parts) + "\n"
+
+
+def sha256(*chunks: str | bytes) -> str:
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c.encode() if isinstance(c, str) else c)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def scripts_hash(*names: str) -> str:
+    """Content hash of lib.sh and the named scripts: the trigger for re-running a step."""
+    return sha256(*(script_text(n) for n in ("lib.sh", *names)))

@@ -1,0 +1,78 @@
+"""RipperCT: privileged LXC with the optical drive, MakeMKV, and drive proof."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from . import render
+from .config import StackConfig
+from .container import privileged_container, raw_lines_step
+from .media_host import MediaHost
+from .remote import Node, run_script
+
+
+class RipperCT(pulumi.ComponentResource):
+    raw_lines: pulumi.Output[list[str]]
+    drive: pulumi.Output[dict[str, Any]]
+
+    def __init__(
+        self,
+        name: str,
+        cfg: StackConfig,
+        node: Node,
+        host: MediaHost,
+        makemkv_key: pulumi.Input[str] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("homelab:index:RipperCT", name, None, opts)
+        ct = cfg.ripper
+        self.vm_id = ct.vm_id
+        self.container = privileged_container(
+            name, ct, cfg, node, host.template_file_id, parent=self, depends_on=[host.setup]
+        )
+        self.raw_lines = host.discovery.apply(render.drive_lines)
+        self.raw = raw_lines_step(name, ct.vm_id, self.raw_lines, node, self, self.container)
+
+        m, mk = cfg.media, cfg.makemkv
+        args = [
+            "--user", m.user, "--uid", str(m.uid), "--gid", str(m.gid),
+            "--cdrom-gid", str(cfg.host_groups.cdrom),
+            "--staging", cfg.storage.staging_path,
+            "--makemkv-version", mk.version,
+        ]
+        if not mk.install:
+            args.append("--skip-makemkv")
+        stdin = None
+        if makemkv_key is not None:
+            args.append("--makemkv-key-stdin")
+            stdin = makemkv_key
+        self.bootstrap = run_script(
+            f"{name}-bootstrap",
+            node,
+            "ct-bootstrap-ripper.sh",
+            args,
+            stdin=stdin,
+            extra_scripts=["ct-media-user.sh", "makemkv-versions.txt"],
+            vmid=ct.vm_id,
+            parent=self,
+            depends_on=[self.raw],
+            secret_stdin=makemkv_key is not None,
+            replace_with=[self.container],
+        )
+
+        verify_args = ["--user", m.user] + (["--strict"] if cfg.verify.strict else [])
+        self.verify = run_script(
+            f"{name}-verify-drive",
+            node,
+            "verify-drive.sh",
+            verify_args,
+            vmid=ct.vm_id,
+            parent=self,
+            depends_on=[self.bootstrap],
+            triggers=[self.raw.stdin.apply(render.sha256), self.bootstrap.stdin.apply(render.sha256)],
+            replace_with=[self.container],
+        )
+        self.drive = self.verify.stdout.apply(lambda s: render.parse_json_output(s, "drive verification"))
+        self.register_outputs({"vmId": ct.vm_id, "rawLines": self.raw_lines, "drive": self.drive})

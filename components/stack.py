@@ -1,0 +1,43 @@
+"""Read the stack's Pulumi config into a validated StackConfig plus its secrets (as Outputs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from .config import NAMESPACE, SECTIONS, ConfigError, Secrets, StackConfig, parse
+
+
+@dataclass
+class StackInputs:
+    cfg: StackConfig
+    proxmox_password: pulumi.Output[str] | None
+    ssh_private_key: pulumi.Output[str] | None
+    makemkv_key: pulumi.Output[str] | None
+
+
+def load(config: pulumi.Config | None = None) -> StackInputs:
+    """Validate every key before any resource is declared; raise ConfigError with all problems."""
+    config = config or pulumi.Config(NAMESPACE)
+    raw: dict[str, Any] = {}
+    for key in SECTIONS:
+        value = config.get_object(key)
+        if value is not None:
+            raw[key] = value
+    password = config.get_secret("proxmoxPassword")
+    token = config.get_secret("proxmoxApiToken")
+    ssh_key = config.get_secret("sshPrivateKey")
+    mk_key = config.get_secret("makemkvKey")
+    secrets = Secrets(
+        proxmox_password=password is not None,
+        proxmox_api_token=token is not None,
+        ssh_private_key=ssh_key is not None,
+        makemkv_key=mk_key is not None,
+    )
+    cfg = parse(raw, secrets, require_secrets=True)
+    return StackInputs(cfg, password, ssh_key, mk_key)
+
+
+__all__ = ["ConfigError", "StackInputs", "load"]

@@ -1,0 +1,96 @@
+"""TranscoderCT: privileged LXC with the GPU, ffmpeg/HandBrake, the media pipeline, GPU proof."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from . import render
+from .config import StackConfig
+from .container import privileged_container, raw_lines_step
+from .media_host import MediaHost
+from .remote import Node, run_script
+
+PIPELINE_TARBALL = "media-pipeline.tar.gz"
+
+
+def pipeline_tarball() -> bytes:
+    return render.deterministic_tarball(render.ROOT / "media_pipeline", "media_pipeline")
+
+
+class TranscoderCT(pulumi.ComponentResource):
+    raw_lines: pulumi.Output[list[str]]
+    gpu: pulumi.Output[dict[str, Any]]
+    pipeline: pulumi.Output[dict[str, Any]]
+
+    def __init__(
+        self, name: str, cfg: StackConfig, node: Node, host: MediaHost, opts: pulumi.ResourceOptions | None = None
+    ):
+        super().__init__("homelab:index:TranscoderCT", name, None, opts)
+        ct = cfg.transcoder
+        self.vm_id = ct.vm_id
+        self.container = privileged_container(
+            name, ct, cfg, node, host.template_file_id, parent=self, depends_on=[host.setup]
+        )
+        self.raw_lines = host.discovery.apply(render.gpu_lines)
+        self.raw = raw_lines_step(name, ct.vm_id, self.raw_lines, node, self, self.container)
+
+        g = cfg.host_groups
+        m = cfg.media
+        self.bootstrap = run_script(
+            f"{name}-bootstrap",
+            node,
+            "ct-bootstrap-transcoder.sh",
+            [
+                "--user", m.user, "--uid", str(m.uid), "--gid", str(m.gid),
+                "--video-gid", str(g.video), "--render-gid", str(g.render),
+            ],
+            extra_scripts=["ct-media-user.sh"],
+            vmid=ct.vm_id,
+            parent=self,
+            depends_on=[self.raw],
+            replace_with=[self.container],
+        )
+
+        st, enc = cfg.storage, cfg.encoding
+        self.install_pipeline = run_script(
+            f"{name}-pipeline",
+            node,
+            "ct-install-pipeline.sh",
+            [
+                "--tarball", PIPELINE_TARBALL,
+                "--user", m.user,
+                "--staging", st.staging_path,
+                "--movies", st.movies_path,
+                "--tv", st.tv_path,
+                "--languages", ",".join(enc.languages),
+                "--encoder", enc.encoder,
+                "--preset", enc.preset,
+                "--crf", str(enc.crf),
+            ],
+            files={PIPELINE_TARBALL: pipeline_tarball()},
+            vmid=ct.vm_id,
+            parent=self,
+            depends_on=[self.bootstrap],
+            replace_with=[self.container],
+        )
+
+        verify_args = ["--user", m.user] + (["--strict"] if cfg.verify.strict else [])
+        self.verify = run_script(
+            f"{name}-verify-gpu",
+            node,
+            "verify-gpu.sh",
+            verify_args,
+            vmid=ct.vm_id,
+            parent=self,
+            depends_on=[self.bootstrap],
+            # the proof is redone when what it proves changed: devices or installed software
+            triggers=[self.raw.stdin.apply(render.sha256), self.bootstrap.stdin.apply(render.sha256)],
+            replace_with=[self.container],
+        )
+        self.gpu = self.verify.stdout.apply(lambda s: render.parse_json_output(s, "GPU verification"))
+        self.pipeline = self.install_pipeline.stdout.apply(
+            lambda s: render.parse_json_output(s, "pipeline install")
+        )
+        self.register_outputs({"vmId": ct.vm_id, "rawLines": self.raw_lines, "gpu": self.gpu, "pipeline": self.pipeline})
