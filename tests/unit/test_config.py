@@ -1,0 +1,140 @@
+"""Config models: the plan's values load; every bad value is refused naming key, value and fix."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import ConfigError, Secrets, from_stack_file, parse
+
+ROOT = Path(__file__).resolve().parents[2]
+ALL_SECRETS = Secrets(proxmox_password=True, ssh_private_key=True)
+
+
+def homelab_raw():
+    doc = yaml.safe_load((ROOT / "Pulumi.homelab.yaml").read_text())
+    return {k.split(":", 1)[1]: v for k, v in doc["config"].items()}
+
+
+def refused(raw, secrets=ALL_SECRETS):
+    with pytest.raises(ConfigError) as exc:
+        parse(raw, secrets)
+    return exc.value.messages
+
+
+def test_homelab_stack_has_the_plans_values():
+    cfg = parse(homelab_raw(), ALL_SECRETS)
+    t, r = cfg.transcoder, cfg.ripper
+    assert (t.vm_id, t.hostname, t.cores, t.memory, t.swap, t.disk_gb) == (201, "transcoder", 8, 8192, 2048, 20)
+    assert (r.vm_id, r.hostname, r.cores, r.memory, r.disk_gb) == (202, "ripper", 4, 4096, 20)
+    assert t.ipv4 == r.ipv4 == "dhcp" and cfg.network.bridge == "vmbr0"
+    assert cfg.template.file_name.startswith("debian-12-standard")
+    assert cfg.storage.pool == "/mnt/storage"
+    assert (cfg.storage.staging, cfg.storage.movies, cfg.storage.tv) == ("staging", "movies", "tv")
+    assert (cfg.media.user, cfg.media.uid, cfg.media.gid) == ("media", 1000, 1000)
+    assert (cfg.host_groups.video, cfg.host_groups.render, cfg.host_groups.cdrom) == (44, 104, 24)
+    assert cfg.encoding.languages == ["eng", "bul"]
+    assert (cfg.encoding.encoder, cfg.encoding.preset, cfg.encoding.crf) == ("libx265", "slow", 18)
+
+
+@pytest.mark.parametrize(
+    "section,key,value,expect",
+    [
+        ("transcoder", "cores", 0, "homelab-media:transcoder.cores = 0"),
+        ("transcoder", "memory", "lots", "homelab-media:transcoder.memory = 'lots'"),
+        ("ripper", "vmId", 42, "homelab-media:ripper.vmId = 42"),
+        ("ripper", "ipv4", "10.0.0.5", "needs a prefix length"),
+        ("ripper", "ipv4", "banana", "must be 'dhcp' or an address"),
+        ("storage", "pool", "mnt/storage", "homelab-media:storage.pool = 'mnt/storage'"),
+        ("storage", "pool", "/", "absolute path below /"),
+        ("storage", "staging", "../etc", "relative directory under the pool"),
+        ("encoding", "crf", 60, "homelab-media:encoding.crf = 60"),
+        ("encoding", "encoder", "x264", "'libx265' or 'hevc_qsv'"),
+        ("encoding", "languages", ["english"], "not ISO 639 codes"),
+        ("media", "uid", -1, "homelab-media:media.uid = -1"),
+        ("media", "user", "Media User", "Linux user name"),
+        ("proxmox", "endpoint", "pve.lan", "https://pve.lan:8006/"),
+        ("transcoder", "coresCount", 4, "homelab-media:transcoder.coresCount is not a known setting"),
+        ("makemkv", "version", "latest", "MakeMKV release like 1.18.1"),
+    ],
+)
+def test_bad_values_are_refused_naming_key_value_and_fix(section, key, value, expect):
+    raw = homelab_raw()
+    raw[section] = {**raw[section], key: value}
+    messages = refused(raw)
+    assert any(expect in m for m in messages), messages
+
+
+def test_every_problem_is_reported_at_once():
+    raw = homelab_raw()
+    raw["transcoder"] = {**raw["transcoder"], "cores": 0, "memory": 1}
+    raw["encoding"] = {**raw["encoding"], "crf": 99}
+    messages = refused(raw)
+    assert len([m for m in messages if "refused" in m]) == 3
+
+
+def test_same_vm_id_twice_is_refused():
+    raw = homelab_raw()
+    raw["ripper"] = {**raw["ripper"], "vmId": 201}
+    assert any("both 201" in m for m in refused(raw))
+
+
+def test_unknown_section_is_named():
+    raw = homelab_raw()
+    raw["trancoder"] = {"cores": 2}
+    assert any("homelab-media:trancoder is not a setting" in m for m in refused(raw))
+
+
+def test_api_token_is_refused_with_the_root_pam_explanation():
+    messages = refused(homelab_raw(), Secrets(proxmox_api_token=True, ssh_private_key=True))
+    text = "\n".join(messages)
+    assert "proxmoxApiToken" in text and "root@pam with a password" in text and "bind mount" in text
+
+
+def test_non_root_pam_user_is_refused():
+    raw = homelab_raw()
+    raw["proxmox"] = {**raw["proxmox"], "username": "admin@pve"}
+    assert any("only to root@pam" in m for m in refused(raw))
+
+
+def test_missing_secrets_are_named_with_the_command_to_set_them():
+    messages = refused(homelab_raw(), Secrets())
+    assert any("pulumi config set --secret homelab-media:proxmoxPassword" in m for m in messages)
+    assert any("homelab-media:sshPrivateKey" in m for m in messages)
+
+
+def test_stack_file_cli_validates_offline(tmp_path):
+    ok = subprocess.run(
+        [sys.executable, "-m", "components.config", str(ROOT / "Pulumi.homelab.yaml")],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "Pulumi.bad.yaml"
+    doc = yaml.safe_load((ROOT / "Pulumi.homelab.yaml").read_text())
+    doc["config"]["homelab-media:transcoder"]["cores"] = -2
+    doc["config"]["homelab-media:encoding"]["preset"] = "ludicrous"
+    doc["config"]["homelab-media:proxmoxPassword"] = "hunter2"
+    bad.write_text(yaml.safe_dump(doc))
+    res = subprocess.run(
+        [sys.executable, "-m", "components.config", str(bad)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert res.returncode == 1
+    assert "transcoder.cores = -2" in res.stderr
+    assert "encoding.preset = 'ludicrous'" in res.stderr
+    assert "written in clear text" in res.stderr and "hunter2" not in res.stderr
+
+
+def test_stack_file_missing_and_unparsable(tmp_path):
+    with pytest.raises(ConfigError, match="no such stack file"):
+        from_stack_file(tmp_path / "nope.yaml")
+    broken = tmp_path / "Pulumi.x.yaml"
+    broken.write_text("config: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        from_stack_file(broken)
+
+
+def test_all_stack_files_in_the_repo_validate():
+    for f in ROOT.glob("Pulumi.*.yaml"):
+        from_stack_file(f)
