@@ -1,0 +1,360 @@
+"""The whole program under Pulumi's mocks: every resource, key properties, dependencies, outputs.
+
+Mocks prove what is declared; tests/e2e proves the providers accept it against the lab.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pulumi
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+NS = "homelab-media"
+
+DISCOVERY = {
+    "gpu": {
+        "nodes": [
+            {"path": "/dev/dri/card1", "type": "card", "major": 226, "minor": 1},
+            {"path": "/dev/dri/renderD129", "type": "render", "major": 226, "minor": 129},
+        ]
+    },
+    "optical": {
+        "sr": {"path": "/dev/sr0", "major": 11, "minor": 0},
+        "sg": {"path": "/dev/sg2", "major": 21, "minor": 2},
+    },
+}
+GPU_OK = {"ok": True, "render_node": "/dev/dri/renderD129", "driver": "iHD", "encode": "ok"}
+DRIVE = {"ok": False, "sr": "/dev/sr0", "drives": [], "key_state": "missing", "reason": "no disc drive listed"}
+
+STDOUT = {
+    "host-check-pool.sh": {"pool": "/mnt/storage", "mounted": True, "fstype": "fuse.mergerfs", "allow_other": True},
+    "host-setup.sh": {"user": "media", "uid": 1000, "gid": 1000, "changed": []},
+    "host-discover.sh": DISCOVERY,
+    "verify-gpu.sh": GPU_OK,
+    "verify-drive.sh": DRIVE,
+    "ct-install-pipeline.sh": {"installed": True, "changed": True},
+}
+
+
+def _script_of(stdin: str) -> str:
+    """The script a bundle runs: the `bash "$_d/<name>"` line."""
+    for line in reversed(stdin.splitlines()):
+        if line.startswith('cd "$_d" && bash "$_d/'):
+            return line.split('"$_d/')[1].split('"')[0]
+    raise AssertionError("not a bundle")
+
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+
+
+def plain(v):
+    """Inputs as values: secrets arrive in mocks wrapped with Pulumi's secret signature."""
+    if isinstance(v, dict):
+        if v.get(SECRET_SIG) == "1b47061264138c4ac30d75fd1eb44270":
+            return plain(v["value"])
+        return {k: plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [plain(x) for x in v]
+    return v
+
+
+class Mocks(pulumi.runtime.Mocks):
+    def __init__(self):
+        self.resources: dict[str, pulumi.runtime.MockResourceArgs] = {}
+        self.raw_inputs: dict[str, dict] = {}
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.raw_inputs[args.name] = args.inputs
+        args.inputs = plain(args.inputs)
+        self.resources[args.name] = args
+        state = dict(args.inputs)
+        if args.typ == "command:remote:Command":
+            script = _script_of(args.inputs["stdin"])
+            out = STDOUT.get(script)
+            state["stdout"] = json.dumps(out) if out is not None else "changed"
+            state["stderr"] = ""
+        return [f"{args.name}-id", state]
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        return {}
+
+
+def homelab_config(**overrides) -> dict[str, str]:
+    doc = yaml.safe_load((ROOT / "Pulumi.homelab.yaml").read_text())["config"]
+    cfg = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in doc.items()}
+    cfg[f"{NS}:proxmoxPassword"] = "pve-password-not-real"
+    cfg[f"{NS}:sshPrivateKey"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-real\n"
+    cfg[f"{NS}:makemkvKey"] = "T-not-a-real-key"
+    cfg.update(overrides)
+    return cfg
+
+
+DEPENDS_ON: dict[str, list] = {}
+
+
+def done(g):
+    """An Output that settles once every resource of the program is registered."""
+    return pulumi.Output.all(g["transcoder"].gpu, g["transcoder"].pipeline, g["ripper"].drive)
+
+
+def _record_depends_on(args: pulumi.ResourceTransformationArgs):
+    DEPENDS_ON[args.name] = list(args.opts.depends_on or []) if args.opts else []
+    return None
+
+
+@pytest.fixture
+def program(monkeypatch):
+    """Run __main__.py under mocks; return (mocks, the program's globals)."""
+
+    def run(config: dict[str, str]):
+        mocks = Mocks()
+        pulumi.runtime.set_mocks(mocks, project="homelab-media", stack="homelab", preview=False)
+        pulumi.runtime.set_all_config(
+            config, [f"{NS}:proxmoxPassword", f"{NS}:sshPrivateKey", f"{NS}:makemkvKey"]
+        )
+        DEPENDS_ON.clear()
+        pulumi.runtime.register_stack_transformation(_record_depends_on)
+        monkeypatch.chdir(ROOT)
+        monkeypatch.syspath_prepend(str(ROOT))
+        g = runpy.run_path(str(ROOT / "__main__.py"), run_name="__pulumi_test__")
+        return mocks, g
+
+    return run
+
+
+@pulumi.runtime.test
+def test_every_resource_is_declared(program):
+    mocks, g = program(homelab_config())
+
+    def check(_):
+        names = set(mocks.resources)
+        for expected in [
+            "media-host", "media-host-pool-check", "media-host-media-user", "media-host-discover",
+            "media-host-template", "transcoder", "transcoder-raw-lines", "transcoder-bootstrap",
+            "transcoder-pipeline", "transcoder-verify-gpu", "ripper", "ripper-raw-lines",
+            "ripper-bootstrap", "ripper-verify-drive", "pve",
+        ]:
+            assert expected in names, f"{expected} missing from {sorted(names)}"
+        types = {n: a.typ for n, a in mocks.resources.items()}
+        assert types["media-host"] == "homelab:index:MediaHost"
+        assert types["transcoder"] in ("homelab:index:TranscoderCT", "proxmoxve:index/containerLegacy:ContainerLegacy")
+        assert types["media-host-template"] == "proxmoxve:download/file:File"
+
+    return done(g).apply(check)
+
+
+def _containers(mocks):
+    return {
+        a.inputs["vmId"]: a
+        for a in mocks.resources.values()
+        if a.typ == "proxmoxve:index/containerLegacy:ContainerLegacy"
+    }
+
+
+@pulumi.runtime.test
+def test_containers_are_privileged_with_pool_nesting_and_no_firewall(program):
+    mocks, g = program(homelab_config())
+
+    def check(_):
+        cts = _containers(mocks)
+        assert set(cts) == {201, 202}
+        t, r = cts[201].inputs, cts[202].inputs
+        for ct in (t, r):
+            assert ct["unprivileged"] is False
+            assert ct["features"]["nesting"] is True
+            assert ct["mountPoints"] == [{"volume": "/mnt/storage", "path": "/mnt/storage"}]
+            assert ct["networkInterfaces"][0]["firewall"] is False
+            assert ct["networkInterfaces"][0]["bridge"] == "vmbr0"
+            assert ct["initialization"]["ipConfigs"][0]["ipv4"]["address"] == "dhcp"
+            assert ct["operatingSystem"]["templateFileId"] == "media-host-template-id"
+            assert ct["nodeName"] == "pve"
+        assert (t["cpu"]["cores"], t["memory"]["dedicated"], t["memory"]["swap"], t["disk"]["size"]) == (8, 8192, 2048, 20)
+        assert (r["cpu"]["cores"], r["memory"]["dedicated"], r["disk"]["size"]) == (4, 4096, 20)
+        assert t["initialization"]["hostname"] == "transcoder" and r["initialization"]["hostname"] == "ripper"
+        for ct in cts.values():
+            assert ct.custom is True
+            assert ct.provider and "pulumi:providers:proxmoxve::pve::" in ct.provider
+
+    return done(g).apply(check)
+
+
+@pulumi.runtime.test
+def test_template_is_downloaded_through_the_provider(program):
+    mocks, g = program(homelab_config())
+
+    def check(_):
+        tpl = mocks.resources["media-host-template"].inputs
+        assert tpl["contentType"] == "vztmpl"
+        assert tpl["fileName"] == "debian-12-standard_12.7-1_amd64.tar.zst"
+        assert tpl["datastoreId"] == "local" and tpl["nodeName"] == "pve"
+
+    return done(g).apply(check)
+
+
+@pulumi.runtime.test
+def test_raw_lines_come_from_discovery_and_go_to_the_conf(program):
+    mocks, g = program(homelab_config())
+
+    def check(_):
+        t_raw = mocks.resources["transcoder-raw-lines"].inputs
+        r_raw = mocks.resources["ripper-raw-lines"].inputs
+        assert t_raw["create"] == "bash -s"
+        assert "--vmid 201" in t_raw["stdin"]
+        assert "lxc.cgroup2.devices.allow: c 226:129 rwm\n" in t_raw["stdin"]
+        assert "lxc.mount.entry: /dev/dri dev/dri none bind,optional,create=dir" in t_raw["stdin"]
+        assert "lxc.cgroup2.devices.allow: b 11:0 rwm" in r_raw["stdin"]
+        assert "lxc.cgroup2.devices.allow: c 21:2 rwm" in r_raw["stdin"]
+        assert "c 11:0" not in r_raw["stdin"]
+        assert "lxc.mount.entry: /dev/sg2 dev/sg2" in r_raw["stdin"]
+
+    return done(g).apply(check)
+
+
+@pulumi.runtime.test
+def test_steps_run_in_order_inside_the_right_place(program):
+    mocks, g = program(homelab_config())
+
+    def deps(name):
+        return {d.split("::")[-1] for d in mocks.resources[name].inputs.get("__deps__", [])} or {
+            str(d) for d in getattr(mocks.resources[name], "dependencies", [])
+        }
+
+    def check(_):
+        r = mocks.resources
+        assert r["transcoder-bootstrap"].inputs["create"] == "pct exec 201 -- bash -s"
+        assert r["transcoder-verify-gpu"].inputs["create"] == "pct exec 201 -- bash -s"
+        assert r["transcoder-pipeline"].inputs["create"] == "pct exec 201 -- bash -s"
+        assert r["ripper-bootstrap"].inputs["create"] == "pct exec 202 -- bash -s"
+        assert r["ripper-verify-drive"].inputs["create"] == "pct exec 202 -- bash -s"
+        for name in ("media-host-pool-check", "media-host-media-user", "media-host-discover"):
+            assert r[name].inputs["create"] == "bash -s"
+        # host setup waits for the pool check; containers wait for host setup
+        for name, needs in {
+            "media-host-media-user": g["host"].pool_check,
+            "transcoder": g["host"].setup,
+            "ripper": g["host"].setup,
+            "transcoder-raw-lines": g["transcoder"].container,
+            "transcoder-bootstrap": g["transcoder"].raw,
+            "transcoder-verify-gpu": g["transcoder"].bootstrap,
+            "ripper-bootstrap": g["ripper"].raw,
+            "ripper-verify-drive": g["ripper"].bootstrap,
+        }.items():
+            assert needs in DEPENDS_ON[name], f"{name} does not depend on {needs._name}"
+
+    return done(g).apply(check)
+
+
+@pulumi.runtime.test
+def test_bootstrap_carries_users_groups_and_never_the_whole_pool(program):
+    mocks, g = program(homelab_config())
+
+    def check(_):
+        r = mocks.resources
+        setup = r["media-host-media-user"].inputs["stdin"]
+        assert "--groups video:44,render:104,cdrom:24" in setup
+        assert "--dirs staging,movies,tv" in setup
+        assert "chown -R" not in setup
+        tb = r["transcoder-bootstrap"].inputs["stdin"]
+        assert "--video-gid 44" in tb and "--render-gid 104" in tb
+        rb = r["ripper-bootstrap"].inputs["stdin"]
+        assert "--cdrom-gid 24" in rb and "--staging /mnt/storage/staging" in rb
+        pipe = r["transcoder-pipeline"].inputs["stdin"]
+        assert "--languages eng,bul" in pipe and "--crf 18" in pipe and "media-pipeline.tar.gz" in pipe
+
+    return done(g).apply(check)
+
+
+@pulumi.runtime.test
+def test_ssh_dialing_is_bounded_and_key_is_secret(program):
+    mocks, g = program(homelab_config())
+
+    def check(_):
+        for a in mocks.resources.values():
+            if a.typ == "command:remote:Command":
+                conn = a.inputs["connection"]
+                assert conn["dialErrorLimit"] == 5 and conn["perDialTimeout"] == 10
+                assert conn["host"] == "pve.lan" and conn["user"] == "root"
+
+    return done(g).apply(check)
+
+
+@pulumi.runtime.test
+def test_triggers_hash_script_content(program):
+    mocks, g = program(homelab_config())
+
+    def check(_):
+        trig = mocks.resources["transcoder-bootstrap"].inputs["triggers"]
+        assert len(trig[0]) == 64 and all(c in "0123456789abcdef" for c in trig[0])
+        assert trig[0] != mocks.resources["ripper-bootstrap"].inputs["triggers"][0]
+
+    return done(g).apply(check)
+
+
+@pulumi.runtime.test
+def test_verification_outputs_are_structured(program):
+    mocks, g = program(homelab_config())
+
+    def check(values):
+        gpu, drive, devices = values
+        assert gpu == GPU_OK
+        assert drive["ok"] is False and drive["reason"] == "no disc drive listed"
+        assert devices["optical"]["sg"]["path"] == "/dev/sg2"
+
+    return pulumi.Output.all(g["transcoder"].gpu, g["ripper"].drive, g["host"].discovery).apply(check)
+
+
+@pulumi.runtime.test
+def test_strict_passes_strict_to_verification(program):
+    mocks, g = program(homelab_config(**{f"{NS}:verify": json.dumps({"strict": True})}))
+
+    def check(_):
+        assert " --strict" in mocks.resources["transcoder-verify-gpu"].inputs["stdin"]
+        assert " --strict" in mocks.resources["ripper-verify-drive"].inputs["stdin"]
+
+    return done(g).apply(check)
+
+
+@pulumi.runtime.test
+def test_makemkv_key_travels_only_as_a_secret(program):
+    mocks, g = program(homelab_config())
+
+    def check(_):
+        raw = mocks.raw_inputs["ripper-bootstrap"]["stdin"]
+        assert isinstance(raw, dict) and raw.get(SECRET_SIG), "stdin with the key must reach the engine as a secret"
+        for a in mocks.raw_inputs.values():
+            conn = a.get("connection")
+            if conn:
+                secret = conn.get(SECRET_SIG) or (conn.get("privateKey") or {}).get(SECRET_SIG)
+                assert secret, "the SSH key must reach the engine as a secret"
+        assert "T-not-a-real-key" in mocks.resources["ripper-bootstrap"].inputs["stdin"]
+        for name, a in mocks.resources.items():
+            if name != "ripper-bootstrap":
+                assert "T-not-a-real-key" not in json.dumps(a.inputs, default=str)
+
+    return done(g).apply(check)
+
+
+def test_config_errors_stop_before_any_resource(program, capsys):
+    bad = homelab_config(**{f"{NS}:transcoder": json.dumps({"vmId": 201, "hostname": "t", "cores": 0})})
+    with pytest.raises(SystemExit) as exc:
+        program(bad)
+    assert exc.value.code == 1
+
+
+def test_api_token_is_refused_before_any_resource(program):
+    cfg = homelab_config()
+    cfg.pop(f"{NS}:proxmoxPassword")
+    cfg[f"{NS}:proxmoxApiToken"] = "root@pam!ci=secret"
+    pulumi.runtime.set_mocks(Mocks(), project="homelab-media", stack="homelab", preview=False)
+    pulumi.runtime.set_all_config(cfg, [f"{NS}:proxmoxApiToken", f"{NS}:sshPrivateKey"])
+    from components.stack import ConfigError, load
+
+    with pytest.raises(ConfigError) as exc:
+        load()
+    assert "root@pam with a password" in str(exc.value)
