@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests and the lab need (only those missing).
+set -Eeuo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+PACKAGES=(shellcheck ffmpeg debootstrap openssh-server openssh-client iproute2 util-linux curl jq)
+
+usage() {
+  cat <<'USAGE'
+Usage: scripts/deps.sh [--check]
+
+Installs, with apt-get, the Debian packages that the test suite and the local lab use:
+  shellcheck ffmpeg debootstrap openssh-server openssh-client iproute2 util-linux curl jq
+Only missing packages are installed; a second run changes nothing.
+  --check   list what is missing and exit 1 if anything is
+USAGE
+}
+
+check=false
+case ${1:-} in
+  -h|--help) usage; exit 0 ;;
+  --check) check=true ;;
+  "") ;;
+  *) die "unknown option $1 (see --help)" ;;
+esac
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  ok "Debian packages present (${#PACKAGES[@]})"
+  exit 0
+fi
+if $check; then
+  warn "missing: ${missing[*]}"
+  exit 1
+fi
+[[ $(id -u) -eq 0 ]] || die "missing Debian packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}"
+step "Installing Debian packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+retry 3 5 quiet apt-get update
+quiet apt-get install -y --no-install-recommends "${missing[@]}"
+ok "Installed ${missing[*]}"

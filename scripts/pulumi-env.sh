@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Sourced: puts the project's Pulumi toolchain first on PATH, offline and quiet.
+# A pulumi already installed on the machine is used (with its own plugins) when
+# .tools/ has no CLI; see scripts/toolchain.sh.
+_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [[ -x $_root/.tools/bin/pulumi ]]; then
+  export PATH="$_root/.tools/bin:$PATH"
+  export PULUMI_HOME="$_root/.tools/pulumi"
+  export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
+  export PULUMI_IGNORE_AMBIENT_PLUGINS=true
+fi
+export PULUMI_SKIP_UPDATE_CHECK=true
+unset _root
