@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Stop the local lab and remove everything it made under .lab/ (the cached Debian trees stay).
+set -Eeuo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+usage() {
+  cat <<'USAGE'
+Usage: scripts/lab/lab-down.sh [--keep]
+
+Stops the lab's processes (fakepve, the node's sshd and every process whose root
+is inside the node tree: sessions, pct exec), makes sure nothing is mounted under
+.lab/ (unmounting recursively if something is, and verifying), keeps apt's
+downloaded packages in the shared cache, then removes .lab/. Safe to run twice.
+The cached Debian trees (~/.cache/homelab-media) and the Pulumi state
+(.pulumi-state/) are kept.
+  --keep   stop everything but keep .lab/ (to look at logs and trees)
+Environment: LAB_DIR (default .lab), LAB_APT_CACHE (default ~/.cache/homelab-media/apt-archives).
+USAGE
+}
+
+keep=0
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    -h | --help) usage; exit 0 ;;
+    --keep) keep=1; shift ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+need_root
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+project=$(cd "$here/../.." && pwd)
+lab=${LAB_DIR:-$project/.lab}
+apt_cache=${LAB_APT_CACHE:-$HOME/.cache/homelab-media/apt-archives}
+
+if [[ ! -e $lab ]]; then
+  ok "no lab at $lab; nothing to do"
+  exit 0
+fi
+lab=$(realpath "$lab")
+if [[ $lab == / || ( -z ${LAB_DIR:-} && ${lab##*/} != .lab ) ]]; then
+  die "refusing to remove $lab: not a .lab directory"
+fi
+node=$lab/node
+
+# lab_pids: processes that belong to the lab: the recorded ones, every process in the node's
+# mount namespace (sessions, pct), and all their descendants (pct exec runs in nested namespaces).
+lab_pids() {
+  local f pid ns rest stat
+  local -A parent=() mine=()
+  ns=$(cat "$lab/run/node.ns" 2>/dev/null || true)
+  for f in "$lab/run/pve.pid" "$lab/run/node.pid"; do
+    pid=$(cat "$f" 2>/dev/null || true)
+    [[ $pid =~ ^[0-9]+$ && -d /proc/$pid ]] && mine[$pid]=1
+  done
+  for stat in /proc/[0-9]*/stat; do
+    pid=${stat#/proc/}
+    pid=${pid%/stat}
+    [[ $pid != "$$" && $pid != "$BASHPID" ]] || continue
+    rest=$(cat "$stat" 2>/dev/null) || continue
+    rest=${rest##*) }
+    read -r _ f _ <<<"$rest"
+    parent[$pid]=$f
+    if [[ -n $ns && $(readlink "/proc/$pid/ns/mnt" 2>/dev/null || true) == "$ns" ]]; then
+      mine[$pid]=1
+    fi
+  done
+  local grew=1
+  while ((grew)); do
+    grew=0
+    for pid in "${!parent[@]}"; do
+      if [[ -z ${mine[$pid]:-} && -n ${mine[${parent[$pid]}]:-} ]]; then
+        mine[$pid]=1
+        grew=1
+      fi
+    done
+  done
+  for pid in "${!mine[@]}"; do
+    [[ -d /proc/$pid ]] && echo "$pid"
+  done
+  return 0
+}
+
+step "Stopping the lab's processes"
+mapfile -t pids < <(lab_pids | sort -un)
+if [[ ${#pids[@]} -gt 0 ]]; then
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  for _ in $(seq 50); do
+    mapfile -t pids < <(lab_pids | sort -un)
+    [[ ${#pids[@]} -eq 0 ]] && break
+    sleep 0.1
+  done
+  if [[ ${#pids[@]} -gt 0 ]]; then
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+    sleep 0.5
+    mapfile -t pids < <(lab_pids | sort -un)
+  fi
+  [[ ${#pids[@]} -eq 0 ]] || die "processes still running in the lab: ${pids[*]}; not removing $lab"
+  ok "stopped"
+else
+  ok "nothing running"
+fi
+rm -f "$lab/run/pve.pid" "$lab/run/node.pid" "$lab/run/node.ns"
+
+# The node's mounts live in its own namespace and went with its processes; check that
+# nothing under .lab/ is mounted here (a lab started by hand could have leaked one).
+step "Checking that nothing is mounted under $lab"
+mounted() { findmnt -rn -o TARGET | awk -v p="$lab" 'index($0, p "/") == 1 || $0 == p'; }
+if [[ -n $(mounted) ]]; then
+  mounted | sort -r | while read -r m; do
+    umount -R "$m" 2>/dev/null || umount -R -l "$m" || true
+  done
+  [[ -z $(mounted) ]] || die "still mounted under $lab: $(mounted | tr '\n' ' '); not removing it"
+  ok "unmounted what was left"
+else
+  ok "nothing mounted"
+fi
+
+step "Keeping apt's downloads in $apt_cache"
+mkdir -p "$apt_cache"
+n=0
+while IFS= read -r -d '' f; do
+  [[ -e $apt_cache/${f##*/} ]] && continue
+  ln "$f" "$apt_cache/" 2>/dev/null || cp -p "$f" "$apt_cache/"
+  n=$((n + 1))
+done < <(
+  find "$node/var/cache/lab-apt" -maxdepth 1 -name '*.deb' -print0 2>/dev/null
+  find "$node/var/lib/lxc" -maxdepth 7 -path '*/rootfs/var/cache/apt/archives/*.deb' -print0 2>/dev/null
+)
+ok "$n new package(s) kept"
+
+if ((keep)); then
+  ok "lab stopped; $lab kept (--keep)"
+  exit 0
+fi
+step "Removing $lab"
+rm -rf --one-file-system "$lab"
+[[ ! -e $lab ]] || die "could not remove all of $lab"
+ok "lab removed (cached trees in ${LAB_CACHE:-$HOME/.cache/homelab-media/rootfs} kept)"

@@ -1,0 +1,410 @@
+#!/usr/bin/env python3
+"""The lab's Proxmox VE API: fakepve, plus a pmxcfs stand-in and a control API for tests.
+
+    .venv/bin/python scripts/lab/pve-lab.py --node-root .lab/node --password-file .lab/pve/password \
+        --cert .lab/pve/cert.pem --key .lab/pve/key.pem [--host 127.0.0.1] [--port 18006] [--node pve1]
+
+fakepve keeps guests in memory. Real PVE keeps each container's config in
+/etc/pve/lxc/<id>.conf (pmxcfs), where the program's scripts add raw `lxc.*` lines.
+This launcher keeps the node tree's /etc/pve/nodes/<node>/lxc/<id>.conf in step
+with fakepve, after every API request and every half second:
+
+  * a container that appears gets its file (main section from the API config,
+    keys sorted as PVE writes them, `#` description lines first);
+  * API-managed keys are rewritten when they change; raw `lxc.*` lines of every
+    section and sections the mirror does not know are kept as they are;
+  * `[pve:pending]` and snapshot sections follow the API;
+  * the file (and the container's tree under /var/lib/lxc/<id>) goes when the
+    container is destroyed.
+
+Raw lines go the other way too: GET .../lxc/<id>/config answers them as PVE
+does (`lxc: [[key, value], ...]`). At every container start (a new pid in
+fakepve) the main section is copied to /var/lib/lxc/<id>/config, the lab's
+runtime config: `pct exec` mounts what it says, so raw lines take effect only
+at (re)start, as with LXC. Starts, stops, creations and destructions are
+appended to /var/log/lxc-events.log in the node tree.
+
+Control API (not PVE's; header `Authorization: Lab <password>`), JSON in and out:
+  GET  /lab/state                 containers (status, pid, config), failures armed, request count
+  GET  /lab/requests?since=N      API requests seen from number N: [seq, method, path, status]
+  POST /lab/fail                  {"method","suffix","status","message"} or {"method","suffix","error"},
+                                  optional "times": fakepve's FakePve.fail()
+  POST /lab/fail-task             {"type": "vzcreate", "id": "201" or "*", "message": "...", "times": 1}:
+                                  that worker task ends with `TASK ERROR: message` (a failed
+                                  create leaves no container, as in PVE)
+  POST /lab/start-error           {"vmid": 201, "message": "..." or null}: the CT's starts fail
+  POST /lab/clear                 forget every armed failure
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+
+from aiohttp import web
+from fakepve import FakePve
+from fakepve.model import TaskError
+
+SECTION = re.compile(r'^\[([^\]]+)\]\s*$')
+KEYVAL = re.compile(r'^([a-z][a-z0-9_.-]*):\s?(.*)$', re.I)
+PENDING = 'pve:pending'
+log = logging.getLogger('pve-lab')
+
+
+# ------------------------------------------------------------------ conf files
+
+def parse_sections(text):
+    """[(name or None for the main section, [lines])], blank lines dropped."""
+    out = [(None, [])]
+    for line in (text or '').splitlines():
+        m = SECTION.match(line)
+        if m:
+            out.append((m.group(1), []))
+        elif line.strip():
+            out[-1][1].append(line)
+    return out
+
+
+def raw_lines(lines):
+    return [line for line in lines if line.startswith('lxc.')]
+
+
+def raw_pairs(lines):
+    """[[key, value]] of the raw lxc lines, as GET config answers them."""
+    pairs = []
+    for line in raw_lines(lines):
+        m = KEYVAL.match(line)
+        if m:
+            pairs.append([m.group(1), m.group(2).strip()])
+    return pairs
+
+
+def encode_description(text):
+    """PVE::Tools::encode_text: the description as `#` lines, % and control characters escaped."""
+    out = []
+    for line in str(text).split('\n'):
+        enc = ''.join('%{0:02X}'.format(ord(c)) if c == '%' or ord(c) < 32 else c for c in line)
+        out.append('#' + enc)
+    return out
+
+
+def decode_description(lines):
+    return '\n'.join(urllib.parse.unquote(line[1:]) for line in lines if line.startswith('#'))
+
+
+def key_lines(cfg):
+    """`key: value` lines of a config dict as PVE writes them: sorted, description and digest left out."""
+    out = []
+    for key in sorted(cfg):
+        if key in ('description', 'digest', 'lxc') or cfg[key] is None:
+            continue
+        out.append('{0}: {1}'.format(key, cfg[key]))
+    return out
+
+
+def render_conf(ct, old_text, ours):
+    """The conf file for container ct, keeping the raw lines and unknown sections of old_text.
+
+    ours: names of the sections this mirror wrote before (they go when the API drops them).
+    Returns (text, sections written)."""
+    old = parse_sections(old_text)
+    old_by_name = dict((name, lines) for name, lines in old)
+    out = []
+    if ct.config.get('description'):
+        out += encode_description(ct.config['description'])
+    out += key_lines(ct.config)
+    out += raw_lines(old_by_name.get(None, []))
+    written = set()
+    if ct.pending:
+        sets = dict((k, v) for k, v in ct.pending.items() if v is not None)
+        deletes = sorted(k for k, v in ct.pending.items() if v is None)
+        out += ['', '[{0}]'.format(PENDING)] + key_lines(sets)
+        if deletes:
+            out.append('delete: ' + ','.join(deletes))
+        written.add(PENDING)
+    for name, snap in ct.snapshots.items():
+        out += ['', '[{0}]'.format(name)]
+        if snap.get('description'):
+            out += encode_description(snap['description'])
+        out += key_lines(snap) + raw_lines(old_by_name.get(name, []))
+        written.add(name)
+    for name, lines in old[1:]:
+        if name in written or name in ours or name == PENDING:
+            continue
+        out += ['', '[{0}]'.format(name)] + lines  # not the API's: kept verbatim
+    return '\n'.join(out) + '\n', written
+
+
+def write_atomic(path, text, mode=0o640):
+    tmp = '{0}.lab-{1}.tmp'.format(path, os.getpid())
+    with open(tmp, 'w', encoding='utf-8') as fh:
+        fh.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def read_text(path):
+    try:
+        with open(path, encoding='utf-8') as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def rmtree_one_fs(path):
+    """Remove a tree, refusing if anything in it is another filesystem (a mount); symlinks are not followed."""
+    if not os.path.lexists(path):
+        return
+    top = os.lstat(path).st_dev
+    for root, dirs, _files in os.walk(path):
+        for name in dirs:
+            full = os.path.join(root, name)
+            if not os.path.islink(full) and os.lstat(full).st_dev != top:
+                raise OSError('{0} is another filesystem (a mount?); not removing {1}'.format(full, path))
+    shutil.rmtree(path)
+
+
+# ------------------------------------------------------------------ the server
+
+class LabPve(FakePve):
+    def __init__(self, node_root, node='pve1', **kwargs):
+        super().__init__(**kwargs)
+        self.nodes = {node: {'online': True}}
+        # The program targets PVE 8.
+        self.version, self.release_version = '8.4.1', '8.4'
+        self.lab_node = node
+        self.node_root = os.path.abspath(node_root)
+        self.conf_dir = os.path.join(self.node_root, 'etc/pve/nodes', node, 'lxc')
+        self.lxc_dir = os.path.join(self.node_root, 'var/lib/lxc')
+        self.events = os.path.join(self.node_root, 'var/log/lxc-events.log')
+        self.task_failures = {}
+        self.seen = []          # [seq, method, path, status]
+        self._lab_ours = {}         # vmid -> sections the mirror wrote
+        self._lab_pids = {}         # vmid -> pid seen at the last sync (None: stopped)
+        os.makedirs(self.conf_dir, exist_ok=True)
+        os.makedirs(self.lxc_dir, exist_ok=True)
+
+    # ---------------------------------------------------------------- app
+
+    def _build_app(self):
+        app = super()._build_app()
+        app.middlewares.insert(0, self._lab_middleware)
+        return app
+
+    @web.middleware
+    async def _lab_middleware(self, request, handler):
+        if request.path.startswith('/lab/'):
+            return await self._control(request)
+        try:
+            response = await handler(request)
+        finally:
+            self.sync()
+        self.seen.append([len(self.seen), request.method, request.path, getattr(response, 'status', 0)])
+        return response
+
+    async def _lxc_config_get(self, user, v):
+        data = await super()._lxc_config_get(user, v)
+        if not v.get('snapshot'):
+            text = read_text(self.conf_path(int(v['vmid'])))
+            pairs = raw_pairs(parse_sections(text)[0][1]) if text else []
+            if pairs:
+                data['lxc'] = pairs
+        return data
+
+    async def task(self, node, ttype, tid, user, body, vm=None, lock=True, log=()):
+        rule = self.task_failures.get((ttype, str(tid))) or self.task_failures.get((ttype, '*'))
+        if rule is not None:
+            if rule['times'] is not None:
+                rule['times'] -= 1
+                if rule['times'] <= 0:
+                    self.task_failures = dict((k, r) for k, r in self.task_failures.items() if r is not rule)
+            message = rule['message'].replace('{vmid}', str(tid))
+            target = vm
+
+            async def body():  # noqa: F811 - replaces the worker's body
+                if ttype == 'vzcreate' and target is not None:
+                    self._drop(target)  # PVE removes the half-made container
+                raise TaskError(message)
+        return await super().task(node, ttype, tid, user, body, vm=vm, lock=lock, log=log)
+
+    # ---------------------------------------------------------------- mirror
+
+    def conf_path(self, vmid):
+        return os.path.join(self.conf_dir, '{0}.conf'.format(vmid))
+
+    def event(self, vmid, what):
+        line = '{0} {1} {2}\n'.format(time.strftime('%Y-%m-%dT%H:%M:%S%z'), vmid, what)
+        with open(self.events, 'a', encoding='utf-8') as fh:
+            fh.write(line)
+
+    def sync(self):
+        """Make the conf files, runtime configs and container trees follow fakepve."""
+        try:
+            self._sync()
+        except Exception:  # noqa: BLE001 - the API must keep answering
+            log.exception('conf mirror failed')
+
+    def _sync(self):
+        present = set()
+        for ct in self.cts:
+            if ct.node != self.lab_node:
+                continue
+            vmid = ct.vmid
+            present.add(vmid)
+            path = self.conf_path(vmid)
+            old = read_text(path)
+            if old is None:
+                self.event(vmid, 'create')
+            text, written = render_conf(ct, old, self._lab_ours.get(vmid, set()))
+            self._lab_ours[vmid] = written
+            if text != old:
+                write_atomic(path, text)
+            pid = ct.pid if ct.status == 'running' else None
+            if pid != self._lab_pids.get(vmid):
+                if pid is not None:
+                    self._runtime_config(vmid, text)
+                    self.event(vmid, 'start pid={0}'.format(pid))
+                elif vmid in self._lab_pids:
+                    self.event(vmid, 'stop')
+                self._lab_pids[vmid] = pid
+        for name in os.listdir(self.conf_dir):
+            m = re.fullmatch(r'(\d+)\.conf', name)
+            if m and int(m.group(1)) not in present:
+                vmid = int(m.group(1))
+                os.unlink(os.path.join(self.conf_dir, name))
+                self._lab_pids.pop(vmid, None)
+                self._lab_ours.pop(vmid, None)
+                self.event(vmid, 'destroy')
+                self._remove_tree(vmid)
+
+    def _runtime_config(self, vmid, text):
+        """What LXC reads at start: the main section as it is now."""
+        d = os.path.join(self.lxc_dir, str(vmid))
+        os.makedirs(d, exist_ok=True)
+        main = parse_sections(text)[0][1]
+        write_atomic(os.path.join(d, 'config'), '\n'.join(main) + '\n', 0o644)
+
+    def _remove_tree(self, vmid):
+        """The container's volume goes with it: move its tree aside now, delete it in the background."""
+        d = os.path.join(self.lxc_dir, str(vmid))
+        if not os.path.lexists(d):
+            return
+        trash = os.path.join(self.lxc_dir, '.destroyed-{0}-{1}'.format(vmid, int(time.time() * 1000)))
+        os.rename(d, trash)
+
+        def remove():
+            try:
+                rmtree_one_fs(trash)
+            except OSError:
+                log.exception('could not remove %s', trash)
+        threading.Thread(target=remove, daemon=True).start()
+
+    async def sync_forever(self, every=0.5):
+        while True:
+            await asyncio.sleep(every)
+            self.sync()
+
+    # --------------------------------------------------------------- control
+
+    async def _control(self, request):
+        given = request.headers.get('Authorization', '')
+        if not hmac.compare_digest(given.encode(), 'Lab {0}'.format(self.password).encode()):
+            return web.json_response({'error': 'needs Authorization: Lab <password>'}, status=401)
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return web.json_response({'error': 'body is not JSON'}, status=400)
+        route = (request.method, request.path)
+        try:
+            if route == ('GET', '/lab/state'):
+                return web.json_response(self._state())
+            if route == ('GET', '/lab/requests'):
+                since = int(request.query.get('since', 0))
+                return web.json_response({'next': len(self.seen), 'requests': self.seen[since:]})
+            if route == ('POST', '/lab/fail'):
+                self.fail(body['method'], body['suffix'], status=body.get('status'), message=body.get('message'),
+                          error=body.get('error'), times=body.get('times'))
+                return web.json_response({'ok': True})
+            if route == ('POST', '/lab/fail-task'):
+                self.task_failures[(body['type'], str(body.get('id', '*')))] = {
+                    'message': body['message'], 'times': body.get('times')}
+                return web.json_response({'ok': True})
+            if route == ('POST', '/lab/start-error'):
+                ct = self.ct(int(body['vmid']))
+                if ct is None:
+                    return web.json_response({'error': 'no container {0}'.format(body['vmid'])}, status=404)
+                ct.start_error = body.get('message')
+                return web.json_response({'ok': True})
+            if route == ('POST', '/lab/clear'):
+                self.failures.clear()
+                self.task_failures.clear()
+                for ct in self.cts:
+                    ct.start_error = None
+                return web.json_response({'ok': True})
+        except (KeyError, TypeError, ValueError) as e:
+            return web.json_response({'error': '{0}: {1}'.format(type(e).__name__, e)}, status=400)
+        return web.json_response({'error': 'no such control route'}, status=404)
+
+    def _state(self):
+        return {
+            'node': self.lab_node,
+            'containers': [{'vmid': ct.vmid, 'node': ct.node, 'status': ct.status, 'pid': ct.pid,
+                            'lock': ct.lock, 'config': ct.config, 'pending': ct.pending}
+                           for ct in self.cts],
+            'failures': [list(k) for k in self.failures],
+            'task_failures': [list(k) for k in self.task_failures],
+            'requests': len(self.seen),
+            'storage': dict((name, sorted(store.get('volumes', {}))) for name, store in self.storages.items()),
+        }
+
+
+async def serve(args):
+    with open(args.password_file, encoding='utf-8') as fh:
+        password = fh.read().strip()
+    pve = LabPve(args.node_root, node=args.node, user='root@pam', password=password, host=args.host,
+                 port=args.port)
+    pve.time_scale = args.time_scale
+    await pve.start(args.cert, args.key)
+    pve.sync()
+    print('pve-lab: fakepve on https://{0}:{1} (node {2}, conf files in {3})'.format(
+        pve.host, pve.port, pve.lab_node, pve.conf_dir), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    syncer = asyncio.ensure_future(pve.sync_forever())
+    await stop.wait()
+    syncer.cancel()
+    await pve.stop()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--node-root', required=True, help='the node tree (its etc/pve is the pmxcfs stand-in)')
+    p.add_argument('--node', default='pve1', help='node name (default pve1)')
+    p.add_argument('--host', default='127.0.0.1')
+    p.add_argument('--port', type=int, default=18006)
+    p.add_argument('--password-file', required=True, help="root@pam's password (first line)")
+    p.add_argument('--cert', required=True)
+    p.add_argument('--key', required=True)
+    p.add_argument('--time-scale', type=float, default=0.0,
+                   help='real seconds per PVE second (default 0: tasks finish before the request returns)')
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
+    asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
