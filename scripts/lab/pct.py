@@ -368,6 +368,34 @@ def device_rule_allows(rules, kind, major, minor):
     return False
 
 
+def device_allowed(rules, src, st, vmid, warn):
+    kind = 'c' if stat.S_ISCHR(st.st_mode) else 'b'
+    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    if device_rule_allows(rules, kind, major, minor):
+        return True
+    warn.append('CT {0}: {1} ({2} {3}:{4}) has no lxc.cgroup2.devices.allow rule: not usable'.format(
+        vmid, src, kind, major, minor))
+    return False
+
+
+def copy_device_dir(src, dst, rules, vmid, warn):
+    """Fill dst (a fresh tmpfs) with src's entries: allowed device nodes bound in, the others
+    left as empty files (LXC's device cgroup would refuse to open them), symlinks copied."""
+    for name in sorted(os.listdir(src)):
+        s, d = os.path.join(src, name), os.path.join(dst, name)
+        if os.path.islink(s):
+            os.symlink(os.readlink(s), d)
+            continue
+        st = os.stat(s)
+        if stat.S_ISDIR(st.st_mode):
+            os.mkdir(d, 0o755)
+            copy_device_dir(s, d, rules, vmid, warn)
+            continue
+        open(d, 'a').close()
+        if (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) and device_allowed(rules, s, st, vmid, warn):
+            run('mount', '--bind', s, d)
+
+
 def attach(vmid, rootfs, conf, argv):
     """Stage two of exec, as PID 1 of fresh namespaces: mount the container's view, chroot, exec."""
     cfg = pairs(main_section(conf) or [])
@@ -442,15 +470,19 @@ def attach(vmid, rootfs, conf, argv):
                 continue
             raise Die('lxc.mount.entry source {0} does not exist (and the entry is not optional)'.format(src))
         if os.path.isdir(src):
+            if src == '/dev' or src.startswith('/dev/'):
+                # A device directory (/dev/dri): the device cgroup still decides, node by node.
+                full = target(dst, 'dir')
+                run('mount', '-t', 'tmpfs', '-o', 'mode=0755,size=1m', 'lxc-devdir', full)
+                copy_device_dir(src, full, rules, vmid, warn)
+                if 'ro' in mo:
+                    run('mount', '-o', 'remount,ro', full)
+                continue
             kind = 'dir'
         full = target(dst, kind)
         st = os.stat(src)
         if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            devkind = 'c' if stat.S_ISCHR(st.st_mode) else 'b'
-            major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
-            if not device_rule_allows(rules, devkind, major, minor):
-                warn.append('CT {0}: {1} ({2} {3}:{4}) has no lxc.cgroup2.devices.allow rule: not usable'.format(
-                    vmid, src, devkind, major, minor))
+            if not device_allowed(rules, src, st, vmid, warn):
                 continue
         run('mount', '--rbind' if 'rbind' in mo else '--bind', src, full)
         if 'ro' in mo:

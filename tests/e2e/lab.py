@@ -1,0 +1,273 @@
+"""Helpers for the end-to-end tests: the local lab (scripts/lab) and the Pulumi CLI of .tools/.
+
+Lab: reads .lab/env; talks to the node over SSH (the lab key), to fakepve over its API and
+its control API (/lab/...), and reads the node tree's logs:
+  /var/log/pct.log           `<time> <pid> pct <args>` / `<time> <pid> exit <rc> <secs>s`
+  /var/log/ssh-commands.log  `<time> <pid> <command>`, one line per SSH command
+  /var/log/lxc-events.log    `<time> <vmid> create|start pid=N|stop|destroy`
+Pulumi: runs the CLI with the project's toolchain, the local file backend and the lab's
+passphrase; every call has a timeout and returns a CompletedProcess with text output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import ssl
+import stat
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB_DIR = ROOT / ".lab"
+TOOLS = ROOT / ".tools"
+PULUMI = TOOLS / "bin" / "pulumi"
+STACK = "lab"
+STACK_FILE = ROOT / "Pulumi.lab.yaml"
+NS = "homelab-media"
+
+
+def run(cmd, *, timeout=600, check=True, input=None, env=None, cwd=ROOT) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, input=input, text=True, capture_output=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{shlex.join(map(str, cmd))} failed ({proc.returncode})\n--- stdout\n{proc.stdout[-6000:]}\n"
+            f"--- stderr\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def read_env(path: Path) -> dict[str, str]:
+    env = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip()
+    return env
+
+
+@dataclass(frozen=True)
+class PctCall:
+    pid: str
+    args: list[str]
+
+
+class Lab:
+    """The running lab (after scripts/lab/lab-up.sh)."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.node_root = Path(env["LAB_NODE_ROOT"])
+        self.pool = Path(env["LAB_POOL"])
+        self.conf_dir = Path(env["LAB_CONF_DIR"])
+        self.ct_dir = Path(env["LAB_CT_DIR"])
+        self.node = env["LAB_NODE"]
+        self.endpoint = env["LAB_ENDPOINT"].rstrip("/")
+        self.password = Path(env["LAB_PVE_PASSWORD_FILE"]).read_text().strip()
+        self.ssh_port = int(env["LAB_SSH_PORT"])
+        self.key = env["LAB_SSH_KEY"]
+        self._ctx = ssl.create_default_context()
+        self._ctx.check_hostname = False
+        self._ctx.verify_mode = ssl.CERT_NONE
+        self._ticket = None
+
+    @classmethod
+    def up(cls) -> "Lab":
+        run(["bash", str(ROOT / "scripts/lab/lab-up.sh")], timeout=1800)
+        return cls(read_env(LAB_DIR / "env"))
+
+    # ----------------------------------------------------------------- ssh
+
+    def ssh(self, command: str, *, input: str | None = None, timeout: float = 120, check: bool = True):
+        return run(
+            ["ssh", "-i", self.key, "-p", str(self.ssh_port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"root@{self.env['LAB_SSH_HOST']}", command],
+            input=input, timeout=timeout, check=check,
+        )
+
+    # ----------------------------------------------------------------- API
+
+    def _request(self, method, url, data=None, headers=None, json_body=None):
+        body = None
+        headers = dict(headers or {})
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        elif data is not None and method != "GET":
+            body = urllib.parse.urlencode(data).encode()
+        req = urllib.request.Request(url, data=body, method=method, headers=headers)
+        with urllib.request.urlopen(req, context=self._ctx, timeout=30) as resp:
+            return json.load(resp)
+
+    def api(self, method: str, path: str, data: dict | None = None):
+        if self._ticket is None:
+            got = self._request("POST", f"{self.endpoint}/api2/json/access/ticket",
+                                {"username": "root@pam", "password": self.password})["data"]
+            self._ticket = (got["ticket"], got["CSRFPreventionToken"])
+        headers = {"Cookie": f"PVEAuthCookie={self._ticket[0]}"}
+        if method != "GET":
+            headers["CSRFPreventionToken"] = self._ticket[1]
+        url = f"{self.endpoint}/api2/json{path}"
+        if method == "GET" and data:
+            url += "?" + urllib.parse.urlencode(data)
+        return self._request(method, url, data, headers)["data"]
+
+    def control(self, method: str, path: str, body: dict | None = None):
+        """The lab's own control API of fakepve (scripts/lab/pve-lab.py)."""
+        return self._request(method, f"{self.endpoint}{path}", headers={"Authorization": f"Lab {self.password}"},
+                             json_body=body if method != "GET" else None)
+
+    def containers(self) -> dict[int, dict]:
+        return {int(c["vmid"]): c for c in self.api("GET", f"/nodes/{self.node}/lxc")}
+
+    def ct_config(self, vmid: int) -> dict:
+        return self.api("GET", f"/nodes/{self.node}/lxc/{vmid}/config")
+
+    # ---------------------------------------------------------------- logs
+
+    def _lines(self, rel: str) -> list[str]:
+        p = self.node_root / rel
+        return p.read_text().splitlines() if p.exists() else []
+
+    def pct_calls(self) -> list[PctCall]:
+        out = []
+        for line in self._lines("var/log/pct.log"):
+            parts = line.split(" ", 3)
+            if len(parts) == 4 and parts[2] == "pct":
+                out.append(PctCall(parts[1], shlex.split(parts[3])))
+        return out
+
+    def ssh_commands(self) -> list[str]:
+        return [line.split(" ", 2)[2] for line in self._lines("var/log/ssh-commands.log") if line.count(" ") >= 2]
+
+    def events(self, vmid: int | None = None) -> list[tuple[int, str]]:
+        out = []
+        for line in self._lines("var/log/lxc-events.log"):
+            parts = line.split(" ", 2)
+            if len(parts) == 3 and (vmid is None or int(parts[1]) == vmid):
+                out.append((int(parts[1]), parts[2]))
+        return out
+
+    def starts(self, vmid: int) -> int:
+        return sum(1 for _, what in self.events(vmid) if what.startswith("start"))
+
+    def counters(self) -> dict:
+        """A snapshot to diff: SSH commands, pct calls, container starts, API requests."""
+        return {
+            "ssh": len(self.ssh_commands()),
+            "pct": len(self.pct_calls()),
+            "events": len(self.events()),
+            "api": self.control("GET", "/lab/state")["requests"],
+        }
+
+    # --------------------------------------------------------------- node
+
+    def conf(self, vmid: int) -> str:
+        return (self.conf_dir / f"{vmid}.conf").read_text()
+
+    def add_device(self, rel: str, kind: str, major: int, minor: int, group_gid: int, sysfs: dict | None = None):
+        """A new fake device node on the node (e.g. dri/renderD129), plus optional sysfs files."""
+        path = self.node_root / "dev" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.unlink()
+        mode = (stat.S_IFCHR if kind == "c" else stat.S_IFBLK) | 0o660
+        os.mknod(path, mode, os.makedev(major, minor))
+        os.chown(path, 0, group_gid)
+        os.chmod(path, 0o660)
+        for rel_file, text in (sysfs or {}).items():
+            f = self.node_root / "opt/lab/sysfs" / rel_file
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(text)
+
+    def remove_device(self, rel: str):
+        p = self.node_root / "dev" / rel
+        if p.exists():
+            p.unlink()
+
+    def set_pool_mounted(self, mounted: bool):
+        cmd = "mountpoint -q /mnt/storage || mount --bind /mnt/storage /mnt/storage" if mounted else \
+            "! mountpoint -q /mnt/storage || umount /mnt/storage"
+        self.ssh(cmd)
+
+
+class Pulumi:
+    """The Pulumi CLI of .tools/ against the local backend, stack `lab`."""
+
+    def __init__(self, root: Path = ROOT):
+        self.root = root
+        env = dict(os.environ)
+        env.update(
+            PULUMI_HOME=str(TOOLS / "pulumi"),
+            PATH=f"{TOOLS / 'bin'}:{root / '.venv' / 'bin'}:{env.get('PATH', '')}",
+            PULUMI_SKIP_UPDATE_CHECK="true",
+            PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
+            PULUMI_IGNORE_AMBIENT_PLUGINS="true",
+            PULUMI_CONFIG_PASSPHRASE="lab",
+            PULUMI_BACKEND_URL=f"file://{root / '.pulumi-state'}",
+            PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK="true",
+        )
+        env.pop("PULUMI_ACCESS_TOKEN", None)
+        self.env = env
+
+    def __call__(self, *args, timeout: float = 1800, check: bool = True, input: str | None = None):
+        return run([str(PULUMI), *args, "--non-interactive"], timeout=timeout, check=check, input=input, env=self.env)
+
+    def popen(self, *args, log: Path):
+        fh = open(log, "w")
+        return subprocess.Popen([str(PULUMI), *args, "--non-interactive"], cwd=self.root, env=self.env, stdout=fh,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def up(self, *extra, **kw):
+        return self("up", "--stack", STACK, "--yes", "--skip-preview", "--diff", *extra, **kw)
+
+    def preview(self, *extra, **kw):
+        return self("preview", "--stack", STACK, "--diff", *extra, **kw)
+
+    def destroy(self, *extra, **kw):
+        return self("destroy", "--stack", STACK, "--yes", "--skip-preview", *extra, **kw)
+
+    def refresh(self, *extra, **kw):
+        return self("refresh", "--stack", STACK, "--yes", "--skip-preview", *extra, **kw)
+
+    def outputs(self) -> dict:
+        return json.loads(self("stack", "output", "--stack", STACK, "--json", "--show-secrets").stdout)
+
+    def resources(self) -> list[dict]:
+        state = json.loads(self("stack", "export", "--stack", STACK).stdout)
+        return state.get("deployment", {}).get("resources") or []
+
+    def config_set(self, key: str, value: str):
+        self("config", "set", "--stack", STACK, "--path", f"{NS}:{key}", value)
+
+
+class StackFile:
+    """Pulumi.lab.yaml as it was: tests that change the stack config put it back byte for byte."""
+
+    def __init__(self, path: Path = STACK_FILE):
+        self.path = path
+        self.saved = path.read_bytes()
+
+    def restore(self):
+        if self.path.read_bytes() != self.saved:
+            self.path.write_bytes(self.saved)
+
+
+def wait_for(predicate, timeout: float, every: float = 0.5, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)

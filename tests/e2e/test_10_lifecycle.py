@@ -1,0 +1,145 @@
+"""The whole life cycle against the local lab, in order: up from empty, no-op, in-place change,
+raw-line change, destroy. Real engine, real providers, real sshd and Debian 12 trees; only the
+Proxmox API (fakepve) and LXC (the pct shim) are stand-ins. See docs/adr/0005-local-lab.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from .lab import strip_ansi, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
+
+TRANSCODER, RIPPER = 201, 202
+
+
+def raw(conf: str) -> list[str]:
+    """The raw lxc lines of a conf's main section."""
+    main = conf.split("\n[", 1)[0]
+    return [line for line in main.splitlines() if line.startswith("lxc.")]
+
+
+def test_up_from_empty(lab, pulumi, pool_sentinels):
+    assert lab.containers() == {}, "the lab must start without containers"
+    result = pulumi.up(timeout=3000)
+    out = pulumi.outputs()
+
+    # the node's side
+    assert out["pool"]["pool"] == "/mnt/storage"
+    assert out["pool"]["mounted"] is True
+    assert out["mediaUser"]["user"] == "media"
+    assert (out["mediaUser"]["uid"], out["mediaUser"]["gid"]) == (1000, 1000)
+    for sub in ("staging", "movies", "tv"):
+        st = (lab.pool / sub).stat()
+        assert (st.st_uid, st.st_gid) == (1000, 1000), f"{sub} is not the media user's"
+    gpu = {n["path"]: (n["type"], n["major"], n["minor"]) for n in out["devices"]["gpu"]["nodes"]}
+    assert gpu == {"/dev/dri/card0": ("card", 226, 0), "/dev/dri/renderD128": ("render", 226, 128)}
+    optical = out["devices"]["optical"]
+    assert (optical["sr"]["path"], optical["sr"]["major"], optical["sr"]["minor"]) == ("/dev/sr0", 11, 0)
+    assert (optical["sg"]["path"], optical["sg"]["major"], optical["sg"]["minor"]) == ("/dev/sg1", 21, 1)
+
+    # the containers, as PVE sees them
+    cts = lab.containers()
+    assert set(cts) == {TRANSCODER, RIPPER}
+    assert all(c["status"] == "running" for c in cts.values())
+    for vmid, ip in ((TRANSCODER, "10.99.0.201/24"), (RIPPER, "10.99.0.202/24")):
+        cfg = lab.ct_config(vmid)
+        assert cfg["mp0"].split(",")[0] == "/mnt/storage" and "mp=/mnt/storage" in cfg["mp0"]
+        assert "nesting=1" in cfg["features"]
+        assert "firewall=0" in cfg["net0"] and f"ip={ip}" in cfg["net0"]
+        assert "unprivileged" not in cfg or str(cfg["unprivileged"]) == "0"
+    assert out["transcoder"]["vmId"] == TRANSCODER and out["ripper"]["vmId"] == RIPPER
+
+    # raw lines: in the conf files (pmxcfs) and in the outputs
+    t_raw, r_raw = raw(lab.conf(TRANSCODER)), raw(lab.conf(RIPPER))
+    assert "lxc.cgroup2.devices.allow: c 226:128 rwm" in t_raw
+    assert "lxc.cgroup2.devices.allow: c 226:0 rwm" in t_raw
+    assert any(line.startswith("lxc.mount.entry: /dev/dri dev/dri ") for line in t_raw)
+    assert "lxc.cgroup2.devices.allow: b 11:0 rwm" in r_raw, "sr0 is a block device: needs a b rule"
+    assert "lxc.cgroup2.devices.allow: c 21:1 rwm" in r_raw
+    assert any(line.startswith("lxc.mount.entry: /dev/sg1 dev/sg1") for line in r_raw)
+    assert set(out["transcoder"]["rawLines"]) == set(t_raw)
+    assert set(out["ripper"]["rawLines"]) == set(r_raw)
+
+    # inside the containers: the pool, the devices, the media user, the tools
+    lab.ssh("pct exec 201 -- test -c /dev/dri/renderD128")
+    lab.ssh("pct exec 202 -- test -b /dev/sr0")
+    lab.ssh("pct exec 202 -- test -c /dev/sg1")
+    ids = lab.ssh("pct exec 201 -- id media").stdout
+    assert "uid=1000(media)" in ids and "44" in ids and "104" in ids
+    lab.ssh("pct exec 201 -- ffmpeg -hide_banner -version")
+    lab.ssh("pct exec 201 -- test -d /mnt/storage/staging")
+    assert isinstance(out["gpuVerification"], dict) and "ok" in out["gpuVerification"]
+    assert out["gpuVerification"].get("render_node") == "/dev/dri/renderD128"
+    assert isinstance(out["driveVerification"], dict) and out["driveVerification"].get("sr") == "/dev/sr0"
+    assert out["driveVerification"].get("sg") == "/dev/sg1"
+    assert "+ " in strip_ansi(result.stdout), "the up created nothing?"
+
+
+def test_no_op_runs_nothing(lab, pulumi):
+    before = lab.counters()
+    pulumi.preview("--expect-no-changes")
+    assert lab.counters()["ssh"] == before["ssh"], "preview must not run remote commands"
+    pulumi.up("--expect-no-changes")
+    after = lab.counters()
+    assert after["ssh"] == before["ssh"], f"a no-op up ran remote commands: {lab.ssh_commands()[before['ssh']:]}"
+    assert after["pct"] == before["pct"]
+    assert after["events"] == before["events"], "a no-op up started, stopped or created containers"
+
+
+def test_cores_change_updates_in_place(lab, pulumi, stack_file):
+    before = lab.counters()
+    t_events, r_events = len(lab.events(TRANSCODER)), len(lab.events(RIPPER))
+    pulumi.config_set("transcoder.cores", "3")
+    pulumi.up()
+    assert int(lab.ct_config(TRANSCODER)["cores"]) == 3
+    new_events = lab.events(TRANSCODER)[t_events:]
+    assert not [e for e in new_events if e[1] in ("create", "destroy")], f"201 was replaced: {new_events}"
+    assert len(lab.events(RIPPER)) == r_events, "the ripper was touched"
+    execs = [c for c in lab.pct_calls()[before["pct"]:] if c.args[:1] == ["exec"]]
+    assert not execs, f"a cores change re-ran container steps: {execs}"
+    pulumi.preview("--expect-no-changes")
+
+    stack_file.restore()
+    pulumi.up()
+    assert int(lab.ct_config(TRANSCODER)["cores"]) == 2
+    pulumi.preview("--expect-no-changes")
+
+
+def test_new_gpu_node_rewrites_raw_lines_and_restarts_only_the_transcoder(lab, pulumi, stack_file):
+    lab.add_device("dri/renderD129", "c", 226, 129, 104,
+                   sysfs={"devices/pci0000:00/0000:04:00.0/drm/renderD129/dev": "226:129\n"})
+    try:
+        t_starts, r_starts = lab.starts(TRANSCODER), lab.starts(RIPPER)
+        before = lab.counters()
+        pulumi.config_set("devices.rediscover", "2")
+        pulumi.up()
+        t_raw = raw(lab.conf(TRANSCODER))
+        assert "lxc.cgroup2.devices.allow: c 226:129 rwm" in t_raw
+        assert "lxc.cgroup2.devices.allow: c 226:128 rwm" in t_raw
+        assert lab.starts(TRANSCODER) == t_starts + 1, "the transcoder must restart exactly once"
+        assert lab.starts(RIPPER) == r_starts, "the ripper must not restart"
+        reboots = [c.args for c in lab.pct_calls()[before["pct"]:] if c.args[:1] == ["reboot"]]
+        assert reboots == [["reboot", "201"]]
+        lab.ssh("pct exec 201 -- test -c /dev/dri/renderD129")
+        pulumi.preview("--expect-no-changes")
+    finally:
+        lab.remove_device("dri/renderD129")
+
+
+def test_destroy_leaves_nothing_and_the_pool_intact(lab, pulumi, pool_sentinels):
+    pulumi.destroy()
+    assert lab.containers() == {}
+    assert not list(lab.conf_dir.glob("*.conf"))
+    wait_for(lambda: not any(lab.ct_dir.iterdir()), 120, what="the containers' trees to go")
+    for rel, (data, uid, gid, mode) in pool_sentinels.items():
+        path = lab.pool / rel
+        assert path.read_bytes() == data, f"{rel} changed"
+        if rel.startswith("keep/"):
+            st = path.stat()
+            assert (st.st_uid, st.st_gid, st.st_mode) == (uid, gid, mode), f"{rel}'s owner or mode changed"
+    assert [r for r in pulumi.resources() if r.get("type") != "pulumi:pulumi:Stack"] == []
+    assert not os.path.ismount(lab.pool), "the node's mounts leaked onto this machine"
