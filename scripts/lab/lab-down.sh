@@ -46,25 +46,23 @@ node=$lab/node
 # lab_pids: processes that belong to the lab: the recorded ones, every process in the node's
 # mount namespace (sessions, pct), and all their descendants (pct exec runs in nested namespaces).
 lab_pids() {
-  local f pid ns rest stat
+  local f pid ppid ns path target
   local -A parent=() mine=()
   ns=$(cat "$lab/run/node.ns" 2>/dev/null || true)
   for f in "$lab/run/pve.pid" "$lab/run/node.pid"; do
     pid=$(cat "$f" 2>/dev/null || true)
     [[ $pid =~ ^[0-9]+$ && -d /proc/$pid ]] && mine[$pid]=1
   done
-  for stat in /proc/[0-9]*/stat; do
-    pid=${stat#/proc/}
-    pid=${pid%/stat}
-    [[ $pid != "$$" && $pid != "$BASHPID" ]] || continue
-    rest=$(cat "$stat" 2>/dev/null) || continue
-    rest=${rest##*) }
-    read -r _ f _ <<<"$rest"
-    parent[$pid]=$f
-    if [[ -n $ns && $(readlink "/proc/$pid/ns/mnt" 2>/dev/null || true) == "$ns" ]]; then
-      mine[$pid]=1
-    fi
-  done
+  while read -r pid ppid; do
+    parent[$pid]=$ppid
+  done < <(ps -e -o pid=,ppid=)
+  if [[ -n $ns ]]; then
+    while read -r path target; do
+      pid=${path#/proc/}
+      pid=${pid%%/*}
+      [[ $target == "$ns" ]] && mine[$pid]=1
+    done < <(find /proc -mindepth 3 -maxdepth 3 -path '/proc/[0-9]*/ns/mnt' -printf '%p %l\n' 2>/dev/null)
+  fi
   local grew=1
   while ((grew)); do
     grew=0
@@ -76,7 +74,7 @@ lab_pids() {
     done
   done
   for pid in "${!mine[@]}"; do
-    [[ -d /proc/$pid ]] && echo "$pid"
+    [[ $pid != "$$" && -d /proc/$pid ]] && echo "$pid"
   done
   return 0
 }
