@@ -24,21 +24,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.e2e)
 
 
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "the lab needs root (mount namespaces, mknod, chroot): run as root"
-    if not PULUMI.exists():
-        if os.environ.get("CI"):
-            pytest.fail(".tools/bin/pulumi is missing in CI: `make toolchain` must run before the e2e tests")
-        return ".tools/bin/pulumi is missing: build the toolchain first (make toolchain)"
-    return None
-
-
 @pytest.fixture(scope="session")
 def lab():
-    why = _why_not()
-    if why:
-        pytest.skip(why)
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (mount namespaces, mknod, chroot): run as root")
     lab = Lab.up()
     yield lab
     if not os.environ.get("LAB_KEEP"):
@@ -50,6 +39,10 @@ def pulumi(lab):
     """The CLI, on a `lab` stack that starts empty: state from an earlier lab refers to
     containers that fakepve forgot when it stopped, so the stack is recreated (its config
     file kept) and lab-up.sh sets the secrets again."""
+    if not PULUMI.exists():
+        if os.environ.get("CI"):
+            pytest.fail(".tools/bin/pulumi is missing in CI: `make toolchain` must run before the e2e tests")
+        pytest.skip(".tools/bin/pulumi is missing: build the toolchain first (make toolchain)")
     p = Pulumi()
     stacks = p("stack", "ls", "--json").stdout
     if f'"name": "{STACK}"' in stacks and p.resources():
