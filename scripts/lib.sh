@@ -48,3 +48,279 @@ quiet() {
 
 # need_root: stop unless running as root.
 need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root (try: sudo $SCRIPT_NAME)"; }
+
+# ---------------------------------------------------------------------------
+# JSON output (pure bash: containers may have neither python3 nor jq yet).
+
+# json_str "text": print text as a JSON string literal.
+json_str() {
+  local s=$1 out="" c i
+  s=${s//\\/\\\\}
+  s=${s//\"/\\\"}
+  s=${s//$'\n'/\\n}
+  s=${s//$'\t'/\\t}
+  s=${s//$'\r'/\\r}
+  if [[ $s == *[$'\001'-$'\037']* ]]; then
+    for ((i = 0; i < ${#s}; i++)); do
+      c=${s:i:1}
+      if [[ $c == [$'\001'-$'\037'] ]]; then
+        printf -v c '\\u%04x' "'$c"
+      fi
+      out+=$c
+    done
+    s=$out
+  fi
+  printf '"%s"' "$s"
+}
+
+# json_str_or_null "text": a JSON string, or null when text is empty.
+json_str_or_null() { if [[ -n $1 ]]; then json_str "$1"; else printf 'null'; fi; }
+
+# json_int_or_null "n": the number, or null when n is not a decimal integer.
+json_int_or_null() { if [[ $1 =~ ^[0-9]+$ ]]; then printf '%s' "$((10#$1))"; else printf 'null'; fi; }
+
+# json_bool "true|false|1|0|yes|no": a JSON boolean.
+json_bool() { case ${1,,} in true | 1 | yes) printf 'true' ;; *) printf 'false' ;; esac; }
+
+# json_arr "a" "b" ...: a JSON array of strings.
+json_arr() {
+  local first=1 x
+  printf '['
+  for x in "$@"; do
+    ((first)) || printf ','
+    first=0
+    json_str "$x"
+  done
+  printf ']'
+}
+
+# json_raw_arr '{"a":1}' '2' ...: a JSON array of values that are already JSON.
+json_raw_arr() {
+  local IFS=,
+  printf '[%s]' "$*"
+}
+
+# json_obj key value key value ...: a JSON object; values must already be JSON.
+json_obj() {
+  local first=1
+  printf '{'
+  while [[ $# -ge 2 ]]; do
+    ((first)) || printf ','
+    first=0
+    json_str "$1"
+    printf ':%s' "$2"
+    shift 2
+  done
+  printf '}'
+}
+
+# ---------------------------------------------------------------------------
+# Arguments.
+
+# need_arg FLAG VALUE: stop unless a flag that takes a value got one.
+need_arg() { [[ $# -ge 2 && -n $2 && $2 != --* ]] || die "$1 needs a value (see --help)"; }
+
+# need_int NAME VALUE: stop unless VALUE is a decimal number (uid, gid, vmid...).
+need_int() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 must be a number, got '$2'"; }
+
+# need_name NAME VALUE: stop unless VALUE is a valid user/group name.
+need_name() { [[ $2 =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "$1 must be a user/group name (lowercase, digits, '_' or '-'), got '$2'"; }
+
+# parse_group_spec "video:44,render:104": print "name gid" lines; stop on a malformed entry.
+parse_group_spec() {
+  local spec=$1 item
+  [[ -z $spec ]] && return 0
+  local -a items
+  IFS=, read -r -a items <<<"$spec"
+  for item in "${items[@]}"; do
+    [[ $item =~ ^([a-z_][a-z0-9_-]{0,31}):([0-9]+)$ ]] ||
+      die "--groups entry '$item' is not NAME:GID (example: video:44,render:104,cdrom:24)"
+    printf '%s %s\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
+  done
+}
+
+# ---------------------------------------------------------------------------
+# Changes made by a script, for its "changed" output.
+
+CHANGED=()
+# changed "what": record one change (and log it).
+changed() {
+  CHANGED+=("$1")
+  ok "$1"
+}
+
+# ---------------------------------------------------------------------------
+# Users and groups (host and containers). Existing ids are never renumbered:
+# renumbering re-owns files, so a conflict stops with a message instead.
+
+# group_name_of_gid GID: print the name of the group with that number (empty if none).
+group_name_of_gid() { getent group "$1" | cut -d: -f1 || true; }
+# gid_of_group NAME: print the number of the named group (empty if none).
+gid_of_group() { getent group "$1" | cut -d: -f3 || true; }
+# user_name_of_uid UID: print the name of the user with that number (empty if none).
+user_name_of_uid() { getent passwd "$1" | cut -d: -f1 || true; }
+
+# check_media_ids NAME UID GID: stop before any change if the uid or gid is held by
+# another user/group, or NAME exists with other numbers.
+check_media_ids() {
+  local name=$1 uid=$2 gid=$3 holder have
+  have=$(gid_of_group "$name")
+  [[ -z $have || $have == "$gid" ]] || die "group '$name' already exists with gid $have, not $gid. Renumbering it would leave files owned by the old number; either set the configured gid to $have or renumber by hand (groupmod -g $gid $name, then fix file ownership)."
+  holder=$(group_name_of_gid "$gid")
+  [[ -z $holder || $holder == "$name" ]] || die "gid $gid is already used by group '$holder', so group '$name' cannot get it. Choose another gid for the media user, or rename that group by hand (groupmod -n $name $holder) if it is meant to be the same group."
+  have=$(getent passwd "$name" | cut -d: -f3 || true)
+  [[ -z $have || $have == "$uid" ]] || die "user '$name' already exists with uid $have, not $uid. Files written by the pipeline would get the wrong owner; set the configured uid to $have, or renumber by hand (usermod -u $uid $name re-owns its home only)."
+  holder=$(user_name_of_uid "$uid")
+  [[ -z $holder || $holder == "$name" ]] || die "uid $uid is already used by user '$holder', so user '$name' cannot get it. Choose another uid for the media user (homelab-media:media.uid), or remove/renumber '$holder' by hand."
+  return 0
+}
+
+# ensure_primary_group NAME GID: group NAME with exactly GID, created if missing.
+ensure_primary_group() {
+  local name=$1 gid=$2 holder have
+  have=$(gid_of_group "$name")
+  if [[ -n $have ]]; then
+    [[ $have == "$gid" ]] || die "group '$name' already exists with gid $have, not $gid. Renumbering it would leave files owned by the old number; either set the configured gid to $have or renumber by hand (groupmod -g $gid $name, then fix file ownership)."
+    return 0
+  fi
+  holder=$(group_name_of_gid "$gid")
+  [[ -z $holder ]] || die "gid $gid is already used by group '$holder', so group '$name' cannot get it. Choose another gid for the media user, or rename that group by hand (groupmod -n $name $holder) if it is meant to be the same group."
+  groupadd -g "$gid" "$name"
+  changed "group $name ($gid) created"
+}
+
+# ensure_user NAME UID GID: user NAME with exactly UID, primary group GID, home, bash.
+ensure_user() {
+  local name=$1 uid=$2 gid=$3 holder have_uid have_gid
+  if getent passwd "$name" >/dev/null; then
+    have_uid=$(getent passwd "$name" | cut -d: -f3)
+    [[ $have_uid == "$uid" ]] || die "user '$name' already exists with uid $have_uid, not $uid. Files written by the pipeline would get the wrong owner; set the configured uid to $have_uid, or renumber by hand (usermod -u $uid $name re-owns its home only)."
+    have_gid=$(getent passwd "$name" | cut -d: -f4)
+    if [[ $have_gid != "$gid" ]]; then
+      usermod -g "$gid" "$name"
+      changed "user $name primary group set to $gid (was $have_gid)"
+    fi
+    return 0
+  fi
+  holder=$(user_name_of_uid "$uid")
+  [[ -z $holder ]] || die "uid $uid is already used by user '$holder', so user '$name' cannot get it. Choose another uid for the media user (homelab-media:media.uid), or remove/renumber '$holder' by hand."
+  useradd -u "$uid" -g "$gid" -s /bin/bash -m "$name"
+  changed "user $name ($uid) created"
+}
+
+# user_in_group USER GROUPNAME: true if USER is listed as a member of GROUPNAME.
+user_in_group() {
+  local members
+  members=$(getent group "$2" | cut -d: -f4)
+  [[ ",$members," == *",$1,"* ]]
+}
+
+# ensure_device_group USER NAME GID: make USER a member of the group numbered GID
+# (the node's number for NAME). Sets DEVICE_GROUP to the name of the group used.
+#   - a group with GID exists (any name): use it;
+#   - else if NAME is free: create NAME with GID;
+#   - else (NAME exists with another number, e.g. render=992 in a container):
+#     create NAME-host with GID and leave NAME alone.
+ensure_device_group() {
+  local user=$1 name=$2 gid=$3 grp primary
+  DEVICE_GROUP=""
+  grp=$(group_name_of_gid "$gid")
+  if [[ -z $grp ]]; then
+    if [[ -z $(gid_of_group "$name") ]]; then
+      grp=$name
+    else
+      grp="$name-host"
+      [[ -z $(gid_of_group "$grp") ]] || die "group '$name' has gid $(gid_of_group "$name") and '$grp' has gid $(gid_of_group "$grp"), neither is the node's $gid; fix the groups by hand (groupmod -g $gid $grp)"
+    fi
+    groupadd -g "$gid" "$grp"
+    changed "group $grp ($gid) created for the node's $name group"
+  elif [[ $grp != "$name" ]]; then
+    ok "gid $gid is group '$grp' here (the node's $name); using it"
+  fi
+  primary=$(getent passwd "$user" | cut -d: -f4)
+  if [[ $primary != "$gid" ]] && ! user_in_group "$user" "$grp"; then
+    usermod -a -G "$grp" "$user"
+    changed "$user added to $grp ($gid)"
+  fi
+  DEVICE_GROUP=$grp
+}
+
+# ---------------------------------------------------------------------------
+# Devices. SYSFS_ROOT and DEV_ROOT let tests point these at fake trees.
+
+# dev_majmin PATH: print "major minor" (decimal) of a device node.
+dev_majmin() {
+  local hex
+  hex=$(stat -L -c '%t %T' "$1") || return 1
+  printf '%d %d\n' "0x${hex% *}" "0x${hex#* }"
+}
+
+# dev_json PATH LOGICAL: {"path":LOGICAL,"major":M,"minor":N} for a device node.
+dev_json() {
+  local mm
+  mm=$(dev_majmin "$1") || return 1
+  json_obj path "$(json_str "$2")" major "${mm% *}" minor "${mm#* }"
+}
+
+# find_optical: set OPT_SR / OPT_SG (names like sr0 / sg3, empty if none) and
+# OPT_REASON. The sg node is the scsi_generic device whose type is 5 (CD/DVD),
+# preferably the one whose block device is the chosen sr node.
+find_optical() {
+  local sysfs=${SYSFS_ROOT:-/sys} dev=${DEV_ROOT:-/dev} n d name first="" match=""
+  OPT_SR="" OPT_SG="" OPT_REASON=""
+  for n in "$dev"/sr*; do
+    [[ -b $n ]] || continue
+    OPT_SR=$(basename "$n")
+    break
+  done
+  for d in $(find "$sysfs/class/scsi_generic" -mindepth 1 -maxdepth 1 -name 'sg*' -printf '%f\n' 2>/dev/null | sort -V || true); do
+    [[ $(cat "$sysfs/class/scsi_generic/$d/device/type" 2>/dev/null) == 5 ]] || continue
+    [[ -n $first ]] || first=$d
+    if [[ -n $OPT_SR && -e $sysfs/class/scsi_generic/$d/device/block/$OPT_SR ]]; then
+      match=$d
+      break
+    fi
+  done
+  name=${match:-$first}
+  if [[ -n $name && -c $dev/$name ]]; then
+    OPT_SG=$name
+  elif [[ -n $name ]]; then
+    OPT_REASON="sysfs lists $name as the optical drive's SCSI generic device, but $dev/$name is not a character device"
+  fi
+  if [[ -z $OPT_SR && -z $OPT_SG ]]; then
+    OPT_REASON="no optical drive: no $dev/sr* block device and no scsi_generic device of type 5 in $sysfs/class/scsi_generic"
+  elif [[ -z $OPT_SR ]]; then
+    OPT_REASON="no $dev/sr* block device (the drive's sg node exists)"
+  elif [[ -z $OPT_SG && -z $OPT_REASON ]]; then
+    OPT_REASON="no scsi_generic device of type 5 for $OPT_SR in $sysfs/class/scsi_generic (MakeMKV needs the sg node)"
+  fi
+  return 0
+}
+
+# first_render_node: print the first $DEV_ROOT/dri/renderD* character device (empty if none).
+first_render_node() {
+  local n
+  for n in $(find "${DEV_ROOT:-/dev}/dri" -mindepth 1 -maxdepth 1 -name 'renderD*' 2>/dev/null | sort -V || true); do
+    [[ -c $n ]] && { printf '%s\n' "$n"; return 0; }
+  done
+  return 0
+}
+
+# ---------------------------------------------------------------------------
+# Files.
+
+# write_if_changed FILE MODE: replace FILE with stdin atomically (temp file in the
+# same directory, then rename) only if the content differs. Returns 0 if written,
+# 1 if unchanged.
+write_if_changed() {
+  local file=$1 mode=$2 tmp
+  tmp=$(mktemp "$(dirname "$file")/.$(basename "$file").XXXXXX")
+  cat >"$tmp"
+  if [[ -f $file ]] && cmp -s "$tmp" "$file"; then
+    rm -f "$tmp"
+    return 1
+  fi
+  chmod "$mode" "$tmp"
+  mv -f "$tmp" "$file"
+  return 0
+}

@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# Inside the transcoder container: media user, non-free apt components, Intel VA/QSV stack and tools.
+set -Eeuo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+  cat <<'USAGE'
+Usage: ct-bootstrap-transcoder.sh --user media --video-gid 44 --render-gid 104
+         [--uid 1000] [--gid 1000] [--sources-only]
+
+Inside the transcoder container (Debian 12):
+  1. the media user (ct-media-user.sh, next to this script) with the node's
+     video/render numbers;
+  2. contrib, non-free and non-free-firmware added to the container's EXISTING
+     Debian apt sources (one-line sources.list/*.list and deb822 *.sources);
+     the mirror is never replaced and third-party repositories are left alone;
+  3. apt-get update + install of the missing packages among
+     intel-media-va-driver-non-free libvpl2 libmfx-gen1.2 vainfo intel-gpu-tools
+     ffmpeg handbrake-cli mediainfo mkvtoolnix jq python3
+     (nothing is downloaded when all are installed);
+  4. if /dev/dri exists: card* group video, renderD* group render (the node's
+     numbers), mode 0660, changed only when wrong.
+
+  --sources-only   do only step 2 (for tests; APT_ETC overrides /etc/apt)
+
+stdout: JSON {"packages":[installed list],"installed":[newly installed],
+              "sources_changed":[files],"dri":[changes],"user":{ct-media-user JSON},
+              "changed":bool}
+Exit 1 with a message on stderr on failure (apt errors show their log tail).
+USAGE
+}
+
+PACKAGES=(intel-media-va-driver-non-free libvpl2 libmfx-gen1.2 vainfo intel-gpu-tools
+  ffmpeg handbrake-cli mediainfo mkvtoolnix jq python3)
+WANT_COMPONENTS=(contrib non-free non-free-firmware)
+
+user="" uid=1000 gid=1000 video_gid="" render_gid="" sources_only=0
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    -h | --help) usage; exit 0 ;;
+    --user) need_arg "$@"; user=$2; shift 2 ;;
+    --uid) need_arg "$@"; uid=$2; shift 2 ;;
+    --gid) need_arg "$@"; gid=$2; shift 2 ;;
+    --video-gid) need_arg "$@"; video_gid=$2; shift 2 ;;
+    --render-gid) need_arg "$@"; render_gid=$2; shift 2 ;;
+    --sources-only) sources_only=1; shift ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+
+apt_etc=${APT_ETC:-/etc/apt}
+
+# codename: the Debian release these sources are for (bookworm on Debian 12).
+codename() {
+  local c=""
+  if [[ -r ${OS_RELEASE:-/etc/os-release} ]]; then
+    c=$(sed -n 's/^VERSION_CODENAME=//p' "${OS_RELEASE:-/etc/os-release}" | tr -d '"')
+  fi
+  printf '%s\n' "${c:-bookworm}"
+}
+
+# is_debian_suite SUITE: SUITE is this release or one of its -updates/-security/-backports.
+is_debian_suite() {
+  local base=${1%%-*}
+  [[ $base == "$CODENAME" ]]
+}
+
+# missing_components "comp comp ...": print the wanted components not in the list.
+missing_components() {
+  local have=" $1 " c out=()
+  for c in "${WANT_COMPONENTS[@]}"; do
+    [[ $have == *" $c "* ]] || out+=("$c")
+  done
+  printf '%s' "${out[*]}"
+}
+
+# debian_signed SIGNEDBY: no Signed-By, or Debian's own keyring (third-party repos carry their own).
+debian_signed() { [[ -z $1 || $1 == *debian-archive-keyring* ]]; }
+
+# edit_one_line FILE: print FILE with components added to Debian `deb`/`deb-src` lines.
+edit_one_line() {
+  local line body opts suite comps comment add signed
+  while IFS= read -r line || [[ -n $line ]]; do
+    if [[ $line =~ ^[[:space:]]*(deb|deb-src)[[:space:]]+(.*)$ ]]; then
+      body=${BASH_REMATCH[2]} opts="" comment=""
+      if [[ $body == *'#'* ]]; then
+        comment=" #${body#*#}"
+        body=${body%%#*}
+      fi
+      if [[ $body =~ ^(\[[^]]*\])[[:space:]]*(.*)$ ]]; then
+        opts=${BASH_REMATCH[1]}
+        body=${BASH_REMATCH[2]}
+      fi
+      read -r _ suite comps <<<"$body"
+      signed=""
+      [[ $opts =~ signed-by=([^][:space:]]+) ]] && signed=${BASH_REMATCH[1]}
+      if [[ -n $comps ]] && is_debian_suite "$suite" && [[ " $comps " == *" main "* ]] && debian_signed "$signed"; then
+        add=$(missing_components "$comps")
+        if [[ -n $add ]]; then
+          line="${line%%#*}"
+          line="${line%"${line##*[![:space:]]}"} $add${comment}"
+        fi
+      fi
+    fi
+    printf '%s\n' "$line"
+  done <"$1"
+}
+
+# edit_deb822 FILE: print FILE with components added to the Components: field
+# of enabled Debian stanzas.
+edit_deb822() {
+  local -a stanza=() _c=()
+  local line
+  flush() {
+    local l suites="" comps="" signed="" enabled=yes ci=-1 i add
+    for i in "${!stanza[@]}"; do
+      l=${stanza[i]}
+      case ${l,,} in
+        suites:*) suites=${l#*:} ;;
+        components:*) comps=${l#*:} ci=$i ;;
+        signed-by:*) signed=${l#*:} ;;
+        enabled:*) enabled=${l#*:} ;;
+      esac
+    done
+    enabled=${enabled// /}
+    if [[ $ci -ge 0 && ${enabled,,} != no ]] && [[ " $comps " == *" main "* ]] && debian_signed "${signed// /}"; then
+      local s debian=0
+      for s in $suites; do is_debian_suite "$s" && debian=1; done
+      if ((debian)); then
+        read -r -a _c <<<"$comps"
+        add=$(missing_components "${_c[*]}")
+        if [[ -n $add ]]; then
+          l=${stanza[ci]}
+          stanza[ci]="${l%"${l##*[![:space:]]}"} $add"
+        fi
+      fi
+    fi
+    [[ ${#stanza[@]} -eq 0 ]] || printf '%s\n' "${stanza[@]}"
+    stanza=()
+  }
+  while IFS= read -r line || [[ -n $line ]]; do
+    if [[ -z ${line//[[:space:]]/} ]]; then
+      flush
+      printf '%s\n' "$line"
+    else
+      stanza+=("$line")
+    fi
+  done <"$1"
+  flush
+}
+
+# add_components: edit every apt source file in place (atomically) where needed.
+SOURCES_CHANGED=()
+add_components() {
+  local f
+  CODENAME=$(codename)
+  local -a files=()
+  [[ -f $apt_etc/sources.list ]] && files+=("$apt_etc/sources.list")
+  for f in "$apt_etc"/sources.list.d/*.list "$apt_etc"/sources.list.d/*.sources; do
+    [[ -f $f ]] && files+=("$f")
+  done
+  [[ ${#files[@]} -gt 0 ]] || die "no apt sources found in $apt_etc (sources.list or sources.list.d/*.list|*.sources)"
+  for f in "${files[@]}"; do
+    local mode
+    mode=$(stat -c '%a' "$f")
+    if [[ $f == *.sources ]]; then
+      if edit_deb822 "$f" | write_if_changed "$f" "$mode"; then
+        SOURCES_CHANGED+=("$f")
+        changed "added ${WANT_COMPONENTS[*]} to $f"
+      fi
+    elif edit_one_line "$f" | write_if_changed "$f" "$mode"; then
+      SOURCES_CHANGED+=("$f")
+      changed "added ${WANT_COMPONENTS[*]} to $f"
+    fi
+  done
+}
+
+if ((sources_only)); then
+  step "Adding ${WANT_COMPONENTS[*]} to the Debian apt sources in $apt_etc"
+  add_components
+  [[ ${#SOURCES_CHANGED[@]} -gt 0 ]] || ok "apt sources already have ${WANT_COMPONENTS[*]}"
+  any=false
+  [[ ${#SOURCES_CHANGED[@]} -eq 0 ]] || any=true
+  json_obj sources_changed "$(json_arr "${SOURCES_CHANGED[@]}")" changed "$any"
+  echo
+  exit 0
+fi
+
+[[ -n $user ]] || die "--user is required (see --help)"
+[[ -n $video_gid ]] || die "--video-gid is required (the node's video gid, 44 on PVE 8)"
+[[ -n $render_gid ]] || die "--render-gid is required (the node's render gid, 104 on PVE 8)"
+need_int --video-gid "$video_gid"
+need_int --render-gid "$render_gid"
+need_root
+
+step "Media user"
+user_json=$(bash "$(dirname "${BASH_SOURCE[0]}")/ct-media-user.sh" --user "$user" --uid "$uid" --gid "$gid" \
+  --groups "video:$video_gid,render:$render_gid")
+user_changed=0
+[[ $user_json == *'"changed":[]'* ]] || user_changed=1
+
+step "Adding ${WANT_COMPONENTS[*]} to the Debian apt sources"
+add_components
+[[ ${#SOURCES_CHANGED[@]} -gt 0 ]] || ok "apt sources already have ${WANT_COMPONENTS[*]}"
+
+step "Packages: ${PACKAGES[*]}"
+missing=()
+for p in "${PACKAGES[@]}"; do
+  [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true) == "ii "* ]] || missing+=("$p")
+done
+installed=()
+if [[ ${#missing[@]} -gt 0 || ${#SOURCES_CHANGED[@]} -gt 0 ]]; then
+  step "apt-get update"
+  retry 3 10 quiet apt-get update || die "apt-get update failed (network, or a broken apt source?)"
+fi
+if [[ ${#missing[@]} -gt 0 ]]; then
+  step "Installing ${missing[*]} (a few minutes)"
+  export DEBIAN_FRONTEND=noninteractive
+  retry 2 10 quiet apt-get install -y --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}" ||
+    die "apt-get install failed for: ${missing[*]}"
+  installed=("${missing[@]}")
+  changed "installed ${missing[*]}"
+else
+  ok "all packages already installed"
+fi
+
+dri_changes=()
+dri=${DEV_ROOT:-/dev}/dri
+if [[ -d $dri ]]; then
+  step "Permissions of $dri (card*: gid $video_gid, renderD*: gid $render_gid, 0660)"
+  for n in "$dri"/card* "$dri"/renderD*; do
+    [[ -c $n ]] || continue
+    want_gid=$video_gid
+    [[ $(basename "$n") == renderD* ]] && want_gid=$render_gid
+    if [[ $(stat -c '%g' "$n") != "$want_gid" ]]; then
+      chgrp "$want_gid" "$n"
+      dri_changes+=("$n group set to $want_gid")
+      changed "$n group set to $want_gid"
+    fi
+    if [[ $(stat -c '%a' "$n") != 660 ]]; then
+      chmod 0660 "$n"
+      dri_changes+=("$n mode set to 0660")
+      changed "$n mode set to 0660"
+    fi
+  done
+  [[ ${#dri_changes[@]} -gt 0 ]] || ok "$dri permissions already right"
+else
+  warn "$dri does not exist (no GPU passed through yet); skipped its permissions"
+fi
+
+present=()
+for p in "${PACKAGES[@]}"; do
+  v=$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || true)
+  present+=("$p${v:+=$v}")
+done
+any=false
+[[ ${#CHANGED[@]} -eq 0 && $user_changed -eq 0 ]] || any=true
+json_obj packages "$(json_arr "${present[@]}")" installed "$(json_arr "${installed[@]}")" \
+  sources_changed "$(json_arr "${SOURCES_CHANGED[@]}")" dri "$(json_arr "${dri_changes[@]}")" \
+  user "$user_json" changed "$any"
+echo

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Apply raw device lines to a container's config once PVE has released it; reboot it if needed.
+set -Eeuo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+  cat <<'USAGE'
+Usage: pve-ct-raw.sh --vmid N [--timeout SECONDS] < lines
+
+Waits until /etc/pve/lxc/N.conf exists and its main section has no `lock:` line
+(PVE rewrites the file while a create/clone/restore lock is held), then runs
+`pve-lxc-raw.sh apply` on it with the lines from stdin (see pve-lxc-raw.sh help).
+If the config changed and the container is running, `pct reboot N` makes the
+new lines take effect (raw lxc lines are read only at container start).
+
+  --vmid N           container id
+  --timeout SECONDS  how long to wait for the config and its lock (default 120)
+Environment: PVE_CONF_DIR (default /etc/pve/lxc), for tests and the lab.
+
+stdout: last line is `changed` or `unchanged`.
+Exit 1: bad arguments or lines (config untouched), or the wait timed out.
+USAGE
+}
+
+vmid=""
+timeout=120
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    -h | --help) usage; exit 0 ;;
+    --vmid) need_arg "$@"; vmid=$2; shift 2 ;;
+    --timeout) need_arg "$@"; timeout=$2; shift 2 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+[[ -n $vmid ]] || die "--vmid is required (see --help)"
+need_int --vmid "$vmid"
+need_int --timeout "$timeout"
+
+conf_dir=${PVE_CONF_DIR:-/etc/pve/lxc}
+conf="$conf_dir/$vmid.conf"
+lines=$(cat)
+
+# main_lock CONF: print the lock of the main section (empty if none).
+main_lock() {
+  awk '/^\[/ { exit } /^lock:/ { sub(/^lock:[[:space:]]*/, ""); print; exit }' "$1"
+}
+
+step "Waiting for $conf to exist without a lock (up to ${timeout}s)"
+deadline=$((SECONDS + timeout))
+lock=""
+while :; do
+  if [[ -f $conf ]]; then
+    lock=$(main_lock "$conf")
+    [[ -z $lock ]] && break
+  fi
+  if ((SECONDS >= deadline)); then
+    if [[ -f $conf ]]; then
+      die "$conf is still locked ('lock: $lock') after ${timeout}s; PVE is still working on container $vmid (see its task log). If no task is running, clear a stale lock with: pct unlock $vmid"
+    fi
+    die "$conf did not appear within ${timeout}s: container $vmid does not exist on this node (check the vmid, and that this is the node it was created on)"
+  fi
+  sleep 1
+done
+ok "$conf is ready"
+
+step "Applying ${vmid}'s raw lxc lines"
+out=$(bash "$(dirname "${BASH_SOURCE[0]}")/pve-lxc-raw.sh" apply "$conf" <<<"$lines")
+result=$(tail -n1 <<<"$out")
+[[ $result == changed || $result == unchanged ]] || die "pve-lxc-raw.sh printed '$result', expected changed/unchanged"
+ok "raw lines $result"
+
+if [[ $result == changed ]]; then
+  status=$(pct status "$vmid" 2>/dev/null || true)
+  if [[ $status == *running* ]]; then
+    step "Rebooting container $vmid so the new device lines take effect"
+    pct reboot "$vmid" >&2
+    ok "container $vmid rebooted"
+  else
+    ok "container $vmid is not running (${status:-status unknown}); the lines apply at its next start"
+  fi
+fi
+echo "$result"

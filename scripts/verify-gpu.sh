@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Prove the GPU works for the media user: VA driver, profiles, and a real 1-second hevc_qsv encode.
+set -Eeuo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+  cat <<'USAGE'
+Usage: verify-gpu.sh --user media [--render-node PATH] [--strict]
+
+Inside the transcoder container, as USER (runuser, so group membership is
+fresh): `vainfo --display drm --device NODE` (driver and VA profiles), the QSV
+encoders ffmpeg was built with, and a real one-second encode:
+  ffmpeg -init_hw_device qsv=hw:NODE -f lavfi -i testsrc=d=1 \
+         -vf hwupload=extra_hw_frames=64,format=qsv -c:v hevc_qsv -f null -
+Only the encode proves the GPU works; `ok` is true only if it succeeded.
+Missing hardware or tools are reported with a reason, not as a crash.
+
+  --render-node PATH   default: the first /dev/dri/renderD* (DEV_ROOT overrides /dev)
+  --strict             exit 1 after printing the JSON if ok is false
+
+stdout: JSON {"ok":bool,"render_node":str|null,"driver":str|null,"va_profiles":[str],
+              "qsv_encoders":[str],"encode":"ok"|"failed: REASON","reason":str|null}
+USAGE
+}
+
+user="" node="" strict=0
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    -h | --help) usage; exit 0 ;;
+    --user) need_arg "$@"; user=$2; shift 2 ;;
+    --render-node) need_arg "$@"; node=$2; shift 2 ;;
+    --strict) strict=1; shift ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+[[ -n $user ]] || die "--user is required (see --help)"
+
+# as_user CMD...: run CMD as the media user with a fresh group list (or as is, if we are that user).
+as_user() {
+  if [[ $(id -un) == "$user" ]]; then
+    "$@"
+  else
+    runuser -u "$user" -- "$@"
+  fi
+}
+
+reasons=()
+driver="" encode="" profiles=() encoders=()
+
+if ! getent passwd "$user" >/dev/null; then
+  reasons+=("user $user does not exist (run ct-media-user.sh)")
+  encode="failed: user $user does not exist"
+fi
+
+step "Render node"
+[[ -n $node ]] || node=$(first_render_node)
+if [[ -z $node ]]; then
+  reasons+=("no render node: no ${DEV_ROOT:-/dev}/dri/renderD* (is the GPU passed through? see host-discover.sh and the raw lxc lines)")
+  encode="failed: no render node"
+elif [[ ! -c $node ]]; then
+  reasons+=("$node is not a character device")
+  encode="failed: $node is not a character device"
+else
+  ok "$node"
+fi
+
+if [[ -z $encode ]]; then
+  step "VA driver (vainfo as $user)"
+  if ! command -v vainfo >/dev/null; then
+    reasons+=("vainfo is not installed (ct-bootstrap-transcoder.sh installs it)")
+  else
+    va_out=$(as_user timeout 60 vainfo --display drm --device "$node" 2>&1) && va_rc=0 || va_rc=$?
+    if [[ $va_out =~ Driver\ version:\ ([^$'\n']*) ]]; then
+      driver=${BASH_REMATCH[1]}
+      driver=${driver%"${driver##*[![:space:]]}"}
+    fi
+    while IFS= read -r l; do
+      if [[ $l =~ (VAProfile[A-Za-z0-9_]+)[[:space:]]*:[[:space:]]*(VAEntrypoint[A-Za-z0-9_]+) ]]; then
+        profiles+=("${BASH_REMATCH[1]}:${BASH_REMATCH[2]}")
+      fi
+    done <<<"$va_out"
+    if [[ -n $driver ]]; then
+      ok "$driver (${#profiles[@]} profile/entrypoint pairs)"
+    else
+      reasons+=("vainfo found no VA driver for $node (exit $va_rc): $(tail -n1 <<<"$va_out")")
+    fi
+  fi
+fi
+
+step "QSV encoders in ffmpeg"
+if command -v ffmpeg >/dev/null; then
+  while read -r _ name _; do
+    [[ $name == *_qsv ]] && encoders+=("$name")
+  done < <(ffmpeg -hide_banner -encoders 2>/dev/null || true)
+  ok "${encoders[*]:-none}"
+else
+  reasons+=("ffmpeg is not installed (ct-bootstrap-transcoder.sh installs it)")
+  [[ -n $encode ]] || encode="failed: ffmpeg not installed"
+fi
+
+if [[ -z $encode ]]; then
+  step "One-second hevc_qsv encode as $user"
+  enc_out=$(as_user timeout 120 ffmpeg -hide_banner -nostdin -loglevel error \
+    -init_hw_device "qsv=hw:$node" -f lavfi -i testsrc=d=1 \
+    -vf hwupload=extra_hw_frames=64,format=qsv -c:v hevc_qsv -f null - 2>&1) && enc_rc=0 || enc_rc=$?
+  if [[ $enc_rc -eq 0 ]]; then
+    encode=ok
+    ok "hevc_qsv encode works"
+  else
+    # first and last error lines: the cause and ffmpeg's summary
+    last=$(grep -v '^[[:space:]]*$' <<<"$enc_out" | sed -n '1p;$p' | uniq | paste -sd'|' | sed 's/|/ | /' || true)
+    encode="failed: ffmpeg exit $enc_rc: ${last:-no output}"
+    reasons+=("the hevc_qsv test encode failed: ${last:-ffmpeg exit $enc_rc}")
+  fi
+fi
+
+ok_json=false
+[[ $encode == ok ]] && ok_json=true
+reason=""
+if [[ ${#reasons[@]} -gt 0 ]]; then
+  reason=$(printf '%s; ' "${reasons[@]}")
+  reason=${reason%; }
+fi
+[[ $ok_json == true ]] || warn "GPU not proven: ${reason:-$encode}"
+json_obj ok "$ok_json" render_node "$(json_str_or_null "${node}")" driver "$(json_str_or_null "$driver")" \
+  va_profiles "$(json_arr "${profiles[@]}")" qsv_encoders "$(json_arr "${encoders[@]}")" \
+  encode "$(json_str "$encode")" reason "$(json_str_or_null "$reason")"
+echo
+if ((strict)) && [[ $ok_json != true ]]; then exit 1; fi
+exit 0

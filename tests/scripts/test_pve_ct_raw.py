@@ -1,0 +1,164 @@
+"""pve-ct-raw.sh with a fake `pct` on PATH: waits for the lock, reboots only when changed and running."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from .conftest import run
+
+BASE = "arch: amd64\nhostname: ripper\nostype: debian\n"
+LINES = "lxc.cgroup2.devices.allow: b 11:0 rwm\nlxc.mount.entry: /dev/sr0 dev/sr0 none bind,optional,create=file\n"
+
+FAKE_PCT = """#!/usr/bin/env bash
+echo "$*" >> "$PCT_LOG"
+case $1 in
+  status) echo "status: $(cat "$PCT_STATE")" ;;
+  reboot) echo running > "$PCT_STATE" ;;
+  *) exit 2 ;;
+esac
+"""
+
+
+@pytest.fixture
+def pve(tmp_path):
+    conf_dir = tmp_path / "lxc"
+    conf_dir.mkdir()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    pct = bindir / "pct"
+    pct.write_text(FAKE_PCT)
+    pct.chmod(0o755)
+    state = tmp_path / "state"
+    state.write_text("stopped\n")
+    log = tmp_path / "pct.log"
+    log.write_text("")
+
+    class Pve:
+        dir = conf_dir
+        env = {
+            "PVE_CONF_DIR": str(conf_dir),
+            "PATH": f"{bindir}:{os.environ['PATH']}",
+            "PCT_LOG": str(log),
+            "PCT_STATE": str(state),
+        }
+
+        def calls(self):
+            return log.read_text().splitlines()
+
+        def set_state(self, s):
+            state.write_text(s + "\n")
+
+        def conf(self, vmid=202):
+            return conf_dir / f"{vmid}.conf"
+
+    return Pve()
+
+
+def replace(path, text):
+    """Write like PVE does (temp file + rename), so the script never reads a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def ct_raw(pve, *args, lines=LINES):
+    return run("pve-ct-raw.sh", *args, input=lines, env=pve.env)
+
+
+def test_stopped_container_changed_no_reboot(pve):
+    pve.conf().write_text(BASE)
+    r = ct_raw(pve, "--vmid", "202")
+    assert r.rc == 0, r.err
+    assert r.last_line == "changed"
+    assert pve.calls() == ["status 202"]
+    assert "lxc.mount.entry: /dev/sr0" in pve.conf().read_text()
+
+
+def test_running_container_changed_is_rebooted(pve):
+    pve.conf().write_text(BASE)
+    pve.set_state("running")
+    r = ct_raw(pve, "--vmid", "202")
+    assert r.last_line == "changed"
+    assert pve.calls() == ["status 202", "reboot 202"]
+
+
+def test_running_container_unchanged_is_left_alone(pve):
+    pve.conf().write_text(BASE + LINES)
+    pve.set_state("running")
+    r = ct_raw(pve, "--vmid", "202")
+    assert r.rc == 0, r.err
+    assert r.last_line == "unchanged"
+    assert pve.calls() == []
+
+
+def test_waits_for_the_create_lock(pve):
+    pve.conf().write_text("lock: create\n" + BASE)
+
+    def unlock():
+        time.sleep(2)
+        replace(pve.conf(), BASE)
+
+    t = threading.Thread(target=unlock)
+    t.start()
+    start = time.monotonic()
+    r = ct_raw(pve, "--vmid", "202", "--timeout", "30")
+    t.join()
+    assert r.rc == 0, r.err
+    assert time.monotonic() - start >= 1.5
+    assert r.last_line == "changed"
+    assert "lock:" not in pve.conf().read_text()
+    assert "lxc.cgroup2.devices.allow: b 11:0 rwm" in pve.conf().read_text()
+
+
+def test_waits_for_the_config_to_appear(pve):
+    def create():
+        time.sleep(1.5)
+        replace(pve.conf(), BASE)
+
+    t = threading.Thread(target=create)
+    t.start()
+    r = ct_raw(pve, "--vmid", "202", "--timeout", "30")
+    t.join()
+    assert r.rc == 0, r.err
+    assert r.last_line == "changed"
+
+
+def test_a_lock_in_a_snapshot_section_does_not_block(pve):
+    pve.conf().write_text(BASE + "\n[snap1]\nlock: backup\narch: amd64\n")
+    r = ct_raw(pve, "--vmid", "202", "--timeout", "3")
+    assert r.rc == 0, r.err
+    assert r.last_line == "changed"
+
+
+def test_lock_timeout_fails_clearly_and_leaves_the_file(pve):
+    text = "lock: create\n" + BASE
+    pve.conf().write_text(text)
+    r = ct_raw(pve, "--vmid", "202", "--timeout", "2")
+    assert r.rc == 1
+    assert "still locked" in r.err and "pct unlock 202" in r.err
+    assert pve.conf().read_text() == text
+    assert pve.calls() == []
+
+
+def test_missing_container_times_out(pve):
+    r = ct_raw(pve, "--vmid", "999", "--timeout", "1")
+    assert r.rc == 1
+    assert "did not appear" in r.err
+
+
+def test_bad_lines_fail_without_touching(pve):
+    pve.conf().write_text(BASE)
+    r = ct_raw(pve, "--vmid", "202", lines="lxc.idmap: u 0 100000 65536\n")
+    assert r.rc != 0
+    assert pve.conf().read_text() == BASE
+    assert pve.calls() == []
+
+
+def test_arguments():
+    assert run("pve-ct-raw.sh", "--help").rc == 0
+    assert run("pve-ct-raw.sh").rc == 1
+    assert run("pve-ct-raw.sh", "--vmid", "abc").rc == 1
