@@ -256,14 +256,30 @@ class EncodingConfig(_Model):
 
 class MakeMkvConfig(_Model):
     install: bool = True
-    version: str = "1.18.1"
+    version: str = "1.18.4"
 
     @field_validator("version")
     @classmethod
     def _version(cls, v: str) -> str:
-        if not re.match(r"^\d+\.\d+\.\d+$", v):
-            raise ValueError("must be a MakeMKV release like 1.18.1")
+        pinned = pinned_makemkv_versions()
+        if v not in pinned:
+            raise ValueError(
+                f"is not pinned in scripts/makemkv-versions.txt (pinned: {', '.join(pinned)}); "
+                "pick one of those or add the release's SHA-256 sums there"
+            )
         return v
+
+
+def pinned_makemkv_versions() -> list[str]:
+    """Versions with checksums in scripts/makemkv-versions.txt, newest first."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "makemkv-versions.txt"
+    versions: list[str] = []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if parts and not line.startswith("#") and re.match(r"^\d+\.\d+\.\d+$", parts[0]):
+            if parts[0] not in versions:
+                versions.append(parts[0])
+    return versions
 
 
 class DevicesConfig(_Model):

@@ -57,7 +57,7 @@ def test_homelab_stack_has_the_plans_values():
         ("media", "user", "Media User", "Linux user name"),
         ("proxmox", "endpoint", "pve.lan", "https://pve.lan:8006/"),
         ("transcoder", "coresCount", 4, "homelab-media:transcoder.coresCount is not a known setting"),
-        ("makemkv", "version", "latest", "MakeMKV release like 1.18.1"),
+        ("makemkv", "version", "1.17.0", "not pinned in scripts/makemkv-versions.txt (pinned: 1.18.4"),
     ],
 )
 def test_bad_values_are_refused_naming_key_value_and_fix(section, key, value, expect):
