@@ -44,14 +44,13 @@ Environment:
   TOOLCHAIN_CACHE    per-user binary cache (default \${XDG_CACHE_HOME:-~/.cache}/homelab-media/toolchain)
   VENV               the project venv whose pulumi packages are checked (default .venv)
   GO                 the go command (default: go on PATH, else /usr/local/go/bin/go)
-  PULUMI_SRC         checkout of pulumi/pulumi at tag v$PULUMI_VERSION: builds the language host
-  PULUMI_COMMAND_SRC checkout of pulumi/pulumi-command at tag v$COMMAND_VERSION
-  PROXMOXVE_SRC      checkout of muhlba91/pulumi-proxmoxve at tag v$PROXMOXVE_VERSION
+  TOOLCHAIN_FORCE_BUILD=1  build into TOOLCHAIN_DIR even when a pulumi is installed on PATH
   VERBOSE=1          show go's output
-The three *_SRC are needed only while the Go module proxy does not serve those
-modules (today it serves none of them, nor pulumi-java, which proxmoxve's build
+The language host and both providers are built only when the Go module proxy serves
+their modules (today it serves none of them, nor pulumi-java, which proxmoxve's build
 needs: docs/adr/0002-toolchain-from-go-modules.md). A binary already in
-TOOLCHAIN_CACHE (<name>-v<version>-<go>-<os_arch>/ with its BUILT line) is used first.
+TOOLCHAIN_CACHE (<name>-v<version>-<go>-<os_arch>/ with its BUILT line) is used first,
+so a binary you built or obtained elsewhere can be seeded there.
 A cold build takes about 6 minutes on 2 cores, mostly the CLI.
 EOF
 }
@@ -275,12 +274,6 @@ install_exec_shim() {
 # go.mod (relative replaces of ../../../../pkg and ../../..) applies as upstream.
 langhost_tree() {
   local pkg sdk lh
-  if [[ -n ${PULUMI_SRC:-} ]]; then
-    [[ -f $PULUMI_SRC/sdk/python/cmd/pulumi-language-python/go.mod ]] ||
-      die "PULUMI_SRC=$PULUMI_SRC is not a pulumi/pulumi checkout"
-    printf '%s' "$PULUMI_SRC"
-    return 0
-  fi
   [[ -n $PULUMI_LANGHOST_MODVER ]] || return 1
   step "Downloading $LANGHOST_MOD@$PULUMI_LANGHOST_MODVER, pkg and sdk v$PULUMI_VERSION"
   lh=$(fetch_module "$LANGHOST_MOD@$PULUMI_LANGHOST_MODVER") || return 1
@@ -299,7 +292,7 @@ langhost_built() {
     ok "pulumi-language-python v$PULUMI_VERSION found in $dir"
   else
     if ! tree=$(langhost_tree); then
-      MISSING+=("python: $LANGHOST_MOD is not served by the Go module proxy; set PULUMI_SRC to a pulumi/pulumi checkout at v$PULUMI_VERSION")
+      MISSING+=("python: $LANGHOST_MOD is not served by the Go module proxy; seed a pulumi-language-python v$PULUMI_VERSION into $dir, or install pulumi normally")
       return 0
     fi
     mod=$tree/sdk/python/cmd/pulumi-language-python
@@ -320,23 +313,18 @@ langhost_built() {
 # --- resource plugins, each built in its own module context ---------------------------
 # provider_built NAME VERSION MODULE MODVER SRCVAR VERSIONVAR
 provider_built() {
-  local name=$1 ver=$2 mod=$3 modver=$4 srcvar=$5 verpkg=$6 dir src moddir t
+  local name=$1 ver=$2 mod=$3 modver=$4 verpkg=$5 dir moddir t
   dir=$(cache_dir "pulumi-resource-$name" "$ver")
   if [[ -x $dir/pulumi-resource-$name && $(have_version "$name" "$dir/pulumi-resource-$name") == "$ver" ]]; then
     ok "pulumi-resource-$name v$ver found in $dir"
   else
-    src=${!srcvar:-}
-    if [[ -n $src ]]; then
-      [[ -f $src/provider/go.mod ]] || die "$srcvar=$src has no provider/go.mod"
-      moddir=$src/provider
-    elif [[ -n $modver ]]; then
-      step "Downloading $mod@$modver"
-      if ! moddir=$(fetch_module "$mod@$modver"); then
-        MISSING+=("$name: $mod@$modver is not served by the Go module proxy; set $srcvar to a checkout at v$ver")
-        return 0
-      fi
-    else
-      MISSING+=("$name: $mod is not served by the Go module proxy; set $srcvar to a checkout at v$ver")
+    if [[ -z $modver ]]; then
+      MISSING+=("$name: $mod is not served by the Go module proxy; seed pulumi-resource-$name v$ver into $dir, or install pulumi normally")
+      return 0
+    fi
+    step "Downloading $mod@$modver"
+    if ! moddir=$(fetch_module "$mod@$modver"); then
+      MISSING+=("$name: $mod@$modver is not served by the Go module proxy; seed pulumi-resource-$name v$ver into $dir, or install pulumi normally")
       return 0
     fi
     copy_tree "$moddir" "$WORK/$name"
@@ -372,6 +360,14 @@ plugin_installed() {
 }
 
 start=$SECONDS
+# A pulumi installed the normal way (a laptop) brings its language host and fetches
+# plugins itself: use it. The source build is the fallback (or forced).
+sys_pulumi=$(command -v pulumi || true)
+if [[ -n $sys_pulumi && $(readlink -f "$sys_pulumi") != "$(readlink -f "$BIN")"/* && -z ${TOOLCHAIN_FORCE_BUILD:-} ]]; then
+  ok "Using the installed $sys_pulumi ($("$sys_pulumi" version 2>/dev/null || echo unknown version)); set TOOLCHAIN_FORCE_BUILD=1 to build .tools/ instead"
+  echo unchanged
+  exit 0
+fi
 if wants cli || wants command || wants proxmoxve; then
   if wants cli || [[ ! -x $BIN/pulumi ]]; then cli_built; fi
 fi
@@ -379,10 +375,8 @@ if wants python; then
   install_exec_shim
   langhost_built
 fi
-wants command && provider_built command "$COMMAND_VERSION" "$COMMAND_MOD" "$COMMAND_MODVER" \
-  PULUMI_COMMAND_SRC "$COMMAND_VERVAR"
-wants proxmoxve && provider_built proxmoxve "$PROXMOXVE_VERSION" "$PROXMOXVE_MOD" "$PROXMOXVE_MODVER" \
-  PROXMOXVE_SRC "$PROXMOXVE_VERVAR"
+wants command && provider_built command "$COMMAND_VERSION" "$COMMAND_MOD" "$COMMAND_MODVER" "$COMMAND_VERVAR"
+wants proxmoxve && provider_built proxmoxve "$PROXMOXVE_VERSION" "$PROXMOXVE_MOD" "$PROXMOXVE_MODVER" "$PROXMOXVE_VERVAR"
 
 if [[ ${#MISSING[@]} -gt 0 ]]; then
   for m in "${MISSING[@]}"; do warn "$m"; done

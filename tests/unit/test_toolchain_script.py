@@ -44,7 +44,7 @@ def test_help_names_every_option_and_variable():
     r = run("--help")
     assert r.returncode == 0
     for word in ("--only", "--check", "--best-effort", "--print-env", "TOOLCHAIN_DIR", "TOOLCHAIN_CACHE",
-                 "PULUMI_SRC", "PULUMI_COMMAND_SRC", "PROXMOXVE_SRC"):
+                 "TOOLCHAIN_FORCE_BUILD"):
         assert word in r.stdout
 
 
