@@ -1,0 +1,272 @@
+"""The deployed config file (/etc/media-pipeline/config.json): defaults, parsing, validation.
+
+JSON because the container has only Debian's python3 and its standard library.
+Every error names the key and says how to fix it.
+
+`python3 -m media_pipeline.config render [--base FILE] KEY=VALUE...` prints a complete,
+validated config (used by scripts/ct-install-pipeline.sh); `check FILE` validates one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+from dataclasses import dataclass, fields
+
+from . import ffargs
+from . import languages as lang
+
+DEFAULT_PATH = "/etc/media-pipeline/config.json"
+ENV_VAR = "MEDIA_PIPELINE_CONFIG"
+
+
+class ConfigError(Exception):
+    """A config problem, phrased for the person who has to fix it."""
+
+
+@dataclass(frozen=True)
+class Config:
+    staging: str = "/mnt/storage/staging"
+    movies: str = "/mnt/storage/movies"
+    tv: str = "/mnt/storage/tv"
+    languages: tuple[str, ...] = ("eng",)
+    encoder: str = "libx265"
+    crf: int = 18
+    preset: str = "slow"
+    qsv_device: str = ffargs.DEFAULT_QSV_DEVICE
+    stable_seconds: float = 120.0
+    require_marker: bool = False
+    poll_seconds: float = 10.0
+    concurrency: int = 1
+    keep_source: bool = True
+    max_attempts: int = 3
+    retry_delay_seconds: float = 300.0
+    max_decode_errors: int = 0
+    apprise_urls: tuple[str, ...] = ()
+    metrics_port: int = 0
+    metrics_bind: str = "0.0.0.0"
+    metrics_textfile: str = "/var/lib/media-pipeline/metrics.prom"
+    db: str = "/var/lib/media-pipeline/jobs.sqlite3"
+
+    def encode_options(self) -> ffargs.EncodeOptions:
+        return ffargs.EncodeOptions(
+            languages=self.languages, encoder=self.encoder, crf=self.crf,
+            preset=self.preset, qsv_device=self.qsv_device,
+        )
+
+    def to_json(self) -> dict:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+KEYS = tuple(f.name for f in fields(Config))
+_PATH_KEYS = ("staging", "movies", "tv", "db", "qsv_device")
+_EXAMPLES = {
+    "staging": '"/mnt/storage/staging"', "movies": '"/mnt/storage/movies"', "tv": '"/mnt/storage/tv"',
+    "languages": '["eng", "bul"]', "encoder": '"libx265"', "crf": "18", "preset": '"slow"',
+    "qsv_device": '"/dev/dri/renderD128"', "stable_seconds": "120", "require_marker": "false",
+    "poll_seconds": "10", "concurrency": "1", "keep_source": "true", "max_attempts": "3",
+    "retry_delay_seconds": "300", "max_decode_errors": "0",
+    "apprise_urls": '["tgram://bottoken/ChatID"]', "metrics_port": "9464 (0 = off)",
+    "metrics_bind": '"0.0.0.0"', "metrics_textfile": '"/var/lib/media-pipeline/metrics.prom" ("" = off)',
+    "db": '"/var/lib/media-pipeline/jobs.sqlite3"',
+}
+
+
+def _bad(key: str, problem: str, where: str) -> ConfigError:
+    return ConfigError(f"{where}: key {key!r} {problem}; fix: set e.g. \"{key}\": {_EXAMPLES[key]}")
+
+
+def _as_int(key, value, where, lo, hi=None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        rng = f"{lo}-{hi}" if hi is not None else f">= {lo}"
+        raise _bad(key, f"must be an integer {rng} (got {value!r})", where)
+    return value
+
+
+def _as_number(key, value, where, lo) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo:
+        raise _bad(key, f"must be a number >= {lo} (got {value!r})", where)
+    return float(value)
+
+
+def _as_bool(key, value, where) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(key, f"must be true or false (got {value!r})", where)
+    return value
+
+
+def _as_str_list(key, value, where) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v for v in (x.strip() for x in value.split(",")) if v]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _bad(key, f"must be a list of strings (got {value!r})", where)
+    return tuple(value)
+
+
+def from_dict(raw: dict, where: str = "config") -> Config:
+    """Validate a parsed JSON object into a Config (missing keys take defaults)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a JSON object {{...}}, got {type(raw).__name__}")
+    for key in raw:
+        if key not in KEYS:
+            close = difflib.get_close_matches(key, KEYS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(KEYS)}"
+            raise ConfigError(f"{where}: unknown key {key!r}; {hint}")
+    values: dict = {}
+    for key, value in raw.items():
+        if key in ("staging", "movies", "tv", "db", "qsv_device", "encoder", "preset",
+                   "metrics_bind", "metrics_textfile"):
+            if not isinstance(value, str):
+                raise _bad(key, f"must be a string (got {value!r})", where)
+            if key in _PATH_KEYS and not os.path.isabs(value):
+                raise _bad(key, f"must be an absolute path (got {value!r})", where)
+            if key == "metrics_textfile" and value and not os.path.isabs(value):
+                raise _bad(key, f"must be an absolute path or \"\" (got {value!r})", where)
+            values[key] = value
+        elif key == "languages":
+            codes = _as_str_list(key, value, where)
+            if not codes:
+                raise _bad(key, "must name at least one language", where)
+            unknown = [c for c in codes if not lang.is_known(c)]
+            if unknown:
+                raise _bad(key, f"has codes that are not ISO 639: {', '.join(unknown)}", where)
+            values[key] = tuple(codes)
+        elif key == "apprise_urls":
+            values[key] = _as_str_list(key, value, where)
+        elif key in ("crf",):
+            values[key] = _as_int(key, value, where, 0, 51)
+        elif key in ("concurrency", "max_attempts"):
+            values[key] = _as_int(key, value, where, 1, 64)
+        elif key == "max_decode_errors":
+            values[key] = _as_int(key, value, where, 0)
+        elif key == "metrics_port":
+            values[key] = _as_int(key, value, where, 0, 65535)
+        elif key in ("stable_seconds", "retry_delay_seconds"):
+            values[key] = _as_number(key, value, where, 0)
+        elif key == "poll_seconds":
+            values[key] = _as_number(key, value, where, 0.05)
+        elif key in ("keep_source", "require_marker"):
+            values[key] = _as_bool(key, value, where)
+    cfg = Config(**values)
+    for a, b in (("staging", "movies"), ("staging", "tv")):
+        pa, pb = os.path.normpath(getattr(cfg, a)), os.path.normpath(getattr(cfg, b))
+        if os.path.commonpath([pa, pb]) in (pa, pb):
+            raise ConfigError(
+                f"{where}: keys {a!r} and {b!r} overlap ({pa} vs {pb}); fix: use separate "
+                f"directories, or finished files would be picked up again as new rips"
+            )
+    for problem in cfg.encode_options().problems():
+        key = "encoder" if problem.startswith("encoder") else "preset" if "preset" in problem else "crf"
+        raise ConfigError(f"{where}: key {key!r}: {problem}")
+    return cfg
+
+
+def resolve_path(explicit: str | None) -> tuple[str, bool]:
+    """(path, was_asked_for): --config beats $MEDIA_PIPELINE_CONFIG beats the default."""
+    if explicit:
+        return explicit, True
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return env, True
+    return DEFAULT_PATH, False
+
+
+def load(explicit: str | None = None, required: bool = False) -> Config:
+    """Load the config. A missing default file gives defaults unless `required`."""
+    path, asked = resolve_path(explicit)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        if asked or required:
+            raise ConfigError(
+                f"{path}: no such config file; fix: create it (scripts/ct-install-pipeline.sh "
+                f"writes one) or point --config / ${ENV_VAR} at one"
+            ) from None
+        return Config()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    return from_dict(raw, where=path)
+
+
+def _parse_assignment(item: str) -> tuple[str, object]:
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise ConfigError(f"{item!r}: expected KEY=VALUE")
+    default = getattr(Config(), key, None) if key in KEYS else None
+    if key not in KEYS:
+        return key, text  # from_dict names the unknown key
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false"):
+            raise _bad(key, f"must be true or false (got {text!r})", "arguments")
+        return key, text.lower() == "true"
+    if isinstance(default, int):
+        try:
+            return key, int(text)
+        except ValueError:
+            raise _bad(key, f"must be an integer (got {text!r})", "arguments") from None
+    if isinstance(default, float):
+        try:
+            return key, float(text)
+        except ValueError:
+            raise _bad(key, f"must be a number (got {text!r})", "arguments") from None
+    if isinstance(default, tuple):
+        return key, [v.strip() for v in text.split(",") if v.strip()]
+    return key, text
+
+
+def render(assignments: list[str], base: str | None = None) -> str:
+    """A complete config as stable JSON: base file (if any) overridden by KEY=VALUE items."""
+    raw: dict = {}
+    if base and os.path.exists(base):
+        try:
+            with open(base, encoding="utf-8") as fh:
+                loaded = json.load(fh)
+            if isinstance(loaded, dict):
+                raw = {k: v for k, v in loaded.items() if k in KEYS}
+        except (OSError, json.JSONDecodeError):
+            raw = {}  # an unreadable old file is replaced, not merged
+    for item in assignments:
+        key, value = _parse_assignment(item)
+        raw[key] = value
+    cfg = from_dict(raw, where="arguments")
+    return json.dumps(cfg.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m media_pipeline.config",
+                                     description="Render or check the media-pipeline config file.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("render", help="print a complete config from KEY=VALUE items")
+    r.add_argument("--base", help="existing config whose other keys are kept")
+    r.add_argument("items", nargs="*", metavar="KEY=VALUE")
+    c = sub.add_parser("check", help="validate a config file")
+    c.add_argument("file")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "render":
+            sys.stdout.write(render(args.items, args.base))
+        else:
+            load(args.file)
+            print(f"{args.file}: ok")
+    except ConfigError as exc:
+        print(f"media-pipeline config: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

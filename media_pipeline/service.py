@@ -1,0 +1,532 @@
+"""media-pipeline: watch staging, transcode finished rips into the library, remember every job.
+
+  media-pipeline run [--once]      the service (systemd runs it); --once: do what is ready, exit
+  media-pipeline status [--json]   the job table
+  media-pipeline retry ID...       put failed jobs back in the queue with fresh attempts
+
+Exit codes: 0 ok, 1 cannot start (another instance, staging missing, database), 2 config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import errno
+import fcntl
+import json
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import threading
+import time
+import traceback
+
+from . import __version__, naming
+from . import config as config_mod
+from .jobs import Job, JobStore
+from .metrics import MetricsServer, Snapshot, render, write_textfile
+from .notify import Notifier
+from .transcode import (
+    EXIT_ENCODE, EXIT_INTERRUPTED, EXIT_NAMES, EXIT_OUTPUT, Progress,
+    TranscodeError, fmt_time, format_progress, temp_path, transcode,
+)
+
+VIDEO_EXTENSIONS = {".mkv", ".m2ts", ".mts", ".ts", ".mp4", ".m4v", ".avi", ".mov", ".webm",
+                    ".mpg", ".mpeg", ".vob"}
+MARKER = ".done"
+PROGRESS_LOG_SECONDS = 60.0
+PROGRESS_DB_SECONDS = 5.0
+# Failures worth another try: the encoder or the output (disk full, NFS hiccup), not the input.
+RETRYABLE = {EXIT_ENCODE, EXIT_OUTPUT}
+
+log = logging.getLogger("media-pipeline")
+
+
+def markers_for(path: str) -> list[str]:
+    """`Movie.mkv.done` or `Movie.done`: written by the ripper when the rip is complete."""
+    return [path + MARKER, os.path.splitext(path)[0] + MARKER]
+
+
+def scan(staging: str, stable_seconds: float, require_marker: bool,
+         now: float | None = None) -> list[tuple[str, int, int]]:
+    """Rips that are complete: a marker exists, or size+mtime unchanged for stable_seconds.
+
+    A file being written has its mtime bumped by every write, so "mtime older than
+    stable_seconds" is "size and mtime stable for stable_seconds", and survives restarts.
+    """
+    now = time.time() if now is None else now
+    ready = []
+    for root, dirs, files in os.walk(staging):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in VIDEO_EXTENSIONS:
+                continue
+            path = os.path.join(root, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if not os.path.isfile(path) or st.st_size == 0:
+                continue
+            marked = any(os.path.exists(m) for m in markers_for(path))
+            if marked or (not require_marker and now - st.st_mtime >= stable_seconds):
+                ready.append((path, st.st_size, st.st_mtime_ns))
+    return ready
+
+
+class InstanceLock:
+    """One `run` per database: a second one would reset the first one's running jobs."""
+
+    def __init__(self, db_path: str):
+        self.path = db_path + ".lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(self.fd)
+                self.fd = None
+                raise RuntimeError(f"another media-pipeline run (pid {holder}) uses {self.path[:-5]}") from None
+            raise
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Service:
+    def __init__(self, cfg: config_mod.Config, once: bool = False):
+        self.cfg = cfg
+        self.once = once
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.store: JobStore | None = None
+        self.workers: dict[int, threading.Thread] = {}
+        self.running: dict[int, dict] = {}  # job id -> {"source", "progress", "fps"}
+        self.last_fps = 0.0
+        self.last_scan = 0.0
+        self.notifier = Notifier(cfg.apprise_urls, log.warning)
+        self._guard = threading.Lock()
+        self.unusable: set[str] = set()  # names we warned about once
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def preflight(self) -> None:
+        for key in ("staging", "movies", "tv"):
+            path = getattr(self.cfg, key)
+            if not os.path.isdir(path):
+                raise RuntimeError(f"{key} directory {path} does not exist (is the storage pool mounted?)")
+        os.makedirs(os.path.dirname(self.cfg.db), exist_ok=True)
+
+    def run(self) -> int:
+        self.preflight()
+        lock = InstanceLock(self.cfg.db)
+        lock.acquire()
+        server = None
+        try:
+            self.store = JobStore(self.cfg.db)
+            self.recover()
+            if self.cfg.metrics_port:
+                server = MetricsServer(self.cfg.metrics_bind, self.cfg.metrics_port, self.metrics_text).start()
+                log.info("metrics on http://%s:%d/metrics", self.cfg.metrics_bind, server.port)
+            log.info("media-pipeline %s: watching %s every %ss (stable after %ss%s), %d at a time; %s",
+                     __version__, self.cfg.staging, self.cfg.poll_seconds, self.cfg.stable_seconds,
+                     ", marker required" if self.cfg.require_marker else "", self.cfg.concurrency,
+                     self.notifier.describe())
+            self.loop()
+            if self.stop.is_set():
+                log.info("stopping: running jobs go back to the queue")
+        finally:
+            self.stop.set()
+            for thread in list(self.workers.values()):
+                thread.join()
+            self.publish_metrics()
+            if server:
+                server.stop()
+            if self.store:
+                self.store.close()
+            lock.release()
+        return 0
+
+    def loop(self) -> None:
+        scanned = False
+        while not self.stop.is_set():
+            if not (self.once and scanned):
+                self.enqueue_ready()
+                scanned = True
+            self.dispatch()
+            self.publish_metrics()
+            if self.once and not self.workers and not self.store.has_claimable():
+                break
+            self.wake.wait(0.5 if self.once else self.cfg.poll_seconds)
+            self.wake.clear()
+
+    def request_stop(self, *_args) -> None:
+        self.stop.set()  # signal handler: no logging here (it could deadlock on the log lock)
+        self.wake.set()
+
+    # -- recovery ------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Jobs left `running` by a crash: finish an interrupted rename, else redo from scratch."""
+        for job in self.store.list_jobs(state="running"):
+            tmp = temp_path(job.dest) if job.dest else None
+            if job.pid and tmp:
+                _kill_orphan(job.pid, tmp)
+            if job.stage == "finalizing" and job.dest and tmp:
+                if os.path.exists(tmp) and not os.path.lexists(job.dest):
+                    os.replace(tmp, job.dest)  # the encode was complete and verified before this stage
+                if os.path.lexists(job.dest) and not os.path.exists(tmp):
+                    log.info("[job %d] finished after restart: %s", job.id, job.dest)
+                    self.store.finish(job.id, job.media_seconds, job.encode_seconds, job.fps,
+                                      reason="completed after a restart")
+                    self.after_success(self.store.get(job.id))
+                    continue
+            if tmp and os.path.exists(tmp):
+                os.unlink(tmp)
+            if job.attempts >= self.cfg.max_attempts:
+                reason = f"interrupted {job.attempts} time(s) by a crash or restart; giving up"
+                self.store.fail(job.id, reason, retry=False, max_attempts=self.cfg.max_attempts)
+                log.warning("[job %d] %s", job.id, reason)
+            else:
+                self.store.requeue(job.id, "interrupted by a restart; redoing from scratch", refund_attempt=False)
+                log.info("[job %d] was running when the service stopped; queued again", job.id)
+
+    # -- the queue -----------------------------------------------------------------
+
+    def enqueue_ready(self) -> None:
+        self.last_scan = time.time()
+        try:
+            ready = scan(self.cfg.staging, self.cfg.stable_seconds, self.cfg.require_marker)
+        except OSError as exc:
+            log.error("cannot scan %s: %s", self.cfg.staging, exc)
+            return
+        known = self.store.known_keys()
+        for key in ready:
+            if key in known or key[0] in self.unusable:
+                continue
+            try:
+                key[0].encode("utf-8")
+            except UnicodeEncodeError:
+                self.unusable.add(key[0])
+                log.warning("skipping %r: its name is not valid UTF-8; rename it", key[0])
+                continue
+            job_id = self.store.enqueue(*key)
+            if job_id is not None:
+                log.info("[job %d] queued %s", job_id, key[0])
+
+    def dispatch(self) -> None:
+        for job_id, thread in list(self.workers.items()):
+            if not thread.is_alive():
+                thread.join()
+                del self.workers[job_id]
+        while len(self.workers) < self.cfg.concurrency and not self.stop.is_set():
+            job = self.store.claim()
+            if job is None:
+                return
+            thread = threading.Thread(target=self.work, args=(job,), name=f"job-{job.id}", daemon=True)
+            self.workers[job.id] = thread
+            thread.start()
+
+    def work(self, job: Job) -> None:
+        try:
+            self.process(job)
+        except Exception:  # noqa: BLE001 - one broken job must not stop the service
+            log.error("[job %d] internal error:\n%s", job.id, traceback.format_exc())
+            state = self.store.fail(job.id, "internal error: " + traceback.format_exc().splitlines()[-1],
+                                    retry=True, max_attempts=self.cfg.max_attempts, delay=self.retry_delay())
+            if state == "failed":
+                self.notify_failure(self.store.get(job.id))
+        finally:
+            with self._guard:
+                self.running.pop(job.id, None)
+            self.wake.set()
+
+    def retry_delay(self) -> float:
+        return 0.0 if self.once else self.cfg.retry_delay_seconds
+
+    def process(self, job: Job) -> None:
+        cfg = self.cfg
+        log.info("[job %d] start (attempt %d/%d): %s", job.id, job.attempts, cfg.max_attempts, job.source)
+        try:
+            st = os.stat(job.source)
+        except FileNotFoundError:
+            self.fail(job, "source vanished before it was transcoded", retry=False)
+            return
+        if (st.st_size, st.st_mtime_ns) != (job.size, job.mtime_ns):
+            self.fail(job, "source changed after it was queued; the new version gets its own job", retry=False)
+            return
+        dest = naming.destination(cfg.staging, cfg.movies, cfg.tv, job.source)
+        self.store.update(job.id, dest=dest, stage="encoding")
+        if os.path.lexists(dest):
+            self.fail(job, f"{dest} already exists in the library; move it away and run "
+                           f"`media-pipeline retry {job.id}`", retry=False)
+            return
+        try:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+        except OSError as exc:
+            self.fail(job, f"output problem: cannot create {os.path.dirname(dest)}: {exc.strerror}", retry=True)
+            return
+        with self._guard:
+            other = next((r["id"] for r in self.running.values() if r.get("dest") == dest), None)
+            if other is None:
+                self.running[job.id] = {"id": job.id, "source": job.source, "dest": dest,
+                                        "progress": 0.0, "fps": 0.0}
+        if other is not None:  # two rips that map to one library name: never share a temp file
+            self.fail(job, f"job {other} is writing the same destination {dest}", retry=True)
+            return
+        reporter = _JobProgress(self, job)
+        try:
+            result = transcode(
+                job.source, dest, cfg.encode_options(),
+                progress=reporter, log=lambda msg: log.info("[job %d] %s", job.id, msg),
+                cancel=self.stop, max_decode_errors=cfg.max_decode_errors,
+                before_commit=lambda: self.store.update(job.id, stage="finalizing"),
+                on_start=lambda pid: self.store.update(job.id, pid=pid),
+            )
+        except TranscodeError as exc:
+            if exc.code == EXIT_INTERRUPTED:
+                self.store.requeue(job.id, "interrupted by shutdown", refund_attempt=True)
+                log.info("[job %d] interrupted; back in the queue", job.id)
+                return
+            self.fail(job, f"{EXIT_NAMES.get(exc.code, exc.code)}: {exc.reason}", retry=exc.code in RETRYABLE)
+            return
+        self.store.finish(job.id, result.media_seconds, result.elapsed, result.fps)
+        self.last_fps = result.fps
+        log.info("[job %d] done: %s (%s of media in %s, %.1f fps)", job.id, dest,
+                 fmt_time(result.media_seconds), fmt_time(result.elapsed), result.fps)
+        done = self.store.get(job.id)
+        self.after_success(done)
+        self.notifier.send("Transcode finished", f"{os.path.basename(dest)}\n{dest}\n"
+                           f"{fmt_time(result.media_seconds)} in {fmt_time(result.elapsed)}")
+
+    def after_success(self, job: Job) -> None:
+        """keep_source=false: remove the rip, but only once the library file is really there."""
+        if self.cfg.keep_source or job.source_removed or not job.dest:
+            return
+        try:
+            if os.path.getsize(job.dest) <= 0:
+                raise OSError("empty output")
+        except OSError as exc:
+            log.error("[job %d] keeping the source: output not verified (%s)", job.id, exc)
+            return
+        for path in [job.source, *markers_for(job.source)]:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("[job %d] could not remove %s: %s", job.id, path, exc.strerror)
+        self.store.update(job.id, source_removed=1)
+        log.info("[job %d] removed the source (keep_source=false)", job.id)
+
+    def fail(self, job: Job, reason: str, retry: bool) -> None:
+        state = self.store.fail(job.id, reason, retry=retry, max_attempts=self.cfg.max_attempts,
+                                delay=self.retry_delay())
+        if state == "queued":
+            log.warning("[job %d] failed (attempt %d/%d), will retry: %s", job.id, job.attempts,
+                        self.cfg.max_attempts, reason)
+        else:
+            log.error("[job %d] failed, source kept: %s", job.id, reason)
+            self.notify_failure(self.store.get(job.id))
+
+    def notify_failure(self, job: Job | None) -> None:
+        if job is not None:
+            self.notifier.send("Transcode failed", f"{os.path.basename(job.source)}\n{job.reason}")
+
+    # -- metrics -------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        totals = self.store.totals()
+        with self._guard:
+            running = [dict(v) for v in self.running.values()]
+        live = [r["fps"] for r in running if r["fps"] > 0]
+        last_fps = live[-1] if live else (self.last_fps or totals["last_fps"])
+        return Snapshot(self.store.counts(), totals["media_seconds"], totals["encode_seconds"],
+                        last_fps, running, self.last_scan)
+
+    def metrics_text(self) -> str:
+        return render(self.snapshot())
+
+    def publish_metrics(self) -> None:
+        if not self.cfg.metrics_textfile or self.store is None:
+            return
+        try:
+            write_textfile(self.cfg.metrics_textfile, self.metrics_text())
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.cfg.metrics_textfile, exc)
+
+
+class _JobProgress:
+    def __init__(self, service: Service, job: Job):
+        self.service, self.job = service, job
+        self.next_log = time.monotonic() + PROGRESS_LOG_SECONDS
+        self.next_db = 0.0
+
+    def __call__(self, p: Progress) -> None:
+        s = self.service
+        with s._guard:
+            entry = s.running.get(self.job.id)
+            if entry is not None:
+                entry["progress"] = p.percent / 100.0
+                entry["fps"] = p.fps
+        now = time.monotonic()
+        if now >= self.next_db:
+            self.next_db = now + PROGRESS_DB_SECONDS
+            s.store.update(self.job.id, progress=round(p.percent / 100.0, 4), fps=round(p.fps, 2))
+        if now >= self.next_log:
+            self.next_log = now + PROGRESS_LOG_SECONDS
+            log.info("[job %d] %s", self.job.id, format_progress(p))
+
+
+def _kill_orphan(pid: int, tmp: str) -> None:
+    """An ffmpeg left behind by a killed service (normally it dies with us; see transcode)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read()
+    except OSError:
+        return
+    if os.fsencode(tmp) in cmdline.split(b"\0"):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            log.warning("killed leftover ffmpeg (pid %d)", pid)
+        except OSError:
+            pass
+
+
+# --- status ----------------------------------------------------------------------------
+
+def _when(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def status_table(jobs: list[Job], cfg: config_mod.Config) -> str:
+    if not jobs:
+        return "no jobs yet"
+
+    def rel(path: str | None) -> str:
+        if not path:
+            return ""
+        for root in (cfg.staging, cfg.movies, cfg.tv):
+            if path.startswith(root.rstrip("/") + "/"):
+                return os.path.relpath(path, os.path.dirname(root.rstrip("/")))
+        return path
+
+    rows = [("ID", "STATE", "TRIES", "UPDATED", "SOURCE", "RESULT")]
+    for j in jobs:
+        if j.state == "running":
+            result = f"{j.progress * 100:.0f}% -> {rel(j.dest)}"
+        elif j.state == "done":
+            result = rel(j.dest) + (" (source removed)" if j.source_removed else "")
+        else:
+            result = j.reason
+        rows.append((str(j.id), j.state, f"{j.attempts}/{cfg.max_attempts}", _when(j.updated),
+                     _shorten(rel(j.source), 48), result))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5] for r in rows]
+    counts: dict[str, int] = {}
+    for j in jobs:
+        counts[j.state] = counts.get(j.state, 0) + 1
+    lines.append("")
+    lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+# --- command line ----------------------------------------------------------------------
+
+def _setup_logging(verbose: bool) -> None:
+    # journald stamps each line already
+    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else \
+        "%(asctime)s %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="media-pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help=f"config file (default ${config_mod.ENV_VAR} or {config_mod.DEFAULT_PATH})")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run_p = sub.add_parser("run", help="watch staging and transcode finished rips")
+    run_p.add_argument("--once", action="store_true", help="process what is ready now, then exit")
+    run_p.add_argument("--verbose", action="store_true")
+    st_p = sub.add_parser("status", help="list jobs")
+    st_p.add_argument("--json", action="store_true", help="machine-readable")
+    st_p.add_argument("--state", choices=("queued", "running", "done", "failed"))
+    st_p.add_argument("--limit", type=int, help="only the newest N jobs")
+    retry_p = sub.add_parser("retry", help="queue failed jobs again with fresh attempts")
+    retry_p.add_argument("ids", type=int, nargs="+")
+    for p in (run_p, st_p, retry_p):
+        p.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    try:
+        cfg = config_mod.load(args.config, required=args.cmd == "run")
+    except config_mod.ConfigError as exc:
+        print(f"media-pipeline: config error: {exc}", file=sys.stderr)
+        return 2
+
+    if args.cmd == "status":
+        return _status(cfg, args)
+    if args.cmd == "retry":
+        return _retry(cfg, args.ids)
+
+    _setup_logging(args.verbose)
+    service = Service(cfg, once=args.once)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, service.request_stop)
+    try:
+        return service.run()
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+    except (OSError, sqlite3.Error) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+
+
+def _status(cfg: config_mod.Config, args) -> int:
+    if not os.path.exists(cfg.db):
+        jobs: list[Job] = []
+    else:
+        try:
+            store = JobStore(cfg.db, readonly=True)
+            jobs = store.list_jobs(state=args.state, limit=args.limit)
+            store.close()
+        except Exception as exc:  # noqa: BLE001
+            print(f"media-pipeline: cannot read {cfg.db}: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps([j.to_json() for j in jobs], indent=2, ensure_ascii=False))
+    else:
+        print(status_table(jobs, cfg))
+    return 0
+
+
+def _retry(cfg: config_mod.Config, ids: list[int]) -> int:
+    store = JobStore(cfg.db)
+    rc = 0
+    for job_id in ids:
+        if store.reset_failed(job_id):
+            print(f"job {job_id}: queued again")
+        else:
+            print(f"job {job_id}: not a failed job", file=sys.stderr)
+            rc = 1
+    store.close()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

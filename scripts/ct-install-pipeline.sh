@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# ct-install-pipeline.sh: install media-transcode + media-pipeline (the stdlib-only Python
+# package) inside the transcoder container, write its config and systemd unit, start it.
+set -Eeuo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+  cat <<'EOF'
+Usage: ct-install-pipeline.sh --tarball FILE --staging DIR --movies DIR --tv DIR [options]
+
+Installs the media_pipeline package (a .tar.gz holding the media_pipeline/ directory) to
+/opt/media-pipeline, the commands /usr/local/bin/media-transcode and media-pipeline,
+/etc/media-pipeline/config.json and the media-pipeline.service systemd unit; enables the
+unit and (re)starts it when systemd runs the container. Run as root inside the container.
+A second run with the same inputs changes nothing.
+
+  --tarball FILE        the package tarball (required)
+  --user NAME           the service user (default media; must exist)
+  --pool DIR            the storage pool; --staging/--movies/--tv default to DIR/staging...
+  --staging DIR         where finished rips appear
+  --movies DIR          library folder for films
+  --tv DIR              library folder for episodes
+  --languages LIST      audio/subtitle languages to keep (default eng), e.g. eng,bul
+  --encoder NAME        libx265 (default) or hevc_qsv
+  --preset NAME         encoder preset (default slow)
+  --crf N               quality (default 18)
+  --keep-source BOOL    keep the rip after a verified transcode (default true)
+  --metrics-port N      Prometheus /metrics port, 0 = off (default 9464)
+  --root DIR            install under DIR instead of / (tests, image building); never starts
+  -h, --help            this help
+
+Keys of an existing config.json that are not set by these flags (apprise_urls, ...) are kept.
+Stdout: {"installed", "version", "unit", "config", "changed", "service"} as one JSON object.
+EOF
+}
+
+tarball="" user=media pool="" staging="" movies="" tv="" languages=eng encoder=libx265
+preset=slow crf=18 keep_source=true metrics_port=9464 root=""
+
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    -h | --help) usage; exit 0 ;;
+    --tarball | --user | --pool | --staging | --movies | --tv | --languages | --encoder | \
+      --preset | --crf | --keep-source | --metrics-port | --root)
+      [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)" 2
+      case $1 in
+        --tarball) tarball=$2 ;;
+        --user) user=$2 ;;
+        --pool) pool=$2 ;;
+        --staging) staging=$2 ;;
+        --movies) movies=$2 ;;
+        --tv) tv=$2 ;;
+        --languages) languages=$2 ;;
+        --encoder) encoder=$2 ;;
+        --preset) preset=$2 ;;
+        --crf) crf=$2 ;;
+        --keep-source) keep_source=$2 ;;
+        --metrics-port) metrics_port=$2 ;;
+        --root) root=$2 ;;
+      esac
+      shift 2
+      ;;
+    *) die "unknown argument: $1 (see --help)" 2 ;;
+  esac
+done
+
+# --- inputs -----------------------------------------------------------------------------
+[[ -n $tarball ]] || die "--tarball is required (see --help)" 2
+[[ -f $tarball && -r $tarball ]] || die "--tarball $tarball: no such readable file" 2
+if [[ -n $pool ]]; then
+  [[ $pool == /* ]] || die "--pool must be an absolute path (got $pool)" 2
+  staging=${staging:-$pool/staging} movies=${movies:-$pool/movies} tv=${tv:-$pool/tv}
+fi
+for pair in "staging:$staging" "movies:$movies" "tv:$tv"; do
+  [[ -n ${pair#*:} ]] || die "--${pair%%:*} is required (or --pool)" 2
+  [[ ${pair#*:} == /* ]] || die "--${pair%%:*} must be an absolute path (got ${pair#*:})" 2
+done
+[[ $languages =~ ^[A-Za-z]{2,3}(,[A-Za-z]{2,3})*$ ]] || die "--languages must look like eng,bul (got $languages)" 2
+[[ $encoder == libx265 || $encoder == hevc_qsv ]] || die "--encoder must be libx265 or hevc_qsv (got $encoder)" 2
+[[ $crf =~ ^[0-9]+$ ]] || die "--crf must be a number (got $crf)" 2
+[[ $keep_source == true || $keep_source == false ]] || die "--keep-source must be true or false (got $keep_source)" 2
+[[ $metrics_port =~ ^[0-9]+$ && $metrics_port -le 65535 ]] || die "--metrics-port must be 0-65535 (got $metrics_port)" 2
+[[ $user =~ ^[a-z_][a-z0-9_-]*$ ]] || die "--user must be a plain user name (got $user)" 2
+if [[ -n $root ]]; then
+  [[ $root == /* && -d $root ]] || die "--root must be an existing absolute directory (got $root)" 2
+  root=${root%/}
+else
+  need_root
+fi
+
+command -v python3 >/dev/null || die "python3 is missing: apt-get install -y python3 (ct-bootstrap-transcoder.sh installs it)"
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' || die "python3 is older than 3.9: Debian 12 has 3.11"
+command -v ffmpeg >/dev/null || warn "ffmpeg is not installed yet: the service needs it (ct-bootstrap-transcoder.sh installs it)"
+
+user_exists=false
+if getent passwd "$user" >/dev/null; then
+  user_exists=true
+elif [[ -z $root ]]; then
+  die "user $user does not exist: run ct-media-user.sh first"
+else
+  warn "user $user does not exist here; ownership is left as is (--root)"
+fi
+
+changed=false
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# write_file PATH MODE: replace PATH atomically with stdin when content or mode differ.
+# Compared outside the target directory, so an unchanged file leaves even its directory untouched.
+write_file() {
+  local path=$1 mode=$2 new=$work/new-file tmp
+  cat >"$new"
+  if [[ -f $path ]] && cmp -s "$new" "$path" && [[ $(stat -c %a "$path") == "${mode#0}" ]]; then
+    return 1
+  fi
+  mkdir -p "$(dirname "$path")"
+  tmp=$(mktemp "$(dirname "$path")/.$(basename "$path").XXXXXX")
+  cat "$new" >"$tmp"
+  chmod "$mode" "$tmp"
+  mv -f "$tmp" "$path"
+  changed=true
+}
+
+# tree_hash DIR: content hash of a package tree, ignoring byte-code caches.
+tree_hash() {
+  (cd "$1" && find media_pipeline -type f ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z |
+    xargs -0 sha256sum) | sha256sum | cut -c1-16
+}
+
+# --- package ----------------------------------------------------------------------------
+step "Unpacking $(basename "$tarball")"
+tar -xzf "$tarball" -C "$work" --no-same-owner
+[[ -f $work/media_pipeline/__init__.py ]] || die "$tarball does not contain media_pipeline/__init__.py"
+find "$work/media_pipeline" -name __pycache__ -type d -prune -exec rm -rf {} +
+version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$work/media_pipeline/__init__.py")
+[[ -n $version ]] || die "media_pipeline/__init__.py has no __version__"
+hash=$(tree_hash "$work")
+ok "media_pipeline $version ($hash)"
+
+base=$root/opt/media-pipeline
+release=releases/$version-$hash
+link=$base/media_pipeline
+step "Installing the package to /opt/media-pipeline"
+if [[ -d $base/$release && $(tree_hash "$base/$release") != "$hash" ]]; then
+  warn "installed files differ from the release; reinstalling"
+  rm -rf "${base:?}/$release"
+fi
+if [[ ! -d $base/$release ]]; then
+  mkdir -p "$base/releases"
+  rm -rf "$base/$release.tmp"
+  mkdir -p "$base/$release.tmp"
+  cp -R "$work/media_pipeline" "$base/$release.tmp/"
+  chmod -R u=rwX,go=rX "$base/$release.tmp"
+  python3 -m compileall -q "$base/$release.tmp/media_pipeline" >/dev/null 2>&1 ||
+    warn "could not precompile the package (it still works)"
+  mv -T "$base/$release.tmp" "$base/$release"
+  changed=true
+fi
+if [[ $(readlink "$link" 2>/dev/null || true) != "$release/media_pipeline" ]]; then
+  old=""
+  if [[ -d $link && ! -L $link ]]; then # a plain directory from a hand install: move it aside
+    old=$base/.media_pipeline.old.$$
+    mv -T "$link" "$old"
+  fi
+  ln -sfn "$release/media_pipeline" "$base/.media_pipeline.new"
+  mv -T "$base/.media_pipeline.new" "$link" # rename(2): the switch is atomic
+  [[ -z $old ]] || rm -rf "$old"
+  changed=true
+fi
+for dir in "$base"/releases/*; do
+  [[ -e $dir && $dir != "$base/$release" ]] || continue
+  rm -rf "$dir"
+done
+ok "/opt/media-pipeline/media_pipeline -> $release/media_pipeline"
+
+step "Installing /usr/local/bin/media-transcode and media-pipeline"
+for cmd in media-transcode:transcode media-pipeline:service; do
+  write_file "$root/usr/local/bin/${cmd%%:*}" 0755 <<EOF || true
+#!/bin/sh
+# Installed by ct-install-pipeline.sh: the media_pipeline package runs on Debian's python3.
+PYTHONPATH=/opt/media-pipeline
+export PYTHONPATH
+exec python3 -m media_pipeline.${cmd#*:} "\$@"
+EOF
+done
+ok "commands ready"
+
+# --- config -----------------------------------------------------------------------------
+step "Writing /etc/media-pipeline/config.json"
+config=$root/etc/media-pipeline/config.json
+rendered=$(PYTHONPATH=$base/$release python3 -m media_pipeline.config render --base "$config" \
+  "staging=$staging" "movies=$movies" "tv=$tv" "languages=$languages" "encoder=$encoder" \
+  "preset=$preset" "crf=$crf" "keep_source=$keep_source" "metrics_port=$metrics_port") ||
+  die "the settings above are not a valid config" 2
+if write_file "$config" 0644 <<<"$rendered"; then ok "config written"; else ok "config unchanged"; fi
+
+state=$root/var/lib/media-pipeline
+if [[ ! -d $state ]]; then
+  mkdir -p "$state"
+  changed=true
+fi
+if $user_exists && [[ $(id -u) -eq 0 && $(stat -c %U "$state") != "$user" ]]; then
+  chown "$user:" "$state"
+  changed=true
+fi
+
+# --- service ----------------------------------------------------------------------------
+step "Installing media-pipeline.service"
+unit=$root/etc/systemd/system/media-pipeline.service
+unit_changed=false
+if write_file "$unit" 0644 <<EOF; then unit_changed=true; fi
+[Unit]
+Description=Media pipeline: transcode finished rips from staging into the library
+After=local-fs.target network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+User=$user
+ExecStart=/usr/local/bin/media-pipeline run
+Restart=on-failure
+RestartSec=10
+StateDirectory=media-pipeline
+UMask=0002
+Nice=10
+TimeoutStopSec=60
+
+[Install]
+WantedBy=multi-user.target
+EOF
+wants=$root/etc/systemd/system/multi-user.target.wants
+service=enabled
+if [[ -z $root && -d /run/systemd/system ]]; then
+  if $unit_changed; then systemctl daemon-reload; fi
+  if ! systemctl is-enabled --quiet media-pipeline.service; then
+    quiet systemctl enable media-pipeline.service
+    changed=true
+  fi
+  if $changed; then
+    systemctl restart media-pipeline.service
+  elif ! systemctl is-active --quiet media-pipeline.service; then
+    systemctl start media-pipeline.service
+    changed=true
+  fi
+  service=active
+  ok "media-pipeline.service enabled and running"
+else
+  if [[ $(readlink "$wants/media-pipeline.service" 2>/dev/null || true) != /etc/systemd/system/media-pipeline.service ]]; then
+    mkdir -p "$wants"
+    ln -sfn /etc/systemd/system/media-pipeline.service "$wants/media-pipeline.service"
+    changed=true
+  fi
+  if [[ -n $root ]]; then
+    ok "unit enabled under $root (not started: --root)"
+  else
+    warn "systemd is not PID 1 here: the unit is enabled (symlink) but not started"
+  fi
+fi
+
+python3 - "$version" "$changed" "$service" <<'EOF'
+import json, sys
+version, changed, service = sys.argv[1:4]
+print(json.dumps({
+    "installed": "/opt/media-pipeline/media_pipeline",
+    "version": version,
+    "unit": "/etc/systemd/system/media-pipeline.service",
+    "config": "/etc/media-pipeline/config.json",
+    "changed": changed == "true",
+    "service": service,
+}))
+EOF

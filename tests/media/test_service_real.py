@@ -1,0 +1,235 @@
+"""media-pipeline against real ffmpeg: queue, library layout, failures, restarts, crashes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from tests.media.helpers import ENV, Pipeline, free_port, kill, probe, processes_with, streams, wait_for
+
+pytestmark = pytest.mark.ffmpeg
+
+ODD_NAME = "Amélie 'Le Fabuleux' \"Destin\" — 日本語 (2001).mkv"
+
+
+def put(src, dest, age=None):
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    if age is not None:
+        t = time.time() - age
+        os.utime(dest, (t, t))
+    return dest
+
+
+def by_source(jobs):
+    return {os.path.basename(j["source"]): j for j in jobs}
+
+
+def test_once_sorts_finished_rips_into_the_library(rips, tmp_path):
+    p = Pipeline(tmp_path, stable_seconds=60)
+    put(rips["full"], p.staging / ODD_NAME, age=600)
+    put(rips["two_letter"], p.staging / "Show.Name.S01E02.mkv", age=600)
+    put(rips["four"], p.staging / "Heat (1995)" / "title_t00.mkv", age=600)
+    put(rips["four"], p.staging / "still ripping.mkv")  # fresh and unmarked: not yet
+    put(rips["no_subs"], p.staging / "marked.mkv")  # fresh but the ripper says it is done
+    (p.staging / "marked.mkv.done").write_text("")
+    (p.staging / "readme.txt").write_text("not media")
+
+    run = p.once()
+    assert p.library() == [
+        "movies/Amélie 'Le Fabuleux' \"Destin\" — 日本語 (2001).mkv",
+        "movies/Heat (1995).mkv",
+        "movies/marked.mkv",
+        "tv/Show Name/Season 01/Show.Name.S01E02.mkv",
+    ]
+    jobs = by_source(p.jobs())
+    assert set(jobs) == {ODD_NAME, "Show.Name.S01E02.mkv", "title_t00.mkv", "marked.mkv"}
+    assert all(j["state"] == "done" and j["attempts"] == 1 for j in jobs.values())
+    odd = p.movies / ODD_NAME
+    assert [s[:3] for s in streams(odd)] == [
+        ("video", "hevc", None), ("audio", "aac", "eng"), ("audio", "ac3", "bul"),
+        ("subtitle", "subrip", "eng"), ("subtitle", "subrip", "bul")]
+    assert len(probe(odd)["chapters"]) == 2
+    assert (p.staging / ODD_NAME).exists()  # keep_source defaults to true
+    assert "queued" in run.stderr and "done" in run.stderr
+
+    status = subprocess.run(p.argv("status"), capture_output=True, text=True, check=True,
+                            env=ENV).stdout
+    assert "4 done" in status and "movies/Heat (1995).mkv" in status
+    prom = (tmp_path / "state" / "metrics.prom").read_text()
+    assert 'media_pipeline_jobs{state="done"} 4' in prom
+    assert "media_pipeline_encoded_seconds_total 1" in prom  # 2+2+4+2 s = 10.x s
+
+
+def test_no_duplicates_across_restarts(rips, tmp_path):
+    p = Pipeline(tmp_path)
+    put(rips["four"], p.staging / "Film.mkv", age=10)
+    p.once()
+    out = p.movies / "Film.mkv"
+    first = out.stat().st_mtime_ns
+    for _ in range(2):
+        p.once()
+    assert len(p.jobs()) == 1 and out.stat().st_mtime_ns == first
+    assert p.library() == ["movies/Film.mkv"]
+    # a re-rip of the same name is a new version: queued, and refused because the film is there
+    put(rips["no_subs"], p.staging / "Film.mkv", age=5)
+    p.once()
+    jobs = p.jobs()
+    assert [j["state"] for j in jobs] == ["done", "failed"]
+    assert "already exists in the library" in jobs[1]["reason"]
+    assert out.stat().st_mtime_ns == first
+
+
+def test_bad_inputs_fail_with_reasons_and_keep_sources(rips, tmp_path):
+    p = Pipeline(tmp_path, keep_source=False)
+    data = rips["four"].read_bytes()
+    (p.staging / "cut off.mkv").write_bytes(data[: len(data) // 2])
+    (p.staging / "notes.mkv").write_text("this is not a video\n")
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=d=1", "-c:a", "flac",
+                    str(p.staging / "album.mkv")], check=True)
+    put(rips["four"], p.staging / "good.mkv")
+    (p.staging / "good.mkv.done").write_text("")
+    p.once()
+    jobs = by_source(p.jobs())
+    assert jobs["cut off.mkv"]["state"] == "failed" and "truncated" in jobs["cut off.mkv"]["reason"]
+    assert jobs["notes.mkv"]["state"] == "failed" and "not a readable media file" in jobs["notes.mkv"]["reason"]
+    assert jobs["album.mkv"]["state"] == "failed" and "no video stream" in jobs["album.mkv"]["reason"]
+    for name in ("cut off.mkv", "notes.mkv", "album.mkv"):
+        assert jobs[name]["attempts"] == 1  # bad input is not retried
+        assert (p.staging / name).exists()  # never deleted
+    assert jobs["good.mkv"]["state"] == "done" and jobs["good.mkv"]["source_removed"] == 1
+    assert not (p.staging / "good.mkv").exists() and not (p.staging / "good.mkv.done").exists()
+    assert p.library() == ["movies/good.mkv"]
+
+
+def test_output_failures_are_retried_a_bounded_number_of_times(rips, tmp_path):
+    p = Pipeline(tmp_path, max_attempts=3, keep_source=False)
+    put(rips["four"], p.staging / "Broken Show S02E03.mkv")
+    (p.tv / "Broken Show").write_text("a file where the show folder should be")
+    p.once()
+    (job,) = p.jobs()
+    assert job["state"] == "failed" and job["attempts"] == 3
+    assert "output problem" in job["reason"] and "Broken Show" in job["reason"]
+    assert (p.staging / "Broken Show S02E03.mkv").exists()
+    # the operator fixes it and asks again
+    (p.tv / "Broken Show").unlink()
+    subprocess.run(p.argv("retry", str(job["id"])), check=True, capture_output=True)
+    p.once()
+    (job,) = p.jobs()
+    assert job["state"] == "done" and job["attempts"] == 1
+    assert p.library() == ["tv/Broken Show/Season 02/Broken Show S02E03.mkv"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
+def test_full_disk_fails_keeps_source_and_leaves_no_temp(rips, tmp_path):
+    p = Pipeline(tmp_path, max_attempts=2, keep_source=False,
+                 languages=["eng", "bul", "fre", "jpn", "und"])
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(p.movies)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        put(rips["full"], p.staging / "Big Film.mkv")
+        p.once()
+        (job,) = p.jobs()
+        assert job["state"] == "failed" and job["attempts"] == 2
+        assert "disk full" in job["reason"]
+        assert os.listdir(p.movies) == []
+        assert (p.staging / "Big Film.mkv").exists()
+    finally:
+        subprocess.run(["umount", str(p.movies)], check=False)
+
+
+def _wait_running(p):
+    def running_with_partial():
+        jobs = p.jobs() if p.db.exists() else []
+        active = [j for j in jobs if j["state"] == "running" and j["dest"]]
+        if not active:
+            return None
+        tmp = os.path.join(os.path.dirname(active[0]["dest"]), "." + os.path.basename(active[0]["dest"]) + ".partial")
+        return (active[0], tmp) if os.path.exists(tmp) else None
+
+    return wait_for(running_with_partial, timeout=60, interval=0.1, what="an encode in progress")
+
+
+def test_crash_mid_encode_is_redone_after_restart(rips, tmp_path):
+    port = free_port()
+    p = Pipeline(tmp_path, preset="slow", metrics_port=port, metrics_bind="127.0.0.1")
+    put(rips["slow"], p.staging / "Crash Test (2024).mkv")
+    service = p.start()
+    try:
+        job, tmp = _wait_running(p)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        assert 'media_pipeline_jobs{state="running"} 1' in text
+        assert 'media_pipeline_job_progress_ratio{job="1",source="Crash Test (2024).mkv"}' in text
+        kill(service)  # kill -9: no chance to clean up
+    finally:
+        kill(service)
+    wait_for(lambda: not processes_with(tmp), timeout=10, what="ffmpeg to die with the service")
+    assert not (p.movies / "Crash Test (2024).mkv").exists()  # the library never shows a half file
+
+    run = p.once()
+    assert "redoing from scratch" in run.stderr or "queued again" in run.stderr
+    (job,) = p.jobs()
+    assert job["state"] == "done" and job["attempts"] == 2
+    assert p.library() == ["movies/Crash Test (2024).mkv"]  # exactly one file, no temp
+    assert float(probe(p.movies / "Crash Test (2024).mkv")["format"]["duration"]) == pytest.approx(10, abs=0.2)
+
+
+def test_sigterm_requeues_without_spending_an_attempt(rips, tmp_path):
+    p = Pipeline(tmp_path, preset="slow")
+    put(rips["slow"], p.staging / "Graceful.mkv")
+    service = p.start()
+    try:
+        _wait_running(p)
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=30) == 0
+    finally:
+        kill(service)
+    (job,) = p.jobs()
+    assert job["state"] == "queued" and job["attempts"] == 0 and job["reason"] == "interrupted by shutdown"
+    assert p.library() == []
+    p.configure(preset="ultrafast")
+    p.once()
+    assert p.jobs()[0]["state"] == "done" and p.library() == ["movies/Graceful.mkv"]
+
+
+def test_second_run_is_refused_while_one_is_active(rips, tmp_path):
+    p = Pipeline(tmp_path)
+    service = p.start()
+    try:
+        wait_for(lambda: (tmp_path / "state" / "jobs.sqlite3.lock").exists(), what="the lock")
+        time.sleep(0.2)
+        second = subprocess.run(p.argv("run", "--once"), capture_output=True, text=True,
+                                env=ENV, timeout=60)
+        assert second.returncode == 1 and "another media-pipeline run" in second.stderr
+    finally:
+        kill(service, signal.SIGTERM)
+
+
+def test_concurrency_two(rips, tmp_path):
+    p = Pipeline(tmp_path, concurrency=2)
+    for n in range(4):
+        put(rips["four"], p.staging / f"Film {n}.mkv")
+    p.once()
+    jobs = p.jobs()
+    assert [j["state"] for j in jobs] == ["done"] * 4
+    assert jobs[1]["started"] < jobs[0]["finished"]  # the first two ran side by side
+    assert len(p.library()) == 4
+
+
+def test_two_rips_for_one_library_name(rips, tmp_path):
+    p = Pipeline(tmp_path, concurrency=2)
+    put(rips["four"], p.staging / "Film.mkv")
+    put(rips["no_subs"], p.staging / "Film" / "title_t00.mkv")
+    p.once()
+    states = sorted(j["state"] for j in p.jobs())
+    assert states == ["done", "failed"]
+    assert p.library() == ["movies/Film.mkv"]  # one file, no temp, nothing overwritten

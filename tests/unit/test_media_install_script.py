@@ -1,0 +1,205 @@
+"""scripts/ct-install-pipeline.sh under --root DIR: files, stdout JSON, idempotence, upgrades."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "ct-install-pipeline.sh"
+ME = pwd.getpwuid(os.getuid()).pw_name
+
+
+def make_tarball(dest: Path, extra: str = "") -> Path:
+    src = dest.parent / f"pkg{len(extra)}"
+    shutil.copytree(REPO / "media_pipeline", src / "media_pipeline",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    if extra:
+        (src / "media_pipeline" / "extra.py").write_text(extra)
+    with tarfile.open(dest, "w:gz") as tar:
+        tar.add(src / "media_pipeline", arcname="media_pipeline")
+    return dest
+
+
+def install(root: Path, tarball: Path, *extra: str, user: str = ME, check: bool = True,
+            preexec=None) -> subprocess.CompletedProcess:
+    argv = ["bash", str(SCRIPT), "--tarball", str(tarball), "--user", user,
+            "--staging", "/mnt/storage/staging", "--movies", "/mnt/storage/movies",
+            "--tv", "/mnt/storage/tv", "--languages", "eng,bul", "--encoder", "libx265",
+            "--preset", "slow", "--crf", "18", "--root", str(root), *extra]
+    run = subprocess.run(argv, capture_output=True, text=True, preexec_fn=preexec, timeout=120)
+    if check:
+        assert run.returncode == 0, run.stderr
+    return run
+
+
+def result(run) -> dict:
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 1, run.stdout  # one JSON object on stdout, progress on stderr
+    return json.loads(lines[0])
+
+
+def snapshot(root: Path) -> dict:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if "__pycache__" in p.parts:
+            continue
+        st = p.lstat()
+        out[str(p.relative_to(root))] = (st.st_mode, st.st_mtime_ns, os.readlink(p) if p.is_symlink() else None)
+    return out
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = tmp_path / "root"
+    r.mkdir()
+    return r
+
+
+def test_installs_everything_then_changes_nothing(root, tmp_path):
+    tarball = make_tarball(tmp_path / "media_pipeline.tar.gz")
+    first = install(root, tarball)
+    data = result(first)
+    assert data == {"installed": "/opt/media-pipeline/media_pipeline", "version": "0.1.0",
+                    "unit": "/etc/systemd/system/media-pipeline.service",
+                    "config": "/etc/media-pipeline/config.json", "changed": True, "service": "enabled"}
+    assert "==> " in first.stderr and " ✓ " in first.stderr
+
+    pkg = root / "opt/media-pipeline/media_pipeline"
+    assert pkg.is_symlink() and (pkg / "transcode.py").is_file()
+    for cmd, module in (("media-transcode", "transcode"), ("media-pipeline", "service")):
+        wrapper = root / "usr/local/bin" / cmd
+        assert os.access(wrapper, os.X_OK)
+        text = wrapper.read_text()
+        assert "PYTHONPATH=/opt/media-pipeline" in text
+        assert f'exec python3 -m media_pipeline.{module} "$@"' in text
+    cfg = json.loads((root / "etc/media-pipeline/config.json").read_text())
+    assert cfg["languages"] == ["eng", "bul"] and cfg["staging"] == "/mnt/storage/staging"
+    assert cfg["keep_source"] is True and cfg["metrics_port"] == 9464 and cfg["crf"] == 18
+    unit = (root / "etc/systemd/system/media-pipeline.service").read_text()
+    assert f"User={ME}" in unit and "Restart=on-failure" in unit
+    assert "ExecStart=/usr/local/bin/media-pipeline run" in unit
+    link = root / "etc/systemd/system/multi-user.target.wants/media-pipeline.service"
+    assert os.readlink(link) == "/etc/systemd/system/media-pipeline.service"
+    assert (root / "var/lib/media-pipeline").is_dir()
+
+    # the installed package imports and runs on this python3
+    env = {**os.environ, "PYTHONPATH": str(root / "opt/media-pipeline")}
+    run = subprocess.run([sys.executable, "-m", "media_pipeline.config", "check",
+                          str(root / "etc/media-pipeline/config.json")], env=env,
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+
+    before = snapshot(root)
+    second = install(root, tarball)
+    assert result(second)["changed"] is False
+    assert snapshot(root) == before
+
+
+def test_upgrade_swaps_release_and_keeps_hand_edited_keys(root, tmp_path):
+    install(root, make_tarball(tmp_path / "a.tar.gz"))
+    cfg_path = root / "etc/media-pipeline/config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["apprise_urls"] = ["tgram://token/chat"]
+    cfg_path.write_text(json.dumps(cfg))
+    old_release = os.readlink(root / "opt/media-pipeline/media_pipeline")
+
+    run = install(root, make_tarball(tmp_path / "b.tar.gz", extra="X = 1\n"), "--crf", "20",
+                  "--keep-source", "false")
+    assert result(run)["changed"] is True
+    new_release = os.readlink(root / "opt/media-pipeline/media_pipeline")
+    assert new_release != old_release
+    assert (root / "opt/media-pipeline/media_pipeline/extra.py").exists()
+    assert len(list((root / "opt/media-pipeline/releases").iterdir())) == 1  # old release removed
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["apprise_urls"] == ["tgram://token/chat"] and cfg["crf"] == 20 and cfg["keep_source"] is False
+
+
+def test_replaces_a_hand_installed_directory(root, tmp_path):
+    hand = root / "opt/media-pipeline/media_pipeline"
+    hand.mkdir(parents=True)
+    (hand / "__init__.py").write_text("old\n")
+    install(root, make_tarball(tmp_path / "a.tar.gz"))
+    assert hand.is_symlink() and "__version__" in (hand / "__init__.py").read_text()
+
+
+def test_tampered_release_is_reinstalled(root, tmp_path):
+    tarball = make_tarball(tmp_path / "a.tar.gz")
+    install(root, tarball)
+    (root / "opt/media-pipeline/media_pipeline/naming.py").write_text("broken\n")
+    assert result(install(root, tarball))["changed"] is True
+    assert "def destination" in (root / "opt/media-pipeline/media_pipeline/naming.py").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--encoder", "nvenc"], "--encoder must be libx265 or hevc_qsv"),
+        (["--crf", "high"], "--crf must be a number"),
+        (["--keep-source", "yes"], "--keep-source must be true or false"),
+        (["--languages", "english"], "--languages must look like eng,bul"),
+        (["--metrics-port", "99999"], "--metrics-port must be 0-65535"),
+        (["--preset", "turbo"], "not a valid config"),
+        (["--bogus"], "unknown argument: --bogus"),
+    ],
+)
+def test_bad_arguments(root, tmp_path, args, message):
+    run = install(root, make_tarball(tmp_path / "a.tar.gz"), *args, check=False)
+    assert run.returncode == 2, run.stderr
+    assert message in run.stderr and run.stdout == ""
+
+
+def test_missing_tarball_and_help(root, tmp_path):
+    run = install(root, tmp_path / "nope.tar.gz", check=False)
+    assert run.returncode == 2 and "no such readable file" in run.stderr
+    helped = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, check=False)
+    assert helped.returncode == 0 and "--tarball FILE" in helped.stdout
+
+
+def test_tarball_without_package(root, tmp_path):
+    bad = tmp_path / "bad.tar.gz"
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x").write_text("x")
+    with tarfile.open(bad, "w:gz") as tar:
+        tar.add(tmp_path / "junk", arcname="junk")
+    run = install(root, bad, check=False)
+    assert run.returncode == 1 and "does not contain media_pipeline/__init__.py" in run.stderr
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root to become nobody")
+def test_runs_as_an_unprivileged_user():
+    work = Path(tempfile.mkdtemp(prefix="ct-install-"))
+    try:
+        root = work / "root"
+        root.mkdir()
+        tarball = make_tarball(work / "a.tar.gz")
+        for p in [work, *work.rglob("*")]:
+            os.chown(p, 65534, 65534, follow_symlinks=False)
+
+        def drop():
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+
+        user = pwd.getpwuid(65534).pw_name
+        first = install(root, tarball, user=user, preexec=drop)
+        assert result(first)["changed"] is True
+        assert result(install(root, tarball, user=user, preexec=drop))["changed"] is False
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck not installed")
+def test_shellcheck_clean():
+    run = subprocess.run(["shellcheck", "-x", str(SCRIPT)], cwd=SCRIPT.parent, capture_output=True,
+                         text=True, check=False)
+    assert run.returncode == 0, run.stdout

@@ -1,0 +1,111 @@
+"""The SQLite job table: uniqueness, claiming, retries, requeue."""
+
+import threading
+
+from media_pipeline.jobs import JobStore
+
+
+def store(tmp_path):
+    return JobStore(str(tmp_path / "jobs.sqlite3"))
+
+
+def test_same_rip_version_is_one_job(tmp_path):
+    s = store(tmp_path)
+    assert s.enqueue("/s/a b.mkv", 10, 1) == 1
+    assert s.enqueue("/s/a b.mkv", 10, 1) is None
+    assert s.enqueue("/s/a b.mkv", 11, 2) == 2  # re-ripped: a new version
+    s.close()
+    s = store(tmp_path)  # survives reopening
+    assert s.enqueue("/s/a b.mkv", 10, 1) is None
+    assert len(s.list_jobs()) == 2
+    assert ("/s/a b.mkv", 10, 1) in s.known_keys()
+
+
+def test_claim_is_exclusive_and_counts_attempts(tmp_path):
+    s = store(tmp_path)
+    for i in range(20):
+        s.enqueue(f"/s/{i}.mkv", 1, 1)
+    claimed, lock = [], threading.Lock()
+
+    def grab():
+        while (job := s.claim()) is not None:
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=grab) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == list(range(1, 21))
+    assert all(j.state == "running" and j.attempts == 1 for j in s.list_jobs())
+
+
+def test_fail_retries_until_max_attempts(tmp_path):
+    s = store(tmp_path)
+    s.enqueue("/s/x.mkv", 1, 1)
+    states = []
+    while (job := s.claim()) is not None:
+        states.append(s.fail(job.id, f"boom {job.attempts}", retry=True, max_attempts=3))
+    assert states == ["queued", "queued", "failed"]
+    job = s.get(1)
+    assert job.attempts == 3 and job.reason == "boom 3" and job.finished
+
+
+def test_non_retryable_failure_is_final(tmp_path):
+    s = store(tmp_path)
+    s.enqueue("/s/x.mkv", 1, 1)
+    job = s.claim()
+    assert s.fail(job.id, "bad input", retry=False, max_attempts=3) == "failed"
+    assert s.claim() is None
+
+
+def test_retry_delay(tmp_path):
+    s = store(tmp_path)
+    s.enqueue("/s/x.mkv", 1, 1)
+    job = s.claim(now=1000.0)
+    s.fail(job.id, "disk full", retry=True, max_attempts=3, delay=300)
+    assert not s.has_claimable()  # now() is long after 1000, but not_before is now()+300
+    import time
+
+    assert s.claim(now=time.time() + 301).id == job.id
+
+
+def test_requeue_refunds_the_attempt(tmp_path):
+    s = store(tmp_path)
+    s.enqueue("/s/x.mkv", 1, 1)
+    job = s.claim()
+    s.requeue(job.id, "shutdown", refund_attempt=True)
+    assert s.get(job.id).attempts == 0 and s.get(job.id).state == "queued"
+    job = s.claim()
+    s.requeue(job.id, "crash", refund_attempt=False)
+    assert s.get(job.id).attempts == 1
+
+
+def test_finish_totals_and_counts(tmp_path):
+    s = store(tmp_path)
+    s.enqueue("/s/a.mkv", 1, 1)
+    s.enqueue("/s/b.mkv", 1, 1)
+    a = s.claim()
+    s.finish(a.id, media_seconds=60.0, encode_seconds=20.0, fps=75.0)
+    assert s.counts() == {"queued": 1, "running": 0, "done": 1, "failed": 0}
+    assert s.totals() == {"media_seconds": 60.0, "encode_seconds": 20.0, "last_fps": 75.0}
+
+
+def test_reset_failed(tmp_path):
+    s = store(tmp_path)
+    s.enqueue("/s/a.mkv", 1, 1)
+    job = s.claim()
+    s.fail(job.id, "x", retry=False, max_attempts=1)
+    assert s.reset_failed(job.id)
+    assert s.get(job.id).state == "queued" and s.get(job.id).attempts == 0
+    assert not s.reset_failed(job.id)
+
+
+def test_readonly_reader(tmp_path):
+    s = store(tmp_path)
+    s.enqueue("/s/ünï 'q'.mkv", 1, 1)
+    r = JobStore(str(tmp_path / "jobs.sqlite3"), readonly=True)
+    assert [j.source for j in r.list_jobs()] == ["/s/ünï 'q'.mkv"]
+    r.close()
+    s.close()

@@ -1,0 +1,211 @@
+"""media-pipeline without ffmpeg: readiness rule, crash recovery of the job table, status, metrics."""
+
+import json
+import os
+import time
+
+import pytest
+
+from media_pipeline import config as cfgmod
+from media_pipeline import service
+from media_pipeline.jobs import JobStore
+from media_pipeline.metrics import MetricsServer, Snapshot, render, write_textfile
+from media_pipeline.transcode import temp_path
+
+
+def touch(path, data=b"x" * 100, age=0.0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    t = time.time() - age
+    os.utime(path, (t, t))
+    return path
+
+
+def test_scan_readiness(tmp_path):
+    st = tmp_path / "staging"
+    touch(st / "old.mkv", age=600)
+    touch(st / "fresh.mkv", age=5)
+    touch(st / "marked.mkv", age=1)
+    touch(st / "marked.mkv.done", b"")
+    touch(st / "marked2.m2ts", age=1)
+    touch(st / "marked2.done", b"")
+    touch(st / ".hidden.mkv", age=600)
+    touch(st / ".partial" / "x.mkv", age=600)
+    touch(st / "notes.txt", age=600)
+    touch(st / "empty.mkv", b"", age=600)
+    touch(st / "Disc (2001)" / "title_t00.MKV", age=600)
+    found = {os.path.relpath(p, st) for p, _, _ in service.scan(str(st), 120, False)}
+    assert found == {"old.mkv", "marked.mkv", "marked2.m2ts", "Disc (2001)/title_t00.MKV"}
+    only_marked = {os.path.relpath(p, st) for p, _, _ in service.scan(str(st), 120, True)}
+    assert only_marked == {"marked.mkv", "marked2.m2ts"}
+    size_mtime = {os.path.basename(p): (size, m) for p, size, m in service.scan(str(st), 0, False)}
+    assert size_mtime["old.mkv"] == (100, os.stat(st / "old.mkv").st_mtime_ns)
+
+
+def make_cfg(tmp_path, **kw):
+    for d in ("staging", "movies", "tv"):
+        (tmp_path / d).mkdir(exist_ok=True)
+    raw = {"staging": str(tmp_path / "staging"), "movies": str(tmp_path / "movies"),
+           "tv": str(tmp_path / "tv"), "db": str(tmp_path / "state" / "jobs.sqlite3"),
+           "metrics_textfile": str(tmp_path / "state" / "metrics.prom"), "stable_seconds": 0, **kw}
+    return cfgmod.from_dict(raw)
+
+
+def running_job(cfg, source, dest, stage, attempts=1):
+    os.makedirs(os.path.dirname(cfg.db), exist_ok=True)
+    s = JobStore(cfg.db)
+    st = os.stat(source)
+    s.enqueue(source, st.st_size, st.st_mtime_ns)
+    for _ in range(attempts):
+        job = s.claim()
+        if _ < attempts - 1:
+            s.requeue(job.id, "x", refund_attempt=False)
+    s.update(job.id, dest=dest, stage=stage)
+    s.close()
+    return job.id
+
+
+def recover(cfg):
+    svc = service.Service(cfg)
+    svc.store = JobStore(cfg.db)
+    svc.recover()
+    return svc.store
+
+
+def test_recovery_redoes_an_interrupted_encode(tmp_path):
+    cfg = make_cfg(tmp_path)
+    src = touch(tmp_path / "staging" / "Film.mkv")
+    dest = str(tmp_path / "movies" / "Film.mkv")
+    job_id = running_job(cfg, str(src), dest, "encoding")
+    touch(tmp_path / "movies" / ".Film.mkv.partial", b"half")
+    store = recover(cfg)
+    job = store.get(job_id)
+    assert job.state == "queued" and "redoing" in job.reason and job.attempts == 1
+    assert not os.path.exists(temp_path(dest)) and not os.path.exists(dest)
+
+
+def test_recovery_finishes_an_interrupted_rename(tmp_path):
+    cfg = make_cfg(tmp_path, keep_source=False)
+    src = touch(tmp_path / "staging" / "Film.mkv")
+    touch(tmp_path / "staging" / "Film.mkv.done", b"")
+    dest = str(tmp_path / "movies" / "Film.mkv")
+    job_id = running_job(cfg, str(src), dest, "finalizing")
+    touch(tmp_path / "movies" / ".Film.mkv.partial", b"complete output")
+    store = recover(cfg)
+    job = store.get(job_id)
+    assert job.state == "done" and job.source_removed == 1
+    assert open(dest, "rb").read() == b"complete output"
+    assert not os.path.exists(src) and not os.path.exists(str(src) + ".done")
+
+
+def test_recovery_after_rename_before_done(tmp_path):
+    cfg = make_cfg(tmp_path)
+    src = touch(tmp_path / "staging" / "Film.mkv")
+    dest = touch(tmp_path / "movies" / "Film.mkv", b"complete output")
+    job_id = running_job(cfg, str(src), str(dest), "finalizing")
+    store = recover(cfg)
+    assert store.get(job_id).state == "done"
+    assert os.path.exists(src)  # keep_source defaults to true
+
+
+def test_recovery_gives_up_after_max_attempts(tmp_path):
+    cfg = make_cfg(tmp_path, max_attempts=2)
+    src = touch(tmp_path / "staging" / "Crashy.mkv")
+    job_id = running_job(cfg, str(src), str(tmp_path / "movies" / "Crashy.mkv"), "encoding", attempts=2)
+    store = recover(cfg)
+    job = store.get(job_id)
+    assert job.state == "failed" and "interrupted 2 time(s)" in job.reason
+    assert os.path.exists(src)
+
+
+def test_second_instance_refused(tmp_path):
+    cfg = make_cfg(tmp_path)
+    os.makedirs(os.path.dirname(cfg.db), exist_ok=True)
+    first = service.InstanceLock(cfg.db)
+    first.acquire()
+    with pytest.raises(RuntimeError, match=f"another media-pipeline run \\(pid {os.getpid()}\\)"):
+        service.InstanceLock(cfg.db).acquire()
+    first.release()
+    service.InstanceLock(cfg.db).acquire()
+
+
+def test_missing_staging_is_a_clear_error(tmp_path):
+    cfg = make_cfg(tmp_path)
+    os.rmdir(cfg.staging)
+    with pytest.raises(RuntimeError, match="staging directory .* does not exist .*mounted"):
+        service.Service(cfg).preflight()
+
+
+def test_status_table_and_json(tmp_path, capsys):
+    cfg = make_cfg(tmp_path)
+    src = touch(tmp_path / "staging" / "Amélie \"q\" 'x'.mkv")
+    running_job(cfg, str(src), str(tmp_path / "movies" / "Amélie \"q\" 'x'.mkv"), "encoding")
+    cfg_file = tmp_path / "config.json"
+    cfg_file.write_text(json.dumps(cfg.to_json()))
+    assert service.main(["--config", str(cfg_file), "status"]) == 0
+    out = capsys.readouterr().out
+    assert "running" in out and "staging/Amélie \"q\" 'x'.mkv" in out and "1/3" in out
+    assert service.main(["status", "--json", "--config", str(cfg_file)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data[0]["state"] == "running" and data[0]["source"] == str(src)
+
+
+def test_status_without_database(tmp_path, capsys):
+    cfg = make_cfg(tmp_path)
+    cfg_file = tmp_path / "config.json"
+    cfg_file.write_text(json.dumps(cfg.to_json()))
+    assert service.main(["--config", str(cfg_file), "status"]) == 0
+    assert "no jobs yet" in capsys.readouterr().out
+
+
+def test_run_with_bad_config_exits_2(tmp_path, capsys):
+    cfg_file = tmp_path / "config.json"
+    cfg_file.write_text('{"concurency": 2}')
+    assert service.main(["--config", str(cfg_file), "run", "--once"]) == 2
+    assert "did you mean 'concurrency'" in capsys.readouterr().err
+
+
+def test_metrics_render():
+    text = render(Snapshot({"queued": 2, "running": 1, "done": 5, "failed": 1}, 3600.5, 1200.0, 87.25,
+                           [{"id": 7, "source": '/s/Amélie "q"\\.mkv', "progress": 0.4213, "fps": 80}],
+                           1700000000.0))
+    assert 'media_pipeline_jobs{state="queued"} 2' in text
+    assert 'media_pipeline_jobs{state="failed"} 1' in text
+    assert "media_pipeline_encoded_seconds_total 3600.5" in text
+    assert "media_pipeline_last_fps 87.25" in text
+    assert 'media_pipeline_job_progress_ratio{job="7",source="Amélie \\"q\\"\\\\.mkv"} 0.4213' in text
+    assert "# TYPE media_pipeline_encoded_seconds_total counter" in text
+    assert text.endswith("\n")
+
+
+def test_metrics_textfile_and_server(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    path = tmp_path / "prom" / "m.prom"
+    write_textfile(str(path), "a 1\n")
+    assert path.read_text() == "a 1\n" and len(os.listdir(path.parent)) == 1
+    server = MetricsServer("127.0.0.1", 0, lambda: "x 1\n").start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics") as resp:
+            assert resp.read() == b"x 1\n"
+            assert resp.headers["Content-Type"].startswith("text/plain")
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/nope")
+    finally:
+        server.stop()
+
+
+def test_undecodable_names_are_skipped_not_fatal(tmp_path, caplog):
+    cfg = make_cfg(tmp_path)
+    good = touch(tmp_path / "staging" / "good.mkv", age=10)
+    bad = os.path.join(os.fsencode(cfg.staging), b"bad \xff name.mkv")
+    with open(bad, "wb") as fh:
+        fh.write(b"x" * 10)
+    os.makedirs(os.path.dirname(cfg.db), exist_ok=True)
+    svc = service.Service(cfg)
+    svc.store = JobStore(cfg.db)
+    svc.enqueue_ready()
+    svc.enqueue_ready()
+    assert [j.source for j in svc.store.list_jobs()] == [str(good)]
+    assert sum("not valid UTF-8" in r.message for r in caplog.records) == 1
