@@ -1,0 +1,380 @@
+#!/usr/bin/env python3
+"""Run the Pulumi program against the lab without the engine: `up` or `destroy`.
+
+Why: on machines where the Pulumi engine's plugins cannot be had (the Go module proxy
+refuses the Python language host and both providers: docs/adr/0002), the program's own
+code still runs for real. The Pulumi SDK's mock runtime stands in for the engine and each
+declared resource is *performed* against the lab, like the providers would:
+
+  proxmoxve Provider          ticket login as root@pam (password from the lab)
+  proxmoxve download.File     POST /nodes/{n}/storage/{s}/download-url (skipped if present)
+  proxmoxve ContainerLegacy   POST /nodes/{n}/lxc with the same parameters bpg's provider
+                              sends; an existing container gets PUT .../config for changed
+                              cores/memory/swap (in place), like the provider's update
+  command remote.Command      `create` over real OpenSSH to the node, stdin = the bundle;
+                              skipped when create, stdin and triggers equal the last run
+                              (pulumi-command's rule: no input change, no run)
+
+What the engine would add (diffs from provider Check/Diff, replace planning, state
+encryption) is not proven by this; docs/adr/0006 says what is and is not.
+
+Usage: scripts/lab/run-program.py up|destroy [--stack lab] [--config-file F] [--outputs FILE]
+Exit codes: 0 done, 1 a resource failed (its message is printed), 2 usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import runpy
+import shlex
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB = ROOT / ".lab"
+STATE = LAB / "run-program-state.json"
+NS = "homelab-media"
+
+
+def log(msg: str) -> None:
+    print(f"==> {msg}", file=sys.stderr, flush=True)
+
+
+def read_env() -> dict[str, str]:
+    env_file = LAB / "env"
+    if not env_file.exists():
+        raise SystemExit("✗ the lab is not up (.lab/env missing): run scripts/lab/lab-up.sh or make demo")
+    out = {}
+    for line in env_file.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            k, _, v = line.partition("=")
+            out[k.strip()] = v.strip()
+    return out
+
+
+class Pve:
+    """Minimal PVE API client: ticket auth, JSON answers, task waiting."""
+
+    def __init__(self, endpoint: str, username: str, password: str, insecure: bool):
+        self.base = endpoint.rstrip("/") + "/api2/json"
+        self.ctx = ssl.create_default_context()
+        if insecure:
+            self.ctx.check_hostname = False
+            self.ctx.verify_mode = ssl.CERT_NONE
+        self.username, self.password = username, password
+        self.ticket: tuple[str, str] | None = None
+
+    def _do(self, method: str, path: str, data: dict | None = None):
+        headers = {}
+        if self.ticket:
+            headers["Cookie"] = f"PVEAuthCookie={self.ticket[0]}"
+            if method != "GET":
+                headers["CSRFPreventionToken"] = self.ticket[1]
+        url = self.base + path
+        body = None
+        if data and method == "GET":
+            url += "?" + urllib.parse.urlencode(data)
+        elif data:
+            body = urllib.parse.urlencode(data).encode()
+        req = urllib.request.Request(url, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, context=self.ctx, timeout=60) as resp:
+                return json.load(resp).get("data")
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise RuntimeError(f"PVE API {method} {path}: {exc.code} {exc.reason}: {detail}") from None
+
+    def call(self, method: str, path: str, data: dict | None = None):
+        if self.ticket is None:
+            got = self._do("POST", "/access/ticket", {"username": self.username, "password": self.password})
+            self.ticket = (got["ticket"], got["CSRFPreventionToken"])
+        return self._do(method, path, data)
+
+    def wait_task(self, node: str, upid: str, timeout: float = 600) -> None:
+        if not isinstance(upid, str) or not upid.startswith("UPID:"):
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.call("GET", f"/nodes/{node}/tasks/{urllib.parse.quote(upid, safe='')}/status")
+            if st.get("status") == "stopped":
+                if st.get("exitstatus") != "OK":
+                    log_text = self.call("GET", f"/nodes/{node}/tasks/{urllib.parse.quote(upid, safe='')}/log")
+                    lines = " / ".join(str(x.get("t", "")) for x in (log_text or [])[-5:])
+                    raise RuntimeError(f"PVE task {upid} failed: {st.get('exitstatus')} ({lines})")
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"PVE task {upid} did not finish in {timeout}s")
+
+
+def sha(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def plain(v):
+    """Secret-wrapped inputs as values (the mock runtime passes secrets wrapped)."""
+    sig = "4dabf18193072939515e22adb298388d"
+    if isinstance(v, dict):
+        if sig in v:
+            return plain(v.get("value"))
+        return {k: plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [plain(x) for x in v]
+    return v
+
+
+class Performer:
+    """A pulumi.runtime.Mocks whose new_resource performs the resource against the lab."""
+
+    def __init__(self, env: dict[str, str], state: dict):
+        self.env = env
+        self.state = state
+        self.pve: Pve | None = None
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+
+    # --- mocks interface ----------------------------------------------------------------
+    def new_resource(self, args):
+        inputs = plain(args.inputs)
+        handler = {
+            "pulumi:providers:proxmoxve": self.provider,
+            "proxmoxve:download/file:File": self.template,
+            "proxmoxve:index/containerLegacy:ContainerLegacy": self.container,
+            "command:remote:Command": self.command,
+        }.get(args.typ)
+        if handler is None:
+            return [f"{args.name}-id", inputs]
+        try:
+            return handler(args.name, inputs)
+        except Exception as exc:  # surfaced by the SDK as the program's failure
+            print(f"✗ {args.typ} {args.name}: {exc}", file=sys.stderr, flush=True)
+            raise
+
+    def call(self, args):
+        return {}
+
+    # --- resources ----------------------------------------------------------------------
+    def provider(self, name, inputs):
+        self.pve = Pve(inputs["endpoint"], inputs.get("username", "root@pam"), inputs["password"],
+                       str(inputs.get("insecure", "false")).lower() == "true")
+        return [f"{name}-id", inputs]
+
+    def template(self, name, inputs):
+        node, ds, fname = inputs["nodeName"], inputs["datastoreId"], inputs["fileName"]
+        volid = f"{ds}:vztmpl/{fname}"
+        content = self.pve.call("GET", f"/nodes/{node}/storage/{ds}/content", {"content": "vztmpl"}) or []
+        if any(c.get("volid") == volid for c in content):
+            log(f"template {volid} present")
+        else:
+            log(f"downloading template {fname}")
+            upid = self.pve.call("POST", f"/nodes/{node}/storage/{ds}/download-url",
+                                 {"content": "vztmpl", "filename": fname, "url": inputs["url"]})
+            self.pve.wait_task(node, upid)
+        return [volid, {**inputs, "id": volid}]
+
+    @staticmethod
+    def ct_params(i: dict) -> dict:
+        init = i.get("initialization") or {}
+        ipv4 = ((init.get("ipConfigs") or [{}])[0].get("ipv4")) or {}
+        nic = (i.get("networkInterfaces") or [{}])[0]
+        net = f"name={nic.get('name', 'eth0')},bridge={nic.get('bridge', 'vmbr0')}"
+        net += f",firewall={1 if nic.get('firewall') else 0}"
+        if ipv4.get("address"):
+            net += f",ip={ipv4['address']}"
+        if ipv4.get("gateway"):
+            net += f",gw={ipv4['gateway']}"
+        params = {
+            "vmid": int(i["vmId"]),
+            "ostemplate": i["operatingSystem"]["templateFileId"],
+            "ostype": i["operatingSystem"].get("type", "debian"),
+            "hostname": init.get("hostname"),
+            "cores": int(i["cpu"]["cores"]),
+            "memory": int(i["memory"]["dedicated"]),
+            "swap": int(i["memory"].get("swap", 0)),
+            "rootfs": f"{i['disk']['datastoreId']}:{int(i['disk']['size'])}",
+            "net0": net,
+            "unprivileged": 1 if i.get("unprivileged") else 0,
+            "onboot": 1 if i.get("startOnBoot", True) else 0,
+            "description": i.get("description", ""),
+        }
+        feats = i.get("features") or {}
+        if feats:
+            params["features"] = ",".join(f"{k}={1 if v else 0}" for k, v in sorted(feats.items()))
+        for n, mp in enumerate(i.get("mountPoints") or []):
+            params[f"mp{n}"] = f"{mp['volume']},mp={mp['path']}"
+        return params
+
+    def container(self, name, inputs):
+        node = inputs["nodeName"]
+        params = self.ct_params(inputs)
+        vmid = params["vmid"]
+        existing = {int(c["vmid"]) for c in self.pve.call("GET", f"/nodes/{node}/lxc") or []}
+        if vmid in existing:
+            conf = self.pve.call("GET", f"/nodes/{node}/lxc/{vmid}/config")
+            changes = {k: params[k] for k in ("cores", "memory", "swap", "hostname", "onboot")
+                       if str(conf.get(k)) != str(params[k])}
+            if changes:
+                log(f"container {vmid}: updating {', '.join(sorted(changes))} in place")
+                self.pve.call("PUT", f"/nodes/{node}/lxc/{vmid}/config", changes)
+            else:
+                log(f"container {vmid}: unchanged")
+        else:
+            log(f"container {vmid}: creating ({params['hostname']})")
+            upid = self.pve.call("POST", f"/nodes/{node}/lxc", {**params, "start": 1 if inputs.get("started", True) else 0})
+            self.pve.wait_task(node, upid)
+        self.state.setdefault("containers", {})[str(vmid)] = node
+        return [str(vmid), {**inputs, "vmId": vmid}]
+
+    def command(self, name, inputs):
+        conn = inputs["connection"]
+        key = sha([inputs.get("create"), inputs.get("stdin"), inputs.get("triggers")])
+        prev = self.state.setdefault("commands", {}).get(name)
+        if prev and prev["key"] == key:
+            self.skipped.append(name)
+            return [f"{name}-id", {**inputs, "stdout": prev["stdout"], "stderr": ""}]
+        log(f"{name}: {inputs['create']}")
+        keyfile = LAB / "run" / "program-ssh-key"
+        keyfile.parent.mkdir(parents=True, exist_ok=True)
+        keyfile.write_text(conn["privateKey"] if conn["privateKey"].endswith("\n") else conn["privateKey"] + "\n")
+        keyfile.chmod(0o600)
+        ssh = [
+            "ssh", "-i", str(keyfile), "-p", str(int(conn.get("port", 22))),
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR", "-o", f"ConnectTimeout={int(conn.get('perDialTimeout', 10))}",
+            "-o", f"ConnectionAttempts={int(conn.get('dialErrorLimit', 5))}",
+            f"{conn.get('user', 'root')}@{conn['host']}", inputs["create"],
+        ]
+        started = time.monotonic()
+        proc = subprocess.run(ssh, input=inputs.get("stdin", ""), capture_output=True, text=True)
+        for line in proc.stderr.splitlines():
+            print(f"    {line}", file=sys.stderr)
+        if proc.returncode != 0:
+            tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+            if proc.returncode == 255:
+                raise RuntimeError(f"cannot reach {conn['host']}:{conn.get('port', 22)} over SSH: {tail}")
+            raise RuntimeError(f"`{inputs['create']}` exited {proc.returncode}: {tail}")
+        self.ran.append(name)
+        log(f"{name}: done in {time.monotonic() - started:.1f}s")
+        self.state["commands"][name] = {"key": key, "stdout": proc.stdout}
+        save_state(self.state)
+        return [f"{name}-id", {**inputs, "stdout": proc.stdout, "stderr": proc.stderr}]
+
+
+def load_state() -> dict:
+    return json.loads(STATE.read_text()) if STATE.exists() else {}
+
+
+def save_state(state: dict) -> None:
+    tmp = STATE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.replace(STATE)
+
+
+def stack_config(stack: str, env: dict[str, str], config_file: Path | None = None) -> dict[str, str]:
+    import yaml
+
+    doc = yaml.safe_load((config_file or ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    cfg = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in doc.items() if not (isinstance(v, dict) and "secure" in v)}
+    cfg[f"{NS}:proxmoxPassword"] = Path(env["LAB_PVE_PASSWORD_FILE"]).read_text().strip()
+    cfg[f"{NS}:sshPrivateKey"] = Path(env["LAB_SSH_KEY"]).read_text()
+    return cfg
+
+
+def up(stack: str, outputs_file: Path | None, config_file: Path | None = None) -> int:
+    import pulumi
+
+    env = read_env()
+    state = load_state()
+    performer = Performer(env, state)
+
+    class Mocks(pulumi.runtime.Mocks):
+        def new_resource(self, args):
+            return performer.new_resource(args)
+
+        def call(self, args):
+            return performer.call(args)
+
+    exports: dict = {}
+    pulumi.runtime.set_mocks(Mocks(), project="homelab-media", stack=stack, preview=False)
+    pulumi.runtime.set_all_config(stack_config(stack, env, config_file), [f"{NS}:proxmoxPassword", f"{NS}:sshPrivateKey"])
+    real_export = pulumi.export
+    pulumi.export = lambda name, value: exports.__setitem__(name, value)  # collect the stack outputs
+    result: dict = {}
+    started = time.monotonic()
+
+    @pulumi.runtime.test
+    def program():
+        os.chdir(ROOT)
+        sys.path.insert(0, str(ROOT))
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        names = sorted(exports)
+        return pulumi.Output.all(*[exports[n] for n in names]).apply(
+            lambda values: result.update(dict(zip(names, values)))
+        )
+
+    try:
+        program()
+    except SystemExit as exc:  # config refused: the program already named every problem
+        return 2 if exc.code else 0
+    except Exception as exc:
+        print(f"✗ up failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        pulumi.export = real_export
+        save_state(state)
+    summary = {
+        "outputs": plain(result),
+        "commands_ran": performer.ran,
+        "commands_unchanged": performer.skipped,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    text = json.dumps(summary, indent=2, default=str)
+    if outputs_file:
+        outputs_file.write_text(text)
+    print(text)
+    return 0
+
+
+def destroy(stack: str) -> int:
+    env = read_env()
+    state = load_state()
+    pve = Pve(env["LAB_ENDPOINT"], env.get("LAB_PVE_USER", "root@pam"),
+              Path(env["LAB_PVE_PASSWORD_FILE"]).read_text().strip(), True)
+    for vmid, node in sorted((state.get("containers") or {}).items()):
+        present = {int(c["vmid"]) for c in pve.call("GET", f"/nodes/{node}/lxc") or []}
+        if int(vmid) not in present:
+            log(f"container {vmid}: already gone")
+            continue
+        st = pve.call("GET", f"/nodes/{node}/lxc/{vmid}/status/current")
+        if st.get("status") == "running":
+            log(f"container {vmid}: stopping")
+            pve.wait_task(node, pve.call("POST", f"/nodes/{node}/lxc/{vmid}/status/stop"))
+        log(f"container {vmid}: destroying (the pool is a bind mount: PVE never deletes it)")
+        pve.wait_task(node, pve.call("DELETE", f"/nodes/{node}/lxc/{vmid}"))
+    # like the program: the template is retained, node-side steps have no delete
+    STATE.unlink(missing_ok=True)
+    print(json.dumps({"destroyed": sorted((state.get("containers") or {}).keys())}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("action", choices=["up", "destroy"])
+    p.add_argument("--stack", default="lab")
+    p.add_argument("--outputs", type=Path, help="also write the JSON summary to this file")
+    p.add_argument("--config-file", type=Path, help="stack file to use instead of Pulumi.<stack>.yaml")
+    a = p.parse_args(argv)
+    return up(a.stack, a.outputs, a.config_file) if a.action == "up" else destroy(a.stack)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
