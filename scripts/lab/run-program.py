@@ -33,6 +33,7 @@ import shlex
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -259,11 +260,12 @@ class Performer:
         if proc.returncode != 0:
             tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
             if proc.returncode == 255:
-                raise RuntimeError(f"cannot reach {conn['host']}:{conn.get('port', 22)} over SSH: {tail}")
+                raise RuntimeError(f"cannot reach {conn['host']}:{int(conn.get('port', 22))} over SSH: {tail}")
             raise RuntimeError(f"`{inputs['create']}` exited {proc.returncode}: {tail}")
         self.ran.append(name)
         log(f"{name}: done in {time.monotonic() - started:.1f}s")
-        self.state["commands"][name] = {"key": key, "stdout": proc.stdout}
+        with _STATE_LOCK:
+            self.state["commands"][name] = {"key": key, "stdout": proc.stdout}
         save_state(self.state)
         return [f"{name}-id", {**inputs, "stdout": proc.stdout, "stderr": proc.stderr}]
 
@@ -272,10 +274,15 @@ def load_state() -> dict:
     return json.loads(STATE.read_text()) if STATE.exists() else {}
 
 
+_STATE_LOCK = threading.Lock()
+
+
 def save_state(state: dict) -> None:
-    tmp = STATE.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    tmp.replace(STATE)
+    # steps run concurrently (the SDK registers independent resources in parallel)
+    with _STATE_LOCK:
+        tmp = STATE.with_suffix(f".tmp{threading.get_ident()}")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(STATE)
 
 
 def stack_config(stack: str, env: dict[str, str], config_file: Path | None = None) -> dict[str, str]:
