@@ -126,6 +126,13 @@ class Lab:
     def containers(self) -> dict[int, dict]:
         return {int(c["vmid"]): c for c in self.api("GET", f"/nodes/{self.node}/lxc")}
 
+    def remove_all_containers(self) -> None:
+        """Stop and destroy every container fakepve has (left by an earlier run)."""
+        for vmid, ct in self.containers().items():
+            if ct["status"] == "running":
+                self.api("POST", f"/nodes/{self.node}/lxc/{vmid}/status/stop")
+            self.api("DELETE", f"/nodes/{self.node}/lxc/{vmid}")
+
     def ct_config(self, vmid: int) -> dict:
         return self.api("GET", f"/nodes/{self.node}/lxc/{vmid}/config")
 
@@ -197,8 +204,27 @@ class Lab:
         self.ssh(cmd)
 
 
+@dataclass
+class Result:
+    returncode: int
+    text: str  # stdout and stderr, without colours
+
+
+def toolchain_gap() -> str | None:
+    """What the engine lacks on this machine (scripts/toolchain.sh --check), or None."""
+    if not PULUMI.exists():
+        return ".tools/bin/pulumi is missing (make toolchain)"
+    res = subprocess.run(["bash", "scripts/toolchain.sh", "--check"], cwd=ROOT, capture_output=True, text=True)
+    if res.returncode == 0:
+        return None
+    missing = [line.split()[0] + " " + line.split()[-1] for line in res.stdout.splitlines() if "MISSING" in line]
+    return "; ".join(missing) or (res.stdout + res.stderr).strip()[-300:]
+
+
 class Pulumi:
-    """The Pulumi CLI of .tools/ against the local backend, stack `lab`."""
+    """The real engine: the Pulumi CLI of .tools/ against the local backend, stack `lab`."""
+
+    engine = True
 
     def __init__(self, root: Path = ROOT):
         self.root = root
@@ -211,40 +237,137 @@ class Pulumi:
             PULUMI_IGNORE_AMBIENT_PLUGINS="true",
             PULUMI_CONFIG_PASSPHRASE="lab",
             PULUMI_BACKEND_URL=f"file://{root / '.pulumi-state'}",
-            PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK="true",
         )
         env.pop("PULUMI_ACCESS_TOKEN", None)
         self.env = env
+        self.stack_file = StackFile()
 
     def __call__(self, *args, timeout: float = 1800, check: bool = True, input: str | None = None):
         return run([str(PULUMI), *args, "--non-interactive"], timeout=timeout, check=check, input=input, env=self.env)
 
-    def popen(self, *args, log: Path):
+    def _result(self, proc) -> Result:
+        return Result(proc.returncode, strip_ansi(proc.stdout + "\n" + proc.stderr))
+
+    def popen_up(self, log: Path):
         fh = open(log, "w")
-        return subprocess.Popen([str(PULUMI), *args, "--non-interactive"], cwd=self.root, env=self.env, stdout=fh,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        return subprocess.Popen([str(PULUMI), "up", "--stack", STACK, "--yes", "--skip-preview", "--non-interactive"],
+                                cwd=self.root, env=self.env, stdout=fh, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
 
-    def up(self, *extra, **kw):
-        return self("up", "--stack", STACK, "--yes", "--skip-preview", "--diff", *extra, **kw)
+    def up(self, *, expect_no_changes: bool = False, check: bool = True, timeout: float = 3000) -> Result:
+        extra = ["--expect-no-changes"] if expect_no_changes else []
+        return self._result(self("up", "--stack", STACK, "--yes", "--skip-preview", "--diff", *extra,
+                                 timeout=timeout, check=check))
 
-    def preview(self, *extra, **kw):
-        return self("preview", "--stack", STACK, "--diff", *extra, **kw)
+    def check_no_changes(self) -> Result:
+        """`pulumi preview --expect-no-changes`: nothing to do, and (a preview) nothing run."""
+        return self._result(self("preview", "--stack", STACK, "--diff", "--expect-no-changes"))
 
-    def destroy(self, *extra, **kw):
-        return self("destroy", "--stack", STACK, "--yes", "--skip-preview", *extra, **kw)
+    def recover(self) -> None:
+        """What an interrupted update asks for: drop the pending creates."""
+        self("refresh", "--stack", STACK, "--yes", "--skip-preview", "--clear-pending-creates")
 
-    def refresh(self, *extra, **kw):
-        return self("refresh", "--stack", STACK, "--yes", "--skip-preview", *extra, **kw)
+    def destroy(self, *, check: bool = True, timeout: float = 1800) -> Result:
+        return self._result(self("destroy", "--stack", STACK, "--yes", "--skip-preview", timeout=timeout,
+                                 check=check))
 
     def outputs(self) -> dict:
         return json.loads(self("stack", "output", "--stack", STACK, "--json", "--show-secrets").stdout)
 
-    def resources(self) -> list[dict]:
+    def leftover(self) -> list[str]:
+        """Resources still in the state (not the stack itself)."""
         state = json.loads(self("stack", "export", "--stack", STACK).stdout)
-        return state.get("deployment", {}).get("resources") or []
+        return [r["urn"] for r in (state.get("deployment", {}).get("resources") or [])
+                if r.get("type") != "pulumi:pulumi:Stack"]
 
-    def config_set(self, key: str, value: str):
+    def set_config(self, key: str, value: str) -> None:
         self("config", "set", "--stack", STACK, "--path", f"{NS}:{key}", value)
+
+    def reset_config(self) -> None:
+        self.stack_file.restore()
+
+    def start_empty(self) -> None:
+        """State from an earlier lab refers to containers fakepve forgot: recreate the stack
+        (its config file kept); lab-up.sh then sets the secrets again."""
+        if f'"name": "{STACK}"' in self("stack", "ls", "--json").stdout and self.leftover():
+            self("stack", "rm", "--stack", STACK, "--yes", "--force", "--preserve-config")
+        Lab.up()
+        self.stack_file = StackFile()
+
+
+class ProgramRunner:
+    """No engine: scripts/lab/run-program.py runs the program's own code under the SDK's mock
+    runtime and performs each resource against the lab (docs/adr/0006). Same interface as
+    Pulumi; "no changes" means the run performed nothing."""
+
+    engine = False
+    SCRIPT = ROOT / "scripts" / "lab" / "run-program.py"
+
+    def __init__(self):
+        self.config_file: Path | None = None
+        self.summary: dict = {}
+        self.out = LAB_DIR / "run" / "e2e-run-program.json"
+
+    def _run(self, action: str, *, check: bool, timeout: float, extra=()) -> Result:
+        args = [str(ROOT / ".venv" / "bin" / "python"), str(self.SCRIPT), action, "--stack", STACK, *extra]
+        if self.config_file and action == "up":
+            args += ["--config-file", str(self.config_file)]
+        proc = run(args, check=check, timeout=timeout)
+        return Result(proc.returncode, strip_ansi(proc.stdout + "\n" + proc.stderr))
+
+    def popen_up(self, log: Path):
+        fh = open(log, "w")
+        args = [str(ROOT / ".venv" / "bin" / "python"), str(self.SCRIPT), "up", "--stack", STACK]
+        if self.config_file:
+            args += ["--config-file", str(self.config_file)]
+        return subprocess.Popen(args, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+
+    def up(self, *, expect_no_changes: bool = False, check: bool = True, timeout: float = 3000) -> Result:
+        self.out.unlink(missing_ok=True)
+        res = self._run("up", check=check, timeout=timeout, extra=["--outputs", str(self.out)])
+        if res.returncode == 0:
+            self.summary = json.loads(self.out.read_text())
+            if expect_no_changes:
+                changed = [line for line in res.text.splitlines()
+                           if "creating" in line or "updating" in line or "downloading" in line]
+                if self.summary["commands_ran"] or changed:
+                    raise AssertionError(f"expected no changes, but ran {self.summary['commands_ran']} {changed}")
+        return res
+
+    def check_no_changes(self) -> Result:
+        return self.up(expect_no_changes=True)
+
+    def recover(self) -> None:
+        pass
+
+    def destroy(self, *, check: bool = True, timeout: float = 1800) -> Result:
+        return self._run("destroy", check=check, timeout=timeout)
+
+    def outputs(self) -> dict:
+        return self.summary["outputs"]
+
+    def leftover(self) -> list[str]:
+        state = LAB_DIR / "run-program-state.json"
+        if not state.exists():
+            return []
+        return [f"container {vmid}" for vmid in (json.loads(state.read_text()).get("containers") or {})]
+
+    def set_config(self, key: str, value: str) -> None:
+        import yaml
+
+        doc = yaml.safe_load((self.config_file or STACK_FILE).read_text())
+        section, _, rest = key.partition(".")
+        doc["config"].setdefault(f"{NS}:{section}", {})[rest] = yaml.safe_load(value)
+        self.config_file = LAB_DIR / "run" / "Pulumi.lab.e2e.yaml"
+        self.config_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def reset_config(self) -> None:
+        self.config_file = None
+
+    def start_empty(self) -> None:
+        if self.leftover():
+            self.destroy()
 
 
 class StackFile:
@@ -271,3 +394,11 @@ def wait_for(predicate, timeout: float, every: float = 0.5, what: str = "conditi
 
 def strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) == 0
