@@ -217,8 +217,10 @@ def toolchain_gap() -> str | None:
     res = subprocess.run(["bash", "scripts/toolchain.sh", "--check"], cwd=ROOT, capture_output=True, text=True)
     if res.returncode == 0:
         return None
-    missing = [line.split()[0] + " " + line.split()[-1] for line in res.stdout.splitlines() if "MISSING" in line]
-    return "; ".join(missing) or (res.stdout + res.stderr).strip()[-300:]
+    missing = [line.split()[0] for line in res.stdout.splitlines() if "MISSING" in line]
+    if missing:
+        return "missing: " + ", ".join(missing)
+    return (res.stdout + res.stderr).strip()[-300:]
 
 
 class Pulumi:
