@@ -15,7 +15,9 @@ Starts the local lab (lab-up.sh), empties the lab stack, then measures, in order
 For each: wall time, SSH commands run on the node (ssh-commands.log), pct calls and
 pct exec calls (pct.log), container starts (lxc-events.log) and Proxmox API requests
 (fakepve). Also the time of lab-up itself. Writes JSON (default bench-results/lab.json).
-As root, with the toolchain built (make toolchain). The lab is left running.
+As root. With the toolchain incomplete (docs/adr/0002) the program runs without the
+engine (scripts/lab/run-program.py, docs/adr/0006; no preview step); the JSON says which
+driver ran. The lab is left running.
 USAGE
 }
 
@@ -39,9 +41,14 @@ lab_up=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
 source "$project/.lab/env"
 # shellcheck source=scripts/pulumi-env.sh
 source "$project/scripts/pulumi-env.sh"
-command -v pulumi >/dev/null || die "no Pulumi CLI: run make toolchain"
 export PULUMI_CONFIG_PASSPHRASE=lab PULUMI_BACKEND_URL="file://$project/.pulumi-state"
 cd "$project"
+driver=engine
+if ! bash "$project/scripts/toolchain.sh" --check >/dev/null 2>&1; then
+  driver=run-program.py
+  warn "the Pulumi toolchain is incomplete here: measuring scripts/lab/run-program.py (no engine)"
+fi
+runner() { "$project/.venv/bin/python" "$here/run-program.py" "$@" >/dev/null; }
 
 # counters: "ssh pct exec starts api" right now.
 counters() {
@@ -56,14 +63,14 @@ counters() {
 }
 
 results="{}"
-# measure NAME pulumi-args...: run and record the step.
+# measure NAME CMD...: run CMD and record the step.
 measure() {
   local name=$1 a b t s
   shift
-  step "$name: pulumi $*"
+  step "$name: $*"
   read -r -a a <<<"$(counters)"
   t=$(date +%s.%N)
-  pulumi "$@" --stack lab --non-interactive >&2
+  "$@" >&2
   s=$(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
   read -r -a b <<<"$(counters)"
   results=$(jq -c --arg n "$name" --argjson s "$s" \
@@ -75,26 +82,32 @@ measure() {
 }
 
 step "Emptying the lab stack"
-if [[ $(pulumi stack export --stack lab | jq '[.deployment.resources // [] | .[] | select(.type != "pulumi:pulumi:Stack")] | length') -gt 0 ]]; then
-  if [[ -n $(curl -skf -H "Authorization: Lab $(cat "$LAB_PVE_PASSWORD_FILE")" "${LAB_ENDPOINT}lab/state" | jq '.containers[]') ]]; then
-    pulumi destroy --stack lab --yes --skip-preview --non-interactive >&2
-  else
-    # state from an earlier lab: fakepve forgot it all
-    pulumi stack rm --stack lab --yes --force --preserve-config >&2
-    "$here/lab-up.sh" >&2
+if [[ $driver == engine ]]; then
+  if [[ $(pulumi stack export --stack lab | jq '[.deployment.resources // [] | .[] | select(.type != "pulumi:pulumi:Stack")] | length') -gt 0 ]]; then
+    if [[ -n $(curl -skf -H "Authorization: Lab $(cat "$LAB_PVE_PASSWORD_FILE")" "${LAB_ENDPOINT}lab/state" | jq '.containers[]') ]]; then
+      pulumi destroy --stack lab --yes --skip-preview --non-interactive >&2
+    else
+      # state from an earlier lab: fakepve forgot it all
+      pulumi stack rm --stack lab --yes --force --preserve-config >&2
+      "$here/lab-up.sh" >&2
+    fi
   fi
+  measure up_from_empty pulumi up --stack lab --yes --skip-preview --non-interactive
+  measure noop_up pulumi up --stack lab --yes --skip-preview --non-interactive
+  measure preview pulumi preview --stack lab --non-interactive
+  measure destroy pulumi destroy --stack lab --yes --skip-preview --non-interactive
+else
+  runner destroy
+  measure up_from_empty runner up --stack lab
+  measure noop_up runner up --stack lab
+  measure destroy runner destroy --stack lab
 fi
-
-measure up_from_empty up --yes --skip-preview
-measure noop_up up --yes --skip-preview
-measure preview preview
-measure destroy destroy --yes --skip-preview
 
 mkdir -p "$(dirname "$out")"
 jq -n --argjson steps "$results" --argjson lab_up "$lab_up" \
   --arg date "$(date -u +%FT%TZ)" --arg cpus "$(nproc)" --arg kernel "$(uname -r)" \
-  --arg pulumi "$(pulumi version)" \
-  '{date: $date, machine: {cpus: ($cpus | tonumber), kernel: $kernel}, pulumi: $pulumi,
+  --arg pulumi "$(pulumi version 2>/dev/null || echo none)" --arg driver "$driver" \
+  '{date: $date, machine: {cpus: ($cpus | tonumber), kernel: $kernel}, pulumi: $pulumi, driver: $driver,
     lab_up_seconds: ($lab_up * 10 | round / 10), steps: $steps}' >"$out"
 ok "results in $out"
 cat "$out"
