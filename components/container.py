@@ -15,6 +15,7 @@ from typing import Sequence
 import pulumi
 import pulumi_proxmoxve as proxmoxve
 
+from . import render
 from .config import ContainerConfig, StackConfig
 from .remote import Node, run_script
 
@@ -78,5 +79,34 @@ def raw_lines_step(
         extra_scripts=["pve-lxc-raw.sh"],
         parent=parent,
         depends_on=[container],
+        replace_with=[container],
+    )
+
+
+def verify_step(
+    name: str,
+    script: str,
+    vmid: int,
+    cfg: StackConfig,
+    node: Node,
+    parent: pulumi.Resource,
+    raw: pulumi.Resource,
+    bootstrap: pulumi.Resource,
+    container: pulumi.Resource,
+):
+    """Run a verification script in the container as the media user; `strict` fails the deployment.
+
+    The proof is redone when what it proves changed: the device lines or the bootstrap.
+    """
+    args = ["--user", cfg.media.user] + (["--strict"] if cfg.verify.strict else [])
+    return run_script(
+        name,
+        node,
+        script,
+        args,
+        vmid=vmid,
+        parent=parent,
+        depends_on=[bootstrap],
+        triggers=[raw.stdin.apply(render.sha256), bootstrap.stdin.apply(render.sha256)],
         replace_with=[container],
     )

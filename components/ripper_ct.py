@@ -8,7 +8,7 @@ import pulumi
 
 from . import render
 from .config import StackConfig
-from .container import privileged_container, raw_lines_step
+from .container import privileged_container, raw_lines_step, verify_step
 from .media_host import MediaHost
 from .remote import Node, run_script
 
@@ -62,17 +62,9 @@ class RipperCT(pulumi.ComponentResource):
             replace_with=[self.container],
         )
 
-        verify_args = ["--user", m.user] + (["--strict"] if cfg.verify.strict else [])
-        self.verify = run_script(
-            f"{name}-verify-drive",
-            node,
-            "verify-drive.sh",
-            verify_args,
-            vmid=ct.vm_id,
-            parent=self,
-            depends_on=[self.bootstrap],
-            triggers=[self.raw.stdin.apply(render.sha256), self.bootstrap.stdin.apply(render.sha256)],
-            replace_with=[self.container],
+        self.verify = verify_step(
+            f"{name}-verify-drive", "verify-drive.sh", ct.vm_id, cfg, node, self, self.raw, self.bootstrap,
+            self.container,
         )
         self.drive = self.verify.stdout.apply(lambda s: render.parse_json_output(s, "drive verification"))
         self.register_outputs({"vmId": ct.vm_id, "rawLines": self.raw_lines, "drive": self.drive})

@@ -43,21 +43,9 @@ group_lines=$(parse_group_spec "$groups")
 need_root
 check_media_ids "$user" "$uid" "$gid"
 
-step "Media group $user ($gid)"
-ensure_primary_group "$user" "$gid"
-step "Media user $user ($uid)"
-ensure_user "$user" "$uid" "$gid"
-
-group_json=()
-if [[ -n $group_lines ]]; then
-  step "Device groups by the node's numbers ($groups)"
-  while read -r gname ggid; do
-    ensure_device_group "$user" "$gname" "$ggid"
-    group_json+=("$(json_obj name "$(json_str "$gname")" gid "$ggid" group "$(json_str "$DEVICE_GROUP")")")
-  done <<<"$group_lines"
-fi
+setup_media_user "$user" "$uid" "$gid" "$group_lines"
 [[ ${#CHANGED[@]} -gt 0 ]] || ok "nothing to change"
 
 json_obj user "$(json_str "$user")" uid "$uid" gid "$gid" \
-  groups "$(json_raw_arr "${group_json[@]}")" changed "$(json_arr "${CHANGED[@]}")"
+  groups "$(json_raw_arr "${GROUP_JSON[@]}")" changed "$(json_arr "${CHANGED[@]}")"
 echo

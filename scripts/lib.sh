@@ -324,3 +324,22 @@ write_if_changed() {
   mv -f "$tmp" "$file"
   return 0
 }
+
+# setup_media_user USER UID GID GROUP_LINES: the media group, then the user, then membership
+# of each device group by the node's number ("name gid" lines); fills GROUP_JSON (one JSON
+# object per device group). Shared by the node (host-setup.sh) and containers (ct-media-user.sh).
+GROUP_JSON=()
+setup_media_user() {
+  local user=$1 uid=$2 gid=$3 group_lines=$4 gname ggid
+  step "Media group $user ($gid)"
+  ensure_primary_group "$user" "$gid"
+  step "Media user $user ($uid)"
+  ensure_user "$user" "$uid" "$gid"
+  GROUP_JSON=()
+  [[ -n $group_lines ]] || return 0
+  step "Device groups by the node's numbers ($(tr '\n' ' ' <<<"$group_lines" | sed 's/ $//'))"
+  while read -r gname ggid; do
+    ensure_device_group "$user" "$gname" "$ggid"
+    GROUP_JSON+=("$(json_obj name "$(json_str "$gname")" gid "$ggid" group "$(json_str "$DEVICE_GROUP")")")
+  done <<<"$group_lines"
+}

@@ -259,6 +259,8 @@ class Performer:
             print(f"    {line}", file=sys.stderr)
         if proc.returncode != 0:
             tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+            if proc.returncode == 255 and ("closed by remote host" in proc.stderr or "==>" in proc.stderr):
+                raise RuntimeError(f"lost the SSH connection to {conn['host']}:{int(conn.get('port', 22))} during the step: {tail}")
             if proc.returncode == 255:
                 raise RuntimeError(f"cannot reach {conn['host']}:{int(conn.get('port', 22))} over SSH: {tail}")
             raise RuntimeError(f"`{inputs['create']}` exited {proc.returncode}: {tail}")
