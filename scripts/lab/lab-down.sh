@@ -55,13 +55,13 @@ lab_pids() {
   done
   while read -r pid ppid; do
     parent[$pid]=$ppid
-  done < <(ps -e -o pid=,ppid=)
+  done < <(ps -e -o pid=,ppid= || true)
   if [[ -n $ns ]]; then
     while read -r path target; do
       pid=${path#/proc/}
       pid=${pid%%/*}
       [[ $target == "$ns" ]] && mine[$pid]=1
-    done < <(find /proc -mindepth 3 -maxdepth 3 -path '/proc/[0-9]*/ns/mnt' -printf '%p %l\n' 2>/dev/null)
+    done < <(find /proc -mindepth 3 -maxdepth 3 -path '/proc/[0-9]*/ns/mnt' -printf '%p %l\n' 2>/dev/null || true)
   fi
   local grew=1
   while ((grew)); do
@@ -79,19 +79,55 @@ lab_pids() {
   return 0
 }
 
+# starttime PID: the process's start time (field 22 of /proc/PID/stat), to tell a pid reused.
+starttime() {
+  local stat rest
+  local -a f
+  read -r stat <"/proc/$1/stat" 2>/dev/null || return 1
+  rest=${stat##*) }
+  read -r -a f <<<"$rest"
+  echo "${f[19]}"
+}
+
+# Every process seen stays on the list (by pid and start time) until it is gone: once its
+# parent dies, a process in a container's namespaces is no longer found by lab_pids.
+declare -A seen=()
+# remember: add what lab_pids finds now; alive: print the remembered processes still running.
+remember() {
+  local pid t
+  while read -r pid; do
+    [[ -n ${seen[$pid]:-} ]] && continue
+    t=$(starttime "$pid") && seen[$pid]=$t
+  done < <(lab_pids | sort -un)
+}
+alive() {
+  local pid
+  for pid in "${!seen[@]}"; do
+    [[ $(starttime "$pid" 2>/dev/null) == "${seen[$pid]}" ]] && echo "$pid"
+  done
+  return 0
+}
+
 step "Stopping the lab's processes"
-mapfile -t pids < <(lab_pids | sort -un)
+remember
+mapfile -t pids < <(alive)
 if [[ ${#pids[@]} -gt 0 ]]; then
   kill -TERM "${pids[@]}" 2>/dev/null || true
-  for _ in $(seq 50); do
-    mapfile -t pids < <(lab_pids | sort -un)
+  for _ in $(seq 30); do
+    remember
+    mapfile -t pids < <(alive)
     [[ ${#pids[@]} -eq 0 ]] && break
     sleep 0.1
   done
   if [[ ${#pids[@]} -gt 0 ]]; then
     kill -KILL "${pids[@]}" 2>/dev/null || true
-    sleep 0.5
-    mapfile -t pids < <(lab_pids | sort -un)
+    for _ in $(seq 30); do
+      remember
+      mapfile -t pids < <(alive)
+      [[ ${#pids[@]} -eq 0 ]] && break
+      kill -KILL "${pids[@]}" 2>/dev/null || true
+      sleep 0.1
+    done
   fi
   [[ ${#pids[@]} -eq 0 ]] || die "processes still running in the lab: ${pids[*]}; not removing $lab"
   ok "stopped"

@@ -218,7 +218,7 @@ if alive "$lab/run/node.pid" node-boot.sh; then
   ok "already running (pid $(cat "$lab/run/node.pid"))"
 else
   port_busy "$ssh_port" && die "port $ssh_port is in use by another program (ss -ltnp 'sport = :$ssh_port'); the lab needs it"
-  setsid unshare --mount --uts --propagation private --fork --kill-child=SIGTERM -- \
+  setsid unshare --mount --uts --pid --fork --kill-child=SIGTERM --propagation private -- \
     "$here/node-boot.sh" "$node" "$cache/bookworm-ct" >>"$lab/log/node.log" 2>&1 </dev/null &
   echo $! >"$lab/run/node.pid"
   retry 100 0.1 port_busy "$ssh_port" || die "the node's sshd did not start; see $lab/log/node.log"

@@ -14,8 +14,9 @@ tree at /var/lib/lxc/<id>/rootfs, copied from the cached template on first use.
     pct unlock <id>
     pct exec <id> [--keep-env 0|1] [--] <command> [args...]
 
-`pct exec` runs the command chrooted in the container's tree, in new mount, UTS and PID
-namespaces (so nothing it starts outlives it), with what LXC would give it at start, read
+`pct exec` runs the command chrooted in the container's tree, in new mount, UTS, IPC and PID
+namespaces (a small init reaps and passes signals on; when `pct exec` dies, the init and
+everything the command started go with it), with what LXC would give it at start, read
 from /var/lib/lxc/<id>/config (the main section as it was at the container's last start;
 the lab's fakepve launcher writes it):
   - /proc, a tmpfs /dev with the usual nodes and a devpts, the node's fake sysfs at /sys;
@@ -40,6 +41,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import ssl
 import stat
 import subprocess
@@ -338,7 +340,7 @@ def cmd_exec(api, args):
             env['TERM'] = os.environ['TERM']
     env['container'] = 'lxc'
     env.setdefault('PATH', DEFAULT_PATH)
-    cmd = ['unshare', '--mount', '--uts', '--ipc', '--pid', '--fork', '--kill-child=SIGKILL',
+    cmd = ['unshare', '--mount', '--uts', '--ipc', '--pid', '--fork', '--kill-child=SIGUSR2',
            '--propagation', 'private', '--', sys.executable, os.path.abspath(__file__), '__attach',
            str(vmid), rootfs, conf, '--'] + rest
     try:
@@ -498,11 +500,40 @@ def attach(vmid, rootfs, conf, argv):
         pass
     os.chroot(rootfs)
     os.chdir('/root' if os.path.isdir('/root') else '/')
-    try:
-        os.execvp(argv[0], argv)
-    except OSError as e:
-        print('lxc-attach: {0}: failed to exec "{1}": {2}'.format(vmid, argv[0], e.strerror), file=sys.stderr)
-        return 127
+    return run_as_init(vmid, argv)
+
+
+def run_as_init(vmid, argv):
+    """Be PID 1 of the container's PID namespace: run the command as a child, pass signals on,
+    reap orphans, exit with the command's status. A PID-namespace init ignores signals it has
+    no handler for (even the parent-death SIGKILL), so the death of `pct exec` arrives as
+    SIGUSR2 (unshare --kill-child=SIGUSR2) and ends the init: the kernel then kills every
+    process left in the namespace."""
+    child = os.fork()
+    if child == 0:
+        try:
+            os.execvp(argv[0], argv)
+        except OSError as e:
+            print('lxc-attach: {0}: failed to exec "{1}": {2}'.format(vmid, argv[0], e.strerror), file=sys.stderr)
+            os._exit(127)
+
+    def forward(sig, _frame):
+        try:
+            os.kill(child, sig)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, forward)
+    signal.signal(signal.SIGUSR2, lambda _s, _f: os._exit(137))
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return 1
+        if pid == child:
+            rc = os.waitstatus_to_exitcode(status)
+            return rc if rc >= 0 else 128 - rc
 
 
 COMMANDS = {
