@@ -123,7 +123,7 @@ fake_sysfs() {
   mkdir -p "$d/drm/card0" "$d/drm/renderD128"
   printf '0x8086\n' >"$d/vendor"; printf '0x56a0\n' >"$d/device"
   printf '226:0\n' >"$d/drm/card0/dev"; printf '226:128\n' >"$d/drm/renderD128/dev"
-  mkdir -p "$s/class/scsi_generic" "$s/class/block" "$s/class/drm"
+  mkdir -p "$s/class/scsi_generic" "$s/class/block" "$s/class/drm" "$s/devices/system"
   ln -sfn "../../$pci/0000:00:17.0/ata1/host0/target0:0:0/0:0:0:0/scsi_generic/sg0" "$s/class/scsi_generic/sg0"
   ln -sfn "../../$pci/0000:00:17.0/ata2/host1/target1:0:0/1:0:0:0/scsi_generic/sg1" "$s/class/scsi_generic/sg1"
   ln -sfn "../../../0:0:0:0" "$s/$pci/0000:00:17.0/ata1/host0/target0:0:0/0:0:0:0/scsi_generic/sg0/device"

@@ -19,7 +19,8 @@ namespaces (a small init reaps and passes signals on; when `pct exec` dies, the 
 everything the command started go with it), with what LXC would give it at start, read
 from /var/lib/lxc/<id>/config (the main section as it was at the container's last start;
 the lab's fakepve launcher writes it):
-  - /proc, a tmpfs /dev with the usual nodes and a devpts, the node's fake sysfs at /sys;
+  - /proc, a tmpfs /dev with the usual nodes and a devpts, the node's fake sysfs at /sys
+    (with this machine's real /sys/devices/system: CPUs and NUMA nodes);
   - mpN mount points (a bind mount of a host path at mp=; a storage volume is a directory
     under /var/lib/lxc/<id>/volumes/);
   - lxc.mount.entry lines (bind, create=file|dir, optional, ro). A device node is bound
@@ -420,9 +421,6 @@ def attach(vmid, rootfs, conf, argv):
 
     run('mount', '--make-rprivate', '/')
     run('mount', '-t', 'proc', 'proc', target('/proc', 'dir'))
-    if os.path.isdir(SYSFS):
-        run('mount', '--bind', SYSFS, target('/sys', 'dir'))
-        run('mount', '-o', 'remount,bind,ro', under('/sys'))
     dev = target('/dev', 'dir')
     run('mount', '-t', 'tmpfs', '-o', 'mode=0755,size=4m', 'lxc-dev', dev)
     for name in ('null', 'zero', 'full', 'random', 'urandom', 'tty'):
@@ -434,6 +432,19 @@ def attach(vmid, rootfs, conf, argv):
         os.symlink('/proc/self/fd/{0}'.format(i), under('/dev/' + name))
     os.symlink('/proc/self/fd', under('/dev/fd'))
     run('mount', '-t', 'tmpfs', '-o', 'mode=1777', 'shm', target('/dev/shm', 'dir'))
+    if os.path.isdir(SYSFS):
+        run('mount', '--bind', SYSFS, target('/sys', 'dir'))
+        # The machine's real CPU and NUMA topology under the fake devices (libnuma, x265's
+        # thread pool and friends read /sys/devices/system): from a sysfs of our own.
+        real = under('/dev/.lab-sysfs')  # in this exec's own /dev tmpfs: no other exec sees it
+        os.makedirs(real)
+        run('mount', '-t', 'sysfs', 'sysfs', real)
+        system = target('/sys/devices/system', 'dir')
+        run('mount', '--bind', os.path.join(real, 'devices/system'), system)
+        run('mount', '-o', 'remount,bind,ro', system)
+        run('umount', '-l', real)
+        os.rmdir(real)
+        run('mount', '-o', 'remount,bind,ro', under('/sys'))
     rules = [v for k, v in cfg if k == 'lxc.cgroup2.devices.allow']
 
     # mount points: mpN = volume,mp=/path[,ro=1]
