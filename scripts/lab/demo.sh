@@ -18,6 +18,17 @@ USAGE
 }
 
 [[ ${1:-} == -h || ${1:-} == --help ]] && { usage; exit 0; }
+
+look_around() {
+  cat >&2 <<'HINT'
+Look around:
+  ssh -i .lab/id_ed25519 -p 12222 root@127.0.0.1 pct list                 # the node
+  ssh -i .lab/id_ed25519 -p 12222 root@127.0.0.1 cat /etc/pve/lxc/201.conf # raw lxc lines
+  ssh -i .lab/id_ed25519 -p 12222 root@127.0.0.1 pct exec 201 -- media-pipeline status
+  ls .lab/node/mnt/storage                                                 # the pool
+Stop and remove it all: make lab-down
+HINT
+}
 need_root
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 project=$(cd "$here/../.." && pwd)
@@ -26,7 +37,10 @@ project=$(cd "$here/../.." && pwd)
 if ! bash "$project/scripts/toolchain.sh" --check >/dev/null 2>&1 && ! command -v pulumi >/dev/null; then
   warn "the Pulumi toolchain is incomplete here (bash scripts/toolchain.sh --check): running the program without the engine"
   step "scripts/lab/run-program.py up --stack lab"
-  exec "$project/.venv/bin/python" "$here/run-program.py" up --stack lab
+  "$project/.venv/bin/python" "$here/run-program.py" up --stack lab --outputs "$project/.lab/outputs.json"
+  ok "deployed to the lab (outputs above and in .lab/outputs.json)"
+  look_around
+  exit 0
 fi
 # shellcheck source=scripts/pulumi-env.sh
 source "$project/scripts/pulumi-env.sh"
@@ -36,4 +50,5 @@ step "pulumi up --stack lab"
 pulumi up --stack lab --yes --skip-preview "$@"
 step "Stack outputs"
 pulumi stack output --stack lab
-ok "deployed to the lab: ssh -i .lab/id_ed25519 -p 12222 root@127.0.0.1 pct list"
+ok "deployed to the lab"
+look_around

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -55,12 +56,15 @@ def digest(p: Path) -> str:
 def lab():
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (mount namespaces, mknod, chroot): run as root")
+    was_up = (LAB_DIR / "env").exists()
     lab = Lab.up()
     if STATE.exists():
         program("destroy")
     lab.control("POST", "/lab/clear", {})
     yield lab
     program("destroy", check=False)
+    if not was_up and not os.environ.get("LAB_KEEP"):
+        run(["bash", str(ROOT / "scripts/lab/lab-down.sh")], timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -132,25 +136,26 @@ def test_up_from_empty_builds_the_pipeline(lab, first_up):
 
 def test_a_rip_in_staging_becomes_a_library_file_inside_the_transcoder(lab, first_up):
     """media-pipeline, installed by TranscoderCT's bootstrap, runs in the container as media."""
-    rip = "/mnt/storage/staging/Lab Movie (2024).mkv"
+    title = f"Lab Movie {os.getpid()} (2024)"
+    rip = f"/mnt/storage/staging/{title}.mkv"
     make = (
         f"runuser -u media -- ffmpeg -hide_banner -loglevel error -y -f lavfi -i testsrc=d=2:s=160x90:r=24 "
         f"-f lavfi -i sine=d=2 -map 0:v -map 1:a -c:v libx264 -preset ultrafast -c:a aac "
         f"-metadata:s:a:0 language=eng '{rip}' && touch '{rip}.done'"
     )
-    lab.ssh(f"pct exec 201 -- bash -c {json.dumps(make)}", timeout=120)
+    lab.ssh(f"pct exec 201 -- bash -c {shlex.quote(make)}", timeout=120)
     res = lab.ssh("pct exec 201 -- runuser -u media -- media-pipeline run --once", timeout=600)
-    out = lab.pool / "movies" / "Lab Movie (2024)" / "Lab Movie (2024).mkv"
-    found = sorted(p.relative_to(lab.pool) for p in (lab.pool / "movies").rglob("*.mkv"))
-    assert out.exists() or any("Lab Movie" in str(p) for p in found), f"{found}\n{res.stderr[-2000:]}"
-    lib = out if out.exists() else next(lab.pool / p for p in found if "Lab Movie" in str(p))
+    found = [p for p in (lab.pool / "movies").rglob("*.mkv") if title in p.name]
+    assert len(found) == 1, f"{found}\n{res.stderr[-2000:]}"
+    lib = found[0]
     assert lib.stat().st_uid == 1000 and lib.stat().st_size > 0
-    probe = lab.ssh(f"pct exec 201 -- ffprobe -v error -show_entries stream=codec_name -of csv=p=0 '{lib.relative_to(lab.node_root)}'".replace(
-        f"'{lib.relative_to(lab.node_root)}'", f"'/{lib.relative_to(lab.node_root)}'"))
-    assert "hevc" in probe.stdout and "aac" in probe.stdout
-    assert not list((lab.pool / "movies").rglob(".*partial*"))
-    status = lab.ssh("pct exec 201 -- runuser -u media -- media-pipeline status --json").stdout
-    assert '"done"' in status or "'done'" in status or "done" in status
+    in_ct = "/" + str(lib.relative_to(lab.node_root))
+    probe = lab.ssh(f"pct exec 201 -- ffprobe -v error -show_entries stream=codec_name -of csv=p=0 {shlex.quote(in_ct)}")
+    assert probe.stdout.split() == ["hevc", "aac"]
+    assert not [p for p in (lab.pool / "movies").rglob("*partial*")]
+    jobs = json.loads(lab.ssh("pct exec 201 -- runuser -u media -- media-pipeline status --json").stdout)
+    assert [j["state"] for j in jobs if j["source"] == rip] == ["done"]
+    assert (lab.pool / "staging" / f"{title}.mkv").exists()  # keep_source defaults to keep
 
 
 def test_second_up_runs_nothing_remote(lab, first_up):
