@@ -272,6 +272,19 @@ def test_unmounted_pool_stops_before_containers_bind_it(lab, first_up, tmp_path)
     assert set(lab.containers()) == {201, 202}
 
 
+def test_pve_task_failure_surfaces_pves_message_and_the_next_up_converges(lab, first_up):
+    program("destroy")
+    message = ("unable to create CT 201 - lvcreate 'pve/vm-201-disk-0' error:   Volume group \"pve\" has "
+               "insufficient free space (0 extents): 2048 required.")
+    lab.control("POST", "/lab/fail-task", {"type": "vzcreate", "id": "201", "message": message, "times": 1})
+    _, proc = program("up", check=False, timeout=600)
+    assert proc.returncode == 1
+    assert "insufficient free space" in proc.stderr and "unable to create CT 201" in proc.stderr
+    assert 201 not in lab.containers()
+    program("up")
+    assert lab.containers()[201]["status"] == "running"
+
+
 def test_a_killed_up_converges_on_the_next_up(lab, first_up):
     program("destroy")
     log = LAB_DIR / "log" / "killed-up.log"
