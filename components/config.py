@@ -140,9 +140,14 @@ class StorageConfig(_Model):
 
     @model_validator(mode="after")
     def _distinct(self) -> "StorageConfig":
-        dirs = [self.staging, self.movies, self.tv]
-        if len(set(dirs)) != 3:
-            raise ValueError("staging, movies and tv must be three different directories")
+        named = {"staging": self.staging, "movies": self.movies, "tv": self.tv}
+        for a, pa in named.items():
+            for b, pb in named.items():
+                if a < b and (pa == pb or pa.startswith(pb + "/") or pb.startswith(pa + "/")):
+                    raise ValueError(
+                        f"storage.{a} ({pa!r}) and storage.{b} ({pb!r}) overlap: the pipeline would pick up "
+                        "its own output; give each its own directory"
+                    )
         return self
 
     def path(self, sub: str) -> str:
@@ -163,7 +168,7 @@ class StorageConfig(_Model):
 
 class TemplateConfig(_Model):
     datastore: str = "local"
-    url: str = "http://download.proxmox.com/images/system/debian-12-standard_12.7-1_amd64.tar.zst"
+    url: str = "https://download.proxmox.com/images/system/debian-12-standard_12.7-1_amd64.tar.zst"
     file_name: str = "debian-12-standard_12.7-1_amd64.tar.zst"
     checksum: str | None = None
     checksum_algorithm: Literal["md5", "sha1", "sha224", "sha256", "sha384", "sha512"] = "sha512"
@@ -199,7 +204,20 @@ class NetworkConfig(_Model):
     @classmethod
     def _gateway(cls, v: str | None) -> str | None:
         if v is not None:
-            ipaddress.IPv4Address(v)
+            try:
+                ipaddress.IPv4Address(v)
+            except ValueError:
+                raise ValueError("must be an IPv4 address such as 192.168.1.1") from None
+        return v
+
+    @field_validator("dns")
+    @classmethod
+    def _dns(cls, v: list[str]) -> list[str]:
+        for x in v:
+            try:
+                ipaddress.ip_address(x)
+            except ValueError:
+                raise ValueError(f"{x!r} is not an IP address; list DNS servers like [192.168.1.1]") from None
         return v
 
 
@@ -242,6 +260,16 @@ class EncodingConfig(_Model):
         "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
     ] = "slow"
     crf: int = Field(18, ge=0, le=51)
+    qsv_device: str | None = Field(
+        None, description="render node for QSV and the GPU proof, e.g. /dev/dri/renderD129 (default: discovered)"
+    )
+
+    @field_validator("qsv_device")
+    @classmethod
+    def _qsv_device(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^/dev/dri/renderD\d+$", v):
+            raise ValueError("must be a render node such as /dev/dri/renderD129")
+        return v
 
     @field_validator("languages")
     @classmethod
@@ -325,6 +353,12 @@ class StackConfig(_Model):
             )
         if self.transcoder.hostname == self.ripper.hostname:
             raise ValueError("transcoder.hostname and ripper.hostname must differ")
+        static = [n for n, ct in (("transcoder", self.transcoder), ("ripper", self.ripper)) if ct.ipv4 != "dhcp"]
+        if static and not self.network.gateway:
+            raise ValueError(
+                f"{' and '.join(n + '.ipv4' for n in static)} is a static address but network.gateway is not set: "
+                "the container would have no route (apt would fail); set network.gateway"
+            )
         return self
 
 

@@ -56,6 +56,9 @@ def privileged_container(
             provider=node.provider,
             delete_before_replace=True,
             depends_on=list(depends_on),
+            # the template matters only at create; a newer one must not wipe a running
+            # container (rebuild on purpose with `pulumi up --replace <urn>`)
+            ignore_changes=["operatingSystem"],
         ),
     )
 
@@ -93,12 +96,13 @@ def verify_step(
     raw: pulumi.Resource,
     bootstrap: pulumi.Resource,
     container: pulumi.Resource,
+    extra_args: Sequence[str] = (),
 ):
     """Run a verification script in the container as the media user; `strict` fails the deployment.
 
     The proof is redone when what it proves changed: the device lines or the bootstrap.
     """
-    args = ["--user", cfg.media.user] + (["--strict"] if cfg.verify.strict else [])
+    args = ["--user", cfg.media.user, *extra_args] + (["--strict"] if cfg.verify.strict else [])
     return run_script(
         name,
         node,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +37,30 @@ def load(config: pulumi.Config | None = None) -> StackInputs:
         ssh_private_key=ssh_key is not None,
         makemkv_key=mk_key is not None,
     )
-    cfg = parse(raw, secrets, require_secrets=True)
+    problems: list[str] = []
+    try:
+        cfg = parse(raw, secrets, require_secrets=True)
+    except ConfigError as exc:
+        problems = exc.messages
+    problems += environment_problems(os.environ)
+    if problems:
+        raise ConfigError(problems)
     return StackInputs(cfg, password, ssh_key, mk_key)
+
+
+# The bpg provider also reads credentials from the environment, and a token there wins over
+# the password: it would run on a token that cannot bind-mount the pool.
+TOKEN_VARIABLES = ("PROXMOX_VE_API_TOKEN", "PM_VE_API_TOKEN", "PROXMOX_VE_AUTH_TICKET", "PM_VE_AUTH_TICKET")
+
+
+def environment_problems(environ) -> list[str]:
+    return [
+        f"the environment variable {name} is set: the Proxmox provider would use it instead of "
+        f"{NAMESPACE}:proxmoxPassword, and only root@pam with a password may bind-mount the pool into "
+        f"privileged containers. Run `unset {name}` before pulumi preview/up."
+        for name in TOKEN_VARIABLES
+        if environ.get(name)
+    ]
 
 
 __all__ = ["ConfigError", "StackInputs", "load"]

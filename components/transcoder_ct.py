@@ -68,6 +68,7 @@ class TranscoderCT(pulumi.ComponentResource):
                 "--encoder", enc.encoder,
                 "--preset", enc.preset,
                 "--crf", str(enc.crf),
+                *(["--qsv-device", enc.qsv_device] if enc.qsv_device else []),
             ],
             files={PIPELINE_TARBALL: pipeline_tarball()},
             vmid=ct.vm_id,
@@ -76,8 +77,10 @@ class TranscoderCT(pulumi.ComponentResource):
             replace_with=[self.container],
         )
 
+        qsv = ["--render-node", enc.qsv_device] if enc.qsv_device else []
         self.verify = verify_step(
-            f"{name}-verify-gpu", "verify-gpu.sh", ct.vm_id, cfg, node, self, self.raw, self.bootstrap, self.container
+            f"{name}-verify-gpu", "verify-gpu.sh", ct.vm_id, cfg, node, self, self.raw, self.bootstrap, self.container,
+            extra_args=qsv,
         )
         self.gpu = self.verify.stdout.apply(lambda s: render.parse_json_output(s, "GPU verification"))
         self.pipeline = self.install_pipeline.stdout.apply(

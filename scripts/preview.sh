@@ -37,6 +37,12 @@ ok "Config valid"
 
 # shellcheck source=scripts/pulumi-env.sh
 source scripts/pulumi-env.sh
+if [[ -x .tools/bin/pulumi ]] && ! missing=$(bash scripts/toolchain.sh --check 2>/dev/null); then
+  die "the Pulumi toolchain in .tools/ is incomplete, so the engine cannot preview:
+$(grep MISSING <<<"$missing")
+(make toolchain says why; docs/adr/0002-toolchain-from-go-modules.md)"
+fi
+command -v pulumi >/dev/null || die "no pulumi CLI: run make toolchain (or install Pulumi)"
 state="$root/.pulumi-state"
 mkdir -p "$state/preview"
 export PULUMI_BACKEND_URL="file://$state"
@@ -44,6 +50,10 @@ export PULUMI_CONFIG_PASSPHRASE=${PULUMI_CONFIG_PASSPHRASE:-preview-only}
 
 cfg="$state/preview/Pulumi.$stack.yaml"
 cp "$stack_file" "$cfg"
+# `stack select --create` writes an encryption salt into the project's stack file: keep the
+# committed file as it was.
+cp -p "$stack_file" "$state/preview/$stack_file.orig"
+trap 'cp -p "$state/preview/$stack_file.orig" "$root/$stack_file"' EXIT
 step "Selecting stack $stack (local state in .pulumi-state/)"
 pulumi stack select --create "$stack" --non-interactive >/dev/null 2>&1 || pulumi stack select "$stack" --non-interactive >/dev/null
 ok "Stack $stack"

@@ -138,3 +138,27 @@ def test_stack_file_missing_and_unparsable(tmp_path):
 def test_all_stack_files_in_the_repo_validate():
     for f in ROOT.glob("Pulumi.*.yaml"):
         from_stack_file(f)
+
+
+@pytest.mark.parametrize(
+    "section,values,expect",
+    [
+        ("storage", {"staging": "media", "movies": "media/movies"}, "storage.movies ('media/movies') and storage.staging ('media') overlap"),
+        ("network", {"dns": ["dns.example"]}, "'dns.example' is not an IP address"),
+        ("network", {"gateway": "10.0.0"}, "must be an IPv4 address"),
+        ("encoding", {"qsvDevice": "/dev/sg0"}, "must be a render node"),
+    ],
+)
+def test_more_bad_values(section, values, expect):
+    raw = homelab_raw()
+    raw[section] = {**raw.get(section, {}), **values}
+    messages = refused(raw)
+    assert any(expect in m for m in messages), messages
+
+
+def test_static_address_needs_a_gateway():
+    raw = homelab_raw()
+    raw["ripper"] = {**raw["ripper"], "ipv4": "192.168.1.202/24"}
+    assert any("ripper.ipv4 is a static address but network.gateway is not set" in m for m in refused(raw))
+    raw["network"] = {**raw["network"], "gateway": "192.168.1.1"}
+    parse(raw, ALL_SECRETS)

@@ -358,3 +358,30 @@ def test_api_token_is_refused_before_any_resource(program):
     with pytest.raises(ConfigError) as exc:
         load()
     assert "root@pam with a password" in str(exc.value)
+
+
+@pulumi.runtime.test
+def test_a_chosen_qsv_device_reaches_the_gpu_proof_and_the_pipeline(program):
+    enc = {"languages": ["eng"], "encoder": "hevc_qsv", "preset": "slow", "crf": 20, "qsvDevice": "/dev/dri/renderD129"}
+    mocks, g = program(homelab_config(**{f"{NS}:encoding": json.dumps(enc)}))
+
+    def check(_):
+        assert "--render-node /dev/dri/renderD129" in mocks.resources["transcoder-verify-gpu"].inputs["stdin"]
+        assert "--qsv-device /dev/dri/renderD129" in mocks.resources["transcoder-pipeline"].inputs["stdin"]
+        assert "--encoder hevc_qsv" in mocks.resources["transcoder-pipeline"].inputs["stdin"]
+
+    return done(g).apply(check)
+
+
+def test_a_token_in_the_environment_is_refused(monkeypatch):
+    pulumi.runtime.set_mocks(Mocks(), project="homelab-media", stack="homelab", preview=False)
+    cfg = homelab_config()
+    pulumi.runtime.set_all_config(cfg, [f"{NS}:proxmoxPassword", f"{NS}:sshPrivateKey", f"{NS}:makemkvKey"])
+    monkeypatch.setenv("PROXMOX_VE_API_TOKEN", "root@pam!ci=00000000-0000-0000-0000-000000000000")
+    from components.stack import ConfigError, load
+
+    with pytest.raises(ConfigError) as exc:
+        load()
+    text = str(exc.value)
+    assert "PROXMOX_VE_API_TOKEN" in text and "unset PROXMOX_VE_API_TOKEN" in text
+    assert "00000000" not in text
