@@ -12,13 +12,21 @@ PYTEST := $(PY) -m pytest
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-.venv/.synced: pyproject.toml uv.lock
-	@command -v uv >/dev/null || { echo "==> Installing uv (pip)"; python3 -m pip install -q uv; }
+# uv from PATH, else a private copy in .tools/uv (a venv of the system python3; Debian's
+# python3 has no pip and is externally managed, so nothing is installed system-wide).
+UV := $(or $(shell command -v uv 2>/dev/null),.tools/uv/bin/uv)
+
+.tools/uv/bin/uv:
+	@echo "==> Installing uv into .tools/uv (PyPI)"
+	@python3 -m venv .tools/uv || { echo "✗ python3 -m venv failed: install python3-venv (make deps) and retry" >&2; exit 1; }
+	@.tools/uv/bin/python -m pip install -q uv
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
 	@echo "==> Syncing the Python environment (.venv, uv.lock)"
-	@uv sync --frozen --quiet
+	@$(UV) sync --frozen --quiet
 	@touch $@
 
-setup: .venv/.synced deps toolchain ## venv, system packages and the Pulumi toolchain
+setup: deps .venv/.synced toolchain ## system packages, the venv and the Pulumi toolchain
 
 deps: ## Debian packages the tests and the lab use (root; skipped when present)
 	@bash scripts/deps.sh
@@ -38,7 +46,7 @@ test-media: .venv/.synced deps ## media-transcode and media-pipeline with real f
 test-e2e: .venv/.synced deps toolchain ## the whole life cycle against the local lab (root)
 	$(PYTEST) tests/e2e -q -p no:cacheprovider
 
-test: .venv/.synced deps toolchain ## everything: unit, scripts, media, preview, e2e
+test: deps .venv/.synced toolchain ## everything: unit, scripts, media, preview, e2e
 	$(PYTEST) tests -q -p no:cacheprovider -rs
 
 preview: .venv/.synced toolchain ## pulumi preview of the homelab stack, offline (dummy secrets, local state)

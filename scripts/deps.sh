@@ -3,14 +3,14 @@
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-PACKAGES=(shellcheck ffmpeg debootstrap openssh-client openssl procps iproute2 util-linux curl jq)
+PACKAGES=(python3-venv shellcheck ffmpeg debootstrap openssh-client openssl procps iproute2 util-linux curl jq)
 
 usage() {
   cat <<'USAGE'
 Usage: scripts/deps.sh [--check]
 
 Installs, with apt-get, the Debian packages that the test suite and the local lab use:
-  shellcheck ffmpeg debootstrap openssh-client openssl procps iproute2 util-linux curl jq
+  python3-venv shellcheck ffmpeg debootstrap openssh-client openssl procps iproute2 util-linux curl jq
 Only missing packages are installed; a second run changes nothing.
   --check   list what is missing and exit 1 if anything is
 USAGE
