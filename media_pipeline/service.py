@@ -290,7 +290,7 @@ class Service:
                 job.source, dest, cfg.encode_options(),
                 progress=reporter, log=lambda msg: log.info("[job %d] %s", job.id, msg),
                 cancel=self.stop, max_decode_errors=cfg.max_decode_errors,
-                before_commit=lambda: self.store.update(job.id, stage="finalizing"),
+                before_commit=lambda _st: self.store.update(job.id, stage="finalizing"),
                 on_start=lambda pid: self.store.update(job.id, pid=pid),
             )
         except TranscodeError as exc:

@@ -1,7 +1,8 @@
 """media-transcode IN OUT: one rip -> one HEVC Matroska file with the wanted languages.
 
 The output is written to a hidden temporary file beside OUT (`.OUT.partial`) and
-renamed when complete and verified, so a library never shows a half-written file.
+hard-linked to OUT when complete and verified, so a library never shows a half-written
+file and an OUT that appears meanwhile is never overwritten (see publish()).
 
 Exit codes:
   0    ok
@@ -16,6 +17,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -278,6 +280,35 @@ def _fsync_path(path: str, directory: bool = False) -> None:
         os.close(fd)
 
 
+# link(2) is refused with these on filesystems without hard links (vfat, some FUSE/SMB mounts).
+_NO_HARDLINKS = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+def publish(tmp: str, dst: str) -> str:
+    """Give the finished temp file its library name without ever replacing an existing file.
+
+    link(2) fails with EEXIST when dst exists, so there is no check-then-rename window;
+    the temp name is dropped afterwards (a leftover second link is harmless: same inode).
+    Only on filesystems that refuse hard links does this fall back to a re-check and
+    rename(2): a file created between that check and the rename would be replaced (a
+    window of microseconds, and only on such filesystems). Returns "link" or "rename".
+    Raises TranscodeError(EXIT_OUTPUT) when dst exists; other OSErrors propagate.
+    """
+    try:
+        os.link(tmp, dst)
+    except FileExistsError:
+        raise TranscodeError(EXIT_OUTPUT, f"output appeared while encoding: {dst} (left untouched)") from None
+    except OSError as exc:
+        if exc.errno not in _NO_HARDLINKS:
+            raise
+        if os.path.lexists(dst):
+            raise TranscodeError(EXIT_OUTPUT, f"output appeared while encoding: {dst} (left untouched)") from None
+        os.rename(tmp, dst)
+        return "rename"
+    _remove(tmp)
+    return "link"
+
+
 def _remove(path: str) -> None:
     try:
         os.unlink(path)
@@ -295,7 +326,7 @@ def transcode(
     progress: Callable[[Progress], None] | None = None,
     log: Callable[[str], None] | None = None,
     cancel: threading.Event | None = None,
-    before_commit: Callable[[], None] | None = None,
+    before_commit: Callable[[os.stat_result], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     overwrite: bool = False,
     max_decode_errors: int = 0,
@@ -417,10 +448,11 @@ def transcode(
                 raise TranscodeError(EXIT_OUTPUT, "ffmpeg wrote an empty file")
             _fsync_path(tmp)
             if before_commit:
-                before_commit()
-            if os.path.lexists(dst) and not overwrite:
-                raise TranscodeError(EXIT_OUTPUT, f"output appeared while encoding: {dst}")
-            os.replace(tmp, dst)
+                before_commit(os.stat(tmp))
+            if overwrite:
+                os.replace(tmp, dst)
+            else:
+                publish(tmp, dst)  # never replaces a file that appeared while we encoded
             committed = True
             _fsync_path(out_dir, directory=True)
         except OSError as exc:

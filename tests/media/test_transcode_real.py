@@ -157,6 +157,28 @@ def test_output_problems_exit_5(rips, tmp_path):
     assert streams(existing)[0][1] == "hevc"
 
 
+def test_destination_created_just_before_publish_is_left_untouched(rips, tmp_path):
+    from media_pipeline import ffargs
+    from media_pipeline import transcode as tc
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    dst = lib / "Film.mkv"
+    seen = []
+
+    def someone_else_writes(st):  # runs after the encode is verified, right before publishing
+        seen.append(st.st_size)
+        dst.write_bytes(b"precious")
+
+    opts = ffargs.EncodeOptions(preset="ultrafast", crf=30)
+    with pytest.raises(tc.TranscodeError) as err:
+        tc.transcode(str(rips["four"]), str(dst), opts, before_commit=someone_else_writes)
+    assert err.value.code == 5 and "appeared while encoding" in err.value.reason
+    assert seen and seen[0] > 0  # the callback got the finished temp's stat
+    assert dst.read_bytes() == b"precious"
+    assert os.listdir(lib) == ["Film.mkv"]  # the temp is gone
+
+
 def test_usage_errors_exit_2(rips, tmp_path):
     assert transcode(rips["four"], tmp_path / "o.mp4").returncode == 2
     assert transcode(rips["four"], tmp_path / "o.mkv", "--crf", "99").returncode == 2

@@ -1,5 +1,8 @@
 """Pure parts of media-transcode: progress parsing, the truncation verdict, temp names, failures."""
 
+import errno
+import os
+
 import pytest
 
 from media_pipeline import transcode as tc
@@ -115,3 +118,58 @@ def test_failure_classes(errors, code):
 def test_fmt_time():
     assert tc.fmt_time(3725.4) == "1:02:05"
     assert tc.fmt_time(None) == "?"
+
+
+# --- publish: the finished temp becomes the library file, never over an existing one ---
+
+def _pair(tmp_path):
+    tmp = tmp_path / ".Film.mkv.partial"
+    tmp.write_bytes(b"new encode")
+    return tmp, tmp_path / "Film.mkv"
+
+
+def test_publish_links_then_drops_the_temp(tmp_path):
+    tmp, dst = _pair(tmp_path)
+    ino = tmp.stat().st_ino
+    assert tc.publish(str(tmp), str(dst)) == "link"
+    assert dst.read_bytes() == b"new encode" and dst.stat().st_ino == ino
+    assert dst.stat().st_nlink == 1 and not tmp.exists()
+
+
+def test_publish_never_overwrites_even_when_a_check_said_absent(tmp_path, monkeypatch):
+    # The destination appears after every check could have run: link(2) itself refuses.
+    tmp, dst = _pair(tmp_path)
+    dst.write_bytes(b"precious")
+    monkeypatch.setattr(tc.os.path, "lexists", lambda _p: False)
+    with pytest.raises(tc.TranscodeError) as err:
+        tc.publish(str(tmp), str(dst))
+    assert err.value.code == tc.EXIT_OUTPUT and "appeared while encoding" in err.value.reason
+    assert dst.read_bytes() == b"precious"
+    assert tmp.read_bytes() == b"new encode"  # the caller (transcode) removes its temp
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP])
+def test_publish_falls_back_to_rename_without_hard_links(tmp_path, monkeypatch, code):
+    def no_links(_src, _dst):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tc.os, "link", no_links)
+    tmp, dst = _pair(tmp_path)
+    assert tc.publish(str(tmp), str(dst)) == "rename"
+    assert dst.read_bytes() == b"new encode" and not tmp.exists()
+    # ... and still re-checks first: an existing file is left alone
+    tmp.write_bytes(b"second")
+    with pytest.raises(tc.TranscodeError) as err:
+        tc.publish(str(tmp), str(dst))
+    assert err.value.code == tc.EXIT_OUTPUT and dst.read_bytes() == b"new encode"
+
+
+def test_publish_passes_other_errors_on(tmp_path, monkeypatch):
+    def broken(_src, _dst):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(tc.os, "link", broken)
+    tmp, dst = _pair(tmp_path)
+    with pytest.raises(OSError):
+        tc.publish(str(tmp), str(dst))
+    assert not dst.exists() and tmp.exists()
