@@ -6,7 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() {
   cat <<'USAGE'
 Usage: ct-bootstrap-transcoder.sh --user media --video-gid 44 --render-gid 104
-         [--uid 1000] [--gid 1000] [--sources-only]
+         [--uid 1000] [--gid 1000] [--sources-only | --dri-only]
 
 Inside the transcoder container (Debian 12):
   1. the media user (ct-media-user.sh, next to this script) with the node's
@@ -18,14 +18,20 @@ Inside the transcoder container (Debian 12):
      intel-media-va-driver-non-free libvpl2 libmfx-gen1.2 vainfo intel-gpu-tools
      ffmpeg handbrake-cli mediainfo mkvtoolnix jq python3
      (nothing is downloaded when all are installed);
-  4. if /dev/dri exists: card* group video, renderD* group render (the node's
-     numbers), mode 0660, changed only when wrong.
+  4. if /dev/dri exists: CHECK (never change) that card* have the node's video
+     gid and renderD* its render gid. /dev/dri is a bind mount of the node's
+     devtmpfs, so changing them here would re-group the node's own nodes; a
+     mismatch means the stack's homelab-media:hostGroups.video/render is not the
+     node's number: a warning names the key and the value to set. Not fatal.
 
   --sources-only   do only step 2 (for tests; APT_ETC overrides /etc/apt)
+  --dri-only       do only step 4, print {"dri":[...],"dri_ok":bool,"changed":false}
+                   (for tests; DEV_ROOT overrides /dev; needs no root)
 
 stdout: JSON {"packages":[installed list],"installed":[newly installed],
-              "sources_changed":[files],"dri":[changes],"user":{ct-media-user JSON},
-              "changed":bool}
+              "sources_changed":[files],
+              "dri":[{"path","gid","expected_gid","ok":bool}],"dri_ok":bool,
+              "user":{ct-media-user JSON},"changed":bool}
 Exit 1 with a message on stderr on failure (apt errors show their log tail).
 USAGE
 }
@@ -34,7 +40,7 @@ PACKAGES=(intel-media-va-driver-non-free libvpl2 libmfx-gen1.2 vainfo intel-gpu-
   ffmpeg handbrake-cli mediainfo mkvtoolnix jq python3)
 WANT_COMPONENTS=(contrib non-free non-free-firmware)
 
-user="" uid=1000 gid=1000 video_gid="" render_gid="" sources_only=0
+user="" uid=1000 gid=1000 video_gid="" render_gid="" sources_only=0 dri_only=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h | --help) usage; exit 0 ;;
@@ -44,6 +50,7 @@ while [[ $# -gt 0 ]]; do
     --video-gid) need_arg "$@"; video_gid=$2; shift 2 ;;
     --render-gid) need_arg "$@"; render_gid=$2; shift 2 ;;
     --sources-only) sources_only=1; shift ;;
+    --dri-only) dri_only=1; shift ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -175,6 +182,48 @@ add_components() {
   done
 }
 
+# check_dri: compare the group of each $DEV_ROOT/dri node with the node's numbers
+# (card*: --video-gid, renderD*: --render-gid). Reports only: in a privileged
+# container /dev/dri is a bind mount of the NODE's devtmpfs, so a chgrp/chmod
+# here would re-group the node's own device nodes. A mismatch means the stack's
+# hostGroups value is not the node's number; the warning names the key to set.
+# Fills DRI_JSON (one {"path","gid","expected_gid","ok"} object per node) and DRI_OK.
+DRI_JSON=()
+DRI_OK=true
+check_dri() {
+  local dri=${DEV_ROOT:-/dev}/dri n name have want key
+  DRI_JSON=()
+  DRI_OK=true
+  if [[ ! -d $dri ]]; then
+    warn "$dri does not exist (no GPU passed through yet); skipped the check of its groups"
+    return 0
+  fi
+  step "Groups of $dri (card*: the node's video gid $video_gid, renderD*: its render gid $render_gid; checked, never changed)"
+  for n in "$dri"/card* "$dri"/renderD*; do
+    [[ -c $n ]] || continue
+    name=$(basename "$n")
+    want=$video_gid key=video
+    [[ $name == renderD* ]] && want=$render_gid key=render
+    have=$(stat -L -c '%g' "$n")
+    if [[ $have == "$want" ]]; then
+      DRI_JSON+=("$(json_obj path "$(json_str "$n")" gid "$have" expected_gid "$want" ok true)")
+      continue
+    fi
+    DRI_OK=false
+    DRI_JSON+=("$(json_obj path "$(json_str "$n")" gid "$have" expected_gid "$want" ok false)")
+    if [[ $have == 65534 ]]; then
+      warn "$n has gid 65534 (nogroup): the node's group is not mapped into this container (an unprivileged container?), so the media user cannot use it through group $want; check the node's number with \`stat -c %g /dev/dri/$name\` on the node and set ${STACK_NS}:hostGroups.$key to it"
+    else
+      warn "${STACK_NS}:hostGroups.$key is $want but the node's $n has gid $have: set it with $(config_set_hint "hostGroups.$key" "$have") (left as it is: it is the node's own device node)"
+    fi
+  done
+  if [[ ${#DRI_JSON[@]} -eq 0 ]]; then
+    warn "$dri has no card*/renderD* device nodes"
+  elif [[ $DRI_OK == true ]]; then
+    ok "$dri groups match the node's video/render numbers"
+  fi
+}
+
 if ((sources_only)); then
   step "Adding ${WANT_COMPONENTS[*]} to the Debian apt sources in $apt_etc"
   add_components
@@ -186,11 +235,18 @@ if ((sources_only)); then
   exit 0
 fi
 
-[[ -n $user ]] || die "--user is required (see --help)"
+((dri_only)) || [[ -n $user ]] || die "--user is required (see --help)"
 [[ -n $video_gid ]] || die "--video-gid is required (the node's video gid, 44 on PVE 8)"
 [[ -n $render_gid ]] || die "--render-gid is required (the node's render gid, 104 on PVE 8)"
 need_int --video-gid "$video_gid"
 need_int --render-gid "$render_gid"
+
+if ((dri_only)); then
+  check_dri
+  json_obj dri "$(json_raw_arr "${DRI_JSON[@]}")" dri_ok "$DRI_OK" changed false
+  echo
+  exit 0
+fi
 need_root
 
 step "Media user"
@@ -225,29 +281,7 @@ else
   ok "all packages already installed"
 fi
 
-dri_changes=()
-dri=${DEV_ROOT:-/dev}/dri
-if [[ -d $dri ]]; then
-  step "Permissions of $dri (card*: gid $video_gid, renderD*: gid $render_gid, 0660)"
-  for n in "$dri"/card* "$dri"/renderD*; do
-    [[ -c $n ]] || continue
-    want_gid=$video_gid
-    [[ $(basename "$n") == renderD* ]] && want_gid=$render_gid
-    if [[ $(stat -c '%g' "$n") != "$want_gid" ]]; then
-      chgrp "$want_gid" "$n"
-      dri_changes+=("$n group set to $want_gid")
-      changed "$n group set to $want_gid"
-    fi
-    if [[ $(stat -c '%a' "$n") != 660 ]]; then
-      chmod 0660 "$n"
-      dri_changes+=("$n mode set to 0660")
-      changed "$n mode set to 0660"
-    fi
-  done
-  [[ ${#dri_changes[@]} -gt 0 ]] || ok "$dri permissions already right"
-else
-  warn "$dri does not exist (no GPU passed through yet); skipped its permissions"
-fi
+check_dri
 
 present=()
 for p in "${PACKAGES[@]}"; do
@@ -257,6 +291,6 @@ done
 any=false
 [[ ${#CHANGED[@]} -eq 0 && $user_changed -eq 0 ]] || any=true
 json_obj packages "$(json_arr "${present[@]}")" installed "$(json_arr "${installed[@]}")" \
-  sources_changed "$(json_arr "${SOURCES_CHANGED[@]}")" dri "$(json_arr "${dri_changes[@]}")" \
+  sources_changed "$(json_arr "${SOURCES_CHANGED[@]}")" dri "$(json_raw_arr "${DRI_JSON[@]}")" dri_ok "$DRI_OK" \
   user "$user_json" changed "$any"
 echo

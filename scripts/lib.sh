@@ -115,6 +115,14 @@ json_obj() {
 }
 
 # ---------------------------------------------------------------------------
+# Stack configuration: messages name the key a user sets to fix a mismatch.
+
+# shellcheck disable=SC2034  # STACK_NS is read by the scripts that source this
+STACK_NS=homelab-media
+# config_set_hint KEY VALUE: print the command that sets homelab-media:KEY, in backquotes.
+config_set_hint() { printf "\`pulumi config set --path %s:%s %s\`" "$STACK_NS" "$1" "$2"; }
+
+# ---------------------------------------------------------------------------
 # Arguments.
 
 # need_arg FLAG VALUE: stop unless a flag that takes a value got one.
