@@ -44,7 +44,10 @@ mounted=false fstype="" options="" allow_other=null
 problems=()
 if [[ -d $pool ]] && line=$(findmnt -n -r -o FSTYPE,OPTIONS --mountpoint "$pool" 2>/dev/null) && [[ -n $line ]]; then
   mounted=true
-  line=$(head -n1 <<<"$line")
+  # With stacked mounts (e.g. mergerfs mounted over a bind mount of the same path)
+  # findmnt lists every mount at the path in mount order; the visible one, the
+  # one a container's bind mount gets, is the top: the last line.
+  line=$(tail -n1 <<<"$line")
   fstype=${line%% *}
   options=${line#* }
 fi

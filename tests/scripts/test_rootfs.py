@@ -292,3 +292,36 @@ def test_pins_file_is_well_formed():
         versions.setdefault(version, set()).add(name.split("-")[1])
     assert all(kinds == {"oss", "bin"} for kinds in versions.values())
     assert json.dumps(sorted(versions))  # e.g. ["1.18.1", "1.18.3", "1.18.4"]
+
+
+def test_stacked_mounts_report_the_top_one(tmp_path):
+    """Two mounts on the pool's path: the visible (last, top) one is checked, not the one under it."""
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    f = bindir / "findmnt"
+    f.write_text("#!/bin/sh\nprintf '%s\\n' 'ext4 rw,relatime' 'fuse.mergerfs rw,relatime,user_id=0,group_id=0'\n")
+    f.chmod(0o755)
+    r = run("host-check-pool.sh", "--pool", str(tmp_path), env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    assert r.rc == 1
+    assert r.json["fstype"] == "fuse.mergerfs" and r.json["allow_other"] is False
+    assert "without allow_other" in r.err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
+def test_stacked_real_mounts_report_the_top_one(tmp_path):
+    """A tmpfs mounted over a bind mount of the same directory: the tmpfs is what a container would see."""
+    import subprocess
+
+    from .conftest import SCRIPTS
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    p = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         'mount --bind "$P" "$P" && mount -t tmpfs tmpfs "$P" && exec bash "$S" --pool "$P"'],
+        env={**os.environ, "P": str(pool), "S": str(SCRIPTS / "host-check-pool.sh")},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    j = json.loads(p.stdout)
+    assert j["mounted"] is True and j["fstype"] == "tmpfs"
