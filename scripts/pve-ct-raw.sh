@@ -5,7 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'USAGE'
-Usage: pve-ct-raw.sh --vmid N [--timeout SECONDS] < lines
+Usage: pve-ct-raw.sh --vmid N [--timeout SECONDS] [--require-mount PATH] < lines
 
 Waits until /etc/pve/lxc/N.conf exists and its main section has no `lock:` line
 (PVE rewrites the file while a create/clone/restore lock is held), then runs
@@ -15,26 +15,41 @@ new lines take effect (raw lxc lines are read only at container start).
 
   --vmid N           container id
   --timeout SECONDS  how long to wait for the config and its lock (default 120)
+  --require-mount PATH
+                     before rebooting the container (and only then), refuse if
+                     PATH (the storage pool) is not a mount point: a container
+                     started over an unmounted pool bind-mounts the empty
+                     directory and writes to the node's root disk. The refusal
+                     happens before the config is written, so a later run (pool
+                     mounted) still sees the change and reboots.
 Environment: PVE_CONF_DIR (default /etc/pve/lxc), for tests and the lab.
 
 stdout: last line is `changed` or `unchanged`.
-Exit 1: bad arguments or lines (config untouched), or the wait timed out.
+Exit 1: bad arguments or lines (config untouched), the wait timed out, or a
+reboot was needed while the --require-mount path was not mounted (config
+untouched, nothing rebooted).
 USAGE
 }
 
 vmid=""
 timeout=120
+require_mount=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h | --help) usage; exit 0 ;;
     --vmid) need_arg "$@"; vmid=$2; shift 2 ;;
     --timeout) need_arg "$@"; timeout=$2; shift 2 ;;
+    --require-mount) need_arg "$@"; require_mount=$2; shift 2 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
 [[ -n $vmid ]] || die "--vmid is required (see --help)"
 need_int --vmid "$vmid"
 need_int --timeout "$timeout"
+if [[ -n $require_mount ]]; then
+  [[ $require_mount == /* ]] || die "--require-mount must be an absolute path, got '$require_mount'"
+  command -v mountpoint >/dev/null || die "mountpoint not found (apt-get install util-linux)"
+fi
 
 conf_dir=${PVE_CONF_DIR:-/etc/pve/lxc}
 conf="$conf_dir/$vmid.conf"
@@ -63,8 +78,31 @@ while :; do
 done
 ok "$conf is ready"
 
+lxc_raw="$(dirname "${BASH_SOURCE[0]}")/pve-lxc-raw.sh"
+
+# would_change: true if applying the lines would change the config (tried on a
+# copy under a non-numeric name, so PVE's config lock is not taken for it).
+would_change() {
+  local d dry rc=0
+  d=$(mktemp -d)
+  cp "$conf" "$d/dry-run.conf"
+  dry=$(bash "$lxc_raw" apply "$d/dry-run.conf" <<<"$lines" 2>/dev/null) || rc=$?
+  rm -rf "$d"
+  # bad lines: let the real apply below report them
+  [[ $rc -eq 0 && $(tail -n1 <<<"$dry") == changed ]]
+}
+
+# A reboot would follow a change of a running container: refuse it before
+# writing anything if the pool is not mounted (so the next run still reboots).
+if [[ -n $require_mount ]] && ! mountpoint -q "$require_mount"; then
+  status=$(pct status "$vmid" 2>/dev/null || true)
+  if [[ $status == *running* ]] && would_change; then
+    die "refusing to reboot container $vmid: $require_mount is not a mount point (the storage pool is not mounted), so after a reboot the container's bind mount would show the empty directory and files would land on the node's root disk. Mount the pool (mount $require_mount; check it with: host-check-pool.sh --pool $require_mount), then run this again. $conf was not changed and container $vmid was not rebooted."
+  fi
+fi
+
 step "Applying ${vmid}'s raw lxc lines"
-out=$(bash "$(dirname "${BASH_SOURCE[0]}")/pve-lxc-raw.sh" apply "$conf" <<<"$lines")
+out=$(bash "$lxc_raw" apply "$conf" <<<"$lines")
 result=$(tail -n1 <<<"$out")
 [[ $result == changed || $result == unchanged ]] || die "pve-lxc-raw.sh printed '$result', expected changed/unchanged"
 ok "raw lines $result"

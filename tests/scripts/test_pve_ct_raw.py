@@ -162,3 +162,70 @@ def test_arguments():
     assert run("pve-ct-raw.sh", "--help").rc == 0
     assert run("pve-ct-raw.sh").rc == 1
     assert run("pve-ct-raw.sh", "--vmid", "abc").rc == 1
+
+
+# ---------------------------------------------------------------------------
+# --require-mount: no reboot over an unmounted pool
+
+
+def test_require_mount_refuses_a_reboot_over_an_unmounted_pool(pve, tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()  # a plain directory, not a mount point
+    pve.conf().write_text(BASE)
+    pve.set_state("running")
+    r = ct_raw(pve, "--vmid", "202", "--require-mount", str(pool))
+    assert r.rc == 1
+    assert f"refusing to reboot container 202: {pool} is not a mount point" in r.err
+    assert "host-check-pool.sh" in r.err and f"mount {pool}" in r.err
+    assert "reboot 202" not in pve.calls()
+    assert pve.conf().read_text() == BASE  # untouched: the next run still sees the change and reboots
+    assert r.out == ""
+
+
+def test_require_mount_is_not_checked_without_a_reboot(pve, tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    # stopped: the lines are written, nothing is rebooted
+    pve.conf().write_text(BASE)
+    r = ct_raw(pve, "--vmid", "202", "--require-mount", str(pool))
+    assert r.rc == 0, r.err
+    assert r.last_line == "changed" and "reboot 202" not in pve.calls()
+    # running but already up to date: nothing to reboot, nothing refused
+    pve.set_state("running")
+    r = ct_raw(pve, "--vmid", "202", "--require-mount", str(pool))
+    assert r.rc == 0, r.err
+    assert r.last_line == "unchanged" and "reboot 202" not in pve.calls()
+
+
+def test_require_mount_bad_lines_still_report_the_line(pve, tmp_path):
+    pve.conf().write_text(BASE)
+    pve.set_state("running")
+    r = ct_raw(pve, "--vmid", "202", "--require-mount", str(tmp_path), lines="lxc.idmap: u 0 100000 65536\n")
+    assert r.rc != 0
+    assert "not managed" in r.err and "refusing to reboot" not in r.err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mount --bind needs root")
+def test_require_mount_reboots_when_the_pool_is_mounted(pve, tmp_path):
+    import subprocess
+
+    from .conftest import SCRIPTS
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    pve.conf().write_text(BASE)
+    pve.set_state("running")
+    p = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         'mount --bind "$P" "$P" && exec bash "$S" --vmid 202 --require-mount "$P"'],
+        input=LINES, capture_output=True, text=True, timeout=60,
+        env={**os.environ, **pve.env, "P": str(pool), "S": str(SCRIPTS / "pve-ct-raw.sh")},
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "changed"
+    assert pve.calls()[-1] == "reboot 202"
+
+
+def test_require_mount_must_be_absolute():
+    r = run("pve-ct-raw.sh", "--vmid", "202", "--require-mount", "mnt/storage")
+    assert r.rc == 1 and "absolute" in r.err
