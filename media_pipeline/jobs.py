@@ -8,7 +8,10 @@ a re-ripped file under the same name is a new one. States:
                       -> failed   (bad input, or max_attempts used up)
 
 `stage` records how far a running job got ("encoding", "finalizing") so a restart
-can tell an interrupted encode (redo it) from an interrupted rename (finish it).
+can tell an interrupted encode (redo it) from an interrupted publish (finish it).
+`out_stamp` ("inode:size:mtime_ns" of the finished temp file, written together with
+stage=finalizing) lets a restart tell the file this job wrote from any other file
+under the library name before it marks the job done or deletes a source.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from dataclasses import dataclass
 
 STATES = ("queued", "running", "done", "failed")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id             INTEGER PRIMARY KEY,
@@ -44,6 +47,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     encode_seconds REAL    NOT NULL DEFAULT 0,
     fps            REAL    NOT NULL DEFAULT 0,
     source_removed INTEGER NOT NULL DEFAULT 0,
+    out_stamp      TEXT    NOT NULL DEFAULT '',
     UNIQUE (source, size, mtime_ns)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, not_before, id);
@@ -72,6 +76,7 @@ class Job:
     encode_seconds: float
     fps: float
     source_removed: int
+    out_stamp: str = ""  # absent in a schema-1 database opened read-only
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -95,6 +100,9 @@ class JobStore:
             if version > SCHEMA_VERSION:
                 raise RuntimeError(f"{path}: job database is from a newer media-pipeline (schema {version})")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+            if "out_stamp" not in columns:  # schema 1 -> 2
+                self._db.execute("ALTER TABLE jobs ADD COLUMN out_stamp TEXT NOT NULL DEFAULT ''")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._db.row_factory = sqlite3.Row
 
@@ -185,7 +193,7 @@ class JobStore:
         return self.get(row[0])
 
     def update(self, job_id: int, **fields) -> None:
-        allowed = {"stage", "dest", "pid", "progress", "reason", "source_removed", "fps"}
+        allowed = {"stage", "dest", "pid", "progress", "reason", "source_removed", "fps", "out_stamp"}
         bad = set(fields) - allowed
         if bad:
             raise ValueError(f"cannot update {sorted(bad)}")

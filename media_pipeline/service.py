@@ -29,8 +29,8 @@ from .jobs import Job, JobStore
 from .metrics import MetricsServer, Snapshot, render, write_textfile
 from .notify import Notifier
 from .transcode import (
-    EXIT_ENCODE, EXIT_INTERRUPTED, EXIT_NAMES, EXIT_OUTPUT, Progress,
-    TranscodeError, fmt_time, format_progress, temp_path, transcode,
+    EXIT_ENCODE, EXIT_INTERRUPTED, EXIT_NAMES, EXIT_OUTPUT, Progress, TranscodeError,
+    file_stamp, fmt_time, format_progress, publish, stamp_of, temp_path, transcode,
 )
 
 VIDEO_EXTENSIONS = {".mkv", ".m2ts", ".mts", ".ts", ".mp4", ".m4v", ".avi", ".mov", ".webm",
@@ -177,20 +177,15 @@ class Service:
     # -- recovery ------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Jobs left `running` by a crash: finish an interrupted rename, else redo from scratch."""
+        """Jobs left `running` by a crash: finish an interrupted publish, else redo from scratch."""
         for job in self.store.list_jobs(state="running"):
             tmp = temp_path(job.dest) if job.dest else None
             if job.pid and tmp:
                 _kill_orphan(job.pid, tmp)
-            if job.stage == "finalizing" and job.dest and tmp:
-                if os.path.exists(tmp) and not os.path.lexists(job.dest):
-                    os.replace(tmp, job.dest)  # the encode was complete and verified before this stage
-                if os.path.lexists(job.dest) and not os.path.exists(tmp):
-                    log.info("[job %d] finished after restart: %s", job.id, job.dest)
-                    self.store.finish(job.id, job.media_seconds, job.encode_seconds, job.fps,
-                                      reason="completed after a restart")
-                    self.after_success(self.store.get(job.id))
+            if job.stage == "finalizing" and job.dest and tmp and job.out_stamp:
+                if self.recover_finalizing(job, tmp):
                     continue
+            # (a finalizing row without a stamp predates schema 2: redone, never trusted)
             if tmp and os.path.exists(tmp):
                 os.unlink(tmp)
             if job.attempts >= self.cfg.max_attempts:
@@ -200,6 +195,40 @@ class Service:
             else:
                 self.store.requeue(job.id, "interrupted by a restart; redoing from scratch", refund_attempt=False)
                 log.info("[job %d] was running when the service stopped; queued again", job.id)
+
+    def recover_finalizing(self, job: Job, tmp: str) -> bool:
+        """A crash after the encode was verified. Done only if the library file is the one this
+        job wrote (same inode, size, mtime as the temp it recorded); a different file under that
+        name fails the job and keeps the source. False: nothing to finish, redo the job."""
+        dest_stamp, tmp_stamp = stamp_of(job.dest), stamp_of(tmp)
+        if dest_stamp is None and tmp_stamp == job.out_stamp:
+            try:
+                publish(tmp, job.dest)
+            except TranscodeError as exc:
+                dest_stamp = stamp_of(job.dest)  # appeared meanwhile: judged below
+                log.warning("[job %d] %s", job.id, exc.reason)
+            except OSError as exc:
+                log.warning("[job %d] cannot publish %s after a restart: %s", job.id, tmp, exc)
+                return False
+            else:
+                dest_stamp = job.out_stamp
+        if dest_stamp == job.out_stamp:
+            if os.path.lexists(tmp):  # a crash between link() and unlink(): the same inode
+                os.unlink(tmp)
+            log.info("[job %d] finished after restart: %s", job.id, job.dest)
+            self.store.finish(job.id, job.media_seconds, job.encode_seconds, job.fps,
+                              reason="completed after a restart")
+            self.after_success(self.store.get(job.id))
+            return True
+        if dest_stamp is not None:
+            if tmp_stamp is not None and os.path.lexists(tmp):
+                os.unlink(tmp)
+            self.fail(job, f"after a restart, {job.dest} is not the file this job wrote "
+                           f"(inode:size:mtime {dest_stamp}, expected {job.out_stamp}); the source is "
+                           f"kept; check the library file, then `media-pipeline retry {job.id}`",
+                      retry=False)
+            return True
+        return False  # neither the library file nor our temp: encode again
 
     # -- the queue -----------------------------------------------------------------
 
@@ -290,7 +319,7 @@ class Service:
                 job.source, dest, cfg.encode_options(),
                 progress=reporter, log=lambda msg: log.info("[job %d] %s", job.id, msg),
                 cancel=self.stop, max_decode_errors=cfg.max_decode_errors,
-                before_commit=lambda _st: self.store.update(job.id, stage="finalizing"),
+                before_commit=lambda st: self.store.update(job.id, stage="finalizing", out_stamp=file_stamp(st)),
                 on_start=lambda pid: self.store.update(job.id, pid=pid),
             )
         except TranscodeError as exc:
@@ -310,12 +339,17 @@ class Service:
                            f"{fmt_time(result.media_seconds)} in {fmt_time(result.elapsed)}")
 
     def after_success(self, job: Job) -> None:
-        """keep_source=false: remove the rip, but only once the library file is really there."""
+        """keep_source=false: remove the rip, but only once the library file is really the one
+        this job wrote (its inode:size:mtime stamp matches the verified temp's)."""
         if self.cfg.keep_source or job.source_removed or not job.dest:
             return
         try:
+            found = stamp_of(job.dest)
             if os.path.getsize(job.dest) <= 0:
                 raise OSError("empty output")
+            if not job.out_stamp or found != job.out_stamp:
+                raise OSError(f"{job.dest} is not the file this job wrote "
+                              f"(found {found}, expected {job.out_stamp or 'no record'})")
         except OSError as exc:
             log.error("[job %d] keeping the source: output not verified (%s)", job.id, exc)
             return

@@ -280,6 +280,24 @@ def _fsync_path(path: str, directory: bool = False) -> None:
         os.close(fd)
 
 
+def file_stamp(st: os.stat_result) -> str:
+    """Identity of a finished output: "inode:size:mtime_ns".
+
+    link(2) and rename(2) keep all three, so the published library file has the stamp
+    its temp file had; a different file under that name (a hand copy, another job) does
+    not. No st_dev: device numbers of NFS/ZFS mounts may change across a reboot.
+    """
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def stamp_of(path: str) -> str | None:
+    """file_stamp of path itself (a symlink is not followed), None when it does not exist."""
+    try:
+        return file_stamp(os.lstat(path))
+    except FileNotFoundError:
+        return None
+
+
 # link(2) is refused with these on filesystems without hard links (vfat, some FUSE/SMB mounts).
 _NO_HARDLINKS = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 

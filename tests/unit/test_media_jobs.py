@@ -1,5 +1,6 @@
 """The SQLite job table: uniqueness, claiming, retries, requeue."""
 
+import sqlite3
 import threading
 
 from media_pipeline.jobs import JobStore
@@ -108,4 +109,33 @@ def test_readonly_reader(tmp_path):
     r = JobStore(str(tmp_path / "jobs.sqlite3"), readonly=True)
     assert [j.source for j in r.list_jobs()] == ["/s/ünï 'q'.mkv"]
     r.close()
+    s.close()
+
+
+V1_TABLE = """CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY, source TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued', stage TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL DEFAULT 0,
+    dest TEXT, reason TEXT NOT NULL DEFAULT '', not_before REAL NOT NULL DEFAULT 0, pid INTEGER,
+    progress REAL NOT NULL DEFAULT 0, created REAL NOT NULL, updated REAL NOT NULL, started REAL,
+    finished REAL, media_seconds REAL NOT NULL DEFAULT 0, encode_seconds REAL NOT NULL DEFAULT 0,
+    fps REAL NOT NULL DEFAULT 0, source_removed INTEGER NOT NULL DEFAULT 0, UNIQUE (source, size, mtime_ns));
+PRAGMA user_version=1;
+INSERT INTO jobs (source, size, mtime_ns, state, stage, created, updated)
+    VALUES ('/s/a.mkv', 1, 1, 'running', 'finalizing', 0, 0);"""
+
+
+def test_schema_1_database_gains_out_stamp(tmp_path):
+    path = str(tmp_path / "jobs.sqlite3")
+    db = sqlite3.connect(path)
+    db.executescript(V1_TABLE)
+    db.close()
+    old = JobStore(path, readonly=True)  # `status` of an old database with the new code
+    assert old.list_jobs()[0].out_stamp == ""
+    old.close()
+    s = JobStore(path)
+    job = s.list_jobs()[0]
+    assert job.out_stamp == "" and job.stage == "finalizing"
+    s.update(job.id, out_stamp="12:34:56")
+    assert s.get(job.id).out_stamp == "12:34:56"
+    assert s._db.execute("PRAGMA user_version").fetchone()[0] == 2
     s.close()

@@ -10,7 +10,7 @@ from media_pipeline import config as cfgmod
 from media_pipeline import service
 from media_pipeline.jobs import JobStore
 from media_pipeline.metrics import MetricsServer, Snapshot, render, write_textfile
-from media_pipeline.transcode import temp_path
+from media_pipeline.transcode import file_stamp, temp_path
 
 
 def touch(path, data=b"x" * 100, age=0.0):
@@ -84,28 +84,109 @@ def test_recovery_redoes_an_interrupted_encode(tmp_path):
     assert not os.path.exists(temp_path(dest)) and not os.path.exists(dest)
 
 
-def test_recovery_finishes_an_interrupted_rename(tmp_path):
-    cfg = make_cfg(tmp_path, keep_source=False)
+def stamp_job(cfg, job_id, path):
+    """What transcode's before_commit records: the finished temp's inode:size:mtime."""
+    s = JobStore(cfg.db)
+    s.update(job_id, out_stamp=file_stamp(os.stat(path)))
+    s.close()
+
+
+def finalizing_job(tmp_path, cfg, output=b"complete output"):
+    """A job that crashed in `finalizing`: source + marker in staging, its verified temp beside dest."""
     src = touch(tmp_path / "staging" / "Film.mkv")
     touch(tmp_path / "staging" / "Film.mkv.done", b"")
-    dest = str(tmp_path / "movies" / "Film.mkv")
-    job_id = running_job(cfg, str(src), dest, "finalizing")
-    touch(tmp_path / "movies" / ".Film.mkv.partial", b"complete output")
+    dest = tmp_path / "movies" / "Film.mkv"
+    job_id = running_job(cfg, str(src), str(dest), "finalizing")
+    tmp = touch(tmp_path / "movies" / ".Film.mkv.partial", output)
+    stamp_job(cfg, job_id, tmp)
+    return job_id, src, dest, tmp
+
+
+def test_recovery_finishes_an_interrupted_publish(tmp_path):
+    cfg = make_cfg(tmp_path, keep_source=False)
+    job_id, src, dest, tmp = finalizing_job(tmp_path, cfg)
     store = recover(cfg)
     job = store.get(job_id)
     assert job.state == "done" and job.source_removed == 1
-    assert open(dest, "rb").read() == b"complete output"
+    assert dest.read_bytes() == b"complete output" and not tmp.exists()
     assert not os.path.exists(src) and not os.path.exists(str(src) + ".done")
 
 
-def test_recovery_after_rename_before_done(tmp_path):
+def test_recovery_after_publish_before_done(tmp_path):
+    cfg = make_cfg(tmp_path, keep_source=False)
+    job_id, src, dest, tmp = finalizing_job(tmp_path, cfg)
+    os.link(tmp, dest)  # crashed between link() and unlink(): both names, one inode
+    store = recover(cfg)
+    job = store.get(job_id)
+    assert job.state == "done" and job.source_removed == 1 and not tmp.exists()
+    assert dest.read_bytes() == b"complete output"
+
+
+def test_recovery_after_rename_keeps_source_by_default(tmp_path):
     cfg = make_cfg(tmp_path)
+    job_id, src, dest, tmp = finalizing_job(tmp_path, cfg)
+    os.rename(tmp, dest)
+    store = recover(cfg)
+    assert store.get(job_id).state == "done"
+    assert os.path.exists(src)  # keep_source defaults to true
+
+
+def test_recovery_never_takes_someone_elses_file_for_ours(tmp_path):
+    # The temp vanished and a different file now has the library name: not done, source kept.
+    cfg = make_cfg(tmp_path, keep_source=False)
+    job_id, src, dest, tmp = finalizing_job(tmp_path, cfg)
+    tmp.unlink()
+    touch(dest, b"complete output", age=60)  # same size and content, another file (inode numbers may be reused)
+    store = recover(cfg)
+    job = store.get(job_id)
+    assert job.state == "failed" and "is not the file this job wrote" in job.reason
+    assert job.source_removed == 0 and os.path.exists(src) and os.path.exists(str(src) + ".done")
+    assert dest.read_bytes() == b"complete output"
+
+
+def test_recovery_with_a_foreign_file_and_our_temp_keeps_both_sources(tmp_path):
+    cfg = make_cfg(tmp_path, keep_source=False)
+    job_id, src, dest, tmp = finalizing_job(tmp_path, cfg)
+    touch(dest, b"somebody else's film")
+    store = recover(cfg)
+    job = store.get(job_id)
+    assert job.state == "failed" and "is not the file this job wrote" in job.reason
+    assert dest.read_bytes() == b"somebody else's film" and not tmp.exists()
+    assert os.path.exists(src)
+
+
+def test_recovery_with_a_changed_temp_redoes_the_encode(tmp_path):
+    cfg = make_cfg(tmp_path, keep_source=False)
+    job_id, src, dest, tmp = finalizing_job(tmp_path, cfg)
+    tmp.write_bytes(b"not what was verified")
+    store = recover(cfg)
+    job = store.get(job_id)
+    assert job.state == "queued" and not dest.exists() and not tmp.exists() and os.path.exists(src)
+
+
+def test_recovery_of_a_row_without_a_stamp_is_redone(tmp_path):
+    # A `finalizing` row from before out_stamp existed: nothing proves the library file is ours.
+    cfg = make_cfg(tmp_path, keep_source=False)
     src = touch(tmp_path / "staging" / "Film.mkv")
     dest = touch(tmp_path / "movies" / "Film.mkv", b"complete output")
     job_id = running_job(cfg, str(src), str(dest), "finalizing")
     store = recover(cfg)
-    assert store.get(job_id).state == "done"
-    assert os.path.exists(src)  # keep_source defaults to true
+    assert store.get(job_id).state == "queued" and os.path.exists(src)
+    assert dest.read_bytes() == b"complete output"
+
+
+def test_after_success_deletes_the_source_only_for_our_file(tmp_path):
+    cfg = make_cfg(tmp_path, keep_source=False)
+    job_id, src, dest, tmp = finalizing_job(tmp_path, cfg)
+    touch(dest, b"complete output")  # same bytes, another inode
+    svc = service.Service(cfg)
+    svc.store = JobStore(cfg.db)
+    svc.after_success(svc.store.get(job_id))
+    assert os.path.exists(src) and svc.store.get(job_id).source_removed == 0
+    dest.unlink()
+    os.link(tmp, dest)
+    svc.after_success(svc.store.get(job_id))
+    assert not os.path.exists(src) and svc.store.get(job_id).source_removed == 1
 
 
 def test_recovery_gives_up_after_max_attempts(tmp_path):
