@@ -24,9 +24,17 @@ New lines go after the main section's keys (replacing the old ones where they
 were), before the first section. The file is written atomically (temp file
 in the same directory, then rename) and only when something differs.
 
+While it reads and writes CONF it holds PVE's own per-container config lock
+(flock on /run/lock/lxc/pve-config-<vmid>.lock, as pct and the API do), where
+<vmid> is CONF's name without .conf; it waits up to 60s for it. A CONF whose
+name is not <number>.conf is edited without the lock (with a note).
+Environment: PVE_LOCK_DIR (default /run/lock/lxc, created if missing) and
+PVE_LOCK_TIMEOUT (seconds, default 60), for tests and the lab.
+
 stdout: last line is `changed` or `unchanged`.
 Exit 1 (file untouched, message on stderr): missing file, a key other than the
-two above, a malformed line, or a '#' line on stdin.
+two above, a malformed line, a '#' line on stdin, or PVE's config lock still
+held after the wait.
 USAGE
 }
 
@@ -66,6 +74,28 @@ normalize_line() {
   printf '%s: %s\n' "$key" "$value"
 }
 
+# lock_conf CONF: take PVE's config lock of the container CONF belongs to (held
+# until this process exits: it never outlives the edit, and pct reboot, which
+# takes the same lock, runs after this script). Stops after a bounded wait.
+lock_conf() {
+  local conf=$1 base vmid dir wait=${PVE_LOCK_TIMEOUT:-60} lockfile fd
+  base=$(basename "$conf")
+  vmid=${base%.conf}
+  if [[ $base != *.conf || ! $vmid =~ ^[0-9]+$ ]]; then
+    warn "note: $base is not <vmid>.conf, so PVE's config lock is not taken for it"
+    return 0
+  fi
+  need_int PVE_LOCK_TIMEOUT "$wait"
+  dir=${PVE_LOCK_DIR:-/run/lock/lxc}
+  mkdir -p "$dir" || die "cannot create the lock directory $dir"
+  lockfile="$dir/pve-config-$vmid.lock"
+  exec {fd}>>"$lockfile" || die "cannot open PVE's config lock $lockfile"
+  if ! flock -w "$wait" "$fd"; then
+    die "PVE's config lock of container $vmid ($lockfile) is still held after ${wait}s: a pct/API operation on it is running (see the node's task log); $conf was not changed. Run this again when it has finished."
+  fi
+  ok "holding PVE's config lock of container $vmid"
+}
+
 apply() {
   local conf=$1 line n i norm first_section first_managed last_key insert_at
   local -a parts
@@ -83,6 +113,10 @@ apply() {
     norm=$(normalize_line "$line" 2>&1) || die "stdin line $n: $norm"
     wanted+=("$norm")
   done
+
+  # Read and write the file under PVE's config lock (stdin is validated first).
+  lock_conf "$conf"
+  [[ -f $conf ]] || die "$conf: no such container config (it was removed while waiting for the lock)"
 
   # The file, line by line, each element keeping its own newline (byte-exact rebuild).
   local -a lines=()

@@ -44,6 +44,7 @@ def pve(tmp_path):
             "PATH": f"{bindir}:{os.environ['PATH']}",
             "PCT_LOG": str(log),
             "PCT_STATE": str(state),
+            "PVE_LOCK_DIR": str(tmp_path / "lock"),
         }
 
         def calls(self):
@@ -229,3 +230,20 @@ def test_require_mount_reboots_when_the_pool_is_mounted(pve, tmp_path):
 def test_require_mount_must_be_absolute():
     r = run("pve-ct-raw.sh", "--vmid", "202", "--require-mount", "mnt/storage")
     assert r.rc == 1 and "absolute" in r.err
+
+
+def test_config_lock_is_not_held_during_the_reboot(pve, tmp_path):
+    """pct reboot takes the same config lock: pve-ct-raw must have released it by then."""
+    pct = tmp_path / "bin/pct"
+    pct.write_text(
+        FAKE_PCT.replace(
+            "reboot) echo running",
+            'reboot) flock -n "$PVE_LOCK_DIR/pve-config-$2.lock" true && echo "lock free" >> "$PCT_LOG"; echo running',
+        )
+    )
+    pve.conf().write_text(BASE)
+    pve.set_state("running")
+    r = ct_raw(pve, "--vmid", "202")
+    assert r.rc == 0, r.err
+    assert (tmp_path / "lock/pve-config-202.lock").exists()
+    assert pve.calls() == ["status 202", "reboot 202", "lock free"]

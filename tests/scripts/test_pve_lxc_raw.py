@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import threading
+import time
 
 import pytest
 
@@ -77,9 +80,10 @@ def conf(tmp_path):
     return p
 
 
-def apply(conf, lines: list[str] | str):
+def apply(conf, lines: list[str] | str, env: dict | None = None):
     stdin = lines if isinstance(lines, str) else "".join(x + "\n" for x in lines)
-    return run("pve-lxc-raw.sh", "apply", str(conf), input=stdin)
+    env = {"PVE_LOCK_DIR": str(conf.parent / "lock"), **(env or {})}
+    return run("pve-lxc-raw.sh", "apply", str(conf), input=stdin, env=env)
 
 
 def assert_only_main_managed_changed(before: str, after: str, wanted: list[str]) -> None:
@@ -218,3 +222,82 @@ def test_help_and_bad_usage():
     assert r.rc == 0 and "apply CONF" in r.out
     assert run("pve-lxc-raw.sh").rc != 0
     assert run("pve-lxc-raw.sh", "frobnicate").rc != 0
+
+
+# ---------------------------------------------------------------------------
+# PVE's per-container config lock (flock on <PVE_LOCK_DIR>/pve-config-<vmid>.lock)
+
+
+class HeldLock:
+    """Hold PVE's config lock like pct does (an exclusive flock on the lock file)."""
+
+    def __init__(self, lock_dir, vmid=201):
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        self.f = open(lock_dir / f"pve-config-{vmid}.lock", "a")
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+
+    def release(self):
+        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.close()
+
+
+def test_lock_dir_and_file_are_created(conf):
+    lock_dir = conf.parent / "run/lock/lxc"
+    r = apply(conf, WANTED, env={"PVE_LOCK_DIR": str(lock_dir)})
+    assert r.rc == 0, r.err
+    assert (lock_dir / "pve-config-201.lock").is_file()
+    assert "config lock of container 201" in r.err
+
+
+def test_waits_for_pve_s_config_lock(conf):
+    held = HeldLock(conf.parent / "lock")
+    timer = threading.Timer(1.5, held.release)
+    timer.start()
+    start = time.monotonic()
+    r = apply(conf, WANTED)
+    timer.join()
+    assert r.rc == 0, r.err
+    assert time.monotonic() - start >= 1.2
+    assert r.last_line == "changed"
+    assert_only_main_managed_changed(CONF, conf.read_text(), WANTED)
+
+
+def test_lock_wait_is_bounded_and_leaves_the_file(conf):
+    held = HeldLock(conf.parent / "lock")
+    try:
+        start = time.monotonic()
+        r = apply(conf, WANTED, env={"PVE_LOCK_TIMEOUT": "1"})
+        assert time.monotonic() - start < 10
+    finally:
+        held.release()
+    assert r.rc == 1
+    assert "config lock of container 201" in r.err and "still held after 1s" in r.err
+    assert "changed" not in r.out
+    assert conf.read_text() == CONF
+
+
+def test_bad_input_fails_without_waiting_for_the_lock(conf):
+    held = HeldLock(conf.parent / "lock")
+    try:
+        r = apply(conf, ["cores: 4"], env={"PVE_LOCK_TIMEOUT": "30"})
+    finally:
+        held.release()
+    assert r.rc == 1 and "not managed" in r.err
+
+
+def test_other_lock_is_not_waited_for(conf):
+    held = HeldLock(conf.parent / "lock", vmid=202)
+    try:
+        r = apply(conf, WANTED, env={"PVE_LOCK_TIMEOUT": "1"})
+    finally:
+        held.release()
+    assert r.rc == 0, r.err
+
+
+def test_non_numeric_name_is_edited_without_the_lock(tmp_path):
+    conf = tmp_path / "transcoder.conf"
+    conf.write_text(CONF)
+    r = apply(conf, WANTED)
+    assert r.rc == 0, r.err
+    assert "not <vmid>.conf" in r.err
+    assert not (tmp_path / "lock").exists()
