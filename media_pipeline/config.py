@@ -47,7 +47,7 @@ class Config:
     max_decode_errors: int = 0
     apprise_urls: tuple[str, ...] = ()
     metrics_port: int = 0
-    metrics_bind: str = "0.0.0.0"
+    metrics_bind: str = "127.0.0.1"  # this container only; "0.0.0.0" to be scraped from outside
     metrics_textfile: str = "/var/lib/media-pipeline/metrics.prom"
     db: str = "/var/lib/media-pipeline/jobs.sqlite3"
 
@@ -74,7 +74,7 @@ _EXAMPLES = {
     "poll_seconds": "10", "concurrency": "1", "keep_source": "true", "max_attempts": "3",
     "retry_delay_seconds": "300", "max_decode_errors": "0",
     "apprise_urls": '["tgram://bottoken/ChatID"]', "metrics_port": "9464 (0 = off)",
-    "metrics_bind": '"0.0.0.0"', "metrics_textfile": '"/var/lib/media-pipeline/metrics.prom" ("" = off)',
+    "metrics_bind": '"127.0.0.1" (or "0.0.0.0" to be scraped from another host)', "metrics_textfile": '"/var/lib/media-pipeline/metrics.prom" ("" = off)',
     "db": '"/var/lib/media-pipeline/jobs.sqlite3"',
 }
 

@@ -5,6 +5,7 @@ Notifications never fail a job: every problem here is logged and swallowed.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from typing import Callable
@@ -49,7 +50,10 @@ class Notifier:
                     obj.add(url)
                 ok = bool(obj.notify(title=title, body=body))
             elif self.mode == "cli":
-                run = subprocess.run([self._cli, "-t", title, "-b", body, *self.urls],
+                # URLs carry tokens: in APPRISE_URLS (which the apprise CLI reads when given no
+                # URL arguments) they stay out of argv, which every user can read in ps.
+                env = {**os.environ, "APPRISE_URLS": " ".join(self.urls)}
+                run = subprocess.run([self._cli, "-t", title, "-b", body], env=env, stdin=subprocess.DEVNULL,
                                      capture_output=True, timeout=TIMEOUT, check=False)
                 ok = run.returncode == 0
                 if not ok:

@@ -26,22 +26,26 @@ A second run with the same inputs changes nothing.
   --crf N               quality (default 18)
   --keep-source BOOL    keep the rip after a verified transcode (default true)
   --metrics-port N      Prometheus /metrics port, 0 = off (default 9464)
+  --metrics-bind ADDR   address /metrics listens on (default 127.0.0.1: this container only;
+                        0.0.0.0 to let another host scrape it)
   --root DIR            install under DIR instead of / (tests, image building); never starts
   -h, --help            this help
 
 Keys of an existing config.json that are not set by these flags (apprise_urls, ...) are kept.
+config.json may hold notification tokens (apprise_urls): it is written mode 0640, owner
+root, group the service user's primary group (ownership only when run as root).
 Stdout: {"installed", "version", "unit", "config", "changed", "service"} as one JSON object.
 EOF
 }
 
 tarball="" user=media pool="" staging="" movies="" tv="" languages=eng encoder=libx265
-preset=slow crf=18 keep_source=true metrics_port=9464 root=""
+preset=slow crf=18 keep_source=true metrics_port=9464 metrics_bind=127.0.0.1 root=""
 
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h | --help) usage; exit 0 ;;
     --tarball | --user | --pool | --staging | --movies | --tv | --languages | --encoder | \
-      --preset | --crf | --keep-source | --metrics-port | --root)
+      --preset | --crf | --keep-source | --metrics-port | --metrics-bind | --root)
       [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)" 2
       case $1 in
         --tarball) tarball=$2 ;;
@@ -56,6 +60,7 @@ while [[ $# -gt 0 ]]; do
         --crf) crf=$2 ;;
         --keep-source) keep_source=$2 ;;
         --metrics-port) metrics_port=$2 ;;
+        --metrics-bind) metrics_bind=$2 ;;
         --root) root=$2 ;;
       esac
       shift 2
@@ -80,6 +85,7 @@ done
 [[ $crf =~ ^[0-9]+$ ]] || die "--crf must be a number (got $crf)" 2
 [[ $keep_source == true || $keep_source == false ]] || die "--keep-source must be true or false (got $keep_source)" 2
 [[ $metrics_port =~ ^[0-9]+$ && $metrics_port -le 65535 ]] || die "--metrics-port must be 0-65535 (got $metrics_port)" 2
+[[ $metrics_bind =~ ^[A-Za-z0-9.:-]+$ ]] || die "--metrics-bind must be an address such as 127.0.0.1 or 0.0.0.0 (got $metrics_bind)" 2
 [[ $user =~ ^[a-z_][a-z0-9_-]*$ ]] || die "--user must be a plain user name (got $user)" 2
 if [[ -n $root ]]; then
   [[ $root == /* && -d $root ]] || die "--root must be an existing absolute directory (got $root)" 2
@@ -105,18 +111,22 @@ changed=false
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# write_file PATH MODE: replace PATH atomically with stdin when content or mode differ.
-# Compared outside the target directory, so an unchanged file leaves even its directory untouched.
+# write_file PATH MODE [UID:GID]: replace PATH atomically with stdin when content, mode or
+# (as root) ownership differ. Compared outside the target directory, so an unchanged file
+# leaves even its directory untouched. The new file gets its mode and owner before the rename.
 write_file() {
-  local path=$1 mode=$2 new=$work/new-file tmp
+  local path=$1 mode=$2 owner=${3:-} new=$work/new-file tmp
   cat >"$new"
-  if [[ -f $path ]] && cmp -s "$new" "$path" && [[ $(stat -c %a "$path") == "${mode#0}" ]]; then
+  [[ $(id -u) -eq 0 ]] || owner=""
+  if [[ -f $path ]] && cmp -s "$new" "$path" && [[ $(stat -c %a "$path") == "${mode#0}" ]] &&
+    [[ -z $owner || $(stat -c %u:%g "$path") == "$owner" ]]; then
     return 1
   fi
   mkdir -p "$(dirname "$path")"
   tmp=$(mktemp "$(dirname "$path")/.$(basename "$path").XXXXXX")
   cat "$new" >"$tmp"
   chmod "$mode" "$tmp"
+  [[ -z $owner ]] || chown "$owner" "$tmp"
   mv -f "$tmp" "$path"
   changed=true
 }
@@ -190,9 +200,13 @@ step "Writing /etc/media-pipeline/config.json"
 config=$root/etc/media-pipeline/config.json
 rendered=$(PYTHONPATH=$base/$release python3 -m media_pipeline.config render --base "$config" \
   "staging=$staging" "movies=$movies" "tv=$tv" "languages=$languages" "encoder=$encoder" \
-  "preset=$preset" "crf=$crf" "keep_source=$keep_source" "metrics_port=$metrics_port") ||
+  "preset=$preset" "crf=$crf" "keep_source=$keep_source" "metrics_port=$metrics_port" \
+  "metrics_bind=$metrics_bind") ||
   die "the settings above are not a valid config" 2
-if write_file "$config" 0644 <<<"$rendered"; then ok "config written"; else ok "config unchanged"; fi
+# It may hold notification tokens: root writes it, the service user's group reads it.
+config_owner=""
+if $user_exists; then config_owner=0:$(id -g "$user"); fi
+if write_file "$config" 0640 "$config_owner" <<<"$rendered"; then ok "config written"; else ok "config unchanged"; fi
 
 state=$root/var/lib/media-pipeline
 if [[ ! -d $state ]]; then

@@ -6,6 +6,7 @@ import json
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -85,6 +86,8 @@ def test_installs_everything_then_changes_nothing(root, tmp_path):
     cfg = json.loads((root / "etc/media-pipeline/config.json").read_text())
     assert cfg["languages"] == ["eng", "bul"] and cfg["staging"] == "/mnt/storage/staging"
     assert cfg["keep_source"] is True and cfg["metrics_port"] == 9464 and cfg["crf"] == 18
+    assert cfg["metrics_bind"] == "127.0.0.1"  # /metrics stays inside the container by default
+    assert stat.S_IMODE((root / "etc/media-pipeline/config.json").stat().st_mode) == 0o640
     unit = (root / "etc/systemd/system/media-pipeline.service").read_text()
     assert f"User={ME}" in unit and "Restart=on-failure" in unit
     assert "ExecStart=/usr/local/bin/media-pipeline run" in unit
@@ -140,6 +143,34 @@ def test_tampered_release_is_reinstalled(root, tmp_path):
     assert "def destination" in (root / "opt/media-pipeline/media_pipeline/naming.py").read_text()
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can give the config to root and another group")
+def test_config_is_root_owned_and_readable_by_the_service_group_only(root, tmp_path):
+    other = pwd.getpwnam("nobody")  # the service user: its group reads, nobody else does
+    tarball = make_tarball(tmp_path / "a.tar.gz")
+    install(root, tarball, user=other.pw_name)
+    cfg_path = root / "etc/media-pipeline/config.json"
+    st = cfg_path.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, other.pw_gid, 0o640)
+
+    # an older install's world-readable file is tightened; hand-set tokens are kept
+    cfg = json.loads(cfg_path.read_text())
+    cfg["apprise_urls"] = ["tgram://token/chat"]
+    cfg_path.write_text(json.dumps(cfg))
+    os.chmod(cfg_path, 0o644)
+    os.chown(cfg_path, 0, 0)
+    assert result(install(root, tarball, user=other.pw_name))["changed"] is True
+    st = cfg_path.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, other.pw_gid, 0o640)
+    assert json.loads(cfg_path.read_text())["apprise_urls"] == ["tgram://token/chat"]
+    assert result(install(root, tarball, user=other.pw_name))["changed"] is False
+
+
+def test_metrics_bind_and_port(root, tmp_path):
+    install(root, make_tarball(tmp_path / "a.tar.gz"), "--metrics-bind", "0.0.0.0", "--metrics-port", "9500")
+    cfg = json.loads((root / "etc/media-pipeline/config.json").read_text())
+    assert cfg["metrics_bind"] == "0.0.0.0" and cfg["metrics_port"] == 9500
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -148,6 +179,7 @@ def test_tampered_release_is_reinstalled(root, tmp_path):
         (["--keep-source", "yes"], "--keep-source must be true or false"),
         (["--languages", "english"], "--languages must look like eng,bul"),
         (["--metrics-port", "99999"], "--metrics-port must be 0-65535"),
+        (["--metrics-bind", "any where"], "--metrics-bind must be an address"),
         (["--preset", "turbo"], "not a valid config"),
         (["--bogus"], "unknown argument: --bogus"),
     ],

@@ -38,14 +38,16 @@ def test_cli_used_when_module_missing(monkeypatch, tmp_path):
     no_apprise_module(monkeypatch)
     record = tmp_path / "args"
     cli = tmp_path / "apprise"
-    cli.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\n')
+    cli.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\nprintf "%s" "$APPRISE_URLS" > "{record}.env"\n')
     cli.chmod(cli.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    n = Notifier(["json://localhost/x"], print)
+    n = Notifier(["json://localhost/x", "tgram://bottoken/ChatID"], print)
     assert n.mode == "cli"
     assert n.send("Transcode finished", "Heat (1995).mkv")
-    assert record.read_text().splitlines() == ["-t", "Transcode finished", "-b", "Heat (1995).mkv",
-                                               "json://localhost/x"]
+    # the URLs (tokens) are not in argv, which `ps` shows every user, but in APPRISE_URLS
+    assert record.read_text().splitlines() == ["-t", "Transcode finished", "-b", "Heat (1995).mkv"]
+    assert (tmp_path / "args.env").read_text() == "json://localhost/x tgram://bottoken/ChatID"
+    assert "APPRISE_URLS" not in os.environ  # only the child's environment has them
 
 
 def test_cli_failure_is_logged_not_raised(monkeypatch, tmp_path):
