@@ -168,18 +168,38 @@ gid_of_group() { getent group "$1" | cut -d: -f3 || true; }
 # user_name_of_uid UID: print the name of the user with that number (empty if none).
 user_name_of_uid() { getent passwd "$1" | cut -d: -f1 || true; }
 
+# free_gid FROM / free_uid FROM: print the first number above FROM that no group / user
+# holds here (a suggestion for the stack's media.gid / media.uid).
+free_gid() { local n=$(($1 + 1)); while getent group "$n" >/dev/null; do n=$((n + 1)); done; printf '%s' "$n"; }
+free_uid() { local n=$(($1 + 1)); while getent passwd "$n" >/dev/null; do n=$((n + 1)); done; printf '%s' "$n"; }
+
+# Conflicts between the stack's media.user/uid/gid and what exists: each message names
+# the stack key and the `pulumi config set` command that fixes it.
+_die_group_gid() { # NAME HAVE WANT
+  die "group '$1' already exists with gid $2, not $3 (${STACK_NS}:media.gid). Renumbering it would leave files owned by the old number; either use its number: $(config_set_hint media.gid "$2"), or renumber it by hand (groupmod -g $3 $1, then fix file ownership)."
+}
+_die_gid_held() { # NAME GID HOLDER
+  die "gid $2 is already used by group '$3', so group '$1' cannot get it (${STACK_NS}:media.gid). Choose a free gid for the media user, e.g. $(config_set_hint media.gid "$(free_gid "$2")") (free here; it must be free on the node and in the containers), or rename that group by hand (groupmod -n $1 $3) if it is meant to be the same group."
+}
+_die_user_uid() { # NAME HAVE WANT
+  die "user '$1' already exists with uid $2, not $3 (${STACK_NS}:media.uid). Files written by the pipeline would get the wrong owner; either use its number: $(config_set_hint media.uid "$2"), or renumber it by hand (usermod -u $3 $1 re-owns its home only)."
+}
+_die_uid_held() { # NAME UID HOLDER
+  die "uid $2 is already used by user '$3', so user '$1' cannot get it (${STACK_NS}:media.uid). Choose a free uid for the media user, e.g. $(config_set_hint media.uid "$(free_uid "$2")") (free here; it must be free on the node and in the containers), or, if '$3' is meant to be the media user, $(config_set_hint media.user "$3"), or remove/renumber '$3' by hand."
+}
+
 # check_media_ids NAME UID GID: stop before any change if the uid or gid is held by
 # another user/group, or NAME exists with other numbers.
 check_media_ids() {
   local name=$1 uid=$2 gid=$3 holder have
   have=$(gid_of_group "$name")
-  [[ -z $have || $have == "$gid" ]] || die "group '$name' already exists with gid $have, not $gid. Renumbering it would leave files owned by the old number; either set the configured gid to $have or renumber by hand (groupmod -g $gid $name, then fix file ownership)."
+  [[ -z $have || $have == "$gid" ]] || _die_group_gid "$name" "$have" "$gid"
   holder=$(group_name_of_gid "$gid")
-  [[ -z $holder || $holder == "$name" ]] || die "gid $gid is already used by group '$holder', so group '$name' cannot get it. Choose another gid for the media user, or rename that group by hand (groupmod -n $name $holder) if it is meant to be the same group."
+  [[ -z $holder || $holder == "$name" ]] || _die_gid_held "$name" "$gid" "$holder"
   have=$(getent passwd "$name" | cut -d: -f3 || true)
-  [[ -z $have || $have == "$uid" ]] || die "user '$name' already exists with uid $have, not $uid. Files written by the pipeline would get the wrong owner; set the configured uid to $have, or renumber by hand (usermod -u $uid $name re-owns its home only)."
+  [[ -z $have || $have == "$uid" ]] || _die_user_uid "$name" "$have" "$uid"
   holder=$(user_name_of_uid "$uid")
-  [[ -z $holder || $holder == "$name" ]] || die "uid $uid is already used by user '$holder', so user '$name' cannot get it. Choose another uid for the media user (homelab-media:media.uid), or remove/renumber '$holder' by hand."
+  [[ -z $holder || $holder == "$name" ]] || _die_uid_held "$name" "$uid" "$holder"
   return 0
 }
 
@@ -188,11 +208,11 @@ ensure_primary_group() {
   local name=$1 gid=$2 holder have
   have=$(gid_of_group "$name")
   if [[ -n $have ]]; then
-    [[ $have == "$gid" ]] || die "group '$name' already exists with gid $have, not $gid. Renumbering it would leave files owned by the old number; either set the configured gid to $have or renumber by hand (groupmod -g $gid $name, then fix file ownership)."
+    [[ $have == "$gid" ]] || _die_group_gid "$name" "$have" "$gid"
     return 0
   fi
   holder=$(group_name_of_gid "$gid")
-  [[ -z $holder ]] || die "gid $gid is already used by group '$holder', so group '$name' cannot get it. Choose another gid for the media user, or rename that group by hand (groupmod -n $name $holder) if it is meant to be the same group."
+  [[ -z $holder ]] || _die_gid_held "$name" "$gid" "$holder"
   groupadd -g "$gid" "$name"
   changed "group $name ($gid) created"
 }
@@ -202,7 +222,7 @@ ensure_user() {
   local name=$1 uid=$2 gid=$3 holder have_uid have_gid
   if getent passwd "$name" >/dev/null; then
     have_uid=$(getent passwd "$name" | cut -d: -f3)
-    [[ $have_uid == "$uid" ]] || die "user '$name' already exists with uid $have_uid, not $uid. Files written by the pipeline would get the wrong owner; set the configured uid to $have_uid, or renumber by hand (usermod -u $uid $name re-owns its home only)."
+    [[ $have_uid == "$uid" ]] || _die_user_uid "$name" "$have_uid" "$uid"
     have_gid=$(getent passwd "$name" | cut -d: -f4)
     if [[ $have_gid != "$gid" ]]; then
       usermod -g "$gid" "$name"
@@ -211,7 +231,7 @@ ensure_user() {
     return 0
   fi
   holder=$(user_name_of_uid "$uid")
-  [[ -z $holder ]] || die "uid $uid is already used by user '$holder', so user '$name' cannot get it. Choose another uid for the media user (homelab-media:media.uid), or remove/renumber '$holder' by hand."
+  [[ -z $holder ]] || _die_uid_held "$name" "$uid" "$holder"
   useradd -u "$uid" -g "$gid" -s /bin/bash -m "$name"
   changed "user $name ($uid) created"
 }
@@ -238,7 +258,7 @@ ensure_device_group() {
       grp=$name
     else
       grp="$name-host"
-      [[ -z $(gid_of_group "$grp") ]] || die "group '$name' has gid $(gid_of_group "$name") and '$grp' has gid $(gid_of_group "$grp"), neither is the node's $gid; fix the groups by hand (groupmod -g $gid $grp)"
+      [[ -z $(gid_of_group "$grp") ]] || die "group '$name' has gid $(gid_of_group "$name") and '$grp' has gid $(gid_of_group "$grp"), neither is $gid, the node's $name number (${STACK_NS}:hostGroups.$name). If $gid is the node's number (getent group $name, on the node), renumber one by hand: groupmod -g $gid $grp; if the node's number is another, set it: $(config_set_hint "hostGroups.$name" GID) (GID: the node's number)."
     fi
     groupadd -g "$gid" "$grp"
     changed "group $grp ($gid) created for the node's $name group"

@@ -109,6 +109,8 @@ def test_uid_held_by_another_user_is_a_clear_error_before_any_change(rootfs):
     r = rootfs.script("host-setup.sh", *SETUP[:4], "--gid", "1001", *SETUP[6:])
     assert r.rc == 1
     assert "uid 1000 is already used by user 'alice'" in r.err
+    assert "`pulumi config set --path homelab-media:media.uid 1001`" in r.err  # the next free uid
+    assert "`pulumi config set --path homelab-media:media.user alice`" in r.err
     assert r.out == ""
     assert rootfs.p("/etc/passwd").read_text() == passwd
     assert rootfs.p("/etc/group").read_text() == group
@@ -121,6 +123,7 @@ def test_gid_held_by_another_group_is_a_clear_error(rootfs):
     r = rootfs.script("host-setup.sh", *SETUP)
     assert r.rc == 1
     assert "gid 1000 is already used by group 'family'" in r.err
+    assert "`pulumi config set --path homelab-media:media.gid 1001`" in r.err
     assert rootfs.passwd("media") is None
 
 
@@ -130,6 +133,16 @@ def test_existing_media_user_with_other_uid_is_refused(rootfs):
     r = rootfs.script("host-setup.sh", *SETUP)
     assert r.rc == 1
     assert "user 'media' already exists with uid 1005" in r.err
+    assert "`pulumi config set --path homelab-media:media.uid 1005`" in r.err
+
+
+def test_existing_media_group_with_other_gid_names_the_stack_key(rootfs):
+    setup_pool(rootfs)
+    assert rootfs.sh("groupadd -g 1007 media").rc == 0
+    r = rootfs.script("host-setup.sh", *SETUP)
+    assert r.rc == 1
+    assert "group 'media' already exists with gid 1007, not 1000 (homelab-media:media.gid)" in r.err
+    assert "`pulumi config set --path homelab-media:media.gid 1007`" in r.err
 
 
 # ---------------------------------------------------------------------------
@@ -226,6 +239,15 @@ def test_ct_node_gid_held_by_another_name_is_used_and_reported(rootfs):
     assert "media added to _ssh (104)" in r.json["changed"]
     assert "gid 104 is group '_ssh'" in r.err
     assert rootfs.group("render") is None
+
+
+def test_ct_device_group_conflict_names_the_host_groups_key(rootfs):
+    assert rootfs.sh("groupadd -g 992 render && groupadd -g 993 render-host").rc == 0
+    r = rootfs.script("ct-media-user.sh", *CT_USER, "--groups", "render:104")
+    assert r.rc == 1
+    assert "neither is 104, the node's render number (homelab-media:hostGroups.render)" in r.err
+    assert "groupmod -g 104 render-host" in r.err
+    assert "`pulumi config set --path homelab-media:hostGroups.render GID`" in r.err
 
 
 def test_ct_media_user_bad_groups_spec(rootfs):
