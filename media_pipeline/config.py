@@ -36,7 +36,7 @@ class Config:
     encoder: str = "libx265"
     crf: int = 18
     preset: str = "slow"
-    qsv_device: str = ffargs.DEFAULT_QSV_DEVICE
+    qsv_device: str = ""  # "" = auto: the first i915/xe render node at run time (media_pipeline.gpu)
     stable_seconds: float = 120.0
     require_marker: bool = False
     poll_seconds: float = 10.0
@@ -70,7 +70,7 @@ _PATH_KEYS = ("staging", "movies", "tv", "db", "qsv_device")
 _EXAMPLES = {
     "staging": '"/mnt/storage/staging"', "movies": '"/mnt/storage/movies"', "tv": '"/mnt/storage/tv"',
     "languages": '["eng", "bul"]', "encoder": '"libx265"', "crf": "18", "preset": '"slow"',
-    "qsv_device": '"/dev/dri/renderD128"', "stable_seconds": "120", "require_marker": "false",
+    "qsv_device": '"/dev/dri/renderD129" ("" = auto)', "stable_seconds": "120", "require_marker": "false",
     "poll_seconds": "10", "concurrency": "1", "keep_source": "true", "max_attempts": "3",
     "retry_delay_seconds": "300", "max_decode_errors": "0",
     "apprise_urls": '["tgram://bottoken/ChatID"]', "metrics_port": "9464 (0 = off)",
@@ -125,7 +125,7 @@ def from_dict(raw: dict, where: str = "config") -> Config:
                    "metrics_bind", "metrics_textfile"):
             if not isinstance(value, str):
                 raise _bad(key, f"must be a string (got {value!r})", where)
-            if key in _PATH_KEYS and not os.path.isabs(value):
+            if key in _PATH_KEYS and not os.path.isabs(value) and not (key == "qsv_device" and value == ""):
                 raise _bad(key, f"must be an absolute path (got {value!r})", where)
             if key == "metrics_textfile" and value and not os.path.isabs(value):
                 raise _bad(key, f"must be an absolute path or \"\" (got {value!r})", where)

@@ -166,7 +166,9 @@ def build_args(probe: dict, opts: EncodeOptions, src: str, dst: str) -> tuple[li
     argv = [opts.ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
             "-progress", "pipe:1"]
     if opts.encoder == "hevc_qsv":
-        argv += ["-init_hw_device", f"qsv=hw:{opts.qsv_device}", "-filter_hw_device", "hw"]
+        # "" (auto) is resolved by the caller (media_pipeline.gpu); unresolved, it is auto's fallback
+        device = opts.qsv_device or DEFAULT_QSV_DEVICE
+        argv += ["-init_hw_device", f"qsv=hw:{device}", "-filter_hw_device", "hw"]
     argv += ["-i", src]
     for stream in [sel.video, *sel.audio, *sel.subtitles, *sel.attachments]:
         argv += ["-map", f"0:{stream['index']}"]

@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import __version__, ffargs
+from . import __version__, ffargs, gpu
 from . import config as config_mod
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_ENCODE, EXIT_OUTPUT = 0, 1, 2, 3, 4, 5
@@ -370,6 +370,9 @@ def transcode(
     if os.path.realpath(src) == os.path.realpath(dst):
         raise TranscodeError(EXIT_USAGE, "input and output are the same file")
 
+    opts, device_note = gpu.resolve(opts)
+    if device_note:
+        log(f"note: {device_note}")
     info = probe(src, ffprobe)
     try:
         sel = ffargs.select_streams(info, opts.languages)
@@ -511,7 +514,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", choices=ffargs.ENCODERS)
     p.add_argument("--crf", type=int, help="quality: libx265 -crf / hevc_qsv -global_quality")
     p.add_argument("--preset")
-    p.add_argument("--qsv-device", help=f"render node for hevc_qsv (default {ffargs.DEFAULT_QSV_DEVICE})")
+    p.add_argument("--qsv-device", help="render node for hevc_qsv (default from config, else auto: the first "
+                   f"render node driven by i915/xe, else {ffargs.DEFAULT_QSV_DEVICE})")
     p.add_argument("--config", help=f"config file (default ${config_mod.ENV_VAR} or {config_mod.DEFAULT_PATH})")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--dry-run", action="store_true", help="print the ffmpeg command and the notes; encode nothing")
@@ -569,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     max_errors = args.max_decode_errors if args.max_decode_errors is not None else cfg.max_decode_errors
 
     if args.dry_run:
+        opts, device_note = gpu.resolve(opts)
+        if device_note:
+            say(f"note: {device_note}")
         try:
             info = probe(args.input)
             cmd, notes = ffargs.build_args(info, opts, os.path.abspath(args.input),

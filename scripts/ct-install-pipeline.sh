@@ -24,6 +24,8 @@ A second run with the same inputs changes nothing.
   --encoder NAME        libx265 (default) or hevc_qsv
   --preset NAME         encoder preset (default slow)
   --crf N               quality (default 18)
+  --qsv-device PATH     render node for hevc_qsv, e.g. /dev/dri/renderD129 (default: auto, i.e.
+                        at run time the first render node driven by i915/xe, else renderD128)
   --keep-source BOOL    keep the rip after a verified transcode (default true)
   --metrics-port N      Prometheus /metrics port, 0 = off (default 9464)
   --metrics-bind ADDR   address /metrics listens on (default 127.0.0.1: this container only;
@@ -39,13 +41,13 @@ EOF
 }
 
 tarball="" user=media pool="" staging="" movies="" tv="" languages=eng encoder=libx265
-preset=slow crf=18 keep_source=true metrics_port=9464 metrics_bind=127.0.0.1 root=""
+preset=slow crf=18 qsv_device="" keep_source=true metrics_port=9464 metrics_bind=127.0.0.1 root=""
 
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h | --help) usage; exit 0 ;;
     --tarball | --user | --pool | --staging | --movies | --tv | --languages | --encoder | \
-      --preset | --crf | --keep-source | --metrics-port | --metrics-bind | --root)
+      --preset | --crf | --qsv-device | --keep-source | --metrics-port | --metrics-bind | --root)
       [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)" 2
       case $1 in
         --tarball) tarball=$2 ;;
@@ -58,6 +60,7 @@ while [[ $# -gt 0 ]]; do
         --encoder) encoder=$2 ;;
         --preset) preset=$2 ;;
         --crf) crf=$2 ;;
+        --qsv-device) qsv_device=$2 ;;
         --keep-source) keep_source=$2 ;;
         --metrics-port) metrics_port=$2 ;;
         --metrics-bind) metrics_bind=$2 ;;
@@ -83,6 +86,8 @@ done
 [[ $languages =~ ^[A-Za-z]{2,3}(,[A-Za-z]{2,3})*$ ]] || die "--languages must look like eng,bul (got $languages)" 2
 [[ $encoder == libx265 || $encoder == hevc_qsv ]] || die "--encoder must be libx265 or hevc_qsv (got $encoder)" 2
 [[ $crf =~ ^[0-9]+$ ]] || die "--crf must be a number (got $crf)" 2
+[[ -z $qsv_device || $qsv_device =~ ^/[^[:space:]]+$ ]] ||
+  die "--qsv-device must be an absolute device path such as /dev/dri/renderD129 (got $qsv_device)" 2
 [[ $keep_source == true || $keep_source == false ]] || die "--keep-source must be true or false (got $keep_source)" 2
 [[ $metrics_port =~ ^[0-9]+$ && $metrics_port -le 65535 ]] || die "--metrics-port must be 0-65535 (got $metrics_port)" 2
 [[ $metrics_bind =~ ^[A-Za-z0-9.:-]+$ ]] || die "--metrics-bind must be an address such as 127.0.0.1 or 0.0.0.0 (got $metrics_bind)" 2
@@ -200,7 +205,7 @@ step "Writing /etc/media-pipeline/config.json"
 config=$root/etc/media-pipeline/config.json
 rendered=$(PYTHONPATH=$base/$release python3 -m media_pipeline.config render --base "$config" \
   "staging=$staging" "movies=$movies" "tv=$tv" "languages=$languages" "encoder=$encoder" \
-  "preset=$preset" "crf=$crf" "keep_source=$keep_source" "metrics_port=$metrics_port" \
+  "preset=$preset" "crf=$crf" "qsv_device=$qsv_device" "keep_source=$keep_source" "metrics_port=$metrics_port" \
   "metrics_bind=$metrics_bind") ||
   die "the settings above are not a valid config" 2
 # It may hold notification tokens: root writes it, the service user's group reads it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 
@@ -106,9 +107,14 @@ def test_dry_run_prints_the_command_for_qsv(rips, tmp_path):
                     "--crf", "22", "--dry-run")
     assert run.returncode == 0, run.stderr
     cmd = run.stdout.strip()
-    assert cmd.startswith("ffmpeg ") and "-init_hw_device qsv=hw:/dev/dri/renderD128" in cmd
+    # qsv_device auto: the first i915/xe render node here, else renderD128
+    assert cmd.startswith("ffmpeg ") and re.search(r"-init_hw_device qsv=hw:/dev/dri/renderD\d+ ", cmd)
     assert "-c:v hevc_qsv" in cmd and "-global_quality 22" in cmd
+    assert "(qsv_device auto:" in run.stderr
     assert not (tmp_path / "o.mkv").exists()
+    chosen = transcode(rips["full"], tmp_path / "o.mkv", "--encoder", "hevc_qsv", "--preset", "slow",
+                       "--qsv-device", "/dev/dri/renderD131", "--dry-run")
+    assert "-init_hw_device qsv=hw:/dev/dri/renderD131 " in chosen.stdout and "auto" not in chosen.stderr
 
 
 def truncated(src, dst, fraction):

@@ -156,6 +156,12 @@ def test_hevc_qsv_args():
     assert vf.startswith("format=nv12,") and "hwupload" in vf and vf.endswith("format=qsv")
 
 
+def test_hevc_qsv_unresolved_auto_device_is_the_default_node():
+    # "" (auto) is resolved by media_pipeline.gpu before build_args; build_args stays pure
+    argv, _ = build_args(BLURAY, opts(encoder="hevc_qsv", preset="slow", qsv_device=""), SRC, DST)
+    assert argv[argv.index("-init_hw_device") + 1] == "qsv=hw:/dev/dri/renderD128"
+
+
 def test_hevc_qsv_ten_bit_uploads_p010():
     p = probe(stream(0, "video", "hevc", pix_fmt="yuv420p10le"))
     argv, _ = build_args(p, opts(encoder="hevc_qsv", preset="medium"), SRC, DST)

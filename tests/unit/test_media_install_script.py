@@ -171,6 +171,16 @@ def test_metrics_bind_and_port(root, tmp_path):
     assert cfg["metrics_bind"] == "0.0.0.0" and cfg["metrics_port"] == 9500
 
 
+def test_qsv_device_chosen_or_auto(root, tmp_path):
+    tarball = make_tarball(tmp_path / "a.tar.gz")
+    cfg_path = root / "etc/media-pipeline/config.json"
+    install(root, tarball, "--encoder", "hevc_qsv", "--qsv-device", "/dev/dri/renderD129")
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["encoder"] == "hevc_qsv" and cfg["qsv_device"] == "/dev/dri/renderD129"
+    install(root, tarball, "--encoder", "hevc_qsv")
+    assert json.loads(cfg_path.read_text())["qsv_device"] == ""  # auto, resolved at run time
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -180,6 +190,7 @@ def test_metrics_bind_and_port(root, tmp_path):
         (["--languages", "english"], "--languages must look like eng,bul"),
         (["--metrics-port", "99999"], "--metrics-port must be 0-65535"),
         (["--metrics-bind", "any where"], "--metrics-bind must be an address"),
+        (["--qsv-device", "renderD129"], "--qsv-device must be an absolute device path"),
         (["--preset", "turbo"], "not a valid config"),
         (["--bogus"], "unknown argument: --bogus"),
     ],
