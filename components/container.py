@@ -70,14 +70,17 @@ def raw_lines_step(
     node: Node,
     parent: pulumi.Resource,
     container: pulumi.Resource,
+    pool: str | None = None,
 ):
     """Write the wanted raw lines into the main section of the conf; restart only on change."""
     stdin = pulumi.Output.from_input(lines).apply(lambda ls: "".join(f"{line}\n" for line in ls))
+    # a restart with the pool unmounted would bind the empty directory under it
+    mount = ["--require-mount", pool] if pool else []
     return run_script(
         f"{name}-raw-lines",
         node,
         "pve-ct-raw.sh",
-        ["--vmid", str(vmid)],
+        ["--vmid", str(vmid), *mount],
         stdin=stdin,
         extra_scripts=["pve-lxc-raw.sh"],
         parent=parent,

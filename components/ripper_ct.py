@@ -33,7 +33,10 @@ class RipperCT(pulumi.ComponentResource):
             name, ct, cfg, node, host.template_file_id, parent=self, depends_on=[host.setup]
         )
         self.raw_lines = host.discovery.apply(render.drive_lines)
-        self.raw = raw_lines_step(name, ct.vm_id, self.raw_lines, node, self, self.container)
+        self.raw = raw_lines_step(
+            name, ct.vm_id, self.raw_lines, node, self, self.container,
+            pool=cfg.storage.pool if cfg.storage.require_mount else None,
+        )
 
         m, mk = cfg.media, cfg.makemkv
         args = [

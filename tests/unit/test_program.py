@@ -205,7 +205,7 @@ def test_raw_lines_come_from_discovery_and_go_to_the_conf(program):
         t_raw = mocks.resources["transcoder-raw-lines"].inputs
         r_raw = mocks.resources["ripper-raw-lines"].inputs
         assert t_raw["create"] == "bash -s"
-        assert "--vmid 201" in t_raw["stdin"]
+        assert "--vmid 201 --require-mount /mnt/storage" in t_raw["stdin"]
         assert "lxc.cgroup2.devices.allow: c 226:129 rwm\n" in t_raw["stdin"]
         assert "lxc.mount.entry: /dev/dri dev/dri none bind,optional,create=dir" in t_raw["stdin"]
         assert "lxc.cgroup2.devices.allow: b 11:0 rwm" in r_raw["stdin"]
