@@ -38,6 +38,7 @@ SECTIONS = (
     "transcoder",
     "ripper",
     "encoding",
+    "pipeline",
     "makemkv",
     "devices",
     "verify",
@@ -282,6 +283,23 @@ class EncodingConfig(_Model):
         return v
 
 
+class PipelineConfig(_Model):
+    """The media-pipeline service in the transcoder."""
+
+    keep_source: bool = True
+    metrics_port: int = Field(9464, ge=0, le=65535, description="0 turns /metrics off")
+    metrics_bind: str = "127.0.0.1"
+
+    @field_validator("metrics_bind")
+    @classmethod
+    def _bind(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError("must be an IP address: 127.0.0.1 (this container only) or 0.0.0.0 (scrapable)") from None
+        return v
+
+
 class MakeMkvConfig(_Model):
     install: bool = True
     version: str = "1.18.4"
@@ -340,6 +358,7 @@ class StackConfig(_Model):
     transcoder: ContainerConfig
     ripper: ContainerConfig
     encoding: EncodingConfig = EncodingConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     makemkv: MakeMkvConfig = MakeMkvConfig()
     devices: DevicesConfig = DevicesConfig()
     verify: VerifyConfig = VerifyConfig()

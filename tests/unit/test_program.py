@@ -265,6 +265,7 @@ def test_bootstrap_carries_users_groups_and_never_the_whole_pool(program):
         rb = r["ripper-bootstrap"].inputs["stdin"]
         assert "--cdrom-gid 24" in rb and "--staging /mnt/storage/staging" in rb
         pipe = r["transcoder-pipeline"].inputs["stdin"]
+        assert "--keep-source true --metrics-port 9464 --metrics-bind 127.0.0.1" in pipe
         assert "--languages eng,bul" in pipe and "--crf 18" in pipe and "media-pipeline.tar.gz" in pipe
 
     return done(g).apply(check)
