@@ -371,3 +371,14 @@ setup_media_user() {
     GROUP_JSON+=("$(json_obj name "$(json_str "$gname")" gid "$ggid" group "$(json_str "$DEVICE_GROUP")")")
   done <<<"$group_lines"
 }
+
+# run_as USER CMD...: run CMD as USER with a fresh group list (as is, if we are USER).
+run_as() {
+  local user=$1
+  shift
+  if [[ $(id -un) == "$user" ]]; then
+    "$@"
+  else
+    runuser -u "$user" -- "$@"
+  fi
+}

@@ -39,14 +39,6 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -n $user ]] || die "--user is required (see --help)"
 
-# as_user CMD...: run CMD as the media user with a fresh group list.
-as_user() {
-  if [[ $(id -un) == "$user" ]]; then
-    "$@"
-  else
-    runuser -u "$user" -- "$@"
-  fi
-}
 
 dev=${DEV_ROOT:-/dev}
 reasons=()
@@ -64,10 +56,10 @@ sr="" sg="" sr_usable=false sg_usable=false
 [[ -z $OPT_REASON ]] || reasons+=("$OPT_REASON")
 if ((user_ok)); then
   if [[ -n $sr ]]; then
-    if as_user test -r "$sr"; then sr_usable=true; else reasons+=("$user cannot read $sr (group $(stat -c '%g' "$sr"), mode $(stat -c '%a' "$sr")): is $user in the node's cdrom group (by number)?"); fi
+    if run_as "$user" test -r "$sr"; then sr_usable=true; else reasons+=("$user cannot read $sr (group $(stat -c '%g' "$sr"), mode $(stat -c '%a' "$sr")): is $user in the node's cdrom group (by number)?"); fi
   fi
   if [[ -n $sg ]]; then
-    if as_user test -r "$sg" && as_user test -w "$sg"; then sg_usable=true; else reasons+=("$user cannot read and write $sg (group $(stat -c '%g' "$sg"), mode $(stat -c '%a' "$sg")): is $user in the node's cdrom group (by number)?"); fi
+    if run_as "$user" test -r "$sg" && run_as "$user" test -w "$sg"; then sg_usable=true; else reasons+=("$user cannot read and write $sg (group $(stat -c '%g' "$sg"), mode $(stat -c '%a' "$sg")): is $user in the node's cdrom group (by number)?"); fi
   fi
 fi
 ok "sr=${sr:-none} ($sr_usable) sg=${sg:-none} ($sg_usable)"
@@ -77,7 +69,7 @@ drives=() version="" key_state=unknown
 if ! command -v makemkvcon >/dev/null; then
   reasons+=("makemkvcon is not installed (ct-bootstrap-ripper.sh builds it)")
 elif ((user_ok)); then
-  out=$(as_user timeout 120 makemkvcon -r --cache=1 info disc:9999 2>&1) || true
+  out=$(run_as "$user" timeout 120 makemkvcon -r --cache=1 info disc:9999 2>&1) || true
   [[ $out =~ MakeMKV\ v([0-9]+\.[0-9]+\.[0-9]+) ]] && version=${BASH_REMATCH[1]}
   while IFS= read -r l; do
     # DRV:index,state,enabled,flags,"drive name","disc name","device"

@@ -35,14 +35,6 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -n $user ]] || die "--user is required (see --help)"
 
-# as_user CMD...: run CMD as the media user with a fresh group list (or as is, if we are that user).
-as_user() {
-  if [[ $(id -un) == "$user" ]]; then
-    "$@"
-  else
-    runuser -u "$user" -- "$@"
-  fi
-}
 
 reasons=()
 driver="" encode="" profiles=() encoders=()
@@ -69,7 +61,7 @@ if [[ -z $encode ]]; then
   if ! command -v vainfo >/dev/null; then
     reasons+=("vainfo is not installed (ct-bootstrap-transcoder.sh installs it)")
   else
-    va_out=$(as_user timeout 60 vainfo --display drm --device "$node" 2>&1) && va_rc=0 || va_rc=$?
+    va_out=$(run_as "$user" timeout 60 vainfo --display drm --device "$node" 2>&1) && va_rc=0 || va_rc=$?
     if [[ $va_out =~ Driver\ version:\ ([^$'\n']*) ]]; then
       driver=${BASH_REMATCH[1]}
       driver=${driver%"${driver##*[![:space:]]}"}
@@ -100,7 +92,7 @@ fi
 
 if [[ -z $encode ]]; then
   step "One-second hevc_qsv encode as $user"
-  enc_out=$(as_user timeout 120 ffmpeg -hide_banner -nostdin -loglevel error \
+  enc_out=$(run_as "$user" timeout 120 ffmpeg -hide_banner -nostdin -loglevel error \
     -init_hw_device "qsv=hw:$node" -f lavfi -i testsrc=d=1 \
     -vf hwupload=extra_hw_frames=64,format=qsv -c:v hevc_qsv -f null - 2>&1) && enc_rc=0 || enc_rc=$?
   if [[ $enc_rc -eq 0 ]]; then
