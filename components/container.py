@@ -68,14 +68,14 @@ def raw_lines_step(
     vmid: int,
     lines: pulumi.Input[list[str]],
     node: Node,
+    cfg: StackConfig,
     parent: pulumi.Resource,
     container: pulumi.Resource,
-    pool: str | None = None,
 ):
     """Write the wanted raw lines into the main section of the conf; restart only on change."""
     stdin = pulumi.Output.from_input(lines).apply(lambda ls: "".join(f"{line}\n" for line in ls))
     # a restart with the pool unmounted would bind the empty directory under it
-    mount = ["--require-mount", pool] if pool else []
+    mount = ["--require-mount", cfg.storage.pool] if cfg.storage.require_mount else []
     return run_script(
         f"{name}-raw-lines",
         node,

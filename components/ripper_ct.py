@@ -33,10 +33,7 @@ class RipperCT(pulumi.ComponentResource):
             name, ct, cfg, node, host.template_file_id, parent=self, depends_on=[host.setup]
         )
         self.raw_lines = host.discovery.apply(render.drive_lines)
-        self.raw = raw_lines_step(
-            name, ct.vm_id, self.raw_lines, node, self, self.container,
-            pool=cfg.storage.pool if cfg.storage.require_mount else None,
-        )
+        self.raw = raw_lines_step(name, ct.vm_id, self.raw_lines, node, cfg, self, self.container)
 
         m, mk = cfg.media, cfg.makemkv
         args = [

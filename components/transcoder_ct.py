@@ -34,10 +34,7 @@ class TranscoderCT(pulumi.ComponentResource):
             name, ct, cfg, node, host.template_file_id, parent=self, depends_on=[host.setup]
         )
         self.raw_lines = host.discovery.apply(render.gpu_lines)
-        self.raw = raw_lines_step(
-            name, ct.vm_id, self.raw_lines, node, self, self.container,
-            pool=cfg.storage.pool if cfg.storage.require_mount else None,
-        )
+        self.raw = raw_lines_step(name, ct.vm_id, self.raw_lines, node, cfg, self, self.container)
 
         g = cfg.host_groups
         m = cfg.media
