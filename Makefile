@@ -37,14 +37,14 @@ toolchain: .venv/.synced ## Pulumi CLI + language host + provider plugins in .to
 test-unit: .venv/.synced ## fast tier: rendering, config, program under mocks, ffmpeg argument building (no root, no network)
 	$(PYTEST) tests/unit -q -p no:cacheprovider
 
-test-scripts: .venv/.synced deps ## scripts on real conf files and real Debian 12 root filesystems, shellcheck
+test-scripts: deps .venv/.synced ## scripts on real conf files and real Debian 12 root filesystems, shellcheck
 	$(PYTEST) tests/scripts -q -p no:cacheprovider
 
-test-media: .venv/.synced deps ## media-transcode and media-pipeline with real ffmpeg on synthetic rips
+test-media: deps .venv/.synced ## media-transcode and media-pipeline with real ffmpeg on synthetic rips
 	$(PYTEST) tests/media -q -p no:cacheprovider
 
-test-e2e: .venv/.synced deps toolchain ## the whole life cycle against the local lab (root)
-	$(PYTEST) tests/e2e -q -p no:cacheprovider
+test-e2e: deps .venv/.synced toolchain ## the whole life cycle against the local lab (root): the engine where it can run, the program without it always
+	$(PYTEST) tests/e2e tests/lab -q -p no:cacheprovider -rs
 
 test: deps .venv/.synced toolchain ## everything: unit, scripts, media, preview, e2e
 	$(PYTEST) tests -q -p no:cacheprovider -rs
@@ -52,13 +52,13 @@ test: deps .venv/.synced toolchain ## everything: unit, scripts, media, preview,
 preview: .venv/.synced toolchain ## pulumi preview of the homelab stack, offline (dummy secrets, local state)
 	@bash scripts/preview.sh
 
-demo: .venv/.synced deps toolchain ## start the local lab and `pulumi up` the lab stack against it
+demo: deps .venv/.synced toolchain ## start the local lab and `pulumi up` the lab stack against it
 	@bash scripts/lab/demo.sh
 
 lab-down: ## stop the local lab and remove everything it made
 	@bash scripts/lab/lab-down.sh
 
-bench: .venv/.synced deps toolchain ## benchmarks: transcode overhead, queue throughput, lab up/no-op/preview/destroy
+bench: deps .venv/.synced toolchain ## benchmarks: transcode overhead, queue throughput, lab up/no-op/preview/destroy
 	@mkdir -p bench-results
 	$(PY) bench/bench_transcode.py
 	@bash scripts/lab/bench.sh
