@@ -10,7 +10,7 @@ PYTEST := $(PY) -m pytest
 .PHONY: help setup deps toolchain test-unit test-scripts test-media test-e2e test preview demo lab-down bench lint
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 # uv from PATH, else a private copy in .tools/uv (a venv of the system python3; Debian's
 # python3 has no pip and is externally managed, so nothing is installed system-wide).
@@ -52,7 +52,7 @@ test: deps .venv/.synced toolchain ## everything: unit, scripts, media, preview,
 preview: .venv/.synced toolchain ## pulumi preview of the homelab stack, offline (dummy secrets, local state)
 	@bash scripts/preview.sh
 
-demo: deps .venv/.synced toolchain ## start the local lab and `pulumi up` the lab stack against it
+demo: deps .venv/.synced toolchain ## start the local lab and deploy the lab stack to it (pulumi up, or the program without the engine)
 	@bash scripts/lab/demo.sh
 
 lab-down: ## stop the local lab and remove everything it made
