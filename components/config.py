@@ -12,7 +12,7 @@ import ipaddress
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -395,7 +395,7 @@ def _auth_problems(raw: dict[str, Any], secrets: Secrets, require_secrets: bool)
     if secrets.proxmox_api_token:
         problems.append(
             f"{NAMESPACE}:proxmoxApiToken is set, but this stack creates privileged containers with a "
-            f"host bind mount ({'storage.pool'}) and raw device lines: Proxmox allows that only to "
+            "host bind mount (storage.pool) and raw device lines: Proxmox allows that only to "
             "root@pam with a password (ticket), not to an API token, not even root@pam!token. "
             f"Remove it (pulumi config rm {NAMESPACE}:proxmoxApiToken) and set "
             f"`pulumi config set --secret {NAMESPACE}:proxmoxPassword` instead."

@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import runpy
-import shlex
 import ssl
 import subprocess
 import sys

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import runpy
-import sys
 from pathlib import Path
 
 import pulumi
@@ -219,11 +218,6 @@ def test_raw_lines_come_from_discovery_and_go_to_the_conf(program):
 @pulumi.runtime.test
 def test_steps_run_in_order_inside_the_right_place(program):
     mocks, g = program(homelab_config())
-
-    def deps(name):
-        return {d.split("::")[-1] for d in mocks.resources[name].inputs.get("__deps__", [])} or {
-            str(d) for d in getattr(mocks.resources[name], "dependencies", [])
-        }
 
     def check(_):
         r = mocks.resources
