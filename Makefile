@@ -29,10 +29,10 @@ UV := $(or $(shell command -v uv 2>/dev/null),.tools/uv/bin/uv)
 setup: deps .venv/.synced toolchain ## system packages, the venv and the Pulumi toolchain
 
 deps: ## Debian packages the tests and the lab use (root; skipped when present)
-	@bash scripts/deps.sh
+	@bash tools/deps.sh
 
 toolchain: .venv/.synced ## Pulumi CLI + language host + provider plugins in .tools/ (built from Go modules if no pulumi is installed)
-	@bash scripts/toolchain.sh --best-effort
+	@bash tools/toolchain.sh --best-effort
 
 test-unit: .venv/.synced ## fast tier: rendering, config, program under mocks, ffmpeg argument building (no root, no network)
 	$(PYTEST) tests/unit -q -p no:cacheprovider
@@ -50,15 +50,15 @@ test: deps .venv/.synced toolchain ## everything: unit, scripts, media, preview,
 	$(PYTEST) tests -q -p no:cacheprovider -rs
 
 preview: .venv/.synced toolchain ## pulumi preview of the homelab stack, offline (dummy secrets, local state)
-	@bash scripts/preview.sh
+	@bash tools/preview.sh
 
 demo: deps .venv/.synced toolchain ## start the local lab and deploy the lab stack to it (pulumi up, or the program without the engine)
-	@bash scripts/lab/demo.sh
+	@bash lab/demo.sh
 
 lab-down: ## stop the local lab and remove everything it made
-	@bash scripts/lab/lab-down.sh
+	@bash lab/lab-down.sh
 
 bench: deps .venv/.synced toolchain ## benchmarks: transcode overhead, queue throughput, lab up/no-op/preview/destroy
 	@mkdir -p bench-results
 	$(PY) bench/bench_transcode.py
-	@bash scripts/lab/bench.sh
+	@bash lab/bench.sh

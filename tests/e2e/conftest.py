@@ -6,7 +6,7 @@ itself and needs nothing else. The life cycle and fault tests drive the real Pul
 the Go proxy here refuses the language host and the providers) they skip, naming what is
 missing, and tests/lab covers the program engine-less (docs/adr/0006). Switches:
   E2E_ENGINE=1         a missing engine fails instead of skipping (for a CI that builds it)
-  E2E_DRIVER=runner    drive these same tests with scripts/lab/run-program.py instead of
+  E2E_DRIVER=runner    drive these same tests with lab/run-program.py instead of
                        the engine (checks the tests themselves where the engine is missing)
   LAB_KEEP=1           never take the lab down at the end
 The lab is brought up if it is not running, and taken down at the end only if this session
@@ -40,7 +40,7 @@ def lab():
     lab = Lab.up()
     yield lab
     if not was_up and not os.environ.get("LAB_KEEP"):
-        run(["bash", str(ROOT / "scripts/lab/lab-down.sh")], timeout=300, check=False)
+        run(["bash", str(ROOT / "lab/lab-down.sh")], timeout=300, check=False)
 
 
 @pytest.fixture(scope="session")
@@ -113,4 +113,4 @@ def pool_sentinels(lab):
 
 
 def pytest_report_header(config):
-    return [f"lab: {LAB_DIR} (scripts/lab/lab-up.sh), pulumi: {PULUMI}"]
+    return [f"lab: {LAB_DIR} (lab/lab-up.sh), pulumi: {PULUMI}"]

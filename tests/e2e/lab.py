@@ -1,4 +1,4 @@
-"""Helpers for the end-to-end tests: the local lab (scripts/lab) and the Pulumi CLI of .tools/.
+"""Helpers for the end-to-end tests: the local lab (lab/) and the Pulumi CLI of .tools/.
 
 Lab: reads .lab/env; talks to the node over SSH (the lab key), to fakepve over its API and
 its control API (/lab/...), and reads the node tree's logs:
@@ -59,7 +59,7 @@ class PctCall:
 
 
 class Lab:
-    """The running lab (after scripts/lab/lab-up.sh)."""
+    """The running lab (after lab/lab-up.sh)."""
 
     def __init__(self, env: dict[str, str]):
         self.env = env
@@ -79,7 +79,7 @@ class Lab:
 
     @classmethod
     def up(cls) -> "Lab":
-        run(["bash", str(ROOT / "scripts/lab/lab-up.sh")], timeout=1800)
+        run(["bash", str(ROOT / "lab/lab-up.sh")], timeout=1800)
         return cls(read_env(LAB_DIR / "env"))
 
     # ----------------------------------------------------------------- ssh
@@ -119,7 +119,7 @@ class Lab:
         return self._request(method, url, data, headers)["data"]
 
     def control(self, method: str, path: str, body: dict | None = None):
-        """The lab's own control API of fakepve (scripts/lab/pve-lab.py)."""
+        """The lab's own control API of fakepve (lab/pve-lab.py)."""
         return self._request(method, f"{self.endpoint}{path}", headers={"Authorization": f"Lab {self.password}"},
                              json_body=body if method != "GET" else None)
 
@@ -211,10 +211,10 @@ class Result:
 
 
 def toolchain_gap() -> str | None:
-    """What the engine lacks on this machine (scripts/toolchain.sh --check), or None."""
+    """What the engine lacks on this machine (tools/toolchain.sh --check), or None."""
     if not PULUMI.exists():
         return ".tools/bin/pulumi is missing (make toolchain)"
-    res = subprocess.run(["bash", "scripts/toolchain.sh", "--check"], cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run(["bash", "tools/toolchain.sh", "--check"], cwd=ROOT, capture_output=True, text=True)
     if res.returncode == 0:
         return None
     missing = [line.split()[0] for line in res.stdout.splitlines() if "MISSING" in line]
@@ -298,12 +298,12 @@ class Pulumi:
 
 
 class ProgramRunner:
-    """No engine: scripts/lab/run-program.py runs the program's own code under the SDK's mock
+    """No engine: lab/run-program.py runs the program's own code under the SDK's mock
     runtime and performs each resource against the lab (docs/adr/0006). Same interface as
     Pulumi; "no changes" means the run performed nothing."""
 
     engine = False
-    SCRIPT = ROOT / "scripts" / "lab" / "run-program.py"
+    SCRIPT = ROOT / "lab" / "run-program.py"
 
     def __init__(self):
         self.config_file: Path | None = None

@@ -1,6 +1,6 @@
 """The program's whole life cycle against the local lab, driven without the Pulumi engine.
 
-scripts/lab/run-program.py runs __main__.py under the SDK's mock runtime and performs each
+lab/run-program.py runs __main__.py under the SDK's mock runtime and performs each
 declared resource for real: containers through fakepve's PVE API, every script bundle over
 real OpenSSH to the lab node, `pct exec` into real Debian 12 trees, apt installing the real
 packages. What the engine adds (provider diffs, replace planning) is covered by
@@ -24,7 +24,7 @@ import yaml
 
 from tests.e2e.lab import LAB_DIR, ROOT, Lab, run, wait_for
 
-RUNNER = ROOT / "scripts" / "lab" / "run-program.py"
+RUNNER = ROOT / "lab" / "run-program.py"
 STATE = LAB_DIR / "run-program-state.json"
 NS = "homelab-media"
 
@@ -64,7 +64,7 @@ def lab():
     yield lab
     program("destroy", check=False)
     if not was_up and not os.environ.get("LAB_KEEP"):
-        run(["bash", str(ROOT / "scripts/lab/lab-down.sh")], timeout=300, check=False)
+        run(["bash", str(ROOT / "lab/lab-down.sh")], timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")

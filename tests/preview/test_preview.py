@@ -22,7 +22,7 @@ def toolchain_gap() -> str | None:
     if shutil.which("pulumi") and not os.environ.get("TOOLCHAIN_FORCE_BUILD"):
         return None
     res = subprocess.run(
-        ["bash", "scripts/toolchain.sh", "--check"], cwd=ROOT, capture_output=True, text=True
+        ["bash", "tools/toolchain.sh", "--check"], cwd=ROOT, capture_output=True, text=True
     )
     if res.returncode == 0:
         return None
@@ -35,7 +35,7 @@ def test_preview_lists_every_resource_with_no_node_reachable():
     if gap:
         pytest.skip(f"Pulumi toolchain incomplete on this machine ({gap}); see docs/adr/0002")
     res = subprocess.run(
-        ["bash", "scripts/preview.sh"], cwd=ROOT, capture_output=True, text=True, timeout=900
+        ["bash", "tools/preview.sh"], cwd=ROOT, capture_output=True, text=True, timeout=900
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
@@ -56,7 +56,7 @@ def test_preview_refuses_a_bad_stack_before_the_engine(tmp_path):
     bad.write_text(text)
     try:
         res = subprocess.run(
-            ["bash", "scripts/preview.sh", "--stack", "previewbad"], cwd=ROOT, capture_output=True, text=True,
+            ["bash", "tools/preview.sh", "--stack", "previewbad"], cwd=ROOT, capture_output=True, text=True,
             timeout=120,
         )
     finally:

@@ -116,7 +116,7 @@ def rootfs_base(tmp_path_factory):
     _wait_for_cache()
     dest = tmp_path_factory.mktemp("rootfs") / "base"
     p = subprocess.run(
-        ["bash", str(SCRIPTS / "lab/debian-rootfs.sh"), str(dest)], capture_output=True, text=True, timeout=1800
+        ["bash", str(REPO / "lab/debian-rootfs.sh"), str(dest)], capture_output=True, text=True, timeout=1800
     )
     if p.returncode != 0:
         pytest.fail(f"could not make a Debian 12 tree: {p.stderr[-2000:]}")
@@ -138,7 +138,7 @@ def rootfs(rootfs_base, tmp_path):
     if not mounted:
         dest.rmdir()
         subprocess.run(["cp", "-a", str(rootfs_base), str(dest)], check=True)
-    shutil.copytree(SCRIPTS, dest / "tmp/scripts", ignore=shutil.ignore_patterns("lab"))
+    shutil.copytree(SCRIPTS, dest / "tmp/scripts")
     try:
         yield Rootfs(dest)
     finally:

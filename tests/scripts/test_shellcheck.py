@@ -9,7 +9,8 @@ import pytest
 
 from .conftest import REPO, SCRIPTS
 
-ALL = sorted(SCRIPTS.rglob("*.sh"))
+# shipped scripts, the local lab and developer tooling
+ALL = sorted([*SCRIPTS.rglob("*.sh"), *(REPO / "lab").rglob("*.sh"), *(REPO / "tools").glob("*.sh"), *(REPO / ".ci").glob("run")])
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")

@@ -1,4 +1,4 @@
-"""scripts/toolchain.sh without building anything: options, --check, pin checks against the venv."""
+"""tools/toolchain.sh without building anything: options, --check, pin checks against the venv."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "toolchain.sh"
+SCRIPT = ROOT / "tools" / "toolchain.sh"
 
 
 def run(*args, env=None, **kw):

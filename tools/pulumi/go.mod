@@ -1,4 +1,4 @@
-// Wrapper module that pins the Pulumi CLI: scripts/toolchain.sh builds
+// Wrapper module that pins the Pulumi CLI: tools/toolchain.sh builds
 // `github.com/pulumi/pulumi/pkg/v3/cmd/pulumi` from here (`go tool pulumi` runs it too).
 // pkg/v3 is pinned at v3.274.1: the Go module proxy does not serve v3.272.0, the
 // venv's Python SDK. Only upstream's clipboard replace is copied (its other replaces

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the lab need (only those missing).
 set -Eeuo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 PACKAGES=(python3-venv shellcheck ffmpeg debootstrap openssh-client openssl procps iproute2 util-linux curl jq)
 
 usage() {
   cat <<'USAGE'
-Usage: scripts/deps.sh [--check]
+Usage: tools/deps.sh [--check]
 
 Installs, with apt-get, the Debian packages that the test suite and the local lab use:
   python3-venv shellcheck ffmpeg debootstrap openssh-client openssl procps iproute2 util-linux curl jq

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Make a Debian 12 root filesystem at DEST from a cached debootstrap tree (optionally a variant of it).
 set -Eeuo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 usage() {
   cat <<'USAGE'
-Usage: scripts/lab/debian-rootfs.sh [--cache DIR] [--mirror URL] [--variant NAME --packages "PKG ..."] [DEST]
+Usage: lab/debian-rootfs.sh [--cache DIR] [--mirror URL] [--variant NAME --packages "PKG ..."] [DEST]
 
 Copies a cached Debian 12 (bookworm) debootstrap tree to DEST. The cache is
 built once (debootstrap --variant=minbase plus a few base tools) and reused.

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """pct for the lab node: the subset of Proxmox's `pct` the program uses, backed by the lab's fakepve.
 
-Installed as /usr/sbin/pct in the node tree by scripts/lab/lab-up.sh; runs there (python3 of
+Installed as /usr/sbin/pct in the node tree by lab/lab-up.sh; runs there (python3 of
 the node's Debian 12). Power state lives in fakepve, reached through its API with a root@pam
 ticket (credentials in /etc/pve-lab/api.json, root-only). A container's "rootfs" is a Debian 12
 tree at /var/lib/lxc/<id>/rootfs, copied from the cached template on first use.

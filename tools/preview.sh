@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # `pulumi preview` of a stack with no Proxmox reachable: local state, dummy secrets.
 set -Eeuo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 usage() {
   cat <<'USAGE'
-Usage: scripts/preview.sh [--stack NAME] [-- extra pulumi preview args]
+Usage: tools/preview.sh [--stack NAME] [-- extra pulumi preview args]
 
 Runs `pulumi preview` for Pulumi.<NAME>.yaml (default: homelab) with a local file
 backend in .pulumi-state/ and, for secrets the stack file does not carry, dummy
@@ -35,9 +35,9 @@ step "Validating $stack_file"
 .venv/bin/python -m components.config "$stack_file" >&2
 ok "Config valid"
 
-# shellcheck source=scripts/pulumi-env.sh
-source scripts/pulumi-env.sh
-if [[ -x .tools/bin/pulumi ]] && ! missing=$(bash scripts/toolchain.sh --check 2>/dev/null); then
+# shellcheck source=tools/pulumi-env.sh
+source tools/pulumi-env.sh
+if [[ -x .tools/bin/pulumi ]] && ! missing=$(bash tools/toolchain.sh --check 2>/dev/null); then
   die "the Pulumi toolchain in .tools/ is incomplete, so the engine cannot preview:
 $(grep MISSING <<<"$missing")
 (make toolchain says why; docs/adr/0002-toolchain-from-go-modules.md)"

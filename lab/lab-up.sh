@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Start the local lab that stands in for a Proxmox VE node: fakepve API, the node's sshd in its own Debian 12 tree, pct.
 set -Eeuo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 usage() {
   cat <<'USAGE'
-Usage: scripts/lab/lab-up.sh [--no-secrets]
+Usage: lab/lab-up.sh [--no-secrets]
 
 Builds (once) and starts the local lab under .lab/ in the project; safe to run
 again (it only does what is missing). As root. Everything listens on loopback:
-  https://127.0.0.1:18006/   the Proxmox API: fakepve (scripts/lab/pve-lab.py) as
+  https://127.0.0.1:18006/   the Proxmox API: fakepve (lab/pve-lab.py) as
                              node "pve1", root@pam with a random password; keeps
                              /etc/pve/lxc/<id>.conf of the node tree in step
   ssh root@127.0.0.1 -p 12222  the node: a real OpenSSH server, key only, whose
@@ -22,7 +22,7 @@ sshPrivateKey) into the local backend .pulumi-state/ (passphrase "lab").
   --no-secrets   do not touch the Pulumi stack
 Environment: LAB_DIR (default .lab), LAB_CACHE (default ~/.cache/homelab-media/rootfs),
 LAB_APT_CACHE (default ~/.cache/homelab-media/apt-archives).
-Stop and remove it all with scripts/lab/lab-down.sh.
+Stop and remove it all with lab/lab-down.sh.
 USAGE
 }
 
@@ -37,7 +37,7 @@ done
 need_root
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-project=$(cd "$here/../.." && pwd)
+project=$(cd "$here/.." && pwd)
 lab=${LAB_DIR:-$project/.lab}
 cache=${LAB_CACHE:-$HOME/.cache/homelab-media/rootfs}
 apt_cache=${LAB_APT_CACHE:-$HOME/.cache/homelab-media/apt-archives}
@@ -166,7 +166,7 @@ install -d -m 0700 "$node/root/.ssh"
 install -m 0600 "$lab/id_ed25519.pub" "$node/root/.ssh/authorized_keys"
 [[ -f $node/etc/ssh/ssh_host_ed25519_key ]] || ssh-keygen -q -t ed25519 -N '' -C "root@$node_name" -f "$node/etc/ssh/ssh_host_ed25519_key"
 cat >"$node/etc/ssh/sshd_config" <<EOF
-# The lab node's sshd (written by scripts/lab/lab-up.sh). Key only, loopback only.
+# The lab node's sshd (written by lab/lab-up.sh). Key only, loopback only.
 Port $ssh_port
 ListenAddress $host
 HostKey /etc/ssh/ssh_host_ed25519_key
@@ -211,7 +211,7 @@ else
   ok "started (pid $(cat "$lab/run/pve.pid"), log $lab/log/pve.log)"
 fi
 curl -skf -o /dev/null --data-urlencode "username=root@pam" --data-urlencode "password=$password" \
-  "https://$host:$pve_port/api2/json/access/ticket" || die "fakepve refuses the lab's root@pam password; run scripts/lab/lab-down.sh, then lab-up.sh"
+  "https://$host:$pve_port/api2/json/access/ticket" || die "fakepve refuses the lab's root@pam password; run lab/lab-down.sh, then lab-up.sh"
 
 step "Node sshd on $host:$ssh_port (own mount namespace, chrooted in $node)"
 if alive "$lab/run/node.pid" node-boot.sh; then
@@ -232,7 +232,7 @@ ok "ssh root@$host -p $ssh_port works; /mnt/storage is a mount point"
 
 step "Writing $lab/env"
 cat >"$lab/env" <<EOF
-# The local lab (scripts/lab/lab-up.sh). Shell syntax: source it.
+# The local lab (lab/lab-up.sh). Shell syntax: source it.
 LAB_DIR=$lab
 LAB_ENDPOINT=https://$host:$pve_port/
 LAB_PVE_HOST=$host
@@ -258,11 +258,11 @@ ok "$lab/env"
 
 if ((secrets)); then
   step "Lab stack secrets (stack lab, backend file://$project/.pulumi-state)"
-  # shellcheck source=scripts/pulumi-env.sh
-  source "$project/scripts/pulumi-env.sh"
+  # shellcheck source=tools/pulumi-env.sh
+  source "$project/tools/pulumi-env.sh"
   if [[ ! -x $project/.tools/bin/pulumi ]] && ! command -v pulumi >/dev/null; then
     warn "no Pulumi CLI yet (.tools/bin/pulumi): secrets not set; run this again after make toolchain"
-  elif [[ -x $project/.tools/bin/pulumi ]] && ! bash "$project/scripts/toolchain.sh" --check >/dev/null 2>&1; then
+  elif [[ -x $project/.tools/bin/pulumi ]] && ! bash "$project/tools/toolchain.sh" --check >/dev/null 2>&1; then
     # the engine cannot run here (docs/adr/0002); run-program.py reads the lab's secrets from
     # .lab/ itself, so Pulumi.lab.yaml is left as committed
     ok "engine incomplete: lab stack secrets not written (run-program.py reads them from .lab/)"

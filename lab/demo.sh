@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # `make demo`: start the local lab and deploy the lab stack against it.
 set -Eeuo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 usage() {
   cat <<'USAGE'
-Usage: scripts/lab/demo.sh [pulumi up options...]
+Usage: lab/demo.sh [pulumi up options...]
 
-Starts the local lab (scripts/lab/lab-up.sh), then runs `pulumi up --stack lab` against
+Starts the local lab (lab/lab-up.sh), then runs `pulumi up --stack lab` against
 it with the project's toolchain and the local backend (.pulumi-state/, passphrase "lab"),
 and prints the stack outputs. Where the toolchain is incomplete (docs/adr/0002), it runs
-the program without the engine instead (scripts/lab/run-program.py up; docs/adr/0006).
+the program without the engine instead (lab/run-program.py up; docs/adr/0006).
 As root. Look around afterwards:
   ssh -i .lab/id_ed25519 -p 12222 root@127.0.0.1 pct list
-Remove it all with scripts/lab/lab-down.sh (make lab-down).
+Remove it all with lab/lab-down.sh (make lab-down).
 USAGE
 }
 
@@ -31,19 +31,19 @@ HINT
 }
 need_root
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-project=$(cd "$here/../.." && pwd)
+project=$(cd "$here/.." && pwd)
 
 "$here/lab-up.sh"
-if ! bash "$project/scripts/toolchain.sh" --check >/dev/null 2>&1 && ! command -v pulumi >/dev/null; then
-  warn "the Pulumi toolchain is incomplete here (bash scripts/toolchain.sh --check): running the program without the engine"
-  step "scripts/lab/run-program.py up --stack lab"
+if ! bash "$project/tools/toolchain.sh" --check >/dev/null 2>&1 && ! command -v pulumi >/dev/null; then
+  warn "the Pulumi toolchain is incomplete here (bash tools/toolchain.sh --check): running the program without the engine"
+  step "lab/run-program.py up --stack lab"
   "$project/.venv/bin/python" "$here/run-program.py" up --stack lab --outputs "$project/.lab/outputs.json"
   ok "deployed to the lab (outputs above and in .lab/outputs.json)"
   look_around
   exit 0
 fi
-# shellcheck source=scripts/pulumi-env.sh
-source "$project/scripts/pulumi-env.sh"
+# shellcheck source=tools/pulumi-env.sh
+source "$project/tools/pulumi-env.sh"
 export PULUMI_CONFIG_PASSPHRASE=lab PULUMI_BACKEND_URL="file://$project/.pulumi-state"
 cd "$project"
 step "pulumi up --stack lab"

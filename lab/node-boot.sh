@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Boot the lab node: its own PID and mount namespaces, the mounts it needs, pivot into its tree, run its sshd.
 set -Eeuo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 usage() {
   cat <<'USAGE'
 Usage: unshare --mount --uts --pid --fork --kill-child=SIGTERM --propagation private -- \
-         scripts/lab/node-boot.sh NODE_ROOT CT_TEMPLATE
+         lab/node-boot.sh NODE_ROOT CT_TEMPLATE
 
-Run by scripts/lab/lab-up.sh as PID 1 of the node's own PID namespace, in its own mount
+Run by lab/lab-up.sh as PID 1 of the node's own PID namespace, in its own mount
 namespace (never this machine's) and with its own hostname (the tree's /etc/hostname): nothing mounted here is visible outside, and everything
 goes when this init ends, and so does every process of the node and its containers
 (the kernel kills a PID namespace with its init).
@@ -25,7 +25,7 @@ USAGE
 [[ $# -eq 2 ]] || die "needs NODE_ROOT and CT_TEMPLATE (see --help)"
 root=$(realpath "$1")
 template=$(realpath "$2")
-[[ -x $root/usr/sbin/sshd ]] || die "$root has no /usr/sbin/sshd; run scripts/lab/lab-up.sh"
+[[ -x $root/usr/sbin/sshd ]] || die "$root has no /usr/sbin/sshd; run lab/lab-up.sh"
 # Refuse to run in this machine's own namespace: the mounts would leak onto it.
 [[ $(readlink /proc/self/ns/mnt) != $(readlink /proc/1/ns/mnt) ]] || die "run me under unshare --mount --uts (see --help)"
 [[ $(readlink /proc/self/ns/uts) != $(readlink /proc/1/ns/uts) ]] || die "run me under unshare --mount --uts (see --help)"

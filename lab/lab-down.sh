@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Stop the local lab and remove everything it made under .lab/ (the cached Debian trees stay).
 set -Eeuo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 usage() {
   cat <<'USAGE'
-Usage: scripts/lab/lab-down.sh [--keep]
+Usage: lab/lab-down.sh [--keep]
 
 Stops the lab's processes (fakepve, the node's sshd and every process whose root
 is inside the node tree: sessions, pct exec), makes sure nothing is mounted under
@@ -29,7 +29,7 @@ done
 need_root
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-project=$(cd "$here/../.." && pwd)
+project=$(cd "$here/.." && pwd)
 lab=${LAB_DIR:-$project/.lab}
 apt_cache=${LAB_APT_CACHE:-$HOME/.cache/homelab-media/apt-archives}
 

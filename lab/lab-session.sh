@@ -1,6 +1,6 @@
 #!/bin/bash
 # The lab node's sshd ForceCommand: log each remote command, then run it as sshd would.
-# Installed as /usr/local/sbin/lab-session in the node tree by scripts/lab/lab-up.sh.
+# Installed as /usr/local/sbin/lab-session in the node tree by lab/lab-up.sh.
 # /var/log/ssh-commands.log gets one line per SSH command: `<time> <pid> <command>`.
 cmd=${SSH_ORIGINAL_COMMAND:-}
 line=${cmd:-<login shell>}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The lab's Proxmox VE API: fakepve, plus a pmxcfs stand-in and a control API for tests.
 
-    .venv/bin/python scripts/lab/pve-lab.py --node-root .lab/node --password-file .lab/pve/password \
+    .venv/bin/python lab/pve-lab.py --node-root .lab/node --password-file .lab/pve/password \
         --cert .lab/pve/cert.pem --key .lab/pve/key.pem [--host 127.0.0.1] [--port 18006] [--node pve1]
 
 fakepve keeps guests in memory. Real PVE keeps each container's config in

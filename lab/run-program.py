@@ -18,7 +18,7 @@ declared resource is *performed* against the lab, like the providers would:
 What the engine would add (diffs from provider Check/Diff, replace planning, state
 encryption) is not proven by this; docs/adr/0006 says what is and is not.
 
-Usage: scripts/lab/run-program.py up|destroy [--stack lab] [--config-file F] [--outputs FILE]
+Usage: lab/run-program.py up|destroy [--stack lab] [--config-file F] [--outputs FILE]
 Exit codes: 0 done, 1 a resource failed (its message is printed), 2 usage or config.
 """
 
@@ -39,7 +39,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 LAB = ROOT / ".lab"
 STATE = LAB / "run-program-state.json"
 NS = "homelab-media"
@@ -52,7 +52,7 @@ def log(msg: str) -> None:
 def read_env() -> dict[str, str]:
     env_file = LAB / "env"
     if not env_file.exists():
-        raise SystemExit("✗ the lab is not up (.lab/env missing): run scripts/lab/lab-up.sh or make demo")
+        raise SystemExit("✗ the lab is not up (.lab/env missing): run lab/lab-up.sh or make demo")
     out = {}
     for line in env_file.read_text().splitlines():
         if "=" in line and not line.startswith("#"):

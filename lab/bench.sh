@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Time the program's life cycle against the local lab; count the remote work each step does.
 set -Eeuo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 usage() {
   cat <<'USAGE'
-Usage: scripts/lab/bench.sh [--out FILE]
+Usage: lab/bench.sh [--out FILE]
 
 Starts the local lab (lab-up.sh), empties the lab stack, then measures, in order:
   up_from_empty   pulumi up on an empty stack
@@ -16,13 +16,13 @@ For each: wall time, SSH commands run on the node (ssh-commands.log), pct calls 
 pct exec calls (pct.log), container starts (lxc-events.log) and Proxmox API requests
 (fakepve). Also the time of lab-up itself. Writes JSON (default bench-results/lab.json).
 As root. With the toolchain incomplete (docs/adr/0002) the program runs without the
-engine (scripts/lab/run-program.py, docs/adr/0006; no preview step); the JSON says which
+engine (lab/run-program.py, docs/adr/0006; no preview step); the JSON says which
 driver ran. The lab is left running.
 USAGE
 }
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-project=$(cd "$here/../.." && pwd)
+project=$(cd "$here/.." && pwd)
 out=$project/bench-results/lab.json
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -39,14 +39,14 @@ t0=$(date +%s.%N)
 lab_up=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
 # shellcheck source=/dev/null
 source "$project/.lab/env"
-# shellcheck source=scripts/pulumi-env.sh
-source "$project/scripts/pulumi-env.sh"
+# shellcheck source=tools/pulumi-env.sh
+source "$project/tools/pulumi-env.sh"
 export PULUMI_CONFIG_PASSPHRASE=lab PULUMI_BACKEND_URL="file://$project/.pulumi-state"
 cd "$project"
 driver=engine
-if ! bash "$project/scripts/toolchain.sh" --check >/dev/null 2>&1; then
+if ! bash "$project/tools/toolchain.sh" --check >/dev/null 2>&1; then
   driver=run-program.py
-  warn "the Pulumi toolchain is incomplete here: measuring scripts/lab/run-program.py (no engine)"
+  warn "the Pulumi toolchain is incomplete here: measuring lab/run-program.py (no engine)"
 fi
 runner() { "$project/.venv/bin/python" "$here/run-program.py" "$@" >/dev/null; }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sourced: puts the project's Pulumi toolchain first on PATH, offline and quiet.
 # A pulumi already installed on the machine is used (with its own plugins) when
-# .tools/ has no CLI; see scripts/toolchain.sh.
+# .tools/ has no CLI; see tools/toolchain.sh.
 _root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [[ -x $_root/.tools/bin/pulumi ]]; then
   export PATH="$_root/.tools/bin:$PATH"
