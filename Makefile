@@ -21,7 +21,13 @@ UV := $(or $(shell command -v uv 2>/dev/null),.tools/uv/bin/uv)
 	@python3 -m venv .tools/uv || { echo "✗ python3 -m venv failed: install python3-venv (make deps) and retry" >&2; exit 1; }
 	@.tools/uv/bin/python -m pip install -q uv
 
-.venv/.synced: pyproject.toml uv.lock | $(UV)
+# Pulumi.yaml says `toolchain: uv`: the language host looks uv up on PATH. A private uv is
+# linked into .tools/bin, which tools/pulumi-env.sh (and every path that runs the engine) puts on PATH.
+.tools/bin/uv: | .tools/uv/bin/uv
+	@mkdir -p .tools/bin
+	@ln -sfn ../uv/bin/uv $@
+
+.venv/.synced: pyproject.toml uv.lock | $(UV) $(if $(filter .tools/%,$(UV)),.tools/bin/uv)
 	@echo "==> Syncing the Python environment (.venv, uv.lock)"
 	@$(UV) sync --frozen --quiet
 	@touch $@

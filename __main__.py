@@ -12,6 +12,7 @@ import pulumi_proxmoxve as proxmoxve
 
 from components.config import ConfigError
 from components.media_host import MediaHost
+from components.preflight import ssh_problem
 from components.remote import Node
 from components.ripper_ct import RipperCT
 from components.stack import load
@@ -26,6 +27,13 @@ except ConfigError as exc:
     sys.exit(1)
 
 cfg = inputs.cfg
+if not pulumi.runtime.is_dry_run():
+    # Before any remote step: a node that does not answer fails now, naming ssh.host/ssh.port
+    # (pulumi-command's dial timeout does not cover a silent SSH handshake). Preview stays offline.
+    problem = ssh_problem(cfg.ssh.host, cfg.ssh.port, cfg.ssh.per_dial_timeout, cfg.ssh.dial_error_limit)
+    if problem:
+        pulumi.log.error(problem)
+        sys.exit(1)
 provider = proxmoxve.Provider(
     "pve",
     endpoint=cfg.proxmox.endpoint,

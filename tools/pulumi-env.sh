@@ -5,6 +5,11 @@
 _root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [[ -x $_root/.tools/bin/pulumi ]]; then
   export PATH="$_root/.tools/bin:$PATH"
+elif ! command -v uv >/dev/null && [[ -x $_root/.tools/bin/uv ]]; then
+  # Pulumi.yaml's `toolchain: uv`: the language host of an installed pulumi needs uv on PATH
+  export PATH="$_root/.tools/bin:$PATH"
+fi
+if [[ -x $_root/.tools/bin/pulumi ]]; then
   export PULUMI_HOME="$_root/.tools/pulumi"
   export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
   export PULUMI_IGNORE_AMBIENT_PLUGINS=true

@@ -95,6 +95,7 @@ def homelab_config(**overrides) -> dict[str, str]:
 
 
 DEPENDS_ON: dict[str, list] = {}
+OPTS: dict[str, pulumi.ResourceOptions] = {}
 
 
 def done(g):
@@ -104,6 +105,16 @@ def done(g):
 
 def _record_depends_on(args: pulumi.ResourceTransformationArgs):
     DEPENDS_ON[args.name] = list(args.opts.depends_on or []) if args.opts else []
+    OPTS[args.name] = args.opts or pulumi.ResourceOptions()
+    return None
+
+
+SSH_CHECKS: list[tuple] = []
+
+
+def _no_network_ssh_check(host, port, timeout, attempts=1, pause=1.0):
+    """Unit tests make no network calls: record the pre-flight check instead of dialing."""
+    SSH_CHECKS.append((host, port, timeout, attempts))
     return None
 
 
@@ -111,9 +122,12 @@ def _record_depends_on(args: pulumi.ResourceTransformationArgs):
 def program(monkeypatch):
     """Run __main__.py under mocks; return (mocks, the program's globals)."""
 
-    def run(config: dict[str, str]):
+    def run(config: dict[str, str], preview: bool = False, ssh_check=_no_network_ssh_check):
         mocks = Mocks()
-        pulumi.runtime.set_mocks(mocks, project="homelab-media", stack="homelab", preview=False)
+        pulumi.runtime.set_mocks(mocks, project="homelab-media", stack="homelab", preview=preview)
+        SSH_CHECKS.clear()
+        OPTS.clear()
+        monkeypatch.setattr("components.preflight.ssh_problem", ssh_check)
         pulumi.runtime.set_all_config(
             config, [f"{NS}:proxmoxPassword", f"{NS}:sshPrivateKey", f"{NS}:makemkvKey"]
         )
@@ -380,3 +394,66 @@ def test_a_token_in_the_environment_is_refused(monkeypatch):
     text = str(exc.value)
     assert "PROXMOX_VE_API_TOKEN" in text and "unset PROXMOX_VE_API_TOKEN" in text
     assert "00000000" not in text
+
+
+# --- resource options: what the engine does on replace and destroy ---------------------------
+
+IN_CONTAINER = {
+    "transcoder": ["transcoder-raw-lines", "transcoder-bootstrap", "transcoder-pipeline", "transcoder-verify-gpu"],
+    "ripper": ["ripper-raw-lines", "ripper-bootstrap", "ripper-verify-drive"],
+}
+
+
+@pulumi.runtime.test
+def test_resource_options_that_keep_replace_and_destroy_safe(program):
+    mocks, g = program(homelab_config())
+
+    def check(_):
+        for ct in ("transcoder", "ripper"):
+            opts = OPTS[ct]
+            # a fixed vm id: the old container must go before its replacement is created
+            assert opts.delete_before_replace is True, f"{ct}: delete_before_replace"
+            # a newer template must not replace (wipe) a running container
+            assert "operatingSystem" in (opts.ignore_changes or []), f"{ct}: ignore_changes"
+            container = g[ct].container
+            for step in IN_CONTAINER[ct]:
+                assert step in OPTS, step
+                assert container in (OPTS[step].replace_with or []), f"{step} must re-run when {ct} is replaced"
+        # the template stays on the node's storage after destroy (other guests may use it)
+        assert OPTS["media-host-template"].retain_on_delete is True
+        # nothing touching the pool is ever deleted by a destroy: no step has a delete command
+        for name, res in mocks.resources.items():
+            if res.typ == "command:remote:Command":
+                assert not res.inputs.get("delete"), f"{name} runs something on destroy"
+
+    return done(g).apply(check)
+
+
+# --- pre-flight: the node answers SSH before any remote step ------------------------------------
+
+@pulumi.runtime.test
+def test_up_checks_the_nodes_ssh_banner_first(program):
+    mocks, g = program(homelab_config())
+
+    def check(_):
+        ssh = g["cfg"].ssh
+        assert SSH_CHECKS == [(ssh.host, ssh.port, ssh.per_dial_timeout, ssh.dial_error_limit)]
+        assert ssh.host == yaml.safe_load((ROOT / "Pulumi.homelab.yaml").read_text())["config"][f"{NS}:ssh"]["host"]
+
+    return done(g).apply(check)
+
+
+@pulumi.runtime.test
+def test_preview_makes_no_ssh_check(program):
+    mocks, g = program(homelab_config(), preview=True)
+    assert SSH_CHECKS == []
+    return done(g)
+
+
+def test_a_silent_node_stops_the_up_before_any_resource(program):
+    def silent(host, port, timeout, attempts=1, pause=1.0):
+        return f"cannot reach the node's sshd at {host}:{port}: no SSH banner"
+
+    with pytest.raises(SystemExit) as exc:
+        mocks, _ = program(homelab_config(), ssh_check=silent)
+    assert exc.value.code == 1
