@@ -7,7 +7,7 @@ export PULUMI_SKIP_UPDATE_CHECK := true
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: help setup deps toolchain test-unit test-scripts test-media test-e2e test preview demo lab-down bench lint
+.PHONY: help setup deps toolchain test-unit test-scripts test-media test-e2e test preview demo lab-down bench lint recover adopt
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -60,6 +60,12 @@ preview: .venv/.synced toolchain ## pulumi preview of the homelab stack, offline
 
 demo: deps .venv/.synced toolchain ## start the local lab and deploy the lab stack to it (pulumi up, or the program without the engine)
 	@bash lab/demo.sh
+
+recover: .venv/.synced ## after an interrupted `pulumi up`: remove a stale lock, settle pending creates (STACK=name)
+	@source tools/pulumi-env.sh && bash tools/recover.sh $(if $(STACK),--stack $(STACK))
+
+adopt: .venv/.synced ## bring containers made by hand (CT 201/202) under the stack; stops if up would recreate one (STACK=name)
+	@source tools/pulumi-env.sh && bash tools/adopt-containers.sh $(if $(STACK),--stack $(STACK))
 
 lab-down: ## stop the local lab and remove everything it made
 	@bash lab/lab-down.sh

@@ -91,16 +91,24 @@ def raw_pairs(lines):
 
 
 def encode_description(text):
-    """PVE::Tools::encode_text: the description as `#` lines, % and control characters escaped."""
+    """PVE::Tools::encode_text: the description as `#` lines, % and control characters escaped.
+
+    pve-container's write_pct_config splits it with Perl's split(/\n/), which drops trailing
+    empty fields: "x\n" and "x" both give one line `#x`."""
     out = []
-    for line in str(text).split('\n'):
+    lines = str(text).split('\n')
+    while lines and lines[-1] == '':
+        lines.pop()
+    for line in lines:
         enc = ''.join('%{0:02X}'.format(ord(c)) if c == '%' or ord(c) < 32 else c for c in line)
         out.append('#' + enc)
     return out
 
 
 def decode_description(lines):
-    return '\n'.join(urllib.parse.unquote(line[1:]) for line in lines if line.startswith('#'))
+    """pve-container's parse_pct_config: every `#` line decoded, each followed by "\n"
+    (`$descr .= PVE::Tools::decode_text($1) . "\n"`), so GET config answers "x\n" for `#x`."""
+    return ''.join(urllib.parse.unquote(line[1:]) + '\n' for line in lines if line.startswith('#'))
 
 
 def key_lines(cfg):
@@ -217,9 +225,15 @@ class LabPve(FakePve):
         data = await super()._lxc_config_get(user, v)
         if not v.get('snapshot'):
             text = read_text(self.conf_path(int(v['vmid'])))
-            pairs = raw_pairs(parse_sections(text)[0][1]) if text else []
+            main = parse_sections(text)[0][1] if text else []
+            pairs = raw_pairs(main)
             if pairs:
                 data['lxc'] = pairs
+            # the description as PVE parses it from the conf (a "\n" after every line);
+            # bpg's provider expects that, and diffs forever without it
+            descr = decode_description(main)
+            if descr:
+                data['description'] = descr
         return data
 
     async def task(self, node, ttype, tid, user, body, vm=None, lock=True, log=()):

@@ -186,7 +186,8 @@ class Performer:
         ipv4 = ((init.get("ipConfigs") or [{}])[0].get("ipv4")) or {}
         nic = (i.get("networkInterfaces") or [{}])[0]
         net = f"name={nic.get('name', 'eth0')},bridge={nic.get('bridge', 'vmbr0')}"
-        net += f",firewall={1 if nic.get('firewall') else 0}"
+        if nic.get("firewall"):  # bpg's provider leaves firewall out when false (PVE's default: off)
+            net += ",firewall=1"
         if ipv4.get("address"):
             net += f",ip={ipv4['address']}"
         if ipv4.get("gateway"):

@@ -265,9 +265,16 @@ class Pulumi:
         """`pulumi preview --expect-no-changes`: nothing to do, and (a preview) nothing run."""
         return self._result(self("preview", "--stack", STACK, "--diff", "--expect-no-changes"))
 
-    def recover(self) -> None:
-        """What an interrupted update asks for: drop the pending creates."""
-        self("refresh", "--stack", STACK, "--yes", "--skip-preview", "--clear-pending-creates")
+    def recover(self) -> Result:
+        """The README's command after an interrupted update: tools/recover.sh (stale lock,
+        pending creates)."""
+        return self._result(run(["bash", str(self.root / "tools" / "recover.sh"), "--stack", STACK],
+                                env=self.env, timeout=600))
+
+    def adopt(self) -> Result:
+        """The README's command for containers that exist before the stack: tools/adopt-containers.sh."""
+        return self._result(run(["bash", str(self.root / "tools" / "adopt-containers.sh"), "--stack", STACK],
+                                env=self.env, timeout=900, check=False))
 
     def destroy(self, *, check: bool = True, timeout: float = 1800) -> Result:
         return self._result(self("destroy", "--stack", STACK, "--yes", "--skip-preview", timeout=timeout,
@@ -340,8 +347,9 @@ class ProgramRunner:
     def check_no_changes(self) -> Result:
         return self.up(expect_no_changes=True)
 
-    def recover(self) -> None:
-        pass
+    def recover(self) -> Result:
+        """The runner keeps no lock and no pending operations: nothing to recover."""
+        return Result(0, "")
 
     def destroy(self, *, check: bool = True, timeout: float = 1800) -> Result:
         return self._run("destroy", check=check, timeout=timeout)

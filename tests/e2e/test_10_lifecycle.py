@@ -50,7 +50,8 @@ def test_up_from_empty(lab, deployer, pool_sentinels):
         cfg = lab.ct_config(vmid)
         assert cfg["mp0"].split(",")[0] == "/mnt/storage" and "mp=/mnt/storage" in cfg["mp0"]
         assert "nesting=1" in cfg["features"]
-        assert "firewall=0" in cfg["net0"] and f"ip={ip}" in cfg["net0"]
+        # the firewall is off: PVE's default when net0 has no firewall= (bpg leaves it out), or firewall=0
+        assert "firewall=1" not in cfg["net0"] and f"ip={ip}" in cfg["net0"]
         assert str(cfg.get("unprivileged", 0)) == "0"
     assert out["transcoder"]["vmId"] == TRANSCODER and out["ripper"]["vmId"] == RIPPER
 

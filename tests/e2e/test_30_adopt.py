@@ -1,0 +1,70 @@
+"""Containers that exist before the stack (the plan's hand-made CT 201/202): `make adopt`
+(tools/adopt-containers.sh) imports them where the program declares them, then `up` converges
+on them instead of failing on "already exists", and a second preview shows no changes.
+Needs the real engine (`pulumi import`); see conftest for where it skips.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from .lab import NS, STACK_FILE
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
+
+
+def hand_made(lab, vmid: int, *, mp_path: str = "/mnt/storage") -> None:
+    """What the plan's owner typed: `pct create` with the pool bind-mounted, nesting, a static IP."""
+    cfg = yaml.safe_load(STACK_FILE.read_text())["config"]
+    ct = cfg[f"{NS}:transcoder" if vmid == 201 else f"{NS}:ripper"]
+    tpl = cfg[f"{NS}:template"]
+    node = lab.node
+    volid = f"{tpl['datastore']}:vztmpl/{tpl['fileName']}"
+    present = [v["volid"] for v in lab.api("GET", f"/nodes/{node}/storage/{tpl['datastore']}/content")]
+    if volid not in present:
+        lab.api("POST", f"/nodes/{node}/storage/{tpl['datastore']}/download-url",
+                {"content": "vztmpl", "filename": tpl["fileName"], "url": tpl["url"]})
+    lab.api("POST", f"/nodes/{node}/lxc", {
+        "vmid": vmid, "ostemplate": volid, "ostype": "debian", "hostname": ct["hostname"],
+        "cores": ct["cores"], "memory": ct["memory"], "swap": ct["swap"],
+        "rootfs": f"{ct['datastore']}:{ct['diskGb']}",
+        "net0": f"name=eth0,bridge={cfg[f'{NS}:network']['bridge']},ip={ct['ipv4']},gw={cfg[f'{NS}:network']['gateway']}",
+        "features": "nesting=1", "unprivileged": 0, "onboot": 1,
+        "mp0": f"/mnt/storage,mp={mp_path}",
+    })
+    lab.api("POST", f"/nodes/{node}/lxc/{vmid}/status/start")
+
+
+def test_existing_containers_are_adopted_then_up_converges(lab, empty_stack, needs_engine):
+    deployer = empty_stack
+    hand_made(lab, 201)
+    hand_made(lab, 202)
+    events = len(lab.events())
+
+    adopted = deployer.adopt()
+    assert adopted.returncode == 0, adopted.text[-4000:]
+    assert "Adopted" in adopted.text
+    deployer.up()
+    new = [e for e in lab.events()[events:] if e[1] in ("create", "destroy")]
+    assert new == [], f"an adopted container was recreated: {new}"
+    assert set(lab.containers()) == {201, 202}
+    # the program's own changes reached them: the raw device lines, the bootstrap
+    assert "lxc.cgroup2.devices.allow: b 11:0 rwm" in lab.conf(202)
+    assert "lxc.cgroup2.devices.allow: c 226:128 rwm" in lab.conf(201)
+    lab.ssh("pct exec 201 -- id media")
+    deployer.check_no_changes()
+    # a second adopt has nothing to do
+    again = deployer.adopt()
+    assert again.returncode == 0 and "already in the stack" in again.text, again.text[-3000:]
+
+
+def test_adopt_stops_before_a_container_would_be_recreated(lab, empty_stack, needs_engine):
+    deployer = empty_stack
+    hand_made(lab, 202, mp_path="/media")  # the pool mounted elsewhere: a replacement in bpg's schema
+    events = len(lab.events())
+    adopted = deployer.adopt()
+    assert adopted.returncode != 0
+    assert "ripper: would be REPLACED" in adopted.text and "mountPoint" in adopted.text, adopted.text[-3000:]
+    assert [e for e in lab.events()[events:] if e[1] in ("create", "destroy")] == []
+    assert lab.containers()[202]["status"] == "running"

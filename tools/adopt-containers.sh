@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Bring containers made by hand (the plan's CT 201/202) under the stack, instead of `up`
+# failing on "already exists": import them where the program declares them, then show what
+# the next `up` would change, and stop if it would replace (recreate) one.
+set -Eeuo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+
+usage() {
+  cat <<EOF
+Usage: tools/adopt-containers.sh [--stack NAME] [--only transcoder|ripper] [--help]
+
+For each of the stack's containers (homelab-media:transcoder.vmId, homelab-media:ripper.vmId)
+that exists on the node but not in the stack's state:
+  1. \`pulumi up --target\` the provider and the container's component only (nothing is
+     created on the node: those are not resources of the node);
+  2. \`pulumi import --file\` the container under its component, as <node>/<vmid>
+     (not protected, so \`pulumi destroy\` can still remove it on purpose);
+  3. \`pulumi preview\`: the changes the next \`up\` makes to it are listed. If a container
+     would be REPLACED (a mount point, the disk's datastore, privileged/unprivileged differ
+     from the stack config), the script stops and names the properties: align
+     Pulumi.<stack>.yaml with the container (or accept a rebuild) before \`pulumi up\`.
+Then \`pulumi up\` converges: raw lines, users, packages and proofs are applied to the
+adopted containers by the same idempotent steps as for new ones. Files on the pool are
+never touched by any of this.
+
+Options:
+  --stack NAME     the stack (default: the selected one)
+  --only NAME      just one container (transcoder or ripper)
+  --help           this text
+Uses the pulumi on PATH (source tools/pulumi-env.sh for the project's own).
+EOF
+}
+
+stack="" only=""
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --stack) [[ -n ${2:-} ]] || die "--stack needs a name" 2; stack=$2; shift 2 ;;
+    --only) [[ ${2:-} == transcoder || ${2:-} == ripper ]] || die "--only takes transcoder or ripper" 2; only=$2; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) die "unknown argument: $1 (see --help)" 2 ;;
+  esac
+done
+command -v pulumi >/dev/null || die "no pulumi on PATH: source tools/pulumi-env.sh (or make toolchain)"
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+py=$root/.venv/bin/python
+[[ -x $py ]] || die "no .venv: run make setup"
+sargs=(--non-interactive)
+[[ -z $stack ]] || sargs+=(--stack "$stack")
+stack=${stack:-$(pulumi stack --show-name --non-interactive)}
+project=$(sed -n 's/^name: *//p' Pulumi.yaml)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+step "Reading the stack's containers ($stack)"
+pulumi stack export "${sargs[@]}" >"$work/state.json"
+# name vmid node component-urn container-urn provider-urn, for containers not in the state yet
+"$py" - "$stack" "$project" "$work/state.json" "$only" >"$work/plan" <<'PY'
+import json, subprocess, sys
+stack, project, state_file, only = sys.argv[1:5]
+cfg = json.loads(subprocess.run(["pulumi", "config", "--json", "--stack", stack, "--non-interactive"],
+                                capture_output=True, text=True, check=True).stdout)
+def value(key):
+    c = cfg.get(f"{project}:{key}") or {}
+    if "objectValue" in c:
+        return c["objectValue"]
+    v = c.get("value")
+    return json.loads(v) if isinstance(v, str) and v[:1] in "{[" else v
+node = (value("proxmox") or {}).get("node")
+if not node:
+    sys.exit(f"{project}:proxmox.node is not set in Pulumi.{stack}.yaml")
+state = json.load(open(state_file)).get("deployment") or {}
+have = {r["urn"] for r in state.get("resources") or []}
+pre = f"urn:pulumi:{stack}::{project}::"
+for name, comp in (("transcoder", "TranscoderCT"), ("ripper", "RipperCT")):
+    if only and name != only:
+        continue
+    vmid = (value(name) or {}).get("vmId")
+    if vmid is None:
+        sys.exit(f"{project}:{name}.vmId is not set in Pulumi.{stack}.yaml")
+    comp_urn = f"{pre}homelab:index:{comp}::{name}"
+    ct_urn = f"{pre}homelab:index:{comp}$proxmoxve:index/containerLegacy:ContainerLegacy::{name}"
+    print(name, int(vmid), node, comp_urn, ct_urn, f"{pre}pulumi:providers:proxmoxve::pve",
+          "managed" if ct_urn in have else "adopt")
+PY
+todo=()
+while read -r name vmid node comp ct prov what; do
+  if [[ $what == managed ]]; then ok "$name (CT $vmid) is already in the stack"; else todo+=("$name $vmid $node $comp $ct $prov"); fi
+done <"$work/plan"
+[[ ${#todo[@]} -gt 0 ]] || { ok "Nothing to adopt"; exit 0; }
+
+targets=()
+for t in "${todo[@]}"; do
+  read -r name vmid node comp ct prov <<<"$t"
+  targets+=(--target "$comp")
+done
+
+step "Declaring the provider and the components (pulumi up --target: no node changes)"
+quiet pulumi up --yes --skip-preview "${sargs[@]}" --target "$prov" "${targets[@]}"
+ok "Declared"
+
+adopted=0
+for t in "${todo[@]}"; do
+  read -r name vmid node comp ct prov <<<"$t"
+  step "Importing $name (CT $vmid on $node)"
+  printf '{"nameTable": {"pve": "%s", "component": "%s"}, "resources": [{"type": "%s", "name": "%s", "id": "%s/%s", "parent": "component", "provider": "pve"}]}\n' \
+    "$prov" "$comp" "proxmoxve:index/containerLegacy:ContainerLegacy" "$name" "$node" "$vmid" >"$work/import-$name.json"
+  if out=$(pulumi import --file "$work/import-$name.json" --yes --skip-preview --protect=false --generate-code=false "${sargs[@]}" 2>&1); then
+    adopted=$((adopted + 1))
+    ok "Imported $name"
+  elif grep -qiE "does not exist|not found|404|no resource" <<<"$out"; then
+    ok "CT $vmid is not on $node: the next up creates $name"
+  else
+    printf '%s\n' "$out" | tail -n 20 >&2
+    die "importing CT $vmid failed (see above)"
+  fi
+done
+[[ $adopted -gt 0 ]] || { ok "Nothing to adopt"; exit 0; }
+
+step "What the next up changes (pulumi preview)"
+pulumi preview --json "${sargs[@]}" >"$work/preview.json" || true
+"$py" - "$work/preview.json" <<'PY'
+import json, sys
+try:
+    steps = json.load(open(sys.argv[1])).get("steps") or []
+except ValueError:
+    sys.exit("pulumi preview failed: run it yourself to see why")
+bad = []
+for s in steps:
+    urn = s.get("urn", "")
+    if "containerLegacy" not in urn or s.get("op") in ("same", None):
+        continue
+    name = urn.rsplit("::", 1)[-1]
+    if s["op"] in ("replace", "create-replacement", "delete-replaced"):
+        bad.append(f"{name}: would be REPLACED because of {', '.join(s.get('replaceReasons') or s.get('diffReasons') or ['?'])}")
+    else:
+        print(f" ✓ {name}: {s['op']} {', '.join(s.get('diffReasons') or [])}".rstrip(), file=sys.stderr)
+if bad:
+    print("\n".join(" ✗ " + b for b in sorted(set(bad))), file=sys.stderr)
+    sys.exit("a container would be recreated (its disk lost): set those keys in Pulumi.<stack>.yaml to what the "
+             "container has, then run pulumi preview again")
+PY
+ok "Adopted: run \`pulumi up${stack:+ --stack $stack}\` to converge"
