@@ -114,6 +114,8 @@ def verify_step(
         vmid=vmid,
         parent=parent,
         depends_on=[bootstrap],
-        triggers=[raw.stdin.apply(render.sha256), bootstrap.stdin.apply(render.sha256)],
+        # (stdin is None for a step an `up --target` leaves out: tools/adopt-containers.sh)
+        triggers=[raw.stdin.apply(lambda s: render.sha256(s or "")),
+                  bootstrap.stdin.apply(lambda s: render.sha256(s or ""))],
         replace_with=[container],
     )

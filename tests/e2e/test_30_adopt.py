@@ -14,7 +14,7 @@ from .lab import NS, STACK_FILE
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
 
-def hand_made(lab, vmid: int, *, mp_path: str = "/mnt/storage") -> None:
+def hand_made(lab, vmid: int, *, unprivileged: int = 0) -> None:
     """What the plan's owner typed: `pct create` with the pool bind-mounted, nesting, a static IP."""
     cfg = yaml.safe_load(STACK_FILE.read_text())["config"]
     ct = cfg[f"{NS}:transcoder" if vmid == 201 else f"{NS}:ripper"]
@@ -30,8 +30,8 @@ def hand_made(lab, vmid: int, *, mp_path: str = "/mnt/storage") -> None:
         "cores": ct["cores"], "memory": ct["memory"], "swap": ct["swap"],
         "rootfs": f"{ct['datastore']}:{ct['diskGb']}",
         "net0": f"name=eth0,bridge={cfg[f'{NS}:network']['bridge']},ip={ct['ipv4']},gw={cfg[f'{NS}:network']['gateway']}",
-        "features": "nesting=1", "unprivileged": 0, "onboot": 1,
-        "mp0": f"/mnt/storage,mp={mp_path}",
+        "features": "nesting=1", "unprivileged": unprivileged, "onboot": 1,
+        "mp0": "/mnt/storage,mp=/mnt/storage",
     })
     lab.api("POST", f"/nodes/{node}/lxc/{vmid}/status/start")
 
@@ -61,10 +61,12 @@ def test_existing_containers_are_adopted_then_up_converges(lab, empty_stack, nee
 
 def test_adopt_stops_before_a_container_would_be_recreated(lab, empty_stack, needs_engine):
     deployer = empty_stack
-    hand_made(lab, 202, mp_path="/media")  # the pool mounted elsewhere: a replacement in bpg's schema
+    # made unprivileged: the program's privileged container is another container in bpg's
+    # schema (unprivileged is ForceNew), so the next up would recreate it and lose its disk
+    hand_made(lab, 202, unprivileged=1)
     events = len(lab.events())
     adopted = deployer.adopt()
     assert adopted.returncode != 0
-    assert "ripper: would be REPLACED" in adopted.text and "mountPoint" in adopted.text, adopted.text[-3000:]
+    assert "ripper: would be REPLACED because of unprivileged" in adopted.text, adopted.text[-3000:]
     assert [e for e in lab.events()[events:] if e[1] in ("create", "destroy")] == []
     assert lab.containers()[202]["status"] == "running"
