@@ -167,6 +167,22 @@ if ((keep)); then
   ok "lab stopped; $lab kept (--keep)"
   exit 0
 fi
+# lab-up.sh wrote the lab's secrets (encrypted with the lab's passphrase) into Pulumi.lab.yaml
+# when the engine could use them: take them out again, so the committed file is as it was.
+stack_file=$project/Pulumi.lab.yaml
+if [[ -f $stack_file ]] && grep -qE '^encryptionsalt:|^ +secure:' "$stack_file"; then
+  step "Removing the lab's secrets from Pulumi.lab.yaml"
+  python3 - "$stack_file" <<'PY'
+import re, sys
+path = sys.argv[1]
+text = open(path).read()
+text = re.sub(r"^encryptionsalt: .*\n", "", text, flags=re.M)
+text = re.sub(r"^  homelab-media:(proxmoxPassword|sshPrivateKey):\n    secure: .*\n", "", text, flags=re.M)
+open(path, "w").write(text)
+PY
+  ok "Pulumi.lab.yaml without secrets"
+fi
+
 step "Removing $lab"
 rm -rf --one-file-system "$lab"
 [[ ! -e $lab ]] || die "could not remove all of $lab"

@@ -99,7 +99,7 @@ step "Declaring the provider and the components (pulumi up --target: no node cha
 quiet pulumi up --yes --skip-preview "${sargs[@]}" --target "$prov" "${targets[@]}"
 ok "Declared"
 
-adopted=0
+adopted=0 imported=()
 for t in "${todo[@]}"; do
   read -r name vmid node comp ct prov <<<"$t"
   step "Importing $name (CT $vmid on $node)"
@@ -107,6 +107,7 @@ for t in "${todo[@]}"; do
     "$prov" "$comp" "proxmoxve:index/containerLegacy:ContainerLegacy" "$name" "$node" "$vmid" >"$work/import-$name.json"
   if out=$(pulumi import --file "$work/import-$name.json" --yes --skip-preview --protect=false --generate-code=false "${sargs[@]}" 2>&1); then
     adopted=$((adopted + 1))
+    imported+=("$ct")
     ok "Imported $name"
   elif grep -qiE "does not exist|not found|404|no resource" <<<"$out"; then
     ok "CT $vmid is not on $node: the next up creates $name"
@@ -119,7 +120,16 @@ done
 
 step "What the next up changes (pulumi preview)"
 pulumi preview --json "${sargs[@]}" >"$work/preview.json" || true
-"$py" - "$work/preview.json" <<'PY'
+# On a refusal the imported containers leave the stack again (state only): nothing refers to
+# them, so neither up nor destroy can touch them until the config matches.
+undo() {
+  local urn
+  for urn in "${imported[@]}"; do
+    quiet pulumi state delete --yes --force "${sargs[@]}" "$urn" || warn "could not take $urn out of the stack"
+  done
+  warn "took ${#imported[@]} imported container(s) out of the stack again; the containers themselves are untouched"
+}
+if ! "$py" - "$work/preview.json" <<'PY'
 import json, sys
 try:
     steps = json.load(open(sys.argv[1])).get("steps") or []
@@ -138,6 +148,10 @@ for s in steps:
 if bad:
     print("\n".join(" ✗ " + b for b in sorted(set(bad))), file=sys.stderr)
     sys.exit("a container would be recreated (its disk lost): set those keys in Pulumi.<stack>.yaml to what the "
-             "container has, then run pulumi preview again")
+             "container has, then run this again")
 PY
+then
+  undo
+  exit 1
+fi
 ok "Adopted: run \`pulumi up${stack:+ --stack $stack}\` to converge"

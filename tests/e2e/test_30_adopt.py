@@ -68,5 +68,9 @@ def test_adopt_stops_before_a_container_would_be_recreated(lab, empty_stack, nee
     adopted = deployer.adopt()
     assert adopted.returncode != 0
     assert "ripper: would be REPLACED because of unprivileged" in adopted.text, adopted.text[-3000:]
+    assert "out of the stack again" in adopted.text
+    # refused: the container left the stack again, so neither up nor destroy can touch it
+    assert not [u for u in deployer.leftover() if "containerLegacy" in u], deployer.leftover()
+    deployer.destroy()
     assert [e for e in lab.events()[events:] if e[1] in ("create", "destroy")] == []
     assert lab.containers()[202]["status"] == "running"
