@@ -10,6 +10,7 @@ when they changed.
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import pulumi
@@ -18,6 +19,11 @@ import pulumi_proxmoxve as proxmoxve
 from . import render
 from .config import ContainerConfig, StackConfig
 from .remote import Node, run_script
+
+
+MANAGED_MARKER = "managed by the homelab-media Pulumi program"
+# vm ids (comma-separated) tools/adopt-containers.sh is importing: their guard accepts them
+ADOPT_ENV = "HOMELAB_MEDIA_ADOPT"
 
 
 def privileged_container(
@@ -32,6 +38,20 @@ def privileged_container(
     ip = {"address": ct.ipv4}
     if ct.ipv4 != "dhcp" and cfg.network.gateway:
         ip["gateway"] = cfg.network.gateway
+    # bpg's provider takes PVE's "CT N already exists" for a create that worked: without this
+    # guard an up would silently take over a guest made by hand (tools/adopt-containers.sh)
+    adopting = str(ct.vm_id) in os.environ.get(ADOPT_ENV, "").split(",")
+    guard = run_script(
+        f"{name}-vmid-guard",
+        node,
+        "host-ct-guard.sh",
+        ["--vmid", str(ct.vm_id), "--key", f"{name}.vmId", "--marker", MANAGED_MARKER,
+         *(["--adopt"] if adopting else [])],
+        parent=parent,
+        triggers=[str(ct.vm_id)],
+        # it runs once, before the first create; --adopt (or not) later must not re-run it
+        ignore_changes=["stdin"],
+    )
     init: dict = {"hostname": ct.hostname, "ip_configs": [{"ipv4": ip}]}
     if cfg.network.dns:
         init["dns"] = {"servers": list(cfg.network.dns)}
@@ -39,7 +59,7 @@ def privileged_container(
         name,
         node_name=node.node_name,
         vm_id=ct.vm_id,
-        description=f"{ct.hostname}: managed by the homelab-media Pulumi program",
+        description=f"{ct.hostname}: {MANAGED_MARKER}",
         unprivileged=False,
         started=True,
         start_on_boot=ct.start_on_boot,
@@ -55,7 +75,7 @@ def privileged_container(
             parent=parent,
             provider=node.provider,
             delete_before_replace=True,
-            depends_on=list(depends_on),
+            depends_on=[*depends_on, guard],
             # the template matters only at create; a newer one must not wipe a running
             # container (rebuild on purpose with `pulumi up --replace <urn>`)
             ignore_changes=["operatingSystem"],

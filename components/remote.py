@@ -40,6 +40,7 @@ def run_script(
     triggers: Sequence[pulumi.Input[str]] = (),
     secret_stdin: bool = False,
     replace_with: Sequence[pulumi.Resource] = (),
+    ignore_changes: Sequence[str] = (),
 ) -> command.remote.Command:
     extra = tuple(extra_scripts)
     files = dict(files or {})
@@ -66,5 +67,6 @@ def run_script(
             depends_on=list(depends_on),
             # a replaced container has a fresh conf and rootfs: its steps must run again
             replace_with=list(replace_with) or None,
+            ignore_changes=list(ignore_changes) or None,
         ),
     )

@@ -11,8 +11,9 @@ Usage: tools/adopt-containers.sh [--stack NAME] [--only transcoder|ripper] [--he
 
 For each of the stack's containers (homelab-media:transcoder.vmId, homelab-media:ripper.vmId)
 that exists on the node but not in the stack's state:
-  1. \`pulumi up --target\` the provider and the container's component only (nothing is
-     created on the node: those are not resources of the node);
+  1. \`pulumi up --target\` the provider, the container's component and its vm id guard
+     (host-ct-guard.sh, told by HOMELAB_MEDIA_ADOPT to accept the existing container; it
+     only reads the node);
   2. \`pulumi import --file\` the container under its component, as <node>/<vmid>
      (not protected, so \`pulumi destroy\` can still remove it on purpose);
   3. \`pulumi preview\`: the changes the next \`up\` makes to it are listed. If a container
@@ -89,14 +90,17 @@ while read -r name vmid node comp ct prov what; do
 done <"$work/plan"
 [[ ${#todo[@]} -gt 0 ]] || { ok "Nothing to adopt"; exit 0; }
 
-targets=()
+targets=() ids=()
 for t in "${todo[@]}"; do
   read -r name vmid node comp ct prov <<<"$t"
-  targets+=(--target "$comp")
+  # the component and its vm id guard, which (told by HOMELAB_MEDIA_ADOPT) accepts the existing CT
+  guard="${comp%::*}\$command:remote:Command::$name-vmid-guard"
+  targets+=(--target "$comp" --target "$guard")
+  ids+=("$vmid")
 done
 
-step "Declaring the provider and the components (pulumi up --target: no node changes)"
-quiet pulumi up --yes --skip-preview "${sargs[@]}" --target "$prov" "${targets[@]}"
+step "Declaring the provider, the components and their vm id guards (pulumi up --target: reads only)"
+HOMELAB_MEDIA_ADOPT=$(IFS=,; echo "${ids[*]}") quiet pulumi up --yes --skip-preview "${sargs[@]}" --target "$prov" "${targets[@]}"
 ok "Declared"
 
 adopted=0 imported=()

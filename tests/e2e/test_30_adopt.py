@@ -74,3 +74,22 @@ def test_adopt_stops_before_a_container_would_be_recreated(lab, empty_stack, nee
     deployer.destroy()
     assert [e for e in lab.events()[events:] if e[1] in ("create", "destroy")] == []
     assert lab.containers()[202]["status"] == "running"
+    lab.remove_all_containers()
+
+
+def test_up_refuses_a_hand_made_container_instead_of_taking_it_over(lab, empty_stack):
+    """bpg's provider takes PVE's "CT 202 already exists" for a create that worked; without the
+    program's vm id guard the stack would silently own the hand-made CT, and the next up would
+    recreate it (its disk lost). The up stops before that, naming the key and `make adopt`."""
+    deployer = empty_stack
+    hand_made(lab, 202, unprivileged=1)
+    events = len(lab.events())
+    result = deployer.up(check=False)
+    assert result.returncode != 0
+    assert "CT 202 (ripper.vmId) already exists on node pve1" in result.text and "make adopt" in result.text, \
+        result.text[-3000:]
+    assert not [u for u in deployer.leftover() if u.endswith("ContainerLegacy::ripper") or u == "container 202"]
+    assert lab.containers()[202]["status"] == "running"
+    assert str(lab.ct_config(202).get("unprivileged")) == "1", "the hand-made container was changed"
+    assert not [e for e in lab.events()[events:] if e[0] == 202 and e[1] in ("create", "destroy")]
+    lab.remove_all_containers()

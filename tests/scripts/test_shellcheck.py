@@ -25,6 +25,7 @@ MINE = [
     "host-check-pool.sh",
     "host-setup.sh",
     "host-discover.sh",
+    "host-ct-guard.sh",
     "pve-lxc-raw.sh",
     "pve-ct-raw.sh",
     "ct-media-user.sh",

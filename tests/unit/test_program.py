@@ -49,6 +49,11 @@ def _script_of(stdin: str) -> str:
     raise AssertionError("not a bundle")
 
 
+def _call_line(stdin: str) -> str:
+    """The bundle's command line: the script and its arguments."""
+    return next(line for line in reversed(stdin.splitlines()) if line.startswith('cd "$_d" && bash "$_d/'))
+
+
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 
 
@@ -457,3 +462,39 @@ def test_a_silent_node_stops_the_up_before_any_resource(program):
     with pytest.raises(SystemExit) as exc:
         mocks, _ = program(homelab_config(), ssh_check=silent)
     assert exc.value.code == 1
+
+
+# --- the vm id guard: a hand-made CT 201 is never silently taken over -----------------------------
+
+@pulumi.runtime.test
+def test_each_container_waits_for_its_vm_id_guard(program):
+    mocks, g = program(homelab_config())
+
+    def check(_):
+        for ct, vmid in (("transcoder", 201), ("ripper", 202)):
+            guard = g[ct].container  # the container resource
+            deps = DEPENDS_ON[ct]
+            assert any(getattr(d, "_name", None) == f"{ct}-vmid-guard" for d in deps), f"{ct} does not wait for its guard"
+            stdin = mocks.resources[f"{ct}-vmid-guard"].inputs["stdin"]
+            assert _script_of(stdin) == "host-ct-guard.sh"
+            call = _call_line(stdin)
+            assert f"--vmid {vmid}" in call and f"--key {ct}.vmId" in call, call
+            assert "--adopt" not in call
+            # it runs once: a later --adopt (or not) must not re-run it against an adopted CT
+            assert OPTS[f"{ct}-vmid-guard"].ignore_changes == ["stdin"]
+            assert "managed by the homelab-media Pulumi program" in mocks.resources[ct].inputs["description"]
+            assert guard is not None
+
+    return done(g).apply(check)
+
+
+@pulumi.runtime.test
+def test_adopt_tells_only_the_named_guard_to_accept_an_existing_container(program, monkeypatch):
+    monkeypatch.setenv("HOMELAB_MEDIA_ADOPT", "202")
+    mocks, g = program(homelab_config())
+
+    def check(_):
+        assert "--adopt" in _call_line(mocks.resources["ripper-vmid-guard"].inputs["stdin"])
+        assert "--adopt" not in _call_line(mocks.resources["transcoder-vmid-guard"].inputs["stdin"])
+
+    return done(g).apply(check)
