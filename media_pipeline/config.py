@@ -78,7 +78,7 @@ _EXAMPLES = {
     "db": '"/var/lib/media-pipeline/jobs.sqlite3"',
     # media-rip (RipConfig)
     "device": '"/dev/sr0"', "min_length": "600 (seconds)", "makemkvcon": '"makemkvcon"',
-    "auto_rip": "true", "eject": "true", "eject_command": '"eject"',
+    "auto_rip": "true", "eject": "true", "eject_command": '"" (the CDROMEJECT ioctl) or "eject"',
 }
 
 
@@ -295,7 +295,7 @@ class RipConfig:
     makemkvcon: str = "makemkvcon"
     auto_rip: bool = True  # false: `run` only watches and records; rip with `media-rip once`
     eject: bool = True
-    eject_command: str = "eject"
+    eject_command: str = ""  # "": the CDROMEJECT ioctl, as eject(1) does; else a command run with the device
     poll_seconds: float = 5.0
     apprise_urls: tuple[str, ...] = ()
     metrics_port: int = 0
@@ -321,7 +321,7 @@ def rip_from_dict(raw: dict, where: str = "config") -> RipConfig:
             hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(RIP_KEYS)}"
             raise ConfigError(f"{where}: unknown key {key!r}; {hint}")
         if key in ("staging", "device", "db", "makemkvcon", "eject_command", "metrics_bind", "metrics_textfile"):
-            if not isinstance(value, str) or (not value and key not in ("metrics_textfile",)):
+            if not isinstance(value, str) or (not value and key not in ("metrics_textfile", "eject_command")):
                 raise _bad(key, f"must be a non-empty string (got {value!r})", where)
             if key in ("staging", "device", "db") and not os.path.isabs(value):
                 raise _bad(key, f"must be an absolute path (got {value!r})", where)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -53,6 +54,7 @@ EXIT_OK, EXIT_START, EXIT_USAGE, EXIT_NO_DISC, EXIT_FAILED, EXIT_NO_TITLE, EXIT_
 EXIT_NAMES = {EXIT_OK: "ripped", EXIT_START: "cannot start", EXIT_USAGE: "usage", EXIT_NO_DISC: "no disc",
               EXIT_FAILED: "title failed", EXIT_NO_TITLE: "no title long enough", EXIT_KEY: "key expired"}
 WORK_PREFIX = ".rip-"
+CDROMEJECT = 0x5309  # linux/cdrom.h
 PROGRESS_LOG_SECONDS = 30.0
 INFO_TIMEOUT = 600  # a scratched Blu-ray can take minutes to scan
 
@@ -559,10 +561,22 @@ class Ripper:
             proc.terminate()
 
     def eject(self) -> bool:
-        cmd = shutil.which(self.cfg.eject_command) or self.cfg.eject_command
+        """Open the tray: the CDROMEJECT ioctl (what eject(1) does), or eject_command when set."""
+        if not self.cfg.eject_command:
+            try:
+                fd = os.open(self.cfg.device, os.O_RDONLY | os.O_NONBLOCK)
+                try:
+                    fcntl.ioctl(fd, CDROMEJECT)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.warning("could not eject %s: %s", self.cfg.device, exc.strerror or exc)
+                return False
+            log.info("ejected %s", self.cfg.device)
+            return True
         try:
-            res = subprocess.run([cmd, self.cfg.device], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                 timeout=60, check=False)
+            res = subprocess.run([self.cfg.eject_command, self.cfg.device], stdin=subprocess.DEVNULL,
+                                 capture_output=True, text=True, timeout=60, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.warning("could not eject %s: %s", self.cfg.device, exc)
             return False
