@@ -664,6 +664,7 @@ class Service:
         self.last_poll = 0.0
         self.drive_state_now = -1
         self.resume: dict[str, dict] = {}  # fingerprint -> a rip interrupted by a restart
+        self.last_error = ""
 
     def request_stop(self, *_args) -> None:
         self.stop.set()
@@ -741,9 +742,11 @@ class Service:
         try:
             state, label, _ = self.ripper.drive_state()
         except RipError as exc:
-            log.error("%s", exc.reason)
-            self.drive_state_now = -1
+            if exc.reason != self.last_error:  # once per problem, not once per poll
+                log.error("%s", exc.reason)
+            self.last_error, self.drive_state_now, self.last_state = exc.reason, -1, None
             return
+        self.last_error = ""
         self.drive_state_now = state
         if state != self.last_state:
             log.info("drive %s: %s%s", self.cfg.device, _STATE_NAMES.get(state, str(state)),
