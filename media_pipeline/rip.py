@@ -473,7 +473,7 @@ class Ripper:
             expected = [os.path.join(workdir, t.file) if t.file else "" for t in wanted]
             problem = _judge(result, rc, wanted, expected, workdir)
             if self.cancel.is_set():
-                raise RipError(EXIT_FAILED, "interrupted by shutdown")
+                problem = "interrupted by shutdown"
             if problem:
                 _remove_workdir(workdir, cfg.staging)
                 self._finish(rip_id, "failed", problem, EXIT_FAILED)
@@ -783,7 +783,7 @@ class Service:
             ripper.rip_disc(scan, resume=resume)
         except RipError as exc:
             if self.stop.is_set():
-                log.info("rip of %r interrupted by shutdown; partial files removed at next start", name)
+                log.info("rip of %r interrupted by shutdown; partial files removed, it is ripped again at the next start", name)
                 return
             log.error("rip of %r failed (%s): %s", name, EXIT_NAMES.get(exc.code, exc.code), exc.reason)
             if exc.code in (EXIT_FAILED, EXIT_KEY):
@@ -925,10 +925,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _once(cfg: config_mod.RipConfig, eject: bool) -> int:
-    store = None
+    store, lock = None, InstanceLock(cfg.db)
     try:
         os.makedirs(os.path.dirname(cfg.db), exist_ok=True)
+        lock.acquire()  # one user of the drive and the store: the service, or this
         store = RipStore(cfg.db)
+    except RuntimeError:
+        log.error("media-rip run is watching %s and rips new discs itself; to rip by hand, stop it first "
+                  "(systemctl stop media-rip)", cfg.device)
+        return EXIT_START
     except (OSError, sqlite3.Error) as exc:
         log.warning("not recording this rip (%s: %s)", cfg.db, exc)
     ripper = Ripper(cfg, store, Notifier(cfg.apprise_urls, log.warning))
@@ -941,6 +946,7 @@ def _once(cfg: config_mod.RipConfig, eject: bool) -> int:
     finally:
         if store is not None:
             store.close()
+        lock.release()
     if eject and code in (EXIT_OK, EXIT_FAILED, EXIT_NO_TITLE):
         ripper.eject()
     return code

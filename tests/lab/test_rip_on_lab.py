@@ -57,8 +57,11 @@ def test_a_disc_ripped_in_the_ripper_becomes_a_library_file_in_the_transcoder(la
                    {"duration": "0:02:00", "source": f"{DRIVE_DIR}/main.mkv"}]}))
     (drive / "disc.json").chmod(0o644)
 
+    # by hand, so the deployed service (watching a drive with no MakeMKV here) steps aside
+    ct(lab, 202, "systemctl stop media-rip.service 2>/dev/null || true")
     rip = ct(lab, 202, f"runuser -u media -- env FAKE_MAKEMKV_DISC={DRIVE_DIR}/disc.json "
                        f"media-rip once --makemkvcon {DRIVE_DIR}/makemkvcon", check=False)
+    ct(lab, 202, "systemctl start media-rip.service 2>/dev/null || true")
     assert rip.returncode == 0, rip.stderr[-3000:]
     folder = lab.pool / "staging" / name
     assert sorted(p.name for p in folder.iterdir()) == ["title_t00.mkv", "title_t00.mkv.done"]

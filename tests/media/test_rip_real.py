@@ -158,6 +158,20 @@ def test_the_service_rips_each_new_disc_once_and_ejects_it(titles, tmp_path):
     assert [r["name"] for r in drive.status()] == ["Heat", "Ronin"]
 
 
+def test_once_refuses_while_the_service_watches_the_drive(titles, tmp_path):
+    drive = Drive(tmp_path, auto_rip=False)
+    drive.insert("Heat", [(FEATURE, titles["main"])])
+    svc = drive.start()
+    try:
+        wait_for(lambda: drive.calls(), timeout=30, what="the service polling")
+        run = drive.once()
+    finally:
+        kill(svc, signal.SIGTERM)
+    assert run.returncode == 1 and "systemctl stop media-rip" in run.stderr
+    assert drive.mkv_calls() == 0
+    assert drive.once().returncode == 0  # the service is gone: the hand rip works
+
+
 def test_auto_rip_off_only_watches(titles, tmp_path):
     drive = Drive(tmp_path, auto_rip=False)
     drive.insert("Heat", [(FEATURE, titles["main"])])
