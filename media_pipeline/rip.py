@@ -783,7 +783,8 @@ class Service:
             ripper.rip_disc(scan, resume=resume)
         except RipError as exc:
             if self.stop.is_set():
-                log.info("rip of %r interrupted by shutdown; partial files removed, it is ripped again at the next start", name)
+                log.info("rip of %r interrupted by shutdown; partial files removed, ripped again at the next start",
+                         name)
                 return
             log.error("rip of %r failed (%s): %s", name, EXIT_NAMES.get(exc.code, exc.code), exc.reason)
             if exc.code in (EXIT_FAILED, EXIT_KEY):

@@ -192,3 +192,48 @@ def test_load_rip_from_env(tmp_path, monkeypatch):
     with pytest.raises(config_mod.ConfigError, match="MEDIA_RIP_CONFIG"):
         config_mod.load_rip()
     assert os.environ[config_mod.RIP_ENV_VAR]
+
+
+def _service(tmp_path):
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    cfg = config_mod.rip_from_dict({"staging": str(staging), "db": str(tmp_path / "r.sqlite3"), "metrics_textfile": ""})
+    svc = rip.Service(cfg)
+    svc.store = rip.RipStore(cfg.db)
+    return svc, staging
+
+
+def test_recover_finishes_a_publish_cut_short(tmp_path):
+    svc, staging = _service(tmp_path)
+    rid = svc.store.start("fp", "HEAT", "Heat", [rip.Title(0, 6000, 3, "title_t00.mkv")])
+    work = staging / f".rip-{rid}"
+    work.mkdir()
+    (work / "title_t00.mkv").write_text("mkv")
+    (work / "title_t00.mkv.done").write_text("")
+    svc.store.update(rid, state="publishing", workdir=str(work))
+    svc.recover()
+    assert sorted(p.name for p in (staging / "Heat").iterdir()) == ["title_t00.mkv", "title_t00.mkv.done"]
+    assert svc.store.get(rid)["state"] == "done" and not work.exists()
+
+
+def test_recover_removes_an_interrupted_rip_and_remembers_its_disc(tmp_path):
+    svc, staging = _service(tmp_path)
+    rid = svc.store.start("fp", "HEAT", "Heat", [])
+    work = staging / f".rip-{rid}"
+    work.mkdir()
+    (work / "title_t00.mkv").write_text("half")
+    svc.store.update(rid, workdir=str(work))
+    stray = staging / ".rip-999"  # a working folder no row owns
+    stray.mkdir()
+    mine = staging / ".something-else"
+    mine.mkdir()
+    svc.recover()
+    assert not work.exists() and not stray.exists() and mine.exists()
+    row = svc.store.get(rid)
+    assert row["state"] == "failed" and "interrupted" in row["reason"] and "fp" in svc.resume
+
+
+def test_eject_failure_is_reported_not_raised(tmp_path, caplog):
+    cfg = config_mod.rip_from_dict({"device": "/dev/null"})
+    assert rip.Ripper(cfg, None).eject() is False  # CDROMEJECT on a non-drive
+    assert "could not eject /dev/null" in caplog.text
