@@ -70,7 +70,8 @@ adopt: .venv/.synced ## bring containers made by hand (CT 201/202) under the sta
 lab-down: ## stop the local lab and remove everything it made
 	@bash lab/lab-down.sh
 
-bench: deps .venv/.synced toolchain ## benchmarks: transcode overhead, queue throughput, lab up/no-op/preview/destroy
+bench: deps .venv/.synced toolchain ## benchmarks: transcode overhead, queue throughput, rip-to-library overhead, lab up/no-op/preview/destroy
 	@mkdir -p bench-results
 	$(PY) bench/bench_transcode.py
+	$(PY) bench/bench_rip.py
 	@bash lab/bench.sh

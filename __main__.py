@@ -66,3 +66,4 @@ pulumi.export("ripper", {"vmId": ripper.vm_id, "hostname": cfg.ripper.hostname, 
 pulumi.export("gpuVerification", transcoder.gpu)
 pulumi.export("driveVerification", ripper.drive)
 pulumi.export("pipeline", transcoder.pipeline)
+pulumi.export("rip", ripper.rip)

@@ -254,6 +254,23 @@ class ContainerConfig(_Model):
         return str(iface)
 
 
+class RipperConfig(ContainerConfig):
+    """The ripper container plus media-rip, its service (docs/adr/0007)."""
+
+    min_length: int = Field(600, ge=0, le=86_400, description="seconds; shorter titles are not ripped")
+    auto_rip: bool = Field(True, description="rip every new disc; false: media-rip only records it")
+    eject: bool = Field(True, description="eject the disc when its rip is done (or failed)")
+    device: str | None = Field(None, description="the drive in the container, e.g. /dev/sr0 (default: the discovered one)")
+    metrics_port: int = Field(0, ge=0, le=65535, description="media-rip's /metrics (0 = off)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^/dev/sr\d+$", v):
+            raise ValueError("must be an optical drive node such as /dev/sr0")
+        return v
+
+
 class EncodingConfig(_Model):
     languages: list[str] = ["eng", "bul"]
     encoder: Literal["libx265", "hevc_qsv"] = "libx265"
@@ -356,7 +373,7 @@ class StackConfig(_Model):
     template: TemplateConfig = TemplateConfig()
     network: NetworkConfig = NetworkConfig()
     transcoder: ContainerConfig
-    ripper: ContainerConfig
+    ripper: RipperConfig
     encoding: EncodingConfig = EncodingConfig()
     pipeline: PipelineConfig = PipelineConfig()
     makemkv: MakeMkvConfig = MakeMkvConfig()

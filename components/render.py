@@ -72,6 +72,15 @@ def drive_lines(discovery: Mapping[str, Any]) -> list[str]:
     return lines + mounts
 
 
+def rip_device(discovery: Mapping[str, Any], configured: str | None) -> str:
+    """The drive media-rip watches: the configured one, else the discovered sr node, else /dev/sr0
+    (media-rip then reports that MakeMKV lists no such drive)."""
+    if configured:
+        return configured
+    sr = _node((discovery.get("optical") or {}).get("sr"))
+    return sr["path"] if sr else "/dev/sr0"
+
+
 def _dev_entry(path: str) -> str:
     if not path.startswith("/dev/") or " " in path:
         raise ValueError(f"{path!r} is not a /dev node path")

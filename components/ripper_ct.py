@@ -11,11 +11,13 @@ from .config import StackConfig
 from .container import privileged_container, raw_lines_step, verify_step
 from .media_host import MediaHost
 from .remote import Node, run_script
+from .transcoder_ct import PIPELINE_TARBALL, pipeline_tarball
 
 
 class RipperCT(pulumi.ComponentResource):
     raw_lines: pulumi.Output[list[str]]
     drive: pulumi.Output[dict[str, Any]]
+    rip: pulumi.Output[dict[str, Any]]
 
     def __init__(
         self,
@@ -67,4 +69,34 @@ class RipperCT(pulumi.ComponentResource):
             self.container,
         )
         self.drive = self.verify.stdout.apply(lambda s: render.parse_json_output(s, "drive verification"))
-        self.register_outputs({"vmId": ct.vm_id, "rawLines": self.raw_lines, "drive": self.drive})
+
+        # media-rip: the same package and installer as media-pipeline in the transcoder (docs/adr/0007)
+        device = host.discovery.apply(lambda d: render.rip_device(d, ct.device))
+        self.install_rip = run_script(
+            f"{name}-media-rip",
+            node,
+            "ct-install-pipeline.sh",
+            [
+                "--role", "ripper",
+                "--tarball", PIPELINE_TARBALL,
+                "--user", m.user,
+                "--staging", cfg.storage.staging_path,
+                "--device", device,
+                "--min-length", str(ct.min_length),
+                "--auto-rip", "true" if ct.auto_rip else "false",
+                "--eject", "true" if ct.eject else "false",
+                "--drive-gid", str(cfg.host_groups.cdrom),
+                "--metrics-port", str(ct.metrics_port),
+                "--metrics-bind", cfg.pipeline.metrics_bind,
+            ],
+            files={PIPELINE_TARBALL: pipeline_tarball()},
+            vmid=ct.vm_id,
+            parent=self,
+            depends_on=[self.bootstrap],
+            replace_with=[self.container],
+        )
+        settings = {"minLength": ct.min_length, "autoRip": ct.auto_rip, "eject": ct.eject}
+        self.rip = pulumi.Output.all(self.install_rip.stdout, device).apply(
+            lambda v: {**render.parse_json_output(v[0], "media-rip install"), "device": v[1], **settings}
+        )
+        self.register_outputs({"vmId": ct.vm_id, "rawLines": self.raw_lines, "drive": self.drive, "rip": self.rip})

@@ -76,6 +76,9 @@ _EXAMPLES = {
     "apprise_urls": '["tgram://bottoken/ChatID"]', "metrics_port": "9464 (0 = off)",
     "metrics_bind": '"127.0.0.1" (or "0.0.0.0" to be scraped from another host)', "metrics_textfile": '"/var/lib/media-pipeline/metrics.prom" ("" = off)',
     "db": '"/var/lib/media-pipeline/jobs.sqlite3"',
+    # media-rip (RipConfig)
+    "device": '"/dev/sr0"', "min_length": "600 (seconds)", "makemkvcon": '"makemkvcon"',
+    "auto_rip": "true", "eject": "true", "eject_command": '"" (the CDROMEJECT ioctl) or "eject"',
 }
 
 
@@ -168,19 +171,24 @@ def from_dict(raw: dict, where: str = "config") -> Config:
     return cfg
 
 
-def resolve_path(explicit: str | None) -> tuple[str, bool]:
+def resolve_path(explicit: str | None, env_var: str = ENV_VAR, default: str = DEFAULT_PATH) -> tuple[str, bool]:
     """(path, was_asked_for): --config beats $MEDIA_PIPELINE_CONFIG beats the default."""
     if explicit:
         return explicit, True
-    env = os.environ.get(ENV_VAR)
+    env = os.environ.get(env_var)
     if env:
         return env, True
-    return DEFAULT_PATH, False
+    return default, False
 
 
-def load(explicit: str | None = None, required: bool = False) -> Config:
-    """Load the config. A missing default file gives defaults unless `required`."""
-    path, asked = resolve_path(explicit)
+def load(explicit: str | None = None, required: bool = False, *, env_var: str = ENV_VAR,
+         default_path: str = DEFAULT_PATH, parse=None):
+    """Load the config. A missing default file gives defaults unless `required`.
+
+    `parse` (default from_dict) and the path defaults let media-rip load its own file the same way.
+    """
+    parse = parse or from_dict
+    path, asked = resolve_path(explicit, env_var, default_path)
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
@@ -188,9 +196,9 @@ def load(explicit: str | None = None, required: bool = False) -> Config:
         if asked or required:
             raise ConfigError(
                 f"{path}: no such config file; fix: create it (scripts/ct-install-pipeline.sh "
-                f"writes one) or point --config / ${ENV_VAR} at one"
+                f"writes one) or point --config / ${env_var} at one"
             ) from None
-        return Config()
+        return parse({}, where=path)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
     try:
@@ -199,15 +207,15 @@ def load(explicit: str | None = None, required: bool = False) -> Config:
         raise ConfigError(
             f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
-    return from_dict(raw, where=path)
+    return parse(raw, where=path)
 
 
-def _parse_assignment(item: str) -> tuple[str, object]:
+def _parse_assignment(item: str, defaults=None, keys=KEYS) -> tuple[str, object]:
     key, sep, text = item.partition("=")
     if not sep:
         raise ConfigError(f"{item!r}: expected KEY=VALUE")
-    default = getattr(Config(), key, None) if key in KEYS else None
-    if key not in KEYS:
+    default = getattr(defaults or Config(), key, None) if key in keys else None
+    if key not in keys:
         return key, text  # from_dict names the unknown key
     if isinstance(default, bool):
         if text.lower() not in ("true", "false"):
@@ -228,21 +236,25 @@ def _parse_assignment(item: str) -> tuple[str, object]:
     return key, text
 
 
-def render(assignments: list[str], base: str | None = None) -> str:
-    """A complete config as stable JSON: base file (if any) overridden by KEY=VALUE items."""
+def render(assignments: list[str], base: str | None = None, rip: bool = False) -> str:
+    """A complete config as stable JSON: base file (if any) overridden by KEY=VALUE items.
+
+    rip=True renders media-rip's config (RipConfig) instead of media-pipeline's.
+    """
+    keys, defaults, parse = (RIP_KEYS, RipConfig(), rip_from_dict) if rip else (KEYS, Config(), from_dict)
     raw: dict = {}
     if base and os.path.exists(base):
         try:
             with open(base, encoding="utf-8") as fh:
                 loaded = json.load(fh)
             if isinstance(loaded, dict):
-                raw = {k: v for k, v in loaded.items() if k in KEYS}
+                raw = {k: v for k, v in loaded.items() if k in keys}
         except (OSError, json.JSONDecodeError):
             raw = {}  # an unreadable old file is replaced, not merged
     for item in assignments:
-        key, value = _parse_assignment(item)
+        key, value = _parse_assignment(item, defaults, keys)
         raw[key] = value
-    cfg = from_dict(raw, where="arguments")
+    cfg = parse(raw, where="arguments")
     return json.dumps(cfg.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
@@ -252,13 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("render", help="print a complete config from KEY=VALUE items")
     r.add_argument("--base", help="existing config whose other keys are kept")
+    r.add_argument("--rip", action="store_true", help="media-rip's config (/etc/media-rip/config.json)")
     r.add_argument("items", nargs="*", metavar="KEY=VALUE")
     c = sub.add_parser("check", help="validate a config file")
     c.add_argument("file")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "render":
-            sys.stdout.write(render(args.items, args.base))
+            sys.stdout.write(render(args.items, args.base, rip=args.rip))
         else:
             load(args.file)
             print(f"{args.file}: ok")
@@ -266,6 +279,70 @@ def main(argv: list[str] | None = None) -> int:
         print(f"media-pipeline config: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+# --- media-rip's config (/etc/media-rip/config.json): same file format, same validators -------
+
+RIP_DEFAULT_PATH = "/etc/media-rip/config.json"
+RIP_ENV_VAR = "MEDIA_RIP_CONFIG"
+
+
+@dataclass(frozen=True)
+class RipConfig:
+    staging: str = "/mnt/storage/staging"
+    device: str = "/dev/sr0"
+    min_length: int = 600  # seconds: shorter titles (menus, trailers, extras) are not ripped
+    makemkvcon: str = "makemkvcon"
+    auto_rip: bool = True  # false: `run` only watches and records; rip with `media-rip once`
+    eject: bool = True
+    eject_command: str = ""  # "": the CDROMEJECT ioctl, as eject(1) does; else a command run with the device
+    poll_seconds: float = 5.0
+    apprise_urls: tuple[str, ...] = ()
+    metrics_port: int = 0
+    metrics_bind: str = "127.0.0.1"
+    metrics_textfile: str = "/var/lib/media-rip/metrics.prom"
+    db: str = "/var/lib/media-rip/rips.sqlite3"
+
+    def to_json(self) -> dict:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+
+RIP_KEYS = tuple(f.name for f in fields(RipConfig))
+
+
+def rip_from_dict(raw: dict, where: str = "config") -> RipConfig:
+    """Validate media-rip's config (missing keys take defaults)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a JSON object {{...}}, got {type(raw).__name__}")
+    values: dict = {}
+    for key, value in raw.items():
+        if key not in RIP_KEYS:
+            close = difflib.get_close_matches(key, RIP_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(RIP_KEYS)}"
+            raise ConfigError(f"{where}: unknown key {key!r}; {hint}")
+        if key in ("staging", "device", "db", "makemkvcon", "eject_command", "metrics_bind", "metrics_textfile"):
+            if not isinstance(value, str) or (not value and key not in ("metrics_textfile", "eject_command")):
+                raise _bad(key, f"must be a non-empty string (got {value!r})", where)
+            if key in ("staging", "device", "db") and not os.path.isabs(value):
+                raise _bad(key, f"must be an absolute path (got {value!r})", where)
+            if key == "metrics_textfile" and value and not os.path.isabs(value):
+                raise _bad(key, f"must be an absolute path or \"\" (got {value!r})", where)
+            values[key] = value
+        elif key == "min_length":
+            values[key] = _as_int(key, value, where, 0, 86400)
+        elif key in ("auto_rip", "eject"):
+            values[key] = _as_bool(key, value, where)
+        elif key == "poll_seconds":
+            values[key] = _as_number(key, value, where, 0.05)
+        elif key == "apprise_urls":
+            values[key] = _as_str_list(key, value, where)
+        elif key == "metrics_port":
+            values[key] = _as_int(key, value, where, 0, 65535)
+    return RipConfig(**values)
+
+
+def load_rip(explicit: str | None = None, required: bool = False) -> RipConfig:
+    return load(explicit, required, env_var=RIP_ENV_VAR, default_path=RIP_DEFAULT_PATH, parse=rip_from_dict)
 
 
 if __name__ == "__main__":

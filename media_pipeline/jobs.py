@@ -88,14 +88,8 @@ class JobStore:
     def __init__(self, path: str, readonly: bool = False):
         self.path = path
         self._lock = threading.RLock()
-        if readonly:
-            uri = "file:" + _quote_uri(path) + "?mode=ro"
-            self._db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None,
-                                       check_same_thread=False)
-        else:
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+        self._db = connect(path, readonly)
+        if not readonly:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise RuntimeError(f"{path}: job database is from a newer media-pipeline (schema {version})")
@@ -248,6 +242,19 @@ class JobStore:
                 "UPDATE jobs SET state='queued', attempts=0, not_before=0, reason='retry requested', "
                 "updated=? WHERE id=? AND state='failed'", (time.time(), job_id))
             return cur.rowcount == 1
+
+
+def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
+    """The store's connection settings, shared by media-pipeline's jobs and media-rip's rips:
+    autocommit (explicit BEGIN IMMEDIATE where it matters), WAL so `status` reads while the
+    service writes, synchronous=FULL so a power cut loses no committed state."""
+    if readonly:
+        uri = "file:" + _quote_uri(path) + "?mode=ro"
+        return sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
 
 
 def _quote_uri(path: str) -> str:

@@ -19,13 +19,14 @@ Inside the ripper container (Debian 12):
      (tmp/eula_accepted, as jlesage/docker-makemkv does): asking for an install
      means accepting MakeMKV's EULA (https://www.makemkv.com/eula/).
      About 5-15 minutes;
-  3. ~USER/.MakeMKV/settings.conf (0600, owned by USER): app_DestinationDir =
+  3. python3 (media-rip runs on Debian's python3), installed from apt when missing;
+  4. ~USER/.MakeMKV/settings.conf (0600, owned by USER): app_DestinationDir =
      DIR and, with --makemkv-key-stdin, app_Key = the first line of stdin (the
      key is never printed). Other settings in the file are kept.
 
   --makemkv-url BASE   where the tarballs are (default https://www.makemkv.com/download;
                        any curl URL such as a local mirror, or a local directory /srv/makemkv)
-  --skip-makemkv       do steps 1 and 3 only
+  --skip-makemkv       do steps 1, 3 and 4 only
 Environment: MAKEMKV_PINS overrides the pins file (tests).
 
 stdout: JSON {"user":{ct-media-user JSON},
@@ -166,6 +167,15 @@ else
     mk_state=built
     changed "MakeMKV $version built and installed"
   fi
+fi
+
+step "python3 for media-rip"
+if [[ $(dpkg-query -W -f='${db:Status-Abbrev}' python3 2>/dev/null || true) == "ii "* ]]; then
+  ok "python3 present"
+else
+  retry 3 10 quiet apt-get update || die "apt-get update failed (network, or a broken apt source?)"
+  retry 2 10 quiet apt-get install -y --no-install-recommends python3 || die "apt-get install failed for: python3"
+  changed "installed python3"
 fi
 
 step "MakeMKV settings for $user"

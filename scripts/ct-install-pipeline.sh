@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# ct-install-pipeline.sh: install media-transcode + media-pipeline (the stdlib-only Python
-# package) inside the transcoder container, write its config and systemd unit, start it.
+# ct-install-pipeline.sh: install the stdlib-only media_pipeline package inside a container and
+# run its service: media-pipeline in the transcoder (--role transcoder), media-rip in the ripper.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'EOF'
 Usage: ct-install-pipeline.sh --tarball FILE --staging DIR --movies DIR --tv DIR [options]
+       ct-install-pipeline.sh --role ripper --tarball FILE --staging DIR [ripper options]
 
 Installs the media_pipeline package (a .tar.gz holding the media_pipeline/ directory) to
-/opt/media-pipeline, the commands /usr/local/bin/media-transcode and media-pipeline,
-/etc/media-pipeline/config.json and the media-pipeline.service systemd unit; enables the
-unit and (re)starts it when systemd runs the container. Run as root inside the container.
-A second run with the same inputs changes nothing.
+/opt/media-pipeline and, by role:
+  transcoder (default)  /usr/local/bin/media-transcode and media-pipeline,
+                        /etc/media-pipeline/config.json, media-pipeline.service
+  ripper                /usr/local/bin/media-rip, /etc/media-rip/config.json,
+                        media-rip.service (as the service user, with the drive's group)
+enables the unit and (re)starts it when systemd runs the container. Run as root inside the
+container. A second run with the same inputs changes nothing.
 
+  --role NAME           transcoder (default) or ripper
   --tarball FILE        the package tarball (required)
   --user NAME           the service user (default media; must exist)
   --pool DIR            the storage pool; --staging/--movies/--tv default to DIR/staging...
@@ -31,6 +36,13 @@ A second run with the same inputs changes nothing.
   --metrics-bind ADDR   address /metrics listens on (default 127.0.0.1: this container only;
                         0.0.0.0 to let another host scrape it)
   --root DIR            install under DIR instead of / (tests, image building); never starts
+ripper options:
+  --device PATH         the optical drive (default /dev/sr0)
+  --min-length SECONDS  shortest title to rip (default 600)
+  --auto-rip BOOL       rip every new disc (default true; false: only record it)
+  --eject BOOL          eject the disc when done (default true)
+  --drive-gid N         the drive's group id (the node's cdrom gid), added to the unit
+  --metrics-port/--metrics-bind as above (media-rip's own /metrics; default port 0 = off)
   -h, --help            this help
 
 Keys of an existing config.json that are not set by these flags (apprise_urls, ...) are kept.
@@ -41,13 +53,15 @@ EOF
 }
 
 tarball="" user=media pool="" staging="" movies="" tv="" languages=eng encoder=libx265
-preset=slow crf=18 qsv_device="" keep_source=true metrics_port=9464 metrics_bind=127.0.0.1 root=""
+preset=slow crf=18 qsv_device="" keep_source=true metrics_port="" metrics_bind=127.0.0.1 root=""
+role=transcoder device=/dev/sr0 min_length=600 auto_rip=true eject=true drive_gid=""
 
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h | --help) usage; exit 0 ;;
     --tarball | --user | --pool | --staging | --movies | --tv | --languages | --encoder | \
-      --preset | --crf | --qsv-device | --keep-source | --metrics-port | --metrics-bind | --root)
+      --preset | --crf | --qsv-device | --keep-source | --metrics-port | --metrics-bind | --root | \
+      --role | --device | --min-length | --auto-rip | --eject | --drive-gid)
       [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)" 2
       case $1 in
         --tarball) tarball=$2 ;;
@@ -65,6 +79,12 @@ while [[ $# -gt 0 ]]; do
         --metrics-port) metrics_port=$2 ;;
         --metrics-bind) metrics_bind=$2 ;;
         --root) root=$2 ;;
+        --role) role=$2 ;;
+        --device) device=$2 ;;
+        --min-length) min_length=$2 ;;
+        --auto-rip) auto_rip=$2 ;;
+        --eject) eject=$2 ;;
+        --drive-gid) drive_gid=$2 ;;
       esac
       shift 2
       ;;
@@ -79,7 +99,20 @@ if [[ -n $pool ]]; then
   [[ $pool == /* ]] || die "--pool must be an absolute path (got $pool)" 2
   staging=${staging:-$pool/staging} movies=${movies:-$pool/movies} tv=${tv:-$pool/tv}
 fi
-for pair in "staging:$staging" "movies:$movies" "tv:$tv"; do
+[[ $role == transcoder || $role == ripper ]] || die "--role must be transcoder or ripper (got $role)" 2
+if [[ $role == ripper ]]; then
+  needed=("staging:$staging")
+  [[ $device =~ ^/dev/[A-Za-z0-9/_-]+$ ]] || die "--device must be a device path such as /dev/sr0 (got $device)" 2
+  [[ $min_length =~ ^[0-9]+$ ]] || die "--min-length must be a number of seconds (got $min_length)" 2
+  [[ $auto_rip == true || $auto_rip == false ]] || die "--auto-rip must be true or false (got $auto_rip)" 2
+  [[ $eject == true || $eject == false ]] || die "--eject must be true or false (got $eject)" 2
+  [[ -z $drive_gid || $drive_gid =~ ^[0-9]+$ ]] || die "--drive-gid must be a group id such as 24 (got $drive_gid)" 2
+  metrics_port=${metrics_port:-0}
+else
+  needed=("staging:$staging" "movies:$movies" "tv:$tv")
+  metrics_port=${metrics_port:-9464}
+fi
+for pair in "${needed[@]}"; do
   [[ -n ${pair#*:} ]] || die "--${pair%%:*} is required (or --pool)" 2
   [[ ${pair#*:} == /* ]] || die "--${pair%%:*} must be an absolute path (got ${pair#*:})" 2
 done
@@ -101,7 +134,7 @@ fi
 
 command -v python3 >/dev/null || die "python3 is missing: apt-get install -y python3 (ct-bootstrap-transcoder.sh installs it)"
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' || die "python3 is older than 3.9: Debian 12 has 3.11"
-command -v ffmpeg >/dev/null || warn "ffmpeg is not installed yet: the service needs it (ct-bootstrap-transcoder.sh installs it)"
+[[ $role == ripper ]] || command -v ffmpeg >/dev/null || warn "ffmpeg is not installed yet: the service needs it (ct-bootstrap-transcoder.sh installs it)"
 
 user_exists=false
 if getent passwd "$user" >/dev/null; then
@@ -188,8 +221,13 @@ for dir in "$base"/releases/*; do
 done
 ok "/opt/media-pipeline/media_pipeline -> $release/media_pipeline"
 
-step "Installing /usr/local/bin/media-transcode and media-pipeline"
-for cmd in media-transcode:transcode media-pipeline:service; do
+if [[ $role == ripper ]]; then
+  commands=(media-rip:rip) service_name=media-rip etc_dir=media-rip
+else
+  commands=(media-transcode:transcode media-pipeline:service) service_name=media-pipeline etc_dir=media-pipeline
+fi
+step "Installing /usr/local/bin/{$(IFS=,; echo "${commands[*]%%:*}")}"
+for cmd in "${commands[@]}"; do
   write_file "$root/usr/local/bin/${cmd%%:*}" 0755 <<EOF || true
 #!/bin/sh
 # Installed by ct-install-pipeline.sh: the media_pipeline package runs on Debian's python3.
@@ -201,19 +239,26 @@ done
 ok "commands ready"
 
 # --- config -----------------------------------------------------------------------------
-step "Writing /etc/media-pipeline/config.json"
-config=$root/etc/media-pipeline/config.json
-rendered=$(PYTHONPATH=$base/$release python3 -m media_pipeline.config render --base "$config" \
-  "staging=$staging" "movies=$movies" "tv=$tv" "languages=$languages" "encoder=$encoder" \
-  "preset=$preset" "crf=$crf" "qsv_device=$qsv_device" "keep_source=$keep_source" "metrics_port=$metrics_port" \
-  "metrics_bind=$metrics_bind") ||
-  die "the settings above are not a valid config" 2
+step "Writing /etc/$etc_dir/config.json"
+config=$root/etc/$etc_dir/config.json
+if [[ $role == ripper ]]; then
+  rendered=$(PYTHONPATH=$base/$release python3 -m media_pipeline.config render --rip --base "$config" \
+    "staging=$staging" "device=$device" "min_length=$min_length" "auto_rip=$auto_rip" "eject=$eject" \
+    "metrics_port=$metrics_port" "metrics_bind=$metrics_bind") ||
+    die "the settings above are not a valid media-rip config" 2
+else
+  rendered=$(PYTHONPATH=$base/$release python3 -m media_pipeline.config render --base "$config" \
+    "staging=$staging" "movies=$movies" "tv=$tv" "languages=$languages" "encoder=$encoder" \
+    "preset=$preset" "crf=$crf" "qsv_device=$qsv_device" "keep_source=$keep_source" "metrics_port=$metrics_port" \
+    "metrics_bind=$metrics_bind") ||
+    die "the settings above are not a valid config" 2
+fi
 # It may hold notification tokens: root writes it, the service user's group reads it.
 config_owner=""
 if $user_exists; then config_owner=0:$(id -g "$user"); fi
 if write_file "$config" 0640 "$config_owner" <<<"$rendered"; then ok "config written"; else ok "config unchanged"; fi
 
-state=$root/var/lib/media-pipeline
+state=$root/var/lib/$service_name
 if [[ ! -d $state ]]; then
   mkdir -p "$state"
   changed=true
@@ -224,10 +269,30 @@ if $user_exists && [[ $(id -u) -eq 0 && $(stat -c %U "$state") != "$user" ]]; th
 fi
 
 # --- service ----------------------------------------------------------------------------
-step "Installing media-pipeline.service"
-unit=$root/etc/systemd/system/media-pipeline.service
+step "Installing $service_name.service"
+unit=$root/etc/systemd/system/$service_name.service
 unit_changed=false
-if write_file "$unit" 0644 <<EOF; then unit_changed=true; fi
+if [[ $role == ripper ]]; then
+  if write_file "$unit" 0644 <<EOF; then unit_changed=true; fi
+[Unit]
+Description=Media rip: rip each new disc in $device into staging with MakeMKV
+After=local-fs.target
+
+[Service]
+Type=simple
+User=$user
+${drive_gid:+SupplementaryGroups=$drive_gid
+}ExecStart=/usr/local/bin/media-rip run
+Restart=on-failure
+RestartSec=10
+StateDirectory=media-rip
+UMask=0002
+TimeoutStopSec=30
+
+[Install]
+WantedBy=multi-user.target
+EOF
+elif write_file "$unit" 0644 <<EOF; then unit_changed=true; fi
 [Unit]
 Description=Media pipeline: transcode finished rips from staging into the library
 After=local-fs.target network-online.target
@@ -251,22 +316,22 @@ wants=$root/etc/systemd/system/multi-user.target.wants
 service=enabled
 if [[ -z $root && -d /run/systemd/system ]]; then
   if $unit_changed; then systemctl daemon-reload; fi
-  if ! systemctl is-enabled --quiet media-pipeline.service; then
-    quiet systemctl enable media-pipeline.service
+  if ! systemctl is-enabled --quiet "$service_name.service"; then
+    quiet systemctl enable "$service_name.service"
     changed=true
   fi
   if $changed; then
-    systemctl restart media-pipeline.service
-  elif ! systemctl is-active --quiet media-pipeline.service; then
-    systemctl start media-pipeline.service
+    systemctl restart "$service_name.service"
+  elif ! systemctl is-active --quiet "$service_name.service"; then
+    systemctl start "$service_name.service"
     changed=true
   fi
   service=active
-  ok "media-pipeline.service enabled and running"
+  ok "$service_name.service enabled and running"
 else
-  if [[ $(readlink "$wants/media-pipeline.service" 2>/dev/null || true) != /etc/systemd/system/media-pipeline.service ]]; then
+  if [[ $(readlink "$wants/$service_name.service" 2>/dev/null || true) != "/etc/systemd/system/$service_name.service" ]]; then
     mkdir -p "$wants"
-    ln -sfn /etc/systemd/system/media-pipeline.service "$wants/media-pipeline.service"
+    ln -sfn "/etc/systemd/system/$service_name.service" "$wants/$service_name.service"
     changed=true
   fi
   if [[ -n $root ]]; then
@@ -276,14 +341,14 @@ else
   fi
 fi
 
-python3 - "$version" "$changed" "$service" <<'EOF'
+python3 - "$version" "$changed" "$service" "$service_name" "$etc_dir" <<'EOF'
 import json, sys
-version, changed, service = sys.argv[1:4]
+version, changed, service, name, etc = sys.argv[1:6]
 print(json.dumps({
     "installed": "/opt/media-pipeline/media_pipeline",
     "version": version,
-    "unit": "/etc/systemd/system/media-pipeline.service",
-    "config": "/etc/media-pipeline/config.json",
+    "unit": f"/etc/systemd/system/{name}.service",
+    "config": f"/etc/{etc}/config.json",
     "changed": changed == "true",
     "service": service,
 }))

@@ -58,6 +58,10 @@ def test_homelab_stack_has_the_plans_values():
         ("proxmox", "endpoint", "pve.lan", "https://pve.lan:8006/"),
         ("transcoder", "coresCount", 4, "homelab-media:transcoder.coresCount is not a known setting"),
         ("makemkv", "version", "1.17.0", "not pinned in scripts/makemkv-versions.txt (pinned: 1.18.4"),
+        ("ripper", "minLength", -5, "homelab-media:ripper.minLength = -5"),
+        ("ripper", "autoRip", "sometimes", "homelab-media:ripper.autoRip = 'sometimes'"),
+        ("ripper", "device", "/dev/sg1", "optical drive node such as /dev/sr0"),
+        ("transcoder", "minLength", 600, "homelab-media:transcoder.minLength is not a known setting"),
     ],
 )
 def test_bad_values_are_refused_naming_key_value_and_fix(section, key, value, expect):
@@ -162,3 +166,4 @@ def test_static_address_needs_a_gateway():
     assert any("ripper.ipv4 is a static address but network.gateway is not set" in m for m in refused(raw))
     raw["network"] = {**raw["network"], "gateway": "192.168.1.1"}
     parse(raw, ALL_SECRETS)
+

@@ -246,3 +246,54 @@ def test_shellcheck_clean():
     run = subprocess.run(["shellcheck", "-x", str(SCRIPT)], cwd=SCRIPT.parent, capture_output=True,
                          text=True, check=False)
     assert run.returncode == 0, run.stdout
+
+
+def install_ripper(root: Path, tarball: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    argv = ["bash", str(SCRIPT), "--role", "ripper", "--tarball", str(tarball), "--user", ME,
+            "--staging", "/mnt/storage/staging", "--root", str(root), *extra]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if check:
+        assert run.returncode == 0, run.stderr
+    return run
+
+
+def test_ripper_role_installs_media_rip_with_the_stack_settings(root, tmp_path):
+    tarball = make_tarball(tmp_path / "media_pipeline.tar.gz")
+    first = install_ripper(root, tarball, "--min-length", "1200", "--auto-rip", "true", "--eject", "false",
+                           "--drive-gid", "24", "--device", "/dev/sr0")
+    assert result(first) == {"installed": "/opt/media-pipeline/media_pipeline", "version": "0.1.0",
+                             "unit": "/etc/systemd/system/media-rip.service",
+                             "config": "/etc/media-rip/config.json", "changed": True, "service": "enabled"}
+    wrapper = (root / "usr/local/bin/media-rip").read_text()
+    assert 'exec python3 -m media_pipeline.rip "$@"' in wrapper
+    assert not (root / "usr/local/bin/media-pipeline").exists()  # the ripper transcodes nothing
+    assert not (root / "etc/media-pipeline").exists()
+    cfg = json.loads((root / "etc/media-rip/config.json").read_text())
+    assert (cfg["min_length"], cfg["auto_rip"], cfg["eject"], cfg["device"], cfg["staging"], cfg["metrics_port"]) == \
+        (1200, True, False, "/dev/sr0", "/mnt/storage/staging", 0)
+    unit = (root / "etc/systemd/system/media-rip.service").read_text()
+    assert f"User={ME}" in unit and "SupplementaryGroups=24" in unit
+    assert "ExecStart=/usr/local/bin/media-rip run" in unit and "StateDirectory=media-rip" in unit
+    assert os.readlink(root / "etc/systemd/system/multi-user.target.wants/media-rip.service") == \
+        "/etc/systemd/system/media-rip.service"
+    assert (root / "var/lib/media-rip").is_dir()
+    # the installed command answers (its --help documents the exit codes)
+    env = {**os.environ, "PYTHONPATH": str(root / "opt/media-pipeline")}
+    run = subprocess.run([sys.executable, "-m", "media_pipeline.rip", "--help"], env=env, capture_output=True,
+                         text=True, check=False)
+    assert run.returncode == 0 and "4  a title failed" in run.stdout
+    before = snapshot(root)
+    again = install_ripper(root, tarball, "--min-length", "1200", "--auto-rip", "true", "--eject", "false",
+                           "--drive-gid", "24", "--device", "/dev/sr0")
+    assert result(again)["changed"] is False and snapshot(root) == before
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--min-length", "ten"), "--min-length must be a number"),
+    (("--auto-rip", "yes"), "--auto-rip must be true or false"),
+    (("--device", "sr0"), "--device must be a device path"),
+    (("--role", "encoder"), "--role must be transcoder or ripper"),
+])
+def test_ripper_role_refuses_bad_settings(root, tmp_path, args, message):
+    run = install_ripper(root, make_tarball(tmp_path / "a.tar.gz"), *args, check=False)
+    assert run.returncode == 2 and message in run.stderr

@@ -105,7 +105,7 @@ OPTS: dict[str, pulumi.ResourceOptions] = {}
 
 def done(g):
     """An Output that settles once every resource of the program is registered."""
-    return pulumi.Output.all(g["transcoder"].gpu, g["transcoder"].pipeline, g["ripper"].drive)
+    return pulumi.Output.all(g["transcoder"].gpu, g["transcoder"].pipeline, g["ripper"].drive, g["ripper"].rip)
 
 
 def _record_depends_on(args: pulumi.ResourceTransformationArgs):
@@ -156,7 +156,7 @@ def test_every_resource_is_declared(program):
             "media-host", "media-host-pool-check", "media-host-media-user", "media-host-discover",
             "media-host-template", "transcoder", "transcoder-raw-lines", "transcoder-bootstrap",
             "transcoder-pipeline", "transcoder-verify-gpu", "ripper", "ripper-raw-lines",
-            "ripper-bootstrap", "ripper-verify-drive", "pve",
+            "ripper-bootstrap", "ripper-verify-drive", "ripper-media-rip", "pve",
         ]:
             assert expected in names, f"{expected} missing from {sorted(names)}"
         types = {n: a.typ for n, a in mocks.resources.items()}
@@ -383,6 +383,42 @@ def test_a_chosen_qsv_device_reaches_the_gpu_proof_and_the_pipeline(program):
         assert "--render-node /dev/dri/renderD129" in mocks.resources["transcoder-verify-gpu"].inputs["stdin"]
         assert "--qsv-device /dev/dri/renderD129" in mocks.resources["transcoder-pipeline"].inputs["stdin"]
         assert "--encoder hevc_qsv" in mocks.resources["transcoder-pipeline"].inputs["stdin"]
+
+    return done(g).apply(check)
+
+
+@pulumi.runtime.test
+def test_media_rip_is_installed_in_the_ripper_with_the_stack_settings(program):
+    mocks, g = program(homelab_config())
+
+    def check(values):
+        r = mocks.resources
+        step = r["ripper-media-rip"]
+        assert step.inputs["create"] == "pct exec 202 -- bash -s"
+        assert g["ripper"].bootstrap in DEPENDS_ON["ripper-media-rip"]  # python3 and the media user first
+        stdin = step.inputs["stdin"]
+        assert _script_of(stdin) == "ct-install-pipeline.sh" and "media-pipeline.tar.gz" in stdin
+        assert ("--role ripper --tarball media-pipeline.tar.gz --user media --staging /mnt/storage/staging "
+                "--device /dev/sr0 --min-length 600 --auto-rip true --eject true --drive-gid 24") in stdin
+        rip = values[-1]
+        assert rip["minLength"] == 600 and rip["autoRip"] is True and rip["eject"] is True
+        assert rip["device"] == "/dev/sr0" and rip["installed"] is True
+
+    return done(g).apply(check)
+
+
+@pulumi.runtime.test
+def test_ripper_settings_reach_media_rip(program):
+    ripper = yaml.safe_load((ROOT / "Pulumi.homelab.yaml").read_text())["config"][f"{NS}:ripper"]
+    ripper.update(minLength=1800, autoRip=False, eject=False, device="/dev/sr1", metricsPort=9465)
+    mocks, g = program(homelab_config(**{f"{NS}:ripper": json.dumps(ripper)}))
+
+    def check(values):
+        stdin = mocks.resources["ripper-media-rip"].inputs["stdin"]
+        assert "--device /dev/sr1 --min-length 1800 --auto-rip false --eject false" in stdin
+        assert "--metrics-port 9465" in stdin
+        assert {k: values[-1][k] for k in ("minLength", "autoRip", "eject", "device")} == \
+            {"minLength": 1800, "autoRip": False, "eject": False, "device": "/dev/sr1"}
 
     return done(g).apply(check)
 

@@ -1,0 +1,214 @@
+"""media-rip against a stand-in drive (tests/media/fake_makemkvcon.py) writing real MKV files,
+and media-pipeline (real ffmpeg) turning the published rip into a library file.
+
+What this proves and what it cannot: docs/adr/0007-media-rip-makemkv-robot-mode.md.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from tests.media.helpers import Pipeline, kill, make_rip, processes_with, streams, wait_for
+from tests.media.rip_helpers import Drive
+
+pytestmark = pytest.mark.ffmpeg
+
+FEATURE = "1:52:10"
+EXTRA = "0:03:05"
+
+
+@pytest.fixture(scope="module")
+def titles(tmp_path_factory):
+    d = tmp_path_factory.mktemp("disc")
+    return {"main": make_rip(d / "main.mkv", duration=2, audio=(("eng", "aac"),)),
+            "other": make_rip(d / "other.mkv", duration=3, audio=(("eng", "ac3"),))}
+
+
+def test_a_disc_is_ripped_published_marked_and_becomes_a_library_file(titles, tmp_path):
+    drive = Drive(tmp_path)
+    drive.insert("Big Buck Bunny", [(FEATURE, titles["main"]), (EXTRA, titles["other"]), ("1:01:00", titles["other"])])
+    run = drive.once()
+    assert run.returncode == 0, run.stderr
+    # the two long titles, each with its marker, under the disc's name; the short extra left out
+    assert drive.published() == {"Big Buck Bunny": ["title_t00.mkv", "title_t00.mkv.done",
+                                                    "title_t01.mkv", "title_t01.mkv.done"]}
+    folder = drive.staging / "Big Buck Bunny"
+    assert (folder / "title_t00.mkv").read_bytes() == titles["main"].read_bytes()
+    assert (folder / "title_t01.mkv").read_bytes() == titles["other"].read_bytes()
+    assert "key missing" in run.stderr and "ETA" in run.stderr and "100.0%" in run.stderr
+    [rip] = drive.status()
+    assert rip["state"] == "done" and rip["exit_code"] == 0 and rip["folder"] == str(folder)
+    assert [t["duration"] for t in rip["titles"]] == [6730, 3660]
+    assert rip["bytes"] == titles["main"].stat().st_size + titles["other"].stat().st_size
+    # the same --minlength for the scan and the rip, so MakeMKV numbers the titles the same way
+    info, mkv = [c for c in drive.calls() if "info" in c and "dev:/dev/sr0" in c], [c for c in drive.calls() if "mkv" in c]
+    assert "--minlength=600" in info[0] and "--minlength=600" in mkv[0] and mkv[0][-2] == "all"
+    table = drive.rip("status")
+    assert "Big Buck Bunny" in table.stdout and "done" in table.stdout
+
+    # media-pipeline takes it at once (marker), with a stability wait that would otherwise hold it
+    pipe = Pipeline(tmp_path / "pipe", stable_seconds=3600, require_marker=True)
+    pipe.configure(staging=str(drive.staging))
+    pipe.once(timeout=300)
+    lib = pipe.movies / "Big Buck Bunny.mkv"
+    assert lib.exists(), pipe.library()
+    assert [s[:2] for s in streams(lib)][0] == ("video", "hevc")
+
+
+def test_no_disc_and_tray_open_exit_3_and_rip_nothing(tmp_path):
+    drive = Drive(tmp_path)
+    run = drive.once()
+    assert run.returncode == 3 and "the drive is empty" in run.stderr
+    drive.set(drive_state=1)
+    run = drive.once()
+    assert run.returncode == 3 and "tray is open" in run.stderr
+    assert drive.mkv_calls() == 0 and drive.published() == {}
+
+
+def test_a_failed_title_publishes_nothing_although_makemkvcon_exits_0(titles, tmp_path):
+    drive = Drive(tmp_path)
+    drive.insert("Scratched", [(FEATURE, titles["main"]), ("1:40:00", titles["other"], "fail")])
+    run = drive.once()
+    assert run.returncode == 4, run.stderr
+    assert "Failed to save title 1" in run.stderr
+    assert drive.published() == {}  # neither the good title nor the partial one, no working folder
+    [rip] = drive.status()
+    assert rip["state"] == "failed" and "Failed to save title 1" in rip["reason"] and rip["exit_code"] == 4
+
+
+def test_no_title_long_enough_exits_5_without_ripping(titles, tmp_path):
+    drive = Drive(tmp_path)
+    drive.insert("Bonus Disc", [(EXTRA, titles["main"]), ("0:09:59", titles["other"])])
+    run = drive.once()
+    assert run.returncode == 5 and "no title is at least 0:10:00 long" in run.stderr
+    assert drive.mkv_calls() == 0 and drive.published() == {}
+    assert drive.once("--min-length", "500").returncode == 0  # the override reaches makemkvcon
+    assert drive.published() == {"Bonus Disc": ["title_t00.mkv", "title_t00.mkv.done"]}
+
+
+def test_two_discs_with_the_same_name_get_their_own_folders(titles, tmp_path):
+    drive = Drive(tmp_path)
+    drive.insert("Disc 1", [(FEATURE, titles["main"])], label="DISC/../1")
+    assert drive.once().returncode == 0
+    first = drive.staging / "Disc 1" / "title_t00.mkv"
+    before = (first.stat().st_ino, first.stat().st_mtime_ns, first.read_bytes())
+    drive.insert("Disc 1", [(FEATURE, titles["other"])])
+    assert drive.once().returncode == 0
+    assert drive.published() == {"Disc 1": ["title_t00.mkv", "title_t00.mkv.done"],
+                                 "Disc 1 (2)": ["title_t00.mkv", "title_t00.mkv.done"]}
+    assert (first.stat().st_ino, first.stat().st_mtime_ns, first.read_bytes()) == before
+    assert (drive.staging / "Disc 1 (2)" / "title_t00.mkv").read_bytes() == titles["other"].read_bytes()
+    # a label that is all punctuation still gives one safe folder name
+    drive.insert("", [(FEATURE, titles["main"])], label="../..")
+    assert drive.once().returncode == 0
+    assert "Disc" in drive.published()
+
+
+def test_expired_key_is_reported_before_any_rip(titles, tmp_path):
+    drive = Drive(tmp_path)
+    drive.insert("Big Buck Bunny", [(FEATURE, titles["main"])], expired=True)
+    run = drive.once()
+    assert run.returncode == 6, run.stderr
+    assert "version is too old" in run.stderr and "makemkvKey" in run.stderr
+    assert drive.mkv_calls() == 0 and drive.published() == {}
+
+
+def test_usage_errors_exit_2_and_help_lists_the_exit_codes(tmp_path):
+    drive = Drive(tmp_path)
+    assert drive.rip("once", "--min-length", "ten").returncode == 2
+    assert drive.rip("frobnicate").returncode == 2
+    bad = Drive(tmp_path / "bad", min_length=-1)
+    run = bad.once()
+    assert run.returncode == 2 and "min_length" in run.stderr
+    helptext = drive.rip("--help").stdout
+    for line in ("3  no disc", "4  a title failed", "5  no title is at least", "6  MakeMKV refuses"):
+        assert line in helptext
+
+
+def test_the_service_rips_each_new_disc_once_and_ejects_it(titles, tmp_path):
+    drive = Drive(tmp_path)
+    drive.insert("Heat", [(FEATURE, titles["main"])])
+    svc = drive.start()
+    try:
+        wait_for(lambda: drive.disc()["drive_state"] == 1, timeout=60, what="eject after the rip")
+        assert drive.published() == {"Heat": ["title_t00.mkv", "title_t00.mkv.done"]}
+        drive.set(drive_state=2)  # the same disc back in: not ripped again, ejected again
+        wait_for(lambda: drive.disc()["drive_state"] == 1, timeout=60, what="second eject")
+        assert drive.mkv_calls() == 1
+        drive.insert("Ronin", [(FEATURE, titles["other"])])  # a new disc
+        wait_for(lambda: "Ronin" in drive.published(), timeout=60, what="second disc")
+        metrics = (tmp_path / "state" / "rip.prom").read_text()
+        assert 'media_rip_rips{state="done"} 2' in metrics or wait_for(
+            lambda: 'media_rip_rips{state="done"} 2' in (tmp_path / "state" / "rip.prom").read_text())
+    finally:
+        kill(svc, signal.SIGTERM)
+    assert svc.returncode == 0
+    # a restart with the same disc in the drive does not rip it twice
+    drive.set(drive_state=2)
+    svc = drive.start()
+    try:
+        wait_for(lambda: drive.disc()["drive_state"] == 1, timeout=60, what="eject of a known disc")
+    finally:
+        kill(svc, signal.SIGTERM)
+    assert drive.mkv_calls() == 2
+    assert [r["name"] for r in drive.status()] == ["Heat", "Ronin"]
+
+
+def test_once_refuses_while_the_service_watches_the_drive(titles, tmp_path):
+    drive = Drive(tmp_path, auto_rip=False)
+    drive.insert("Heat", [(FEATURE, titles["main"])])
+    svc = drive.start()
+    try:
+        wait_for(lambda: drive.calls(), timeout=30, what="the service polling")
+        run = drive.once()
+    finally:
+        kill(svc, signal.SIGTERM)
+    assert run.returncode == 1 and "systemctl stop media-rip" in run.stderr
+    assert drive.mkv_calls() == 0
+    assert drive.once().returncode == 0  # the service is gone: the hand rip works
+
+
+def test_auto_rip_off_only_watches(titles, tmp_path):
+    drive = Drive(tmp_path, auto_rip=False)
+    drive.insert("Heat", [(FEATURE, titles["main"])])
+    svc = drive.start()
+    try:
+        wait_for(lambda: any("info" in c and "dev:/dev/sr0" in c for c in drive.calls()), timeout=30, what="scan")
+        time.sleep(0.5)
+    finally:
+        kill(svc, signal.SIGTERM)
+    assert drive.mkv_calls() == 0 and drive.disc()["drive_state"] == 2
+    assert "auto_rip is off" in svc.stderr.read()
+
+
+def test_kill_9_mid_rip_leaves_no_partial_and_the_restart_rips_once(titles, tmp_path):
+    drive = Drive(tmp_path)
+    drive.insert("Long Rip", [(FEATURE, titles["main"])], chunks=40, chunk_delay=0.1)
+    svc = drive.start()
+    try:
+        work = wait_for(lambda: [p for p in drive.staging.glob(".rip-*/title_t00.mkv") if p.stat().st_size > 0],
+                        timeout=60, what="a rip in progress")[0]
+        kill(svc, signal.SIGKILL)
+        # the stand-in makemkvcon died with media-rip (PR_SET_PDEATHSIG): nothing writes any more
+        wait_for(lambda: not processes_with(str(work.parent)), timeout=10, what="makemkvcon to die")
+        assert work.parent.exists() and drive.published().keys() == {work.parent.name}  # only the hidden folder
+        drive.set(chunk_delay=0.0)
+        svc = drive.start()
+        wait_for(lambda: drive.disc()["drive_state"] == 1, timeout=60, what="eject after the second rip")
+    finally:
+        kill(svc, signal.SIGTERM)
+    assert drive.published() == {"Long Rip": ["title_t00.mkv", "title_t00.mkv.done"]}
+    assert (drive.staging / "Long Rip" / "title_t00.mkv").read_bytes() == titles["main"].read_bytes()
+    [rip] = drive.status()
+    assert rip["state"] == "done" and rip["attempts"] == 2 and drive.mkv_calls() == 2
+
+
+def test_status_json_of_an_empty_store(tmp_path):
+    drive = Drive(tmp_path)
+    assert drive.status() == []
+    assert drive.rip("status").stdout.strip() == "no rips yet"
+    assert json.loads(drive.rip("status", "--json").stdout) == []
