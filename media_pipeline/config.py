@@ -261,8 +261,9 @@ def _parse_assignment(item: str) -> tuple[str, object]:
     return key, text
 
 
-def render(assignments: list[str], base: str | None = None) -> str:
-    """A complete config as stable JSON: base file (if any) overridden by KEY=VALUE items."""
+def render(assignments: list[str], base: str | None = None, secrets: dict | None = None) -> str:
+    """A complete config as stable JSON: base file (if any) overridden by KEY=VALUE items,
+    then by `secrets` (read from stdin by the CLI, so they never appear in argv)."""
     raw: dict = {}
     if base and os.path.exists(base):
         try:
@@ -275,6 +276,7 @@ def render(assignments: list[str], base: str | None = None) -> str:
     for item in assignments:
         key, value = _parse_assignment(item)
         raw[key] = value
+    raw.update(secrets or {})
     cfg = from_dict(raw, where="arguments")
     return json.dumps(cfg.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
@@ -285,13 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("render", help="print a complete config from KEY=VALUE items")
     r.add_argument("--base", help="existing config whose other keys are kept")
+    r.add_argument("--web-password-stdin", action="store_true",
+                   help="read web_password from stdin (its first line; empty = no password)")
     r.add_argument("items", nargs="*", metavar="KEY=VALUE")
     c = sub.add_parser("check", help="validate a config file")
     c.add_argument("file")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "render":
-            sys.stdout.write(render(args.items, args.base))
+            secrets = {}
+            if args.web_password_stdin:
+                secrets["web_password"] = sys.stdin.readline().rstrip("\r\n")
+            sys.stdout.write(render(args.items, args.base, secrets))
         else:
             load(args.file)
             print(f"{args.file}: ok")
