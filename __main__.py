@@ -10,7 +10,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_proxmoxve as proxmoxve
 
-from components.config import ConfigError
+from components.config import ConfigError, page_urls
 from components.media_host import MediaHost
 from components.remote import Node
 from components.ripper_ct import RipperCT
@@ -47,7 +47,7 @@ node = Node(
 )
 
 host = MediaHost("media-host", cfg, node)
-transcoder = TranscoderCT("transcoder", cfg, node, host)
+transcoder = TranscoderCT("transcoder", cfg, node, host, status_password=inputs.status_password)
 ripper = RipperCT("ripper", cfg, node, host, makemkv_key=inputs.makemkv_key)
 
 pulumi.export("pool", host.pool)
@@ -58,3 +58,6 @@ pulumi.export("ripper", {"vmId": ripper.vm_id, "hostname": cfg.ripper.hostname, 
 pulumi.export("gpuVerification", transcoder.gpu)
 pulumi.export("driveVerification", ripper.drive)
 pulumi.export("pipeline", transcoder.pipeline)
+urls = page_urls(cfg)
+pulumi.export("statusPage", urls["page"])
+pulumi.export("metricsUrl", urls["metrics"])
