@@ -211,7 +211,7 @@ class StatusApp:
         """A browser sends Origin (or at least Referer) on a form POST: it must be this host."""
         host = environ.get("HTTP_HOST", "")
         source = environ.get("HTTP_ORIGIN") or environ.get("HTTP_REFERER")
-        if source and source != "null" and urlsplit(source).netloc != host:
+        if source and urlsplit(source).netloc != host:  # "null" (a sandboxed or privacy-stripped origin) too
             raise HTTPError("403 Forbidden", f"cross-site request refused (from {urlsplit(source).netloc or source!r},"
                                              f" not {host!r})")
         if environ.get("HTTP_SEC_FETCH_SITE", "same-origin") not in ("same-origin", "none"):

@@ -129,7 +129,7 @@ def test_retry_requeues_a_failed_job(page):
 
 
 @pytest.mark.parametrize("case", ["unknown job", "not failed", "GET", "no token", "stale token",
-                                  "cross-site origin", "cross-site fetch", "not a form", "unknown page",
+                                  "cross-site origin", "null origin", "cross-site fetch", "not a form", "unknown page",
                                   "POST to page"])
 def test_bad_requests_get_a_clear_error_and_change_nothing(page, case):
     svc, base, ids = page()
@@ -143,6 +143,8 @@ def test_bad_requests_get_a_clear_error_and_change_nothing(page, case):
         "stale token": (lambda: post_retry(base, ids["failed"], "0" * 64), 403, "CSRF token"),
         "cross-site origin": (lambda: post_retry(base, ids["failed"], token, extra={"Origin": "http://evil.example"}),
                               403, "cross-site request refused"),
+        "null origin": (lambda: post_retry(base, ids["failed"], token, extra={"Origin": "null"}),
+                        403, "cross-site request refused"),
         "cross-site fetch": (lambda: post_retry(base, ids["failed"], token, extra={"Sec-Fetch-Site": "cross-site"}),
                              403, "cross-site request refused"),
         "not a form": (lambda: get(f"{base}/jobs/{ids['failed']}/retry", method="POST", data=b"{}",
