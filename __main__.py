@@ -10,7 +10,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_proxmoxve as proxmoxve
 
-from components.config import ConfigError
+from components.config import ConfigError, page_urls
 from components.media_host import MediaHost
 from components.preflight import ssh_problem
 from components.remote import Node
@@ -55,7 +55,7 @@ node = Node(
 )
 
 host = MediaHost("media-host", cfg, node)
-transcoder = TranscoderCT("transcoder", cfg, node, host)
+transcoder = TranscoderCT("transcoder", cfg, node, host, status_password=inputs.status_password)
 ripper = RipperCT("ripper", cfg, node, host, makemkv_key=inputs.makemkv_key)
 
 pulumi.export("pool", host.pool)
@@ -67,3 +67,6 @@ pulumi.export("gpuVerification", transcoder.gpu)
 pulumi.export("driveVerification", ripper.drive)
 pulumi.export("pipeline", transcoder.pipeline)
 pulumi.export("rip", ripper.rip)
+urls = page_urls(cfg)
+pulumi.export("statusPage", urls["page"])
+pulumi.export("metricsUrl", urls["metrics"])

@@ -43,7 +43,7 @@ SECTIONS = (
     "devices",
     "verify",
 )
-SECRETS = ("proxmoxPassword", "proxmoxApiToken", "sshPrivateKey", "makemkvKey")
+SECRETS = ("proxmoxPassword", "proxmoxApiToken", "sshPrivateKey", "makemkvKey", "statusPassword")
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _HOSTNAME = re.compile(r"^(?!-)[a-zA-Z0-9-]{1,63}(?<!-)$")
@@ -301,13 +301,22 @@ class EncodingConfig(_Model):
 
 
 class PipelineConfig(_Model):
-    """The media-pipeline service in the transcoder."""
+    """The media-pipeline service in the transcoder: /metrics and the status page."""
 
     keep_source: bool = True
     metrics_port: int = Field(9464, ge=0, le=65535, description="0 turns /metrics off")
     metrics_bind: str = "127.0.0.1"
+    web_port: int = Field(8480, ge=0, le=65535, description="the status page; 0 turns it off")
+    # beyond loopback only with the secret statusPassword (HTTP basic auth)
+    web_bind: str = "127.0.0.1"
 
-    @field_validator("metrics_bind")
+    @model_validator(mode="after")
+    def _ports(self) -> "PipelineConfig":
+        if self.web_port and self.web_port == self.metrics_port:
+            raise ValueError(f"pipeline.webPort and pipeline.metricsPort are both {self.web_port}; give each its own port")
+        return self
+
+    @field_validator("metrics_bind", "web_bind")
     @classmethod
     def _bind(cls, v: str) -> str:
         try:
@@ -362,6 +371,7 @@ class Secrets(_Model):
     proxmox_api_token: bool = False
     ssh_private_key: bool = False
     makemkv_key: bool = False
+    status_password: bool = False
 
 
 class StackConfig(_Model):
@@ -439,6 +449,37 @@ def _auth_problems(raw: dict[str, Any], secrets: Secrets, require_secrets: bool)
     return problems
 
 
+def _exposure_problems(cfg: "StackConfig") -> list[str]:
+    """The status page can retry jobs: beyond the container's loopback it needs its password."""
+    p = cfg.pipeline
+    if p.web_port and not ipaddress.ip_address(p.web_bind).is_loopback and not cfg.secrets.status_password:
+        return [
+            f"{NAMESPACE}:pipeline.webBind = {p.web_bind!r} opens the status page beyond the transcoder, but "
+            f"{NAMESPACE}:statusPassword is not set: set it with `pulumi config set --secret "
+            f"{NAMESPACE}:statusPassword` (a long random string), or keep webBind 127.0.0.1."
+        ]
+    return []
+
+
+def page_urls(cfg: "StackConfig") -> dict[str, Any]:
+    """Where to reach the status page and /metrics (the stack output `statusPage`)."""
+    p, ct = cfg.pipeline, cfg.transcoder
+    host = ct.ipv4.split("/")[0] if ct.ipv4 != "dhcp" else ct.hostname
+
+    def url(bind: str, port: int, path: str) -> dict[str, Any]:
+        if not port:
+            return {"url": None, "reachable": "off (port 0)"}
+        if ipaddress.ip_address(bind).is_loopback:
+            return {"url": f"http://127.0.0.1:{port}{path}",
+                    "reachable": f"inside CT {ct.vm_id} only (bind {bind}): pct exec {ct.vm_id} -- curl -s "
+                                 f"http://127.0.0.1:{port}{path}"}
+        shown = host if bind in ("0.0.0.0", "::") else bind
+        return {"url": f"http://{shown}:{port}{path}", "reachable": f"from the network (bind {bind})"}
+
+    return {"page": {**url(p.web_bind, p.web_port, "/"), "password": cfg.secrets.status_password},
+            "metrics": url(p.metrics_bind, p.metrics_port, "/metrics")}
+
+
 def parse(raw: dict[str, Any], secrets: Secrets, require_secrets: bool = True) -> StackConfig:
     """Validate the structured config sections; raise ConfigError with every problem."""
     problems: list[str] = []
@@ -467,6 +508,8 @@ def parse(raw: dict[str, Any], secrets: Secrets, require_secrets: bool = True) -
                 problems.append(f"{NAMESPACE}:{key} = {err.get('input')!r} is refused: {msg}")
         cfg = None
     problems += _auth_problems(raw, secrets, require_secrets)
+    if cfg is not None:
+        problems += _exposure_problems(cfg)
     if problems:
         raise ConfigError(problems)
     assert cfg is not None
@@ -506,6 +549,7 @@ def from_stack_file(path: str | Path, require_secrets: bool = False) -> StackCon
         proxmox_api_token=present.get("proxmoxApiToken", False),
         ssh_private_key=present.get("sshPrivateKey", False),
         makemkv_key=present.get("makemkvKey", False),
+        status_password=present.get("statusPassword", False),
     )
     try:
         cfg = parse(raw, secrets, require_secrets)

@@ -17,6 +17,7 @@ class StackInputs:
     proxmox_password: pulumi.Output[str] | None
     ssh_private_key: pulumi.Output[str] | None
     makemkv_key: pulumi.Output[str] | None
+    status_password: pulumi.Output[str] | None = None
 
 
 def load(config: pulumi.Config | None = None) -> StackInputs:
@@ -31,11 +32,13 @@ def load(config: pulumi.Config | None = None) -> StackInputs:
     token = config.get_secret("proxmoxApiToken")
     ssh_key = config.get_secret("sshPrivateKey")
     mk_key = config.get_secret("makemkvKey")
+    status_password = config.get_secret("statusPassword")
     secrets = Secrets(
         proxmox_password=password is not None,
         proxmox_api_token=token is not None,
         ssh_private_key=ssh_key is not None,
         makemkv_key=mk_key is not None,
+        status_password=status_password is not None,
     )
     problems: list[str] = []
     try:
@@ -45,7 +48,7 @@ def load(config: pulumi.Config | None = None) -> StackInputs:
     problems += environment_problems(os.environ)
     if problems:
         raise ConfigError(problems)
-    return StackInputs(cfg, password, ssh_key, mk_key)
+    return StackInputs(cfg, password, ssh_key, mk_key, status_password)
 
 
 # The bpg provider also reads credentials from the environment, and a token there wins over

@@ -13,6 +13,7 @@ from .media_host import MediaHost
 from .remote import Node, run_script
 
 PIPELINE_TARBALL = "media-pipeline.tar.gz"
+GPU_PROOF = "/var/lib/media-pipeline/gpu-proof.json"  # verify-gpu.sh --save; the status page shows it
 
 
 def pipeline_tarball() -> bytes:
@@ -25,7 +26,13 @@ class TranscoderCT(pulumi.ComponentResource):
     pipeline: pulumi.Output[dict[str, Any]]
 
     def __init__(
-        self, name: str, cfg: StackConfig, node: Node, host: MediaHost, opts: pulumi.ResourceOptions | None = None
+        self,
+        name: str,
+        cfg: StackConfig,
+        node: Node,
+        host: MediaHost,
+        status_password: pulumi.Input[str] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("homelab:index:TranscoderCT", name, None, opts)
         ct = cfg.transcoder
@@ -72,7 +79,14 @@ class TranscoderCT(pulumi.ComponentResource):
                 "--keep-source", "true" if cfg.pipeline.keep_source else "false",
                 "--metrics-port", str(cfg.pipeline.metrics_port),
                 "--metrics-bind", cfg.pipeline.metrics_bind,
+                "--web-port", str(cfg.pipeline.web_port),
+                "--web-bind", cfg.pipeline.web_bind,
+                "--gpu-proof", GPU_PROOF,
+                # the page's password travels like makemkvKey: secret stdin, never argv
+                *(["--web-password-stdin"] if status_password is not None else []),
             ],
+            stdin=status_password,
+            secret_stdin=status_password is not None,
             files={PIPELINE_TARBALL: pipeline_tarball()},
             vmid=ct.vm_id,
             parent=self,
@@ -81,6 +95,7 @@ class TranscoderCT(pulumi.ComponentResource):
         )
 
         qsv = ["--render-node", enc.qsv_device] if enc.qsv_device else []
+        qsv += ["--save", GPU_PROOF]
         self.verify = verify_step(
             f"{name}-verify-gpu", "verify-gpu.sh", ct.vm_id, cfg, node, self, self.raw, self.bootstrap, self.container,
             extra_args=qsv,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import ipaddress
 import json
 import os
 import sys
@@ -49,6 +50,11 @@ class Config:
     metrics_port: int = 0
     metrics_bind: str = "127.0.0.1"  # this container only; "0.0.0.0" to be scraped from outside
     metrics_textfile: str = "/var/lib/media-pipeline/metrics.prom"
+    web_port: int = 0  # the status page; 0 = off
+    web_bind: str = "127.0.0.1"  # beyond loopback only with web_password set
+    web_password: str = ""  # HTTP basic auth (any user name); "" = none, loopback only
+    gpu_proof_file: str = "/var/lib/media-pipeline/gpu-proof.json"  # verify-gpu.sh --save writes it
+    rip_db: str = "/var/lib/media-rip/rips.sqlite3"  # media-rip's store, shown when it exists
     db: str = "/var/lib/media-pipeline/jobs.sqlite3"
 
     def encode_options(self) -> ffargs.EncodeOptions:
@@ -67,6 +73,7 @@ class Config:
 
 KEYS = tuple(f.name for f in fields(Config))
 _PATH_KEYS = ("staging", "movies", "tv", "db", "qsv_device")
+_OPTIONAL_PATH_KEYS = ("metrics_textfile", "gpu_proof_file", "rip_db")  # absolute, or "" = off
 _EXAMPLES = {
     "staging": '"/mnt/storage/staging"', "movies": '"/mnt/storage/movies"', "tv": '"/mnt/storage/tv"',
     "languages": '["eng", "bul"]', "encoder": '"libx265"', "crf": "18", "preset": '"slow"',
@@ -79,6 +86,10 @@ _EXAMPLES = {
     # media-rip (RipConfig)
     "device": '"/dev/sr0"', "min_length": "600 (seconds)", "makemkvcon": '"makemkvcon"',
     "auto_rip": "true", "eject": "true", "eject_command": '"" (the CDROMEJECT ioctl) or "eject"',
+    "web_port": "8480 (0 = off)", "web_bind": '"127.0.0.1" (or "0.0.0.0" with web_password set)',
+    "web_password": '"a long random string" (ct-install-pipeline.sh --web-password-stdin)',
+    "gpu_proof_file": '"/var/lib/media-pipeline/gpu-proof.json" ("" = off)',
+    "rip_db": '"/var/lib/media-rip/rips.sqlite3" ("" = off)',
 }
 
 
@@ -125,12 +136,14 @@ def from_dict(raw: dict, where: str = "config") -> Config:
     values: dict = {}
     for key, value in raw.items():
         if key in ("staging", "movies", "tv", "db", "qsv_device", "encoder", "preset",
-                   "metrics_bind", "metrics_textfile"):
+                   "metrics_bind", "metrics_textfile", "web_bind", "web_password", *_OPTIONAL_PATH_KEYS):
             if not isinstance(value, str):
                 raise _bad(key, f"must be a string (got {value!r})", where)
             if key in _PATH_KEYS and not os.path.isabs(value) and not (key == "qsv_device" and value == ""):
                 raise _bad(key, f"must be an absolute path (got {value!r})", where)
-            if key == "metrics_textfile" and value and not os.path.isabs(value):
+            if key in ("metrics_bind", "web_bind") and not _is_ip(value):
+                raise _bad(key, f"must be an IP address (got {value!r})", where)
+            if key in _OPTIONAL_PATH_KEYS and value and not os.path.isabs(value):
                 raise _bad(key, f"must be an absolute path or \"\" (got {value!r})", where)
             values[key] = value
         elif key == "languages":
@@ -149,7 +162,7 @@ def from_dict(raw: dict, where: str = "config") -> Config:
             values[key] = _as_int(key, value, where, 1, 64)
         elif key == "max_decode_errors":
             values[key] = _as_int(key, value, where, 0)
-        elif key == "metrics_port":
+        elif key in ("metrics_port", "web_port"):
             values[key] = _as_int(key, value, where, 0, 65535)
         elif key in ("stable_seconds", "retry_delay_seconds"):
             values[key] = _as_number(key, value, where, 0)
@@ -158,6 +171,14 @@ def from_dict(raw: dict, where: str = "config") -> Config:
         elif key in ("keep_source", "require_marker"):
             values[key] = _as_bool(key, value, where)
     cfg = Config(**values)
+    if cfg.web_port and not _is_loopback(cfg.web_bind) and not cfg.web_password:
+        raise ConfigError(
+            f"{where}: key 'web_password' is empty but the status page listens on {cfg.web_bind} "
+            f"(web_bind), beyond this machine; fix: set \"web_password\" (ct-install-pipeline.sh "
+            f"--web-password-stdin; the stack secret homelab-media:statusPassword) or bind to 127.0.0.1"
+        )
+    if cfg.web_port and cfg.web_port == cfg.metrics_port:
+        raise _bad("web_port", f"must differ from metrics_port ({cfg.metrics_port})", where)
     for a, b in (("staging", "movies"), ("staging", "tv")):
         pa, pb = os.path.normpath(getattr(cfg, a)), os.path.normpath(getattr(cfg, b))
         if os.path.commonpath([pa, pb]) in (pa, pb):
@@ -169,6 +190,18 @@ def from_dict(raw: dict, where: str = "config") -> Config:
         key = "encoder" if problem.startswith("encoder") else "preset" if "preset" in problem else "crf"
         raise ConfigError(f"{where}: key {key!r}: {problem}")
     return cfg
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(value: str) -> bool:
+    return ipaddress.ip_address(value).is_loopback
 
 
 def resolve_path(explicit: str | None, env_var: str = ENV_VAR, default: str = DEFAULT_PATH) -> tuple[str, bool]:
@@ -236,8 +269,10 @@ def _parse_assignment(item: str, defaults=None, keys=KEYS) -> tuple[str, object]
     return key, text
 
 
-def render(assignments: list[str], base: str | None = None, rip: bool = False) -> str:
-    """A complete config as stable JSON: base file (if any) overridden by KEY=VALUE items.
+def render(assignments: list[str], base: str | None = None, rip: bool = False,
+           secrets: dict | None = None) -> str:
+    """A complete config as stable JSON: base file (if any) overridden by KEY=VALUE items,
+    then by `secrets` (read from stdin by the CLI, so they never appear in argv).
 
     rip=True renders media-rip's config (RipConfig) instead of media-pipeline's.
     """
@@ -254,6 +289,7 @@ def render(assignments: list[str], base: str | None = None, rip: bool = False) -
     for item in assignments:
         key, value = _parse_assignment(item, defaults, keys)
         raw[key] = value
+    raw.update(secrets or {})
     cfg = parse(raw, where="arguments")
     return json.dumps(cfg.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
@@ -265,13 +301,18 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("render", help="print a complete config from KEY=VALUE items")
     r.add_argument("--base", help="existing config whose other keys are kept")
     r.add_argument("--rip", action="store_true", help="media-rip's config (/etc/media-rip/config.json)")
+    r.add_argument("--web-password-stdin", action="store_true",
+                   help="read web_password from stdin (its first line; empty = no password)")
     r.add_argument("items", nargs="*", metavar="KEY=VALUE")
     c = sub.add_parser("check", help="validate a config file")
     c.add_argument("file")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "render":
-            sys.stdout.write(render(args.items, args.base, rip=args.rip))
+            secrets = {}
+            if args.web_password_stdin:
+                secrets["web_password"] = sys.stdin.readline().rstrip("\r\n")
+            sys.stdout.write(render(args.items, args.base, rip=args.rip, secrets=secrets))
         else:
             load(args.file)
             print(f"{args.file}: ok")

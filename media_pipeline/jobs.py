@@ -143,9 +143,13 @@ class JobStore:
                 "SELECT COALESCE(SUM(media_seconds),0), COALESCE(SUM(encode_seconds),0) "
                 "FROM jobs WHERE state='done'").fetchone()
             row = self._db.execute(
-                "SELECT fps FROM jobs WHERE state='done' ORDER BY finished DESC LIMIT 1").fetchone()
+                "SELECT fps, media_seconds, encode_seconds FROM jobs WHERE state='done' "
+                "ORDER BY finished DESC LIMIT 1").fetchone()
+            oldest = self._db.execute("SELECT MIN(created) FROM jobs WHERE state='queued'").fetchone()[0]
+        speed = float(row[1]) / float(row[2]) if row and row[2] else 0.0
         return {"media_seconds": float(media), "encode_seconds": float(wall),
-                "last_fps": float(row[0]) if row else 0.0}
+                "last_fps": float(row[0]) if row else 0.0, "last_speed": speed,
+                "oldest_queued": float(oldest) if oldest is not None else None}
 
     def has_claimable(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now

@@ -1,21 +1,34 @@
-"""Prometheus metrics: text exposition rendered from a snapshot, served and/or written to a file.
+"""Prometheus metrics with the official client (prometheus_client; Debian: python3-prometheus-client).
 
-Served on /metrics (metrics_port; 0 = off) and written to metrics_textfile for
-node_exporter's textfile collector, so either scraping style works.
+State that lives in the job store (jobs by state, oldest queued job, totals) and on disk (free
+space) is read at scrape time by a custom collector, so every scrape tells the truth even
+after a restart; what happens in this process (job durations and outcomes) is counted with
+the client's Histogram and Counter. Served on /metrics (metrics_port; 0 = off) and written to
+metrics_textfile for node_exporter's textfile collector, so either scraping style works.
+
+A sibling service (media-rip) reuses `new_registry`, `serve` and `write_textfile` with its
+own collector and its own `media_rip_` metrics.
 """
 
 from __future__ import annotations
 
 import os
+import socketserver
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Callable, Iterable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import write_to_textfile as _write_to_textfile
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import __version__
 from .jobs import STATES
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Encodes take seconds (tests) to hours (a UHD film on x265 slow).
+DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, float("inf"))
+OUTCOMES = ("done", "failed", "retry")
 
 
 @dataclass
@@ -24,93 +37,154 @@ class Snapshot:
     media_seconds: float = 0.0
     encode_seconds: float = 0.0
     last_fps: float = 0.0
+    last_speed: float = 0.0  # media seconds per wall second of the running or last encode
     running: list[dict] = field(default_factory=list)  # {"id", "source", "progress", "fps"}
     last_scan: float = 0.0
+    oldest_queued_age: float = 0.0
+    filesystems: dict[str, tuple[int, int]] = field(default_factory=dict)  # dir -> (free, size) bytes
 
 
-def _label(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def disk_usage(paths: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """{name: (free bytes for unprivileged users, size bytes)} for the directories that exist."""
+    out = {}
+    for name, path in paths.items():
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            continue
+        out[name] = (st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize)
+    return out
 
 
-def _num(value: float) -> str:
-    return repr(float(value)) if value != int(value) else str(int(value))
+class PipelineCollector:
+    """Reads a Snapshot at each scrape (the job store, free space) and turns it into metrics."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot]):
+        self.snapshot = snapshot
+
+    def describe(self):
+        return []  # collected lazily: the store is read at scrape time only
+
+    def collect(self) -> Iterable:
+        s = self.snapshot()
+        info = GaugeMetricFamily("media_pipeline_info", "Version of the running media-pipeline.",
+                                 labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        jobs = GaugeMetricFamily("media_pipeline_jobs", "Jobs in the job store, by state.", labels=["state"])
+        for state in STATES:
+            jobs.add_metric([state], s.counts.get(state, 0))
+        yield jobs
+        yield GaugeMetricFamily("media_pipeline_queue_length", "Jobs waiting to be transcoded (state queued).",
+                                value=s.counts.get("queued", 0))
+        yield GaugeMetricFamily("media_pipeline_oldest_queued_job_age_seconds",
+                                "Age of the oldest queued job (0 when the queue is empty).",
+                                value=round(s.oldest_queued_age, 3))
+        yield CounterMetricFamily("media_pipeline_encoded_seconds", "Seconds of media transcoded successfully.",
+                                  value=s.media_seconds)
+        yield CounterMetricFamily("media_pipeline_encode_wall_seconds",
+                                  "Wall-clock seconds spent in successful encodes.", value=s.encode_seconds)
+        yield GaugeMetricFamily("media_pipeline_encode_fps",
+                                "Frames per second of the running encode, else of the last finished one.",
+                                value=round(s.last_fps, 3))
+        yield GaugeMetricFamily("media_pipeline_encode_speed_ratio",
+                                "Media seconds encoded per wall-clock second (running encode, else the last one).",
+                                value=round(s.last_speed, 4))
+        progress = GaugeMetricFamily("media_pipeline_job_progress_ratio", "Progress of each running job (0-1).",
+                                     labels=["job", "source"])
+        for job in s.running:
+            progress.add_metric([str(job["id"]), os.path.basename(job.get("source", ""))],
+                                round(job.get("progress", 0.0), 4))
+        yield progress
+        free = GaugeMetricFamily("media_pipeline_filesystem_free_bytes",
+                                 "Free bytes (for unprivileged users) on the filesystem of each pipeline directory.",
+                                 labels=["dir"])
+        size = GaugeMetricFamily("media_pipeline_filesystem_size_bytes",
+                                 "Size in bytes of the filesystem of each pipeline directory.", labels=["dir"])
+        for name, (f, t) in sorted(s.filesystems.items()):
+            free.add_metric([name], f)
+            size.add_metric([name], t)
+        yield free
+        yield size
+        yield GaugeMetricFamily("media_pipeline_last_scan_timestamp_seconds", "When staging was last scanned.",
+                                value=round(s.last_scan, 3))
 
 
-def render(s: Snapshot) -> str:
-    out = [
-        "# HELP media_pipeline_info Version of the running media-pipeline.",
-        "# TYPE media_pipeline_info gauge",
-        f'media_pipeline_info{{version="{_label(__version__)}"}} 1',
-        "# HELP media_pipeline_jobs Jobs in the queue database, by state.",
-        "# TYPE media_pipeline_jobs gauge",
-    ]
-    for state in STATES:
-        out.append(f'media_pipeline_jobs{{state="{state}"}} {s.counts.get(state, 0)}')
-    out += [
-        "# HELP media_pipeline_encoded_seconds_total Seconds of media transcoded successfully.",
-        "# TYPE media_pipeline_encoded_seconds_total counter",
-        f"media_pipeline_encoded_seconds_total {_num(s.media_seconds)}",
-        "# HELP media_pipeline_encode_wall_seconds_total Wall-clock seconds spent in successful encodes.",
-        "# TYPE media_pipeline_encode_wall_seconds_total counter",
-        f"media_pipeline_encode_wall_seconds_total {_num(s.encode_seconds)}",
-        "# HELP media_pipeline_last_fps Frames per second of the running encode, else of the last finished one.",
-        "# TYPE media_pipeline_last_fps gauge",
-        f"media_pipeline_last_fps {_num(round(s.last_fps, 3))}",
-        "# HELP media_pipeline_job_progress_ratio Progress of each running job (0-1).",
-        "# TYPE media_pipeline_job_progress_ratio gauge",
-    ]
-    for job in s.running:
-        name = os.path.basename(job.get("source", ""))
-        out.append(f'media_pipeline_job_progress_ratio{{job="{job["id"]}",source="{_label(name)}"}} '
-                   f'{_num(round(job.get("progress", 0.0), 4))}')
-    out += [
-        "# HELP media_pipeline_last_scan_timestamp_seconds When staging was last scanned.",
-        "# TYPE media_pipeline_last_scan_timestamp_seconds gauge",
-        f"media_pipeline_last_scan_timestamp_seconds {_num(round(s.last_scan, 3))}",
-    ]
-    return "\n".join(out) + "\n"
+class JobEvents:
+    """What this process saw happen to jobs: outcomes and durations (official Counter/Histogram)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.outcomes = Counter("media_pipeline_jobs_finished", "Jobs that finished an attempt, by outcome "
+                                "(done; failed for good; retry: failed and queued again).",
+                                ["outcome"], registry=registry)
+        self.duration = Histogram("media_pipeline_job_duration_seconds",
+                                  "Wall-clock seconds of each job attempt, by outcome.", ["outcome"],
+                                  buckets=DURATION_BUCKETS, registry=registry)
+        for outcome in OUTCOMES:  # present from the first scrape, so rate() and alerts see 0 -> 1
+            self.outcomes.labels(outcome)
+            self.duration.labels(outcome)
+
+    def observe(self, outcome: str, seconds: float | None) -> None:
+        self.outcomes.labels(outcome).inc()
+        if seconds is not None and seconds >= 0:
+            self.duration.labels(outcome).observe(seconds)
 
 
-def write_textfile(path: str, text: str) -> None:
-    """Atomic write (temp + rename) so the collector never reads half a file."""
+# --- reusable by sibling services ------------------------------------------------------
+
+def new_registry(*collectors) -> CollectorRegistry:
+    """A registry of its own (not the client's global one) holding these collectors."""
+    registry = CollectorRegistry(auto_describe=True)
+    for collector in collectors:
+        registry.register(collector)
+    return registry
+
+
+def write_textfile(path: str, registry: CollectorRegistry) -> None:
+    """node_exporter textfile; the client writes a temp file and renames it (never half a file)."""
     if not path:
         return
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _write_to_textfile(path, registry)
 
 
-class MetricsServer:
-    """GET /metrics in a daemon thread."""
+class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    """wsgiref's server, one thread per request: a slow client never blocks a scrape or the page."""
 
-    def __init__(self, bind: str, port: int, provider: Callable[[], str]):
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server API
-                if self.path.split("?", 1)[0] not in ("/metrics", "/"):
-                    self.send_error(404, "try /metrics")
-                    return
-                body = provider().encode("utf-8")
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    daemon_threads = True
+    allow_reuse_address = True
 
-            def log_message(self, *_args):  # scrapes are not news
-                pass
 
-        self.httpd = ThreadingHTTPServer((bind, port), Handler)
-        self.httpd.daemon_threads = True
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *_args):  # scrapes and page loads are not news
+        pass
+
+
+class WSGIThreadServer:
+    """Serve a WSGI app on bind:port from a daemon thread (port 0 picks a free one)."""
+
+    def __init__(self, bind: str, port: int, app, name: str = "http"):
+        self.httpd = make_server(bind, port, app, server_class=ThreadingWSGIServer, handler_class=_QuietHandler)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="metrics")
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name=name)
 
-    def start(self) -> "MetricsServer":
+    def start(self) -> "WSGIThreadServer":
         self.thread.start()
         return self
 
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def serve(registry: CollectorRegistry, bind: str, port: int) -> WSGIThreadServer:
+    """GET /metrics (the client's own WSGI app) in a daemon thread."""
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO", "/") not in ("/metrics", "/"):
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found: try /metrics\n"]
+        return metrics_app(environ, start_response)
+
+    return WSGIThreadServer(bind, port, app, name="metrics").start()

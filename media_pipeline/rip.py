@@ -45,7 +45,10 @@ from dataclasses import dataclass, field
 from . import __version__
 from . import config as config_mod
 from .jobs import connect
-from .metrics import MetricsServer, _label, _num, write_textfile
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .metrics import new_registry, serve, write_textfile
 from .notify import Notifier
 from .service import MARKER, InstanceLock, _setup_logging
 from .transcode import _PREEXEC, fmt_time
@@ -685,7 +688,7 @@ class Service:
         server = None
         try:
             if cfg.metrics_port:
-                server = MetricsServer(cfg.metrics_bind, cfg.metrics_port, self.metrics_text).start()
+                server = serve(self.registry, cfg.metrics_bind, cfg.metrics_port)
                 log.info("metrics on http://%s:%d/metrics", cfg.metrics_bind, server.port)
             log.info("media-rip %s: drive %s, staging %s, min length %s, auto-rip %s, eject %s, %s",
                      __version__, cfg.device, cfg.staging, fmt_time(cfg.min_length), cfg.auto_rip, cfg.eject,
@@ -798,17 +801,27 @@ class Service:
 
     # -- metrics (media_rip_*; served and written like media-pipeline's) ----------------------
 
-    def metrics_text(self) -> str:
+    @property
+    def registry(self):
+        """media-rip's own registry: a collector that reads the rip store at each scrape."""
+        if getattr(self, "_registry", None) is None:
+            self._registry = new_registry(RipCollector(self))
+        return self._registry
+
+    def metrics_families(self) -> list:
         if self.store is None:
-            return ""
-        return render_metrics(self.store.counts(), self.store.totals(),
-                              self.ripper.current if self.ripper else None, self.drive_state_now, self.last_poll)
+            return []
+        return rip_families(self.store.counts(), self.store.totals(),
+                            self.ripper.current if self.ripper else None, self.drive_state_now, self.last_poll)
+
+    def metrics_text(self) -> str:
+        return generate_latest(self.registry).decode()
 
     def publish_metrics(self) -> None:
         if not self.cfg.metrics_textfile or self.store is None:
             return
         try:
-            write_textfile(self.cfg.metrics_textfile, self.metrics_text())
+            write_textfile(self.cfg.metrics_textfile, self.registry)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.cfg.metrics_textfile, exc)
 
@@ -817,38 +830,61 @@ _STATE_NAMES = {DRIVE_EMPTY: "empty", DRIVE_OPEN: "tray open", DRIVE_INSERTED: "
                 DRIVE_LOADING: "loading", DRIVE_NONE: "no such drive"}
 
 
+class RipCollector:
+    """prometheus_client collector over a service's rip store (read at scrape time)."""
+
+    def __init__(self, service):
+        self.service = service
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        yield from self.service.metrics_families()
+
+
+def rip_families(counts: dict[str, int], totals: dict[str, float], current: dict | None, drive_state: int,
+                 last_poll: float) -> list:
+    info = GaugeMetricFamily("media_rip_info", "Version of the running media-rip.", labels=["version"])
+    info.add_metric([__version__], 1)
+    rips = GaugeMetricFamily("media_rip_rips", "Rips in the database, by state.", labels=["state"])
+    for state in RIP_STATES:
+        rips.add_metric([state], counts.get(state, 0))
+    # finished rips by outcome, for alerting (monitoring/prometheus/alerts.yml: a failed rip)
+    outcomes = CounterMetricFamily("media_rip_rips_finished", "Rips that ended, by outcome.", labels=["outcome"])
+    outcomes.add_metric(["ripped"], counts.get("done", 0))
+    outcomes.add_metric(["failed"], counts.get("failed", 0))
+    progress = GaugeMetricFamily("media_rip_progress_ratio", "Progress of the running rip (0-1).", labels=["disc"])
+    if current:
+        progress.add_metric([current["name"]], round(current.get("progress", 0.0), 4))
+    return [
+        info, rips, outcomes,
+        CounterMetricFamily("media_rip_ripped_bytes", "Bytes published to staging by successful rips.",
+                            value=totals["bytes"]),
+        CounterMetricFamily("media_rip_rip_wall_seconds", "Wall-clock seconds spent in successful rips.",
+                            value=round(totals["seconds"], 3)),
+        GaugeMetricFamily("media_rip_drive_state",
+                          "MakeMKV drive state: 0 empty, 1 tray open, 2 disc, 3 loading, 256 none, -1 unknown.",
+                          value=drive_state),
+        progress,
+        GaugeMetricFamily("media_rip_last_poll_timestamp_seconds", "When the drive was last polled.",
+                          value=round(last_poll, 3)),
+    ]
+
+
 def render_metrics(counts: dict[str, int], totals: dict[str, float], current: dict | None, drive_state: int,
                    last_poll: float) -> str:
-    out = [
-        "# HELP media_rip_info Version of the running media-rip.",
-        "# TYPE media_rip_info gauge",
-        f'media_rip_info{{version="{_label(__version__)}"}} 1',
-        "# HELP media_rip_rips Rips in the database, by state.",
-        "# TYPE media_rip_rips gauge",
-    ]
-    out += [f'media_rip_rips{{state="{s}"}} {counts.get(s, 0)}' for s in RIP_STATES]
-    out += [
-        "# HELP media_rip_ripped_bytes_total Bytes published to staging by successful rips.",
-        "# TYPE media_rip_ripped_bytes_total counter",
-        f"media_rip_ripped_bytes_total {_num(totals['bytes'])}",
-        "# HELP media_rip_rip_wall_seconds_total Wall-clock seconds spent in successful rips.",
-        "# TYPE media_rip_rip_wall_seconds_total counter",
-        f"media_rip_rip_wall_seconds_total {_num(round(totals['seconds'], 3))}",
-        "# HELP media_rip_drive_state MakeMKV drive state: 0 empty, 1 tray open, 2 disc, 3 loading, 256 none, -1 unknown.",
-        "# TYPE media_rip_drive_state gauge",
-        f"media_rip_drive_state {drive_state}",
-        "# HELP media_rip_progress_ratio Progress of the running rip (0-1).",
-        "# TYPE media_rip_progress_ratio gauge",
-    ]
-    if current:
-        out.append(f'media_rip_progress_ratio{{disc="{_label(current["name"])}"}} '
-                   f'{_num(round(current.get("progress", 0.0), 4))}')
-    out += [
-        "# HELP media_rip_last_poll_timestamp_seconds When the drive was last polled.",
-        "# TYPE media_rip_last_poll_timestamp_seconds gauge",
-        f"media_rip_last_poll_timestamp_seconds {_num(round(last_poll, 3))}",
-    ]
-    return "\n".join(out) + "\n"
+    """The exposition text of these values (what /metrics answers)."""
+    families = rip_families(counts, totals, current, drive_state, last_poll)
+
+    class _Static:
+        def describe(self):
+            return []
+
+        def collect(self):
+            return iter(families)
+
+    return generate_latest(new_registry(_Static())).decode()
 
 
 # --- status ---------------------------------------------------------------------------------

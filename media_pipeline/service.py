@@ -26,7 +26,7 @@ import traceback
 from . import __version__, naming
 from . import config as config_mod
 from .jobs import Job, JobStore
-from .metrics import MetricsServer, Snapshot, render, write_textfile
+from .metrics import JobEvents, PipelineCollector, Snapshot, disk_usage, new_registry, serve, write_textfile
 from .notify import Notifier
 from .transcode import (
     EXIT_ENCODE, EXIT_INTERRUPTED, EXIT_NAMES, EXIT_OUTPUT, Progress, TranscodeError,
@@ -113,10 +113,13 @@ class Service:
         self.workers: dict[int, threading.Thread] = {}
         self.running: dict[int, dict] = {}  # job id -> {"source", "progress", "fps"}
         self.last_fps = 0.0
+        self.last_speed = 0.0
         self.last_scan = 0.0
         self.notifier = Notifier(cfg.apprise_urls, log.warning)
         self._guard = threading.Lock()
         self.unusable: set[str] = set()  # names we warned about once
+        self.registry = new_registry(PipelineCollector(self.snapshot))
+        self.events = JobEvents(self.registry)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -131,13 +134,19 @@ class Service:
         self.preflight()
         lock = InstanceLock(self.cfg.db)
         lock.acquire()
-        server = None
+        servers = []
         try:
             self.store = JobStore(self.cfg.db)
             self.recover()
             if self.cfg.metrics_port:
-                server = MetricsServer(self.cfg.metrics_bind, self.cfg.metrics_port, self.metrics_text).start()
-                log.info("metrics on http://%s:%d/metrics", self.cfg.metrics_bind, server.port)
+                servers.append(serve(self.registry, self.cfg.metrics_bind, self.cfg.metrics_port))
+                log.info("metrics on http://%s:%d/metrics", self.cfg.metrics_bind, servers[-1].port)
+            if self.cfg.web_port:
+                from . import web  # jinja2 is needed only when the page is on
+
+                servers.append(web.serve(self, self.cfg.web_bind, self.cfg.web_port))
+                log.info("status page on http://%s:%d/%s", self.cfg.web_bind, servers[-1].port,
+                         " (password required)" if self.cfg.web_password else "")
             log.info("media-pipeline %s: watching %s every %ss (stable after %ss%s), %d at a time; %s",
                      __version__, self.cfg.staging, self.cfg.poll_seconds, self.cfg.stable_seconds,
                      ", marker required" if self.cfg.require_marker else "", self.cfg.concurrency,
@@ -150,7 +159,7 @@ class Service:
             for thread in list(self.workers.values()):
                 thread.join()
             self.publish_metrics()
-            if server:
+            for server in servers:
                 server.stop()
             if self.store:
                 self.store.close()
@@ -273,6 +282,8 @@ class Service:
             log.error("[job %d] internal error:\n%s", job.id, traceback.format_exc())
             state = self.store.fail(job.id, "internal error: " + traceback.format_exc().splitlines()[-1],
                                     retry=True, max_attempts=self.cfg.max_attempts, delay=self.retry_delay())
+            self.events.observe("failed" if state == "failed" else "retry", time.time() - job.started
+                                if job.started else None)
             if state == "failed":
                 self.notify_failure(self.store.get(job.id))
         finally:
@@ -330,7 +341,9 @@ class Service:
             self.fail(job, f"{EXIT_NAMES.get(exc.code, exc.code)}: {exc.reason}", retry=exc.code in RETRYABLE)
             return
         self.store.finish(job.id, result.media_seconds, result.elapsed, result.fps)
+        self.events.observe("done", time.time() - job.started if job.started else result.elapsed)
         self.last_fps = result.fps
+        self.last_speed = result.media_seconds / result.elapsed if result.elapsed > 0 else 0.0
         log.info("[job %d] done: %s (%s of media in %s, %.1f fps)", job.id, dest,
                  fmt_time(result.media_seconds), fmt_time(result.elapsed), result.fps)
         done = self.store.get(job.id)
@@ -366,12 +379,22 @@ class Service:
     def fail(self, job: Job, reason: str, retry: bool) -> None:
         state = self.store.fail(job.id, reason, retry=retry, max_attempts=self.cfg.max_attempts,
                                 delay=self.retry_delay())
+        self.events.observe("retry" if state == "queued" else "failed",
+                            time.time() - job.started if job.started else None)
         if state == "queued":
             log.warning("[job %d] failed (attempt %d/%d), will retry: %s", job.id, job.attempts,
                         self.cfg.max_attempts, reason)
         else:
             log.error("[job %d] failed, source kept: %s", job.id, reason)
             self.notify_failure(self.store.get(job.id))
+
+    def retry(self, job_id: int) -> bool:
+        """Operator retry (CLI or status page): a failed job queued again with fresh attempts."""
+        if not self.store.reset_failed(job_id):
+            return False
+        log.info("[job %d] queued again by an operator", job_id)
+        self.wake.set()
+        return True
 
     def notify_failure(self, job: Job | None) -> None:
         if job is not None:
@@ -380,22 +403,30 @@ class Service:
     # -- metrics -------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
+        if self.store is None:
+            return Snapshot(counts={})
         totals = self.store.totals()
         with self._guard:
             running = [dict(v) for v in self.running.values()]
-        live = [r["fps"] for r in running if r["fps"] > 0]
-        last_fps = live[-1] if live else (self.last_fps or totals["last_fps"])
+        live = [r for r in running if r["fps"] > 0]
+        last_fps = live[-1]["fps"] if live else (self.last_fps or totals["last_fps"])
+        last_speed = live[-1].get("speed", 0.0) if live else (self.last_speed or totals["last_speed"])
+        oldest = totals["oldest_queued"]
         return Snapshot(self.store.counts(), totals["media_seconds"], totals["encode_seconds"],
-                        last_fps, running, self.last_scan)
+                        last_fps, last_speed, running, self.last_scan,
+                        max(0.0, time.time() - oldest) if oldest else 0.0,
+                        disk_usage({"staging": self.cfg.staging, "movies": self.cfg.movies, "tv": self.cfg.tv}))
 
     def metrics_text(self) -> str:
-        return render(self.snapshot())
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry).decode("utf-8")
 
     def publish_metrics(self) -> None:
         if not self.cfg.metrics_textfile or self.store is None:
             return
         try:
-            write_textfile(self.cfg.metrics_textfile, self.metrics_text())
+            write_textfile(self.cfg.metrics_textfile, self.registry)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.cfg.metrics_textfile, exc)
 
@@ -413,6 +444,7 @@ class _JobProgress:
             if entry is not None:
                 entry["progress"] = p.percent / 100.0
                 entry["fps"] = p.fps
+                entry["speed"] = p.speed
         now = time.monotonic()
         if now >= self.next_db:
             self.next_db = now + PROGRESS_DB_SECONDS

@@ -35,6 +35,13 @@ container. A second run with the same inputs changes nothing.
   --metrics-port N      Prometheus /metrics port, 0 = off (default 9464)
   --metrics-bind ADDR   address /metrics listens on (default 127.0.0.1: this container only;
                         0.0.0.0 to let another host scrape it)
+  --web-port N          the status page's port, 0 = off (default 8480)
+  --web-bind ADDR       address the status page listens on (default 127.0.0.1); anything
+                        beyond loopback needs a password (--web-password-stdin)
+  --web-password-stdin  read the status page's password from stdin (first line; HTTP basic
+                        auth, any user name); never pass it as an argument
+  --gpu-proof FILE      where verify-gpu.sh --save keeps the last GPU proof for the page
+                        (default /var/lib/media-pipeline/gpu-proof.json)
   --root DIR            install under DIR instead of / (tests, image building); never starts
 ripper options:
   --device PATH         the optical drive (default /dev/sr0)
@@ -45,7 +52,10 @@ ripper options:
   --metrics-port/--metrics-bind as above (media-rip's own /metrics; default port 0 = off)
   -h, --help            this help
 
-Keys of an existing config.json that are not set by these flags (apprise_urls, ...) are kept.
+Keys of an existing config.json that are not set by these flags (apprise_urls, web_password
+without --web-password-stdin, ...) are kept.
+The Python libraries the service imports (Debian's python3-jinja2, python3-prometheus-client)
+are installed with apt-get when missing (checked only, not installed, with --root).
 config.json may hold notification tokens (apprise_urls): it is written mode 0640, owner
 root, group the service user's primary group (ownership only when run as root).
 Stdout: {"installed", "version", "unit", "config", "changed", "service"} as one JSON object.
@@ -55,13 +65,16 @@ EOF
 tarball="" user=media pool="" staging="" movies="" tv="" languages=eng encoder=libx265
 preset=slow crf=18 qsv_device="" keep_source=true metrics_port="" metrics_bind=127.0.0.1 root=""
 role=transcoder device=/dev/sr0 min_length=600 auto_rip=true eject=true drive_gid=""
+web_port=8480 web_bind=127.0.0.1 web_password_stdin=false gpu_proof=/var/lib/media-pipeline/gpu-proof.json
+PY_PACKAGES=(python3-jinja2 python3-prometheus-client)
 
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h | --help) usage; exit 0 ;;
+    --web-password-stdin) web_password_stdin=true; shift ;;
     --tarball | --user | --pool | --staging | --movies | --tv | --languages | --encoder | \
       --preset | --crf | --qsv-device | --keep-source | --metrics-port | --metrics-bind | --root | \
-      --role | --device | --min-length | --auto-rip | --eject | --drive-gid)
+      --role | --device | --min-length | --auto-rip | --eject | --drive-gid | --web-port | --web-bind | --gpu-proof)
       [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)" 2
       case $1 in
         --tarball) tarball=$2 ;;
@@ -85,6 +98,9 @@ while [[ $# -gt 0 ]]; do
         --auto-rip) auto_rip=$2 ;;
         --eject) eject=$2 ;;
         --drive-gid) drive_gid=$2 ;;
+        --web-port) web_port=$2 ;;
+        --web-bind) web_bind=$2 ;;
+        --gpu-proof) gpu_proof=$2 ;;
       esac
       shift 2
       ;;
@@ -124,6 +140,13 @@ done
 [[ $keep_source == true || $keep_source == false ]] || die "--keep-source must be true or false (got $keep_source)" 2
 [[ $metrics_port =~ ^[0-9]+$ && $metrics_port -le 65535 ]] || die "--metrics-port must be 0-65535 (got $metrics_port)" 2
 [[ $metrics_bind =~ ^[A-Za-z0-9.:-]+$ ]] || die "--metrics-bind must be an address such as 127.0.0.1 or 0.0.0.0 (got $metrics_bind)" 2
+[[ $web_port =~ ^[0-9]+$ && $web_port -le 65535 ]] || die "--web-port must be 0-65535 (got $web_port)" 2
+[[ $web_bind =~ ^[A-Za-z0-9.:-]+$ ]] || die "--web-bind must be an address such as 127.0.0.1 or 0.0.0.0 (got $web_bind)" 2
+[[ $gpu_proof == /* ]] || die "--gpu-proof must be an absolute path (got $gpu_proof)" 2
+web_password=""
+if $web_password_stdin; then
+  IFS= read -r web_password || true # the secret arrives on stdin, never in argv
+fi
 [[ $user =~ ^[a-z_][a-z0-9_-]*$ ]] || die "--user must be a plain user name (got $user)" 2
 if [[ -n $root ]]; then
   [[ $root == /* && -d $root ]] || die "--root must be an existing absolute directory (got $root)" 2
@@ -134,6 +157,21 @@ fi
 
 command -v python3 >/dev/null || die "python3 is missing: apt-get install -y python3 (ct-bootstrap-transcoder.sh installs it)"
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' || die "python3 is older than 3.9: Debian 12 has 3.11"
+libs_changed=false
+step "Python libraries the service imports: ${PY_PACKAGES[*]}"
+if python3 -c 'import jinja2, prometheus_client' 2>/dev/null; then
+  ok "present"
+elif [[ -n $root ]]; then
+  warn "missing here; the container needs: apt-get install ${PY_PACKAGES[*]} (not installed with --root)"
+else
+  export DEBIAN_FRONTEND=noninteractive
+  retry 2 10 quiet apt-get update
+  retry 2 10 quiet apt-get install -y --no-install-recommends "${PY_PACKAGES[@]}" ||
+    die "apt-get install failed for: ${PY_PACKAGES[*]}"
+  python3 -c 'import jinja2, prometheus_client' || die "${PY_PACKAGES[*]} installed but python3 cannot import them"
+  libs_changed=true
+  ok "installed"
+fi
 [[ $role == ripper ]] || command -v ffmpeg >/dev/null || warn "ffmpeg is not installed yet: the service needs it (ct-bootstrap-transcoder.sh installs it)"
 
 user_exists=false
@@ -145,7 +183,7 @@ else
   warn "user $user does not exist here; ownership is left as is (--root)"
 fi
 
-changed=false
+changed=$libs_changed
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -247,10 +285,13 @@ if [[ $role == ripper ]]; then
     "metrics_port=$metrics_port" "metrics_bind=$metrics_bind") ||
     die "the settings above are not a valid media-rip config" 2
 else
-  rendered=$(PYTHONPATH=$base/$release python3 -m media_pipeline.config render --base "$config" \
+  password_flag=()
+  if $web_password_stdin; then password_flag=(--web-password-stdin); fi
+  rendered=$(printf '%s\n' "$web_password" | PYTHONPATH=$base/$release python3 -m media_pipeline.config render \
+    --base "$config" "${password_flag[@]}" \
     "staging=$staging" "movies=$movies" "tv=$tv" "languages=$languages" "encoder=$encoder" \
     "preset=$preset" "crf=$crf" "qsv_device=$qsv_device" "keep_source=$keep_source" "metrics_port=$metrics_port" \
-    "metrics_bind=$metrics_bind") ||
+    "metrics_bind=$metrics_bind" "web_port=$web_port" "web_bind=$web_bind" "gpu_proof_file=$gpu_proof") ||
     die "the settings above are not a valid config" 2
 fi
 # It may hold notification tokens: root writes it, the service user's group reads it.

@@ -5,7 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'USAGE'
-Usage: verify-gpu.sh --user media [--render-node PATH] [--strict]
+Usage: verify-gpu.sh --user media [--render-node PATH] [--save FILE] [--strict]
 
 Inside the transcoder container, as USER (runuser, so group membership is
 fresh): `vainfo --display drm --device NODE` (driver and VA profiles), the QSV
@@ -16,6 +16,9 @@ Only the encode proves the GPU works; `ok` is true only if it succeeded.
 Missing hardware or tools are reported with a reason, not as a crash.
 
   --render-node PATH   default: the first /dev/dri/renderD* (DEV_ROOT overrides /dev)
+  --save FILE          also write the JSON (plus "checked_at", unix time) to FILE, mode 0644,
+                       atomically; media-pipeline's status page shows it
+                       (/var/lib/media-pipeline/gpu-proof.json)
   --strict             exit 1 after printing the JSON if ok is false
 
 stdout: JSON {"ok":bool,"render_node":str|null,"driver":str|null,"va_profiles":[str],
@@ -23,17 +26,19 @@ stdout: JSON {"ok":bool,"render_node":str|null,"driver":str|null,"va_profiles":[
 USAGE
 }
 
-user="" node="" strict=0
+user="" node="" save="" strict=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h | --help) usage; exit 0 ;;
     --user) need_arg "$@"; user=$2; shift 2 ;;
     --render-node) need_arg "$@"; node=$2; shift 2 ;;
+    --save) need_arg "$@"; save=$2; shift 2 ;;
     --strict) strict=1; shift ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
 [[ -n $user ]] || die "--user is required (see --help)"
+[[ -z $save || $save == /* ]] || die "--save must be an absolute path (got $save)"
 
 
 reasons=()
@@ -114,9 +119,18 @@ if [[ ${#reasons[@]} -gt 0 ]]; then
   reason=${reason%; }
 fi
 [[ $ok_json == true ]] || warn "GPU not proven: ${reason:-$encode}"
-json_obj ok "$ok_json" render_node "$(json_str_or_null "${node}")" driver "$(json_str_or_null "$driver")" \
+result=$(json_obj ok "$ok_json" render_node "$(json_str_or_null "${node}")" driver "$(json_str_or_null "$driver")" \
   va_profiles "$(json_arr "${profiles[@]}")" qsv_encoders "$(json_arr "${encoders[@]}")" \
-  encode "$(json_str "$encode")" reason "$(json_str_or_null "$reason")"
-echo
+  encode "$(json_str "$encode")" reason "$(json_str_or_null "$reason")")
+printf '%s\n' "$result"
+if [[ -n $save ]]; then
+  step "Saving the proof to $save"
+  mkdir -p "$(dirname "$save")"
+  tmp=$(mktemp "$(dirname "$save")/.gpu-proof.XXXXXX")
+  printf '%s,"checked_at":%s}\n' "${result%\}}" "$(date +%s)" >"$tmp"
+  chmod 0644 "$tmp"
+  mv -f "$tmp" "$save"
+  ok "saved"
+fi
 if ((strict)) && [[ $ok_json != true ]]; then exit 1; fi
 exit 0

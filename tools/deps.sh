@@ -3,7 +3,8 @@
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
-PACKAGES=(python3-venv shellcheck ffmpeg debootstrap openssh-client openssl procps iproute2 util-linux curl jq)
+PACKAGES=(python3-venv shellcheck ffmpeg debootstrap openssh-client openssl procps iproute2 util-linux curl jq
+  chromium chromium-driver python3-jinja2 python3-prometheus-client prometheus)
 
 usage() {
   cat <<'USAGE'
@@ -11,6 +12,9 @@ Usage: tools/deps.sh [--check]
 
 Installs, with apt-get, the Debian packages that the test suite and the local lab use:
   python3-venv shellcheck ffmpeg debootstrap openssh-client openssl procps iproute2 util-linux curl jq
+  chromium chromium-driver (the status page in a real browser), python3-jinja2
+  python3-prometheus-client (media-pipeline on Debian's python3, as in the container),
+  prometheus (promtool: checks and unit-tests monitoring/prometheus/alerts.yml)
 Only missing packages are installed; a second run changes nothing.
   --check   list what is missing and exit 1 if anything is
 USAGE

@@ -119,7 +119,15 @@ def test_up_from_empty_builds_the_pipeline(lab, first_up):
     for pkg in ("ffmpeg", "handbrake-cli", "mediainfo", "mkvtoolnix", "vainfo", "intel-media-va-driver-non-free"):
         assert f"Package: {pkg}\nStatus: install ok installed" in status, pkg
     assert (ct / "usr/local/bin/media-transcode").exists()
-    assert json.loads((ct / "etc/media-pipeline/config.json").read_text())["languages"] == ["eng", "bul"]
+    for pkg in ("python3-jinja2", "python3-prometheus-client"):  # what the service imports
+        assert f"Package: {pkg}\nStatus: install ok installed" in status, pkg
+    mp_cfg = json.loads((ct / "etc/media-pipeline/config.json").read_text())
+    assert mp_cfg["languages"] == ["eng", "bul"]
+    assert (mp_cfg["web_port"], mp_cfg["web_bind"], mp_cfg["web_password"]) == (8480, "127.0.0.1", "")
+    proof = json.loads((ct / "var/lib/media-pipeline/gpu-proof.json").read_text())  # verify-gpu.sh --save
+    assert proof["render_node"] == "/dev/dri/renderD128" and proof["checked_at"] > 0
+    assert out["statusPage"]["url"] == "http://127.0.0.1:8480/" and "pct exec 201" in out["statusPage"]["reachable"]
+    assert out["metricsUrl"]["url"] == "http://127.0.0.1:9464/metrics"
     # structured, honest outputs: fake device nodes cannot encode
     gpu, drive = out["gpuVerification"], out["driveVerification"]
     assert gpu["ok"] is False and gpu["render_node"] == "/dev/dri/renderD128"
@@ -156,6 +164,14 @@ def test_a_rip_in_staging_becomes_a_library_file_inside_the_transcoder(lab, firs
     jobs = json.loads(lab.ssh("pct exec 201 -- runuser -u media -- media-pipeline status --json").stdout)
     assert [j["state"] for j in jobs if j["source"] == rip] == ["done"]
     assert (lab.pool / "staging" / f"{title}.mkv").exists()  # keep_source defaults to keep
+    # the status page, served by the deployed service on Debian's python3 and libraries
+    fetch = ("python3 -c 'import urllib.request,sys; "
+             "sys.stdout.write(urllib.request.urlopen(\"http://127.0.0.1:8480/api/status\").read().decode())'")
+    page = (f"runuser -u media -- timeout 60 media-pipeline run >/tmp/page-check.log 2>&1 & "
+            f"for i in $(seq 100); do {fetch} 2>/dev/null && break; sleep 0.2; done; kill %1; wait")
+    status = json.loads(lab.ssh(f"pct exec 201 -- bash -c {shlex.quote(page)}", timeout=120).stdout)
+    assert rip in [j["source"] for j in status["jobs"]["done"]]
+    assert status["gpu_proof"]["render_node"] == "/dev/dri/renderD128"
 
 
 def test_second_up_runs_nothing_remote(lab, first_up):

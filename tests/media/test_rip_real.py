@@ -142,8 +142,8 @@ def test_the_service_rips_each_new_disc_once_and_ejects_it(titles, tmp_path):
         drive.insert("Ronin", [(FEATURE, titles["other"])])  # a new disc
         wait_for(lambda: "Ronin" in drive.published(), timeout=60, what="second disc")
         metrics = (tmp_path / "state" / "rip.prom").read_text()
-        assert 'media_rip_rips{state="done"} 2' in metrics or wait_for(
-            lambda: 'media_rip_rips{state="done"} 2' in (tmp_path / "state" / "rip.prom").read_text())
+        assert 'media_rip_rips{state="done"} 2.0' in metrics or wait_for(
+            lambda: 'media_rip_rips{state="done"} 2.0' in (tmp_path / "state" / "rip.prom").read_text())
     finally:
         kill(svc, signal.SIGTERM)
     assert svc.returncode == 0

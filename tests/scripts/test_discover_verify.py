@@ -131,6 +131,17 @@ def test_verify_gpu_with_a_fake_node_fails_the_encode(hw, tmp_path):
     assert j["encode"].startswith("failed: ") and "MFX session" in j["encode"]
 
 
+def test_verify_gpu_saves_the_proof_for_the_status_page(hw, tmp_path):
+    save = tmp_path / "state" / "gpu-proof.json"
+    r = run("verify-gpu.sh", "--user", "root", "--save", str(save), env=hw.env)
+    assert r.rc == 0, r.err
+    saved = json.loads(save.read_text())
+    checked = saved.pop("checked_at")
+    assert saved == r.json and isinstance(checked, int) and checked > 1_700_000_000
+    assert save.stat().st_mode & 0o777 == 0o644 and sorted(p.name for p in save.parent.iterdir()) == ["gpu-proof.json"]
+    assert run("verify-gpu.sh", "--user", "root", "--save", "relative.json", env=hw.env).rc != 0
+
+
 MAKEMKV_OK = """#!/bin/sh
 echo 'MSG:1005,0,1,"MakeMKV v1.18.4 linux(x64-release) started","%1 started","MakeMKV v1.18.4 linux(x64-release)"'
 echo 'DRV:0,2,999,1,"BD-RE HL-DT-ST BD-RE  WH16NS60 1.02","","/dev/sr0"'

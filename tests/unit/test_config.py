@@ -167,3 +167,39 @@ def test_static_address_needs_a_gateway():
     raw["network"] = {**raw["network"], "gateway": "192.168.1.1"}
     parse(raw, ALL_SECRETS)
 
+
+def test_status_page_beyond_loopback_needs_the_password_secret():
+    raw = homelab_raw()
+    raw["pipeline"] = {"webPort": 8480, "webBind": "0.0.0.0"}
+    msg = "\n".join(refused(raw, Secrets(proxmox_password=True, ssh_private_key=True)))
+    assert "homelab-media:pipeline.webBind = '0.0.0.0'" in msg and "homelab-media:statusPassword" in msg
+    assert "pulumi config set --secret homelab-media:statusPassword" in msg
+    cfg = parse(raw, Secrets(proxmox_password=True, ssh_private_key=True, status_password=True))
+    assert cfg.pipeline.web_bind == "0.0.0.0"
+    raw["pipeline"] = {"webPort": 0, "webBind": "0.0.0.0"}  # off: nothing listens
+    parse(raw, Secrets(proxmox_password=True, ssh_private_key=True))
+
+
+def test_status_page_port_and_bind_are_checked():
+    raw = homelab_raw()
+    raw["pipeline"] = {"webPort": 9464, "metricsPort": 9464}
+    assert "pipeline.webPort and pipeline.metricsPort are both 9464" in "\n".join(refused(raw))
+    raw["pipeline"] = {"webBind": "lan"}
+    assert "homelab-media:pipeline.webBind = 'lan' is refused" in "\n".join(refused(raw))
+
+
+def test_page_urls_for_static_dhcp_and_loopback():
+    from components.config import page_urls
+
+    raw = homelab_raw()
+    raw["pipeline"] = {"webBind": "0.0.0.0", "metricsBind": "0.0.0.0"}
+    raw["transcoder"] = {**raw["transcoder"], "ipv4": "192.168.1.201/24"}
+    raw["network"] = {**raw.get("network", {}), "gateway": "192.168.1.1"}
+    with_password = Secrets(proxmox_password=True, ssh_private_key=True, status_password=True)
+    urls = page_urls(parse(raw, with_password))
+    assert urls["page"]["url"] == "http://192.168.1.201:8480/" and urls["page"]["password"] is True
+    assert urls["metrics"]["url"] == "http://192.168.1.201:9464/metrics"
+    raw["pipeline"] = {"metricsPort": 0}
+    urls = page_urls(parse(raw, ALL_SECRETS))
+    assert urls["page"]["url"] == "http://127.0.0.1:8480/" and "pct exec 201" in urls["page"]["reachable"]
+    assert urls["metrics"] == {"url": None, "reachable": "off (port 0)"}

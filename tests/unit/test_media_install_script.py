@@ -32,12 +32,13 @@ def make_tarball(dest: Path, extra: str = "") -> Path:
 
 
 def install(root: Path, tarball: Path, *extra: str, user: str = ME, check: bool = True,
-            preexec=None) -> subprocess.CompletedProcess:
+            preexec=None, stdin: str | None = None) -> subprocess.CompletedProcess:
     argv = ["bash", str(SCRIPT), "--tarball", str(tarball), "--user", user,
             "--staging", "/mnt/storage/staging", "--movies", "/mnt/storage/movies",
             "--tv", "/mnt/storage/tv", "--languages", "eng,bul", "--encoder", "libx265",
             "--preset", "slow", "--crf", "18", "--root", str(root), *extra]
-    run = subprocess.run(argv, capture_output=True, text=True, preexec_fn=preexec, timeout=120)
+    run = subprocess.run(argv, capture_output=True, text=True, preexec_fn=preexec, timeout=120,
+                         input=stdin if stdin is not None else "")
     if check:
         assert run.returncode == 0, run.stderr
     return run
@@ -296,4 +297,38 @@ def test_ripper_role_installs_media_rip_with_the_stack_settings(root, tmp_path):
 ])
 def test_ripper_role_refuses_bad_settings(root, tmp_path, args, message):
     run = install_ripper(root, make_tarball(tmp_path / "a.tar.gz"), *args, check=False)
+    assert run.returncode == 2 and message in run.stderr
+
+
+def test_status_page_settings_and_password_from_stdin(root, tmp_path):
+    tarball = make_tarball(tmp_path / "a.tar.gz")
+    cfg_path = root / "etc/media-pipeline/config.json"
+    install(root, tarball)
+    cfg = json.loads(cfg_path.read_text())
+    assert (cfg["web_port"], cfg["web_bind"], cfg["web_password"]) == (8480, "127.0.0.1", "")
+    assert cfg["gpu_proof_file"] == "/var/lib/media-pipeline/gpu-proof.json"
+
+    refused = install(root, tarball, "--web-bind", "0.0.0.0", check=False)
+    assert refused.returncode == 2 and "'web_password'" in refused.stderr and "statusPassword" in refused.stderr
+    assert json.loads(cfg_path.read_text()) == cfg  # nothing written
+
+    secret = "s3cret with spaces"
+    run = install(root, tarball, "--web-bind", "0.0.0.0", "--web-port", "8500", "--web-password-stdin",
+                  stdin=secret + "\n")
+    assert secret not in run.stdout + run.stderr
+    cfg = json.loads(cfg_path.read_text())
+    assert (cfg["web_port"], cfg["web_bind"], cfg["web_password"]) == (8500, "0.0.0.0", secret)
+    assert stat.S_IMODE(cfg_path.stat().st_mode) == 0o640
+    # a later run without the flag keeps the password (like apprise_urls) and changes nothing
+    again = install(root, tarball, "--web-bind", "0.0.0.0", "--web-port", "8500")
+    assert result(again)["changed"] is False and json.loads(cfg_path.read_text())["web_password"] == secret
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--web-port", "70000"], "--web-port must be 0-65535"),
+    (["--web-bind", "any where"], "--web-bind must be an address"),
+    (["--gpu-proof", "rel.json"], "--gpu-proof must be an absolute path"),
+])
+def test_bad_status_page_flags(root, tmp_path, args, message):
+    run = install(root, make_tarball(tmp_path / "a.tar.gz"), *args, check=False)
     assert run.returncode == 2 and message in run.stderr

@@ -90,7 +90,9 @@ def test_finish_totals_and_counts(tmp_path):
     a = s.claim()
     s.finish(a.id, media_seconds=60.0, encode_seconds=20.0, fps=75.0)
     assert s.counts() == {"queued": 1, "running": 0, "done": 1, "failed": 0}
-    assert s.totals() == {"media_seconds": 60.0, "encode_seconds": 20.0, "last_fps": 75.0}
+    queued = [j for j in s.list_jobs() if j.state == "queued"][0]
+    assert s.totals() == {"media_seconds": 60.0, "encode_seconds": 20.0, "last_fps": 75.0, "last_speed": 3.0,
+                          "oldest_queued": queued.created}
 
 
 def test_reset_failed(tmp_path):

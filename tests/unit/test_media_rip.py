@@ -158,10 +158,18 @@ def test_store_records_and_lists(tmp_path):
 
 
 def test_metrics_use_their_own_names():
-    text = rip.render_metrics({"done": 2}, {"bytes": 1e9, "seconds": 60.0}, {"name": 'A "B"', "progress": 0.5}, 2, 0)
-    assert 'media_rip_rips{state="done"} 2' in text and "media_rip_ripped_bytes_total 1000000000" in text
-    assert 'media_rip_progress_ratio{disc="A \\"B\\""} 0.5' in text and "media_rip_drive_state 2" in text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = rip.render_metrics({"done": 2, "failed": 1}, {"bytes": 1e9, "seconds": 60.0},
+                              {"name": 'A "B"', "progress": 0.5}, 2, 0)
+    assert 'media_rip_rips{state="done"} 2.0' in text
+    assert 'media_rip_progress_ratio{disc="A \\"B\\""} 0.5' in text and "media_rip_drive_state 2.0" in text
     assert all(line.startswith(("# ", "media_rip_")) for line in text.splitlines())
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("media_rip_ripped_bytes_total", ())] == 1e9
+    assert samples[("media_rip_rips_finished_total", (("outcome", "failed"),))] == 1
+    assert samples[("media_rip_rips_finished_total", (("outcome", "ripped"),))] == 2
 
 
 def test_rip_config_validation_names_the_key():

@@ -9,7 +9,10 @@ import pytest
 from media_pipeline import config as cfgmod
 from media_pipeline import service
 from media_pipeline.jobs import JobStore
-from media_pipeline.metrics import MetricsServer, Snapshot, render, write_textfile
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from media_pipeline.metrics import JobEvents, PipelineCollector, Snapshot, new_registry, serve, write_textfile
 from media_pipeline.transcode import file_stamp, temp_path
 
 
@@ -247,32 +250,53 @@ def test_run_with_bad_config_exits_2(tmp_path, capsys):
 
 
 def test_metrics_render():
-    text = render(Snapshot({"queued": 2, "running": 1, "done": 5, "failed": 1}, 3600.5, 1200.0, 87.25,
-                           [{"id": 7, "source": '/s/Amélie "q"\\.mkv', "progress": 0.4213, "fps": 80}],
-                           1700000000.0))
-    assert 'media_pipeline_jobs{state="queued"} 2' in text
-    assert 'media_pipeline_jobs{state="failed"} 1' in text
+    snap = Snapshot({"queued": 2, "running": 1, "done": 5, "failed": 1}, 3600.5, 1200.0, 87.25, 1.5,
+                    [{"id": 7, "source": '/s/Amélie "q"\\.mkv', "progress": 0.4213, "fps": 80}],
+                    1700000000.0, 42.0, {"staging": (10, 100), "movies": (5, 1000)})
+    registry = new_registry(PipelineCollector(lambda: snap))
+    events = JobEvents(registry)
+    events.observe("done", 45.0)
+    events.observe("failed", 3.0)
+    text = generate_latest(registry).decode()
+    assert 'media_pipeline_jobs{state="queued"} 2.0' in text
+    assert 'media_pipeline_jobs{state="failed"} 1.0' in text
+    assert "media_pipeline_queue_length 2.0" in text
+    assert "media_pipeline_oldest_queued_job_age_seconds 42.0" in text
     assert "media_pipeline_encoded_seconds_total 3600.5" in text
-    assert "media_pipeline_last_fps 87.25" in text
+    assert "media_pipeline_encode_fps 87.25" in text
+    assert "media_pipeline_encode_speed_ratio 1.5" in text
     assert 'media_pipeline_job_progress_ratio{job="7",source="Amélie \\"q\\"\\\\.mkv"} 0.4213' in text
+    assert 'media_pipeline_filesystem_free_bytes{dir="staging"} 10.0' in text
+    assert 'media_pipeline_filesystem_size_bytes{dir="movies"} 1000.0' in text
     assert "# TYPE media_pipeline_encoded_seconds_total counter" in text
-    assert text.endswith("\n")
+    assert 'media_pipeline_jobs_finished_total{outcome="done"} 1.0' in text
+    assert 'media_pipeline_jobs_finished_total{outcome="retry"} 0.0' in text
+    assert 'media_pipeline_job_duration_seconds_bucket{le="60.0",outcome="done"} 1.0' in text
+    assert 'media_pipeline_job_duration_seconds_bucket{le="30.0",outcome="done"} 0.0' in text
+    assert 'media_pipeline_job_duration_seconds_count{outcome="failed"} 1.0' in text
+    families = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert families["media_pipeline_job_duration_seconds"] == "histogram"
+    assert families["media_pipeline_jobs_finished"] == "counter"
 
 
 def test_metrics_textfile_and_server(tmp_path):
     import urllib.error
     import urllib.request
 
+    snap = Snapshot({"queued": 3})
+    registry = new_registry(PipelineCollector(lambda: snap))
     path = tmp_path / "prom" / "m.prom"
-    write_textfile(str(path), "a 1\n")
-    assert path.read_text() == "a 1\n" and len(os.listdir(path.parent)) == 1
-    server = MetricsServer("127.0.0.1", 0, lambda: "x 1\n").start()
+    write_textfile(str(path), registry)
+    assert 'media_pipeline_jobs{state="queued"} 3.0' in path.read_text() and len(os.listdir(path.parent)) == 1
+    server = serve(registry, "127.0.0.1", 0)
     try:
+        snap.counts["queued"] = 4  # read at scrape time, not at start
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics") as resp:
-            assert resp.read() == b"x 1\n"
+            assert 'media_pipeline_jobs{state="queued"} 4.0' in resp.read().decode()
             assert resp.headers["Content-Type"].startswith("text/plain")
-        with pytest.raises(urllib.error.HTTPError):
+        with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"http://127.0.0.1:{server.port}/nope")
+        assert err.value.code == 404
     finally:
         server.stop()
 

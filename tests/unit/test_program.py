@@ -134,7 +134,7 @@ def program(monkeypatch):
         OPTS.clear()
         monkeypatch.setattr("components.preflight.ssh_problem", ssh_check)
         pulumi.runtime.set_all_config(
-            config, [f"{NS}:proxmoxPassword", f"{NS}:sshPrivateKey", f"{NS}:makemkvKey"]
+            config, [f"{NS}:proxmoxPassword", f"{NS}:sshPrivateKey", f"{NS}:makemkvKey", f"{NS}:statusPassword"]
         )
         DEPENDS_ON.clear()
         pulumi.runtime.register_stack_transformation(_record_depends_on)
@@ -352,6 +352,55 @@ def test_makemkv_key_travels_only_as_a_secret(program):
                 assert "T-not-a-real-key" not in json.dumps(a.inputs, default=str)
 
     return done(g).apply(check)
+
+
+@pulumi.runtime.test
+def test_status_page_password_travels_only_as_secret_stdin(program):
+    pipeline = json.dumps({"keepSource": True, "metricsPort": 9464, "metricsBind": "0.0.0.0",
+                           "webPort": 8480, "webBind": "0.0.0.0"})
+    mocks, g = program(homelab_config(**{f"{NS}:pipeline": pipeline, f"{NS}:statusPassword": "page-pass-not-real"}))
+
+    def check(_):
+        raw = mocks.raw_inputs["transcoder-pipeline"]["stdin"]
+        assert isinstance(raw, dict) and raw.get(SECRET_SIG), "the bundle with the password must be a secret"
+        stdin = mocks.resources["transcoder-pipeline"].inputs["stdin"]
+        argv_line = next(line for line in stdin.splitlines() if line.startswith('cd "$_d" && bash "$_d/ct-install'))
+        assert "--web-port 8480 --web-bind 0.0.0.0" in argv_line and "--web-password-stdin" in argv_line
+        assert "page-pass-not-real" not in argv_line
+        assert stdin.split("__HOMELAB_STDIN__")[1].lstrip("'").strip() == "page-pass-not-real"
+        for name, a in mocks.resources.items():
+            if name != "transcoder-pipeline":
+                assert "page-pass-not-real" not in json.dumps(a.inputs, default=str)
+        assert "--save /var/lib/media-pipeline/gpu-proof.json" in mocks.resources["transcoder-verify-gpu"].inputs["stdin"]
+        assert g["urls"]["page"] == {"url": "http://transcoder:8480/", "reachable": "from the network (bind 0.0.0.0)",
+                                     "password": True}
+        assert g["urls"]["metrics"]["url"] == "http://transcoder:9464/metrics"
+
+    return done(g).apply(check)
+
+
+@pulumi.runtime.test
+def test_status_page_defaults_to_loopback_without_password(program):
+    mocks, g = program(homelab_config())
+
+    def check(_):
+        assert not mocks.raw_inputs["transcoder-pipeline"]["stdin"].get(SECRET_SIG) \
+            if isinstance(mocks.raw_inputs["transcoder-pipeline"]["stdin"], dict) else True
+        stdin = mocks.resources["transcoder-pipeline"].inputs["stdin"]
+        argv_line = next(line for line in stdin.splitlines() if line.startswith('cd "$_d" && bash "$_d/ct-install'))
+        assert "--web-port 8480 --web-bind 127.0.0.1" in argv_line and "--web-password-stdin" not in argv_line
+        assert argv_line.endswith("</dev/null")
+        assert g["urls"]["page"]["url"] == "http://127.0.0.1:8480/"
+        assert "inside CT 201 only" in g["urls"]["page"]["reachable"]
+
+    return done(g).apply(check)
+
+
+def test_public_status_page_without_password_is_refused(program, capsys):
+    pipeline = json.dumps({"webPort": 8480, "webBind": "0.0.0.0"})
+    with pytest.raises(SystemExit) as exc:
+        program(homelab_config(**{f"{NS}:pipeline": pipeline}))
+    assert exc.value.code == 1
 
 
 def test_config_errors_stop_before_any_resource(program, capsys):

@@ -1,0 +1,236 @@
+"""The status page: a small WSGI app (Jinja2 templates) served by the media-pipeline process.
+
+Reads the same job store as `media-pipeline status`, in threads of its own (metrics.
+WSGIThreadServer), so it answers while encodes run. Routes:
+
+  GET  /                     the page (refreshes itself every REFRESH_SECONDS)
+  GET  /api/status           the same data as JSON
+  POST /jobs/<id>/retry      a failed job back to the queue (form field csrf_token)
+
+Protection: with web_password set, every request needs HTTP basic auth (any user name);
+config validation refuses a bind beyond loopback without one. A retry needs the page's
+CSRF token (an HMAC only this process can make) and, when the browser sends one, an
+Origin/Referer of this host. Bad requests change nothing and get a clear HTTP error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import jinja2
+
+from . import __version__
+from .metrics import WSGIThreadServer
+from .rips import read_rips
+
+REFRESH_SECONDS = 5
+MAX_FORM_BYTES = 4096
+DONE_SHOWN = 20
+_RETRY = re.compile(r"^/jobs/(\d{1,18})/retry$")
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(__file__), "templates")),
+    autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+)
+_HEADERS = [
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),  # no clickjacking of the retry button
+    ("Referrer-Policy", "same-origin"),
+    ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                                "form-action 'self'; frame-ancestors 'none'"),
+]
+
+
+class HTTPError(Exception):
+    def __init__(self, status: str, message: str, headers: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or []
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def human_seconds(s: float | None) -> str:
+    if s is None or s < 0:
+        return "-"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+def when(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+_TEMPLATES.filters.update(bytes=human_bytes, duration=human_seconds, when=when, basename=os.path.basename)
+
+
+class StatusApp:
+    """WSGI app over a running Service (its store, config and live progress)."""
+
+    def __init__(self, service):
+        self.service = service
+        self.cfg = service.cfg
+        self._key = secrets.token_bytes(32)  # new each start: tokens of an old page are refused
+        self.csrf_token = hmac.new(self._key, b"retry", hashlib.sha256).hexdigest()
+
+    # -- data ----------------------------------------------------------------------
+
+    def status(self) -> dict:
+        svc, now = self.service, time.time()
+        jobs = svc.store.list_jobs()
+        with svc._guard:
+            live = {k: dict(v) for k, v in svc.running.items()}
+        by_state: dict[str, list[dict]] = {"queued": [], "running": [], "done": [], "failed": []}
+        for job in jobs:
+            d = job.to_json()
+            if job.state == "running":
+                entry = live.get(job.id, {})
+                d["progress"] = entry.get("progress", job.progress)
+                d["fps"] = entry.get("fps", job.fps)
+                d["speed"] = entry.get("speed", 0.0)
+                elapsed = now - job.started if job.started else 0.0
+                d["elapsed"] = elapsed
+                d["eta"] = elapsed * (1 - d["progress"]) / d["progress"] if d["progress"] > 0.005 else None
+            by_state[job.state].append(d)
+        by_state["done"] = sorted(by_state["done"], key=lambda d: d["finished"] or 0, reverse=True)[:DONE_SHOWN]
+        by_state["failed"].sort(key=lambda d: d["finished"] or 0, reverse=True)
+        snap = svc.snapshot()
+        filesystems = [{"dir": name, "free": f, "size": t, "free_ratio": f / t if t else 0.0,
+                        "path": getattr(self.cfg, name)} for name, (f, t) in snap.filesystems.items()]
+        return {
+            "version": __version__, "now": now, "counts": snap.counts, "jobs": by_state,
+            "filesystems": filesystems, "oldest_queued_age": snap.oldest_queued_age,
+            "last_scan": snap.last_scan, "max_attempts": self.cfg.max_attempts,
+            "gpu_proof": self.gpu_proof(), "gpu_proof_file": self.cfg.gpu_proof_file,
+            "rips": read_rips(self.cfg.rip_db), "rip_db": self.cfg.rip_db,
+        }
+
+    def gpu_proof(self) -> dict | None:
+        path = self.cfg.gpu_proof_file
+        if not path:
+            return None
+        try:
+            with open(path, encoding="utf-8") as fh:
+                proof = json.load(fh)
+            proof.setdefault("checked_at", os.path.getmtime(path))
+        except (OSError, ValueError):
+            return None
+        return proof if isinstance(proof, dict) else None
+
+    # -- WSGI ----------------------------------------------------------------------
+
+    def __call__(self, environ, start_response):
+        try:
+            self.authenticate(environ)
+            status, headers, body = self.route(environ)
+        except HTTPError as exc:
+            status, headers = exc.status, [("Content-Type", "text/plain; charset=utf-8"), *exc.headers]
+            body = f"{exc.status}: {exc.message}\n".encode()
+        start_response(status, [*headers, *_HEADERS, ("Content-Length", str(len(body)))])
+        return [body] if environ.get("REQUEST_METHOD") != "HEAD" else [b""]
+
+    def authenticate(self, environ) -> None:
+        if not self.cfg.web_password:
+            return
+        challenge = [("WWW-Authenticate", 'Basic realm="media-pipeline", charset="UTF-8"')]
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "basic" or not value:
+            raise HTTPError("401 Unauthorized", "this page needs the password (any user name)", challenge)
+        try:
+            _user, sep, given = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise HTTPError("401 Unauthorized", "malformed Authorization header", challenge) from None
+        if not sep or not hmac.compare_digest(given.encode(), self.cfg.web_password.encode()):
+            raise HTTPError("401 Unauthorized", "wrong password", challenge)
+
+    def route(self, environ):
+        path, method = environ.get("PATH_INFO", "/") or "/", environ.get("REQUEST_METHOD", "GET")
+        if path in ("/", "/api/status"):
+            if method not in ("GET", "HEAD"):
+                raise HTTPError("405 Method Not Allowed", f"{path} is read-only: use GET",
+                                [("Allow", "GET, HEAD")])
+            data = self.status()
+            if path == "/api/status":
+                return "200 OK", [("Content-Type", "application/json")], \
+                    json.dumps(data, ensure_ascii=False).encode()
+            notice = self.notice(environ.get("QUERY_STRING", ""))
+            html = _TEMPLATES.get_template("status.html").render(
+                **data, csrf_token=self.csrf_token, refresh=REFRESH_SECONDS, notice=notice)
+            return "200 OK", [("Content-Type", "text/html; charset=utf-8")], html.encode()
+        match = _RETRY.match(path)
+        if match:
+            if method != "POST":
+                raise HTTPError("405 Method Not Allowed", "retry changes the queue: use POST (the page's button)",
+                                [("Allow", "POST")])
+            return self.retry(environ, int(match.group(1)))
+        raise HTTPError("404 Not Found", f"no such page: {path}")
+
+    def notice(self, query: str) -> str:
+        q = parse_qs(query)
+        if "retried" in q and q["retried"][0].isdigit():
+            return f"Job {q['retried'][0]} is queued again."
+        return ""
+
+    def retry(self, environ, job_id: int):
+        self.check_origin(environ)
+        form = read_form(environ)
+        token = form.get("csrf_token", [""])[0]
+        if not hmac.compare_digest(token.encode(), self.csrf_token.encode()):
+            raise HTTPError("403 Forbidden", "missing or stale CSRF token: reload the page and press retry again")
+        job = self.service.store.get(job_id)
+        if job is None:
+            raise HTTPError("404 Not Found", f"no job {job_id}")
+        if job.state != "failed":
+            raise HTTPError("409 Conflict", f"job {job_id} is {job.state}, not failed: only failed jobs can be retried")
+        if not self.service.retry(job_id):
+            raise HTTPError("409 Conflict", f"job {job_id} changed meanwhile; reload the page")
+        return "303 See Other", [("Location", f"/?retried={job_id}"), ("Content-Type", "text/plain")], \
+            f"job {job_id} queued again\n".encode()
+
+    def check_origin(self, environ) -> None:
+        """A browser sends Origin (or at least Referer) on a form POST: it must be this host."""
+        host = environ.get("HTTP_HOST", "")
+        source = environ.get("HTTP_ORIGIN") or environ.get("HTTP_REFERER")
+        if source and urlsplit(source).netloc != host:  # "null" (a sandboxed or privacy-stripped origin) too
+            raise HTTPError("403 Forbidden", f"cross-site request refused (from {urlsplit(source).netloc or source!r},"
+                                             f" not {host!r})")
+        if environ.get("HTTP_SEC_FETCH_SITE", "same-origin") not in ("same-origin", "none"):
+            raise HTTPError("403 Forbidden", "cross-site request refused (Sec-Fetch-Site)")
+
+
+def read_form(environ) -> dict[str, list[str]]:
+    ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    if ctype != "application/x-www-form-urlencoded":
+        raise HTTPError("415 Unsupported Media Type", "send the form as application/x-www-form-urlencoded")
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise HTTPError("400 Bad Request", "bad Content-Length") from None
+    if length > MAX_FORM_BYTES:
+        raise HTTPError("413 Content Too Large", f"form larger than {MAX_FORM_BYTES} bytes")
+    body = environ["wsgi.input"].read(length) if length > 0 else b""
+    return parse_qs(body.decode("utf-8", errors="replace"))
+
+
+def serve(service, bind: str, port: int) -> WSGIThreadServer:
+    return WSGIThreadServer(bind, port, StatusApp(service), name="status-page").start()
