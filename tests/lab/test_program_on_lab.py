@@ -179,7 +179,7 @@ def test_second_up_runs_nothing_remote(lab, first_up):
     out, _ = program("up")
     after = lab.counters()
     assert out["commands_ran"] == []
-    assert len(out["commands_unchanged"]) == 10
+    assert len(out["commands_unchanged"]) == 12  # 10 steps + 2 vm id guards
     assert after["ssh"] == before["ssh"] and after["pct"] == before["pct"] and after["events"] == before["events"]
 
 
@@ -191,7 +191,7 @@ def test_scripts_are_idempotent_when_run_again(lab, first_up):
     STATE.write_text(json.dumps(state))
     starts = {v: lab.starts(v) for v in (201, 202)}
     out, proc = program("up")
-    assert len(out["commands_ran"]) == 10
+    assert len(out["commands_ran"]) == 12  # 10 steps + 2 vm id guards
     assert out["outputs"]["mediaUser"]["changed"] == []
     assert "unchanged" in proc.stderr or "already" in proc.stderr
     assert {v: lab.starts(v) for v in (201, 202)} == starts  # raw lines unchanged: no restart
