@@ -2,6 +2,9 @@
 # Inside the ripper container: media user in the node's cdrom group, MakeMKV from pinned tarballs, settings.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-exec.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-files.sh"
 
 usage() {
   cat <<'USAGE'

@@ -3,6 +3,7 @@
 # package) inside the transcoder container, write its config and systemd unit, start it.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-exec.sh"
 
 usage() {
   cat <<'EOF'

@@ -2,6 +2,8 @@
 # Discover the node's GPU nodes (/dev/dri) and optical drive (sr + its sg node), with major/minor.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-devices.sh"
 
 usage() {
   cat <<'USAGE'

@@ -187,7 +187,7 @@ def test_verify_drive_nothing_there(hw):
 
 
 # ---------------------------------------------------------------------------
-# lib.sh json helpers
+# lib-json.sh helpers
 
 
 @pytest.mark.parametrize(
@@ -196,7 +196,7 @@ def test_verify_drive_nothing_there(hw):
 )
 def test_json_str_round_trips(text):
     p = subprocess.run(
-        ["bash", "-c", f'source "{SCRIPTS}/lib.sh"; json_obj k "$(json_str "$1")" l "$(json_arr "$1" x)"', "_", text],
+        ["bash", "-c", f'source "{SCRIPTS}/lib.sh"; source "{SCRIPTS}/lib-json.sh"; json_obj k "$(json_str "$1")" l "$(json_arr "$1" x)"', "_", text],
         capture_output=True,
         text=True,
     )

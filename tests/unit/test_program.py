@@ -380,3 +380,65 @@ def test_a_token_in_the_environment_is_refused(monkeypatch):
     text = str(exc.value)
     assert "PROXMOX_VE_API_TOKEN" in text and "unset PROXMOX_VE_API_TOKEN" in text
     assert "00000000" not in text
+
+
+def _bundled_names(stdin: str) -> list[str]:
+    return [line.split('"$_d/')[1].split('"')[0] for line in stdin.splitlines() if line.startswith('cat > "$_d/')]
+
+
+HELPERS = ["lib.sh", "lib-json.sh", "lib-exec.sh", "lib-files.sh", "lib-users.sh", "lib-devices.sh"]
+# How many remote steps re-run when one helper changes (issue 10, item 6). 10 of 10 for any
+# helper while every step shipped the one lib.sh.
+EXPECTED_RERUNS = {
+    "lib.sh": 10,
+    "lib-json.sh": 7,
+    "lib-exec.sh": 5,
+    "lib-files.sh": 2,
+    "lib-users.sh": 3,
+    "lib-devices.sh": 3,
+}
+
+
+@pulumi.runtime.test
+def test_a_helper_change_reruns_only_the_steps_that_source_it(program, tmp_path, monkeypatch):
+    """Each step's trigger is recomputed the way the program computes it, first unchanged (it must
+    equal the declared trigger), then with one helper edited in a copy of scripts/."""
+    import shutil
+
+    from components import remote, render
+
+    mocks, g = program(homelab_config())
+
+    def check(_):
+        steps = {}
+        for name, a in mocks.resources.items():
+            if a.typ != "command:remote:Command":
+                continue
+            names = _bundled_names(a.inputs["stdin"])
+            script = _script_of(a.inputs["stdin"])
+            helpers = {h for n in names if n.endswith(".sh") for h in render.sourced(n)}
+            extra = [n for n in names if n != script and n not in helpers]
+            files = {}
+            if name == "transcoder-pipeline":
+                from components.transcoder_ct import PIPELINE_TARBALL, pipeline_tarball
+
+                files = {PIPELINE_TARBALL: pipeline_tarball()}
+            assert remote.content_hash(script, extra, files) == a.inputs["triggers"][0], name
+            steps[name] = (script, extra, files)
+        assert len(steps) == 10, sorted(steps)
+        reruns = {}
+        for helper in HELPERS:
+            copy = tmp_path / helper / "scripts"
+            shutil.copytree(render.SCRIPTS, copy)
+            with (copy / helper).open("a") as fh:
+                fh.write("# an edit\n")
+            with monkeypatch.context() as m:
+                m.setattr(render, "SCRIPTS", copy)
+                reruns[helper] = sorted(
+                    n for n, (s, e, f) in steps.items() if remote.content_hash(s, e, f) != mocks.resources[n].inputs["triggers"][0]
+                )
+        print({h: f"{len(v)} of {len(steps)}" for h, v in reruns.items()})
+        assert {h: len(v) for h, v in reruns.items()} == EXPECTED_RERUNS, reruns
+        assert reruns["lib-files.sh"] == ["ripper-bootstrap", "transcoder-bootstrap"]
+
+    return done(g).apply(check)
