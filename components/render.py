@@ -73,6 +73,32 @@ def drive_lines(discovery: Mapping[str, Any]) -> list[str]:
     return lines + mounts
 
 
+# The raw lines pve-lxc-raw.sh manages, and its rules for them (kept in step by tests/unit/test_render.py).
+RAW_KEYS = ("lxc.cgroup2.devices.allow", "lxc.mount.entry")
+_ALLOW = re.compile(r"^(a|[cb] ([0-9]+|\*):([0-9]+|\*) [rwm]+)$")
+_MOUNT = re.compile(r"^[^\s]+ [^\s]+ [^\s]+ [^\s]+( [0-9]+ [0-9]+)?$")
+
+
+def normalize_raw_line(line: str) -> str:
+    """`key: value` with single blanks, or ValueError saying what is wrong (pve-lxc-raw.sh's rules)."""
+    m = re.match(r"^([^:\s]+)\s*:\s*(.*)$", line.strip())
+    if not m:
+        raise ValueError('not a "key: value" line')
+    key, value = m.group(1), " ".join(m.group(2).split())
+    if key == "lxc.cgroup2.devices.allow":
+        if not _ALLOW.match(value):
+            raise ValueError(f'malformed {key} value "{value}" (want a, or c|b MAJOR:MINOR rwm, e.g. "c 10:200 rwm")')
+    elif key == "lxc.mount.entry":
+        if not _MOUNT.match(value):
+            raise ValueError(
+                f'malformed {key} value "{value}" (want SRC DST TYPE OPTIONS [0 0], '
+                'e.g. "/dev/net/tun dev/net/tun none bind,create=file")'
+            )
+    else:
+        raise ValueError(f'key "{key}" is not managed here: only {" and ".join(RAW_KEYS)} lines are accepted')
+    return f"{key}: {value}"
+
+
 def _dev_entry(path: str) -> str:
     if not path.startswith("/dev/") or " " in path:
         raise ValueError(f"{path!r} is not a /dev node path")
