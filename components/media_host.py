@@ -53,6 +53,7 @@ class MediaHost(pulumi.ComponentResource):
             f"{name}-discover",
             node,
             "host-discover.sh",
+            ["--optical-drive", cfg.devices.optical_drive],
             parent=self,
             depends_on=[self.pool_check],
             triggers=[str(cfg.devices.rediscover)],

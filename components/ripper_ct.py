@@ -32,7 +32,8 @@ class RipperCT(pulumi.ComponentResource):
         self.container = privileged_container(
             name, ct, cfg, node, host.template_file_id, parent=self, depends_on=[host.setup]
         )
-        self.raw_lines = host.discovery.apply(render.drive_lines)
+        # the user's own lines (extraRawLines) ride along; the hookscript keeps them at every start
+        self.raw_lines = host.discovery.apply(lambda d: render.drive_lines(d) + list(ct.extra_raw_lines))
         self.raw = raw_lines_step(name, ct.vm_id, self.raw_lines, node, cfg, self, self.container)
 
         m, mk = cfg.media, cfg.makemkv
@@ -41,6 +42,7 @@ class RipperCT(pulumi.ComponentResource):
             "--cdrom-gid", str(cfg.host_groups.cdrom),
             "--staging", cfg.storage.staging_path,
             "--makemkv-version", mk.version,
+            "--makemkv-url", mk.base_url,
         ]
         if not mk.install:
             args.append("--skip-makemkv")
