@@ -387,15 +387,16 @@ def _bundled_names(stdin: str) -> list[str]:
 
 
 HELPERS = ["lib.sh", "lib-json.sh", "lib-exec.sh", "lib-files.sh", "lib-users.sh", "lib-devices.sh"]
-# How many remote steps re-run when one helper changes (issue 10, item 6). 10 of 10 for any
-# helper while every step shipped the one lib.sh.
+# How many remote steps re-run when one helper changes (issue 10, item 6): of the 10 steps
+# then (11 with the hookscript's install), 10 of 10 for any helper while every step shipped
+# the one lib.sh; now only the core lib.sh re-runs them all.
 EXPECTED_RERUNS = {
-    "lib.sh": 10,
-    "lib-json.sh": 7,
+    "lib.sh": 11,
+    "lib-json.sh": 8,
     "lib-exec.sh": 5,
-    "lib-files.sh": 2,
+    "lib-files.sh": 3,
     "lib-users.sh": 3,
-    "lib-devices.sh": 3,
+    "lib-devices.sh": 4,
 }
 
 
@@ -425,7 +426,7 @@ def test_a_helper_change_reruns_only_the_steps_that_source_it(program, tmp_path,
                 files = {PIPELINE_TARBALL: pipeline_tarball()}
             assert remote.content_hash(script, extra, files) == a.inputs["triggers"][0], name
             steps[name] = (script, extra, files)
-        assert len(steps) == 10, sorted(steps)
+        assert len(steps) == 11, sorted(steps)  # the 10 steps of issue 10 plus the hookscript's install
         reruns = {}
         for helper in HELPERS:
             copy = tmp_path / helper / "scripts"
@@ -439,6 +440,30 @@ def test_a_helper_change_reruns_only_the_steps_that_source_it(program, tmp_path,
                 )
         print({h: f"{len(v)} of {len(steps)}" for h, v in reruns.items()})
         assert {h: len(v) for h, v in reruns.items()} == EXPECTED_RERUNS, reruns
-        assert reruns["lib-files.sh"] == ["ripper-bootstrap", "transcoder-bootstrap"]
+        assert reruns["lib-files.sh"] == ["media-host-hookscript", "ripper-bootstrap", "transcoder-bootstrap"]
+
+    return done(g).apply(check)
+
+
+@pytest.mark.parametrize("storage", [None, "nas-snippets"])
+@pulumi.runtime.test
+def test_containers_get_the_hookscript_installed_before_them(program, storage):
+    over = {f"{NS}:node": json.dumps({"snippetsStorage": storage})} if storage else {}
+    over[f"{NS}:transcoder"] = json.dumps({**yaml.safe_load((ROOT / "Pulumi.homelab.yaml").read_text())["config"][f"{NS}:transcoder"],
+                                           "extraRawLines": ["lxc.cgroup2.devices.allow: c 10:200 rwm"]})
+    mocks, g = program(homelab_config(**over))
+
+    def check(_):
+        vol = f"{storage or 'local'}:snippets/homelab-media-hook.sh"
+        for ct in _containers(mocks).values():
+            assert ct.inputs["hookScriptFileId"] == vol
+            assert g["host"].hookscript in DEPENDS_ON[ct.name]
+        hook = mocks.resources["media-host-hookscript"].inputs
+        assert _script_of(hook["stdin"]) == "host-hookscript.sh"
+        assert f"--storage {storage or 'local'} --ct 201:gpu --ct 202:drive --pool /mnt/storage" in hook["stdin"]
+        assert "201 lxc.cgroup2.devices.allow: c 10:200 rwm\n" in hook["stdin"]
+        # deploy writes the same extra line into the conf
+        raw = mocks.resources["transcoder-raw-lines"].inputs["stdin"]
+        assert "lxc.cgroup2.devices.allow: c 10:200 rwm\n" in raw
 
     return done(g).apply(check)
