@@ -51,6 +51,7 @@ class Node:
         self.lxc = tmp / "var/lib/lxc"
         self.hook = tmp / "hook"
         self.lock = tmp / "run/lock/lxc"
+        self.extra_env = {}
         for d in (self.conf_dir, self.lxc / "202", self.lxc / "201", self.hook, self.lock):
             d.mkdir(parents=True)
         for f in ("pve-hookscript.sh", "pve-lxc-raw.sh", "lib.sh", "lib-json.sh", "lib-devices.sh"):
@@ -70,7 +71,7 @@ class Node:
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             env = {**self.hw.env, "PVE_CONF_DIR": str(self.conf_dir), "LXC_CONF_DIR": str(self.lxc),
-                   "PVE_LOCK_DIR": str(self.lock), "PVE_LOCK_TIMEOUT": "20"}
+                   "PVE_LOCK_DIR": str(self.lock), "PVE_LOCK_TIMEOUT": "20", **self.extra_env}
             t = time.monotonic()
             r = run("../" + os.path.relpath(self.hook / "pve-hookscript.sh", SCRIPTS.parent), str(vmid), "pre-start",
                     env=env)
@@ -176,6 +177,18 @@ def test_pool_not_mounted_refuses_the_start_in_one_line_and_changes_nothing(node
     lines = [x for x in r.err.splitlines() if x.strip()]
     assert len(lines) == 1 and f"the pool {pool} is not mounted" in lines[0] and "CT 202 not started" in lines[0]
     assert node.conf(202) == before_conf and node.gen(202) == before_gen
+
+
+def test_mergerfs_without_allow_other_refuses_the_start(node, tmp_path):
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    (bindir / "findmnt").write_text("#!/bin/sh\necho 'fuse.mergerfs rw,relatime,user_id=0,group_id=0'\n")
+    (bindir / "findmnt").chmod(0o755)
+    node.setup(202, CONF, "drive", pool=str(tmp_path))
+    node.extra_env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
+    r = node.start(202)
+    assert r.rc == 1 and "fuse.mergerfs mount without allow_other" in r.err
+    assert node.conf(202) == CONF
 
 
 def test_other_phases_do_nothing_and_bad_settings_refuse(node):
