@@ -29,6 +29,7 @@ NAMESPACE = "homelab-media"
 # The keys of the stack config, in the order people read them.
 SECTIONS = (
     "proxmox",
+    "node",
     "ssh",
     "media",
     "hostGroups",
@@ -49,6 +50,32 @@ _NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _HOSTNAME = re.compile(r"^(?!-)[a-zA-Z0-9-]{1,63}(?<!-)$")
 _LANG = re.compile(r"^[a-z]{2,3}$")
 _DIR = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._ -]+)*$")
+# PVE's storage identifier (pve-storage-id): what `pvesm status` lists.
+_STORAGE_ID = re.compile(r"^[a-z][a-z0-9_.-]*[a-z0-9]$")
+_FQDN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_HEX_LEN = {"md5": 32, "sha1": 40, "sha224": 56, "sha256": 64, "sha384": 96, "sha512": 128}
+
+
+def _storage_id(v: str) -> str:
+    if not _STORAGE_ID.match(v):
+        raise ValueError(
+            "must be a Proxmox storage id as `pvesm status` lists it (lowercase letter first, then "
+            "lowercase letters, digits, '-', '_' or '.'), e.g. local or local-lvm"
+        )
+    return v
+
+
+def _host(v: str) -> str:
+    """A DNS name (labels of letters, digits, '-') or an IPv4/IPv6 address."""
+    try:
+        ipaddress.ip_address(v)
+        return v
+    except ValueError:
+        pass
+    labels = v.rstrip(".").split(".")
+    if len(v) > 253 or not all(_FQDN_LABEL.match(x) for x in labels) or labels[-1].isdigit():
+        raise ValueError("must be a host name (e.g. pve.lan) or an IP address (e.g. 192.168.1.10)")
+    return v
 
 
 class ConfigError(ValueError):
@@ -89,12 +116,26 @@ class ProxmoxConfig(_Model):
         return v
 
 
+class NodeConfig(_Model):
+    """The node's side of the containers' hookscript (docs/adr/0009)."""
+
+    snippets_storage: str = Field(
+        "local",
+        description="storage with `snippets` content where the hookscript goes "
+        "(pvesm set local --content iso,vztmpl,backup,snippets)",
+    )
+
+    _id = field_validator("snippets_storage")(classmethod(lambda cls, v: _storage_id(v)))
+
+
 class SshConfig(_Model):
     host: str
     port: int = Field(22, ge=1, le=65535)
     user: Literal["root"] = "root"
     dial_error_limit: int = Field(5, ge=1, le=100)
     per_dial_timeout: int = Field(10, ge=1, le=300, description="seconds per dial")
+
+    _check_host = field_validator("host")(classmethod(lambda cls, v: _host(v)))
 
 
 class MediaUser(_Model):
@@ -171,14 +212,27 @@ class TemplateConfig(_Model):
     datastore: str = "local"
     url: str = "https://download.proxmox.com/images/system/debian-12-standard_12.7-1_amd64.tar.zst"
     file_name: str = "debian-12-standard_12.7-1_amd64.tar.zst"
-    checksum: str | None = None
     checksum_algorithm: Literal["md5", "sha1", "sha224", "sha256", "sha384", "sha512"] = "sha512"
+    checksum: str | None = None
+
+    _datastore = field_validator("datastore")(classmethod(lambda cls, v: _storage_id(v)))
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
         if not re.match(r"^https?://\S+$", v):
             raise ValueError("must be an http(s) URL of a container template")
+        return v
+
+    @field_validator("checksum")
+    @classmethod
+    def _checksum(cls, v: str | None, info) -> str | None:
+        algo = info.data.get("checksum_algorithm", "sha512")
+        want = _HEX_LEN.get(algo, 0)
+        if v is not None and not re.fullmatch(rf"[0-9a-fA-F]{{{want}}}", v):
+            raise ValueError(
+                f"must be the template's {algo} sum: {want} hex digits (or set template.checksumAlgorithm to match it)"
+            )
         return v
 
     @field_validator("file_name")
@@ -232,6 +286,26 @@ class ContainerConfig(_Model):
     datastore: str = "local-lvm"
     ipv4: str = "dhcp"
     start_on_boot: bool = True
+    extra_raw_lines: list[str] = Field(
+        [],
+        description="your own lxc.cgroup2.devices.allow / lxc.mount.entry lines (e.g. /dev/net/tun), "
+        "kept beside the device lines at every deploy and start",
+    )
+
+    _datastore = field_validator("datastore")(classmethod(lambda cls, v: _storage_id(v)))
+
+    @field_validator("extra_raw_lines")
+    @classmethod
+    def _extra(cls, v: list[str]) -> list[str]:
+        from .render import normalize_raw_line
+
+        out = []
+        for i, line in enumerate(v):
+            try:
+                out.append(normalize_raw_line(line))
+            except ValueError as exc:
+                raise ValueError(f"line {i + 1} ({line!r}): {exc}") from None
+        return out
 
     @field_validator("hostname")
     @classmethod
@@ -273,10 +347,10 @@ class RipperConfig(ContainerConfig):
 
 class EncodingConfig(_Model):
     languages: list[str] = ["eng", "bul"]
+    # encoder, preset and crf are checked together by media-transcode's own rules
+    # (media_pipeline.ffargs.EncodeOptions), in parse(): hevc_qsv has no ultrafast, no crf 0
     encoder: Literal["libx265", "hevc_qsv"] = "libx265"
-    preset: Literal[
-        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
-    ] = "slow"
+    preset: str = "slow"
     crf: int = Field(18, ge=0, le=51)
     qsv_device: str | None = Field(
         None, description="render node for QSV and the GPU proof, e.g. /dev/dri/renderD129 (default: discovered)"
@@ -329,6 +403,17 @@ class PipelineConfig(_Model):
 class MakeMkvConfig(_Model):
     install: bool = True
     version: str = "1.18.4"
+    base_url: str = Field(
+        "https://www.makemkv.com/download",
+        description="where the tarballs are; old releases are tried under <baseUrl>/old/ too",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        if not re.match(r"^(https?://[^\s/]+(/\S*)?|/[^\s]*)$", v):
+            raise ValueError("must be an http(s) URL such as https://www.makemkv.com/download, or a directory on the container")
+        return v.rstrip("/")
 
     @field_validator("version")
     @classmethod
@@ -358,6 +443,21 @@ class DevicesConfig(_Model):
     """Bump `rediscover` after moving hardware (a new GPU, another sg index) to re-run discovery."""
 
     rediscover: int = Field(1, ge=0)
+    optical_drive: str = Field(
+        "auto",
+        description="which optical drive the ripper gets: auto (the first), or a /dev/disk/by-id name, "
+        "model or serial of one drive",
+    )
+
+    @field_validator("optical_drive")
+    @classmethod
+    def _drive(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|(/dev/disk/by-id/)?[A-Za-z0-9][A-Za-z0-9 ._:+-]{0,127}", v) or v != v.strip():
+            raise ValueError(
+                "must be auto, or a drive's /dev/disk/by-id name (e.g. ata-HL-DT-ST_BD-RE_WH16NS60_KLZK1234), "
+                "model (e.g. BD-RE WH16NS60) or serial (ls -l /dev/disk/by-id on the node)"
+            )
+        return v
 
 
 class VerifyConfig(_Model):
@@ -376,6 +476,7 @@ class Secrets(_Model):
 
 class StackConfig(_Model):
     proxmox: ProxmoxConfig
+    node: NodeConfig = NodeConfig()
     ssh: SshConfig
     media: MediaUser = MediaUser()
     host_groups: HostGroups = HostGroups()
@@ -507,6 +608,11 @@ def parse(raw: dict[str, Any], secrets: Secrets, require_secrets: bool = True) -
             else:
                 problems.append(f"{NAMESPACE}:{key} = {err.get('input')!r} is refused: {msg}")
         cfg = None
+    try:
+        enc = cfg.encoding if cfg is not None else EncodingConfig.model_validate(data.get("encoding") or {})
+        problems += combined_problems(enc)
+    except ValidationError:
+        pass  # already reported, by key
     problems += _auth_problems(raw, secrets, require_secrets)
     if cfg is not None:
         problems += _exposure_problems(cfg)
@@ -514,6 +620,22 @@ def parse(raw: dict[str, Any], secrets: Secrets, require_secrets: bool = True) -
         raise ConfigError(problems)
     assert cfg is not None
     return cfg
+
+
+def combined_problems(enc: EncodingConfig) -> list[str]:
+    """Settings that are fine alone but not together, by the rules the containers apply later."""
+    from media_pipeline.ffargs import EncodeOptions
+
+    opts = EncodeOptions(languages=tuple(enc.languages), encoder=enc.encoder, crf=enc.crf, preset=enc.preset)
+    out = []
+    for field, msg in opts.field_problems():
+        value = getattr(enc, field)
+        out.append(
+            f"{NAMESPACE}:encoding.{field} = {value!r} is refused with encoding.encoder {enc.encoder!r}: {msg} "
+            f"(media-transcode in the transcoder would refuse it); fix: "
+            f"`pulumi config set --path {NAMESPACE}:encoding.{field} ...`"
+        )
+    return out
 
 
 def from_stack_file(path: str | Path, require_secrets: bool = False) -> StackConfig:

@@ -14,6 +14,7 @@ import pulumi_proxmoxve as proxmoxve
 
 from . import render
 from .config import StackConfig
+from .container import hookscript_step
 from .remote import Node, run_script
 
 
@@ -53,10 +54,13 @@ class MediaHost(pulumi.ComponentResource):
             f"{name}-discover",
             node,
             "host-discover.sh",
+            ["--optical-drive", cfg.devices.optical_drive],
             parent=self,
             depends_on=[self.pool_check],
             triggers=[str(cfg.devices.rediscover)],
         )
+
+        self.hookscript = hookscript_step(name, cfg, node, self, depends_on=[self.pool_check])
 
         tpl = cfg.template
         self.template = proxmoxve.download.File(

@@ -26,6 +26,14 @@ class Node:
     node_name: str
 
 
+def content_hash(script: str, extra_scripts: Iterable[str] = (), files: Mapping[str, bytes] | None = None) -> str:
+    """A step's trigger: the files it ships from scripts/ (the script, its siblings and only the
+    helpers they source) and its extra files."""
+    return render.sha256(
+        render.scripts_hash(*extra_scripts, script), *(render.sha256(k, v) for k, v in sorted((files or {}).items()))
+    )
+
+
 def run_script(
     name: str,
     node: Node,
@@ -53,9 +61,7 @@ def run_script(
     if secret_stdin:
         text = pulumi.Output.secret(text)
     where = "bash -s" if vmid is None else f"pct exec {vmid} -- bash -s"
-    content = render.sha256(
-        render.scripts_hash(*extra, script), *(render.sha256(k, v) for k, v in sorted(files.items()))
-    )
+    content = content_hash(script, extra, files)
     return command.remote.Command(
         name,
         connection=node.connection,

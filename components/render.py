@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import shlex
 import tarfile
 from pathlib import Path
@@ -81,6 +82,32 @@ def rip_device(discovery: Mapping[str, Any], configured: str | None) -> str:
     return sr["path"] if sr else "/dev/sr0"
 
 
+# The raw lines pve-lxc-raw.sh manages, and its rules for them (kept in step by tests/unit/test_render.py).
+RAW_KEYS = ("lxc.cgroup2.devices.allow", "lxc.mount.entry")
+_ALLOW = re.compile(r"^(a|[cb] ([0-9]+|\*):([0-9]+|\*) [rwm]+)$")
+_MOUNT = re.compile(r"^[^\s]+ [^\s]+ [^\s]+ [^\s]+( [0-9]+ [0-9]+)?$")
+
+
+def normalize_raw_line(line: str) -> str:
+    """`key: value` with single blanks, or ValueError saying what is wrong (pve-lxc-raw.sh's rules)."""
+    m = re.match(r"^([^:\s]+)\s*:\s*(.*)$", line.strip())
+    if not m:
+        raise ValueError('not a "key: value" line')
+    key, value = m.group(1), " ".join(m.group(2).split())
+    if key == "lxc.cgroup2.devices.allow":
+        if not _ALLOW.match(value):
+            raise ValueError(f'malformed {key} value "{value}" (want a, or c|b MAJOR:MINOR rwm, e.g. "c 10:200 rwm")')
+    elif key == "lxc.mount.entry":
+        if not _MOUNT.match(value):
+            raise ValueError(
+                f'malformed {key} value "{value}" (want SRC DST TYPE OPTIONS [0 0], '
+                'e.g. "/dev/net/tun dev/net/tun none bind,create=file")'
+            )
+    else:
+        raise ValueError(f'key "{key}" is not managed here: only {" and ".join(RAW_KEYS)} lines are accepted')
+    return f"{key}: {value}"
+
+
 def _dev_entry(path: str) -> str:
     if not path.startswith("/dev/") or " " in path:
         raise ValueError(f"{path!r} is not a /dev node path")
@@ -111,6 +138,37 @@ def parse_json_output(stdout: str, what: str) -> dict[str, Any]:
 
 def script_text(name: str) -> str:
     return (SCRIPTS / name).read_text()
+
+
+# The one way a script pulls in a helper file: `source "$(dirname "${BASH_SOURCE[0]}")/lib-x.sh"`.
+_SOURCE_LINE = re.compile(r'^\s*source "\$\(dirname "\$\{BASH_SOURCE\[0\]\}"\)/([A-Za-z0-9._-]+)"\s*$', re.M)
+
+
+def sourced(name: str) -> list[str]:
+    """The helper files scripts/<name> sources, transitively, each before the files that source it."""
+    order: list[str] = []
+
+    def visit(n: str, path: tuple[str, ...]) -> None:
+        for dep in _SOURCE_LINE.findall(script_text(n)):
+            if dep in path:
+                raise ValueError(f"scripts/{n} sources {dep}, which sources it back")
+            if dep not in order:
+                visit(dep, (*path, dep))
+                order.append(dep)
+
+    visit(name, (name,))
+    return order
+
+
+def bundle_files(script: str, extra_scripts: Iterable[str] = ()) -> list[str]:
+    """Every file of scripts/ a step ships: what each script sources, then the script itself."""
+    out: list[str] = []
+    for name in [*extra_scripts, script]:
+        deps = sourced(name) if name.endswith(".sh") else []
+        for n in [*deps, name]:
+            if n not in out:
+                out.append(n)
+    return out
 
 
 def deterministic_tarball(src: Path, arcname: str, exclude: Iterable[str] = ("__pycache__",)) -> bytes:
@@ -153,7 +211,7 @@ def bundle(
 ) -> str:
     """A self-contained bash program that runs scripts/<script> with args, fed to `bash -s`.
 
-    lib.sh, the script and its sibling scripts are written verbatim into a temp dir that
+    The script, its sibling scripts and exactly the helper files they source are written verbatim into a temp dir that
     is removed on exit; binary files travel base64-encoded; the script runs with that
     dir as its working directory; its exit code is the bundle's.
     """
@@ -161,7 +219,7 @@ def bundle(
         "set -Eeuo pipefail",
         "_d=$(mktemp -d /tmp/homelab-media.XXXXXX); trap 'rm -rf \"$_d\"' EXIT",
     ]
-    for name in ["lib.sh", *extra_scripts, script]:
+    for name in bundle_files(script, extra_scripts):
         parts.append(_heredoc(f'"$_d/{name}"', script_text(name)).rstrip("\n"))
     for name, data in sorted((files or {}).items()):
         if "/" in name or name.startswith("."):
@@ -188,5 +246,8 @@ def sha256(*chunks: str | bytes) -> str:
 
 
 def scripts_hash(*names: str) -> str:
-    """Content hash of lib.sh and the named scripts: the trigger for re-running a step."""
-    return sha256(*(script_text(n) for n in ("lib.sh", *names)))
+    """Content hash of the named scripts and the helpers they source: the trigger for re-running
+    a step. The last name is the script the step runs, the others travel with it."""
+    *extra, script = names
+    files = bundle_files(script, extra)
+    return sha256(*(f"{n}\0{script_text(n)}" for n in files))

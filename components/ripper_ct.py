@@ -32,9 +32,10 @@ class RipperCT(pulumi.ComponentResource):
         ct = cfg.ripper
         self.vm_id = ct.vm_id
         self.container = privileged_container(
-            name, ct, cfg, node, host.template_file_id, parent=self, depends_on=[host.setup]
+            name, ct, cfg, node, host.template_file_id, parent=self, depends_on=[host.setup, host.hookscript]
         )
-        self.raw_lines = host.discovery.apply(render.drive_lines)
+        # the user's own lines (extraRawLines) ride along; the hookscript keeps them at every start
+        self.raw_lines = host.discovery.apply(lambda d: render.drive_lines(d) + list(ct.extra_raw_lines))
         self.raw = raw_lines_step(name, ct.vm_id, self.raw_lines, node, cfg, self, self.container)
 
         m, mk = cfg.media, cfg.makemkv
@@ -43,6 +44,7 @@ class RipperCT(pulumi.ComponentResource):
             "--cdrom-gid", str(cfg.host_groups.cdrom),
             "--staging", cfg.storage.staging_path,
             "--makemkv-version", mk.version,
+            "--makemkv-url", mk.base_url,
         ]
         if not mk.install:
             args.append("--skip-makemkv")

@@ -38,9 +38,10 @@ class TranscoderCT(pulumi.ComponentResource):
         ct = cfg.transcoder
         self.vm_id = ct.vm_id
         self.container = privileged_container(
-            name, ct, cfg, node, host.template_file_id, parent=self, depends_on=[host.setup]
+            name, ct, cfg, node, host.template_file_id, parent=self, depends_on=[host.setup, host.hookscript]
         )
-        self.raw_lines = host.discovery.apply(render.gpu_lines)
+        # the user's own lines (extraRawLines) ride along; the hookscript keeps them at every start
+        self.raw_lines = host.discovery.apply(lambda d: render.gpu_lines(d) + list(ct.extra_raw_lines))
         self.raw = raw_lines_step(name, ct.vm_id, self.raw_lines, node, cfg, self, self.container)
 
         g = cfg.host_groups

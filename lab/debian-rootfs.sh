@@ -2,6 +2,7 @@
 # Make a Debian 12 root filesystem at DEST from a cached debootstrap tree (optionally a variant of it).
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib-exec.sh"
 
 usage() {
   cat <<'USAGE'

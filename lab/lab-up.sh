@@ -2,6 +2,7 @@
 # Start the local lab that stands in for a Proxmox VE node: fakepve API, the node's sshd in its own Debian 12 tree, pct.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib-exec.sh"
 
 usage() {
   cat <<'USAGE'

@@ -135,6 +135,15 @@ class Api(object):
             st = self.call('GET', path)
             if st.get('status') == 'stopped':
                 if st.get('exitstatus') != 'OK':
+                    # as pct runs the task in the foreground: its output (a hookscript's), then the error
+                    try:
+                        got = self.call('GET', path[:-len('/status')] + '/log', {'limit': 1000}) or []
+                        for row in got:
+                            text = row.get('t', '') if isinstance(row, dict) else str(row)
+                            if text and not text.startswith('TASK ') and text != st.get('exitstatus'):
+                                print(text, file=sys.stderr)
+                    except Die:
+                        pass
                     raise Die(st.get('exitstatus') or 'task failed')
                 return
             time.sleep(0.2)
@@ -161,6 +170,10 @@ def main_section(path):
 def pairs(lines):
     out = []
     for line in lines:
+        m = re.match(r'^(lxc\.[\w.]+)\s*=\s*(.*)$', line)  # the runtime config's raw lines (LXC's own syntax)
+        if m:
+            out.append((m.group(1), m.group(2).strip()))
+            continue
         key, sep, value = line.partition(':')
         if sep:
             out.append((key.strip(), value.strip()))

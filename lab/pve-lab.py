@@ -24,6 +24,20 @@ runtime config: `pct exec` mounts what it says, so raw lines take effect only
 at (re)start, as with LXC. Starts, stops, creations and destructions are
 appended to /var/log/lxc-events.log in the node tree.
 
+Hookscripts run as PVE runs them (PVE::LXC vm_start, exec_hookscript): a
+container with `hookscript: <storage>:snippets/<file>` gets, at every start
+(API start, pct start, reboot, create with start=1), its runtime config written
+from the conf first, then `<file> <vmid> pre-start` run inside the node (its
+mount, UTS, IPC and PID namespaces, with SYSFS_ROOT=/opt/lab/sysfs) while the
+container's config lock (/run/lock/lxc/pve-config-<vmid>.lock) is held, as PVE
+holds it; a non-zero exit fails the start task (`hookscript error for ...`,
+the script's output in the task log) and the container stays stopped. Then
+post-start; pre-stop and post-stop around stop, shutdown and reboot (their
+failures are logged, as PVE only warns). The file must exist and be
+executable on the storage's path. Storage `local` allows snippets here (the
+one-time `pvesm set local --content iso,vztmpl,backup,snippets` of a real
+node), and /etc/pve/storage.cfg is written from fakepve's storages.
+
 Control API (not PVE's; header `Authorization: Lab <password>`), JSON in and out:
   GET  /lab/state                 containers (status, pid, config), failures armed, request count
   GET  /lab/requests?since=N      API requests seen from number N: [seq, method, path, status]
@@ -47,6 +61,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -54,6 +69,7 @@ import urllib.parse
 
 from aiohttp import web
 from fakepve import FakePve
+from fakepve.lxc import MOUNT_KEY
 from fakepve.model import TaskError
 
 SECTION = re.compile(r'^\[([^\]]+)\]\s*$')
@@ -202,6 +218,8 @@ class LabPve(FakePve):
         self._lab_pids = {}         # vmid -> pid seen at the last sync (None: stopped)
         os.makedirs(self.conf_dir, exist_ok=True)
         os.makedirs(self.lxc_dir, exist_ok=True)
+        # the node has run `pvesm set local --content iso,vztmpl,backup,snippets` (README)
+        self.storages['local']['content'] = 'iso,vztmpl,backup,snippets'
 
     # ---------------------------------------------------------------- app
 
@@ -270,6 +288,7 @@ class LabPve(FakePve):
             log.exception('conf mirror failed')
 
     def _sync(self):
+        self._storage_cfg()
         present = set()
         for ct in self.cts:
             if ct.node != self.lab_node:
@@ -303,11 +322,130 @@ class LabPve(FakePve):
                 self._remove_tree(vmid)
 
     def _runtime_config(self, vmid, text):
-        """What LXC reads at start: the main section as it is now."""
+        """What LXC reads at start: the main section as it is now, the raw lxc.* lines written
+        as PVE's update_lxc_config writes them (`lxc.key = value`)."""
         d = os.path.join(self.lxc_dir, str(vmid))
         os.makedirs(d, exist_ok=True)
-        main = parse_sections(text)[0][1]
+        main = []
+        for line in parse_sections(text)[0][1]:
+            m = KEYVAL.match(line) if line.startswith('lxc.') else None
+            main.append('{0} = {1}'.format(m.group(1), m.group(2).strip()) if m else line)
         write_atomic(os.path.join(d, 'config'), '\n'.join(main) + '\n', 0o644)
+
+    # ------------------------------------------------------------ hookscripts
+
+    def _storage_cfg(self):
+        """/etc/pve/storage.cfg from fakepve's storages (pmxcfs stand-in)."""
+        out = []
+        for name, st in sorted(self.storages.items()):
+            out.append('{0}: {1}'.format(st.get('type', 'dir'), name))
+            for key in ('path', 'content', 'vgname', 'thinpool'):
+                if st.get(key):
+                    out.append('\t{0} {1}'.format(key, st[key]))
+            out.append('')
+        path = os.path.join(self.node_root, 'etc/pve/storage.cfg')
+        text = '\n'.join(out)
+        if read_text(path) != text:
+            write_atomic(path, text)
+
+    def _node_pid(self):
+        """The node's init (PID 1 of its namespaces): the child of the unshare lab-up.sh started."""
+        run = os.path.join(os.path.dirname(self.node_root), 'run', 'node.pid')
+        try:
+            with open(run, encoding='utf-8') as fh:
+                outer = fh.read().strip()
+            with open('/proc/{0}/task/{0}/children'.format(outer), encoding='utf-8') as fh:
+                return fh.read().split()[0]
+        except (OSError, IndexError):
+            raise TaskError('the lab node is not running (no {0} or no init under it)'.format(run)) from None
+
+    def _hook(self, ct, phase):
+        """exec_hookscript: `<file> <vmid> <phase>` in the node under the config lock; pre-start
+        failures fail the task, other phases only log."""
+        try:
+            self._run_hook(ct, phase)
+        except TaskError as e:
+            if phase == 'pre-start':
+                raise
+            log.warning('CT %s %s: %s', ct.vmid, phase, e)
+
+    def _run_hook(self, ct, phase):
+        volid = ct.config.get('hookscript')
+        if not volid:
+            return
+        sid, _, volname = str(volid).partition(':')
+        store = self.storages.get(sid)
+        if store is None or not volname.startswith('snippets/'):
+            raise TaskError("'{0}' is not in the snippets directory".format(volid))
+        path = os.path.join(store.get('path') or '/var/lib/vz', volname)
+        full = os.path.join(self.node_root, path.lstrip('/'))
+        if not os.path.isfile(full):
+            raise TaskError("script '{0}' does not exist".format(volid))
+        if not os.access(full, os.X_OK):
+            raise TaskError("script '{0}' is not executable".format(volid))
+        vmid = str(ct.vmid)
+        cmd = ['nsenter', '-t', self._node_pid(), '-m', '-u', '-i', '-p', '-r', '-w', '--',
+               '/bin/sh', '-c', 'mkdir -p /run/lock/lxc && exec flock -w 60 /run/lock/lxc/pve-config-"$1".lock "$2" "$1" "$3"',
+               'sh', vmid, path, phase]
+        env = {'PATH': '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'LANG': 'C.UTF-8',
+               'SYSFS_ROOT': '/opt/lab/sysfs'}
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+            rc, output = p.returncode, (p.stdout + p.stderr)
+        except subprocess.TimeoutExpired:
+            rc, output = 124, 'timed out after 120s\n'
+        lines = [line for line in output.splitlines() if line.strip()]
+        for task in reversed(self.tasklog):
+            if task['id'] == vmid and task['status'] == 'running':
+                task['log'].extend(lines)
+                break
+        self.event(ct.vmid, 'hook {0} exit={1}'.format(phase, rc))
+        if rc != 0:
+            msg = "hookscript error for {0} on {1}: command '{2} {0} {1}' failed: exit code {3}".format(
+                vmid, phase, path, rc)
+            raise TaskError(msg)
+
+    async def _start_steps(self, ct, user, skiplock=False):
+        """vm_start: pending changes applied, the runtime config written from the conf, pre-start
+        (a failure leaves the container stopped), the start, post-start."""
+        if ct.template:
+            raise TaskError("you can't start a CT if it's a template")
+        if not skiplock:
+            self._task_lock(ct, allow=('mounted',))
+        await self.ceph_io(ct, [k for k in ct.config if MOUNT_KEY.match(k)])
+        await self.pause(ct.start_secs)
+        if ct.start_error:
+            raise TaskError(ct.start_error)
+        self._apply(ct)
+        self.sync()
+        self._runtime_config(ct.vmid, read_text(self.conf_path(ct.vmid)) or '')
+        self._hook(ct, 'pre-start')
+        ct.status = 'running'
+        ct.started_at = time.time()
+        ct.pid = next(self._ct_pids)
+        self._lab_pids[ct.vmid] = ct.pid  # the runtime config is this start's (the hook may have edited it)
+        self.event(ct.vmid, 'start pid={0}'.format(ct.pid))
+        self._hook(ct, 'post-start')
+
+    async def _ct_powerdown(self, ct, timeout, force):
+        self._hook(ct, 'pre-stop')
+        await super()._ct_powerdown(ct, timeout, force)
+        self._stopped(ct)
+
+    def _stopped(self, ct):
+        if ct.status == 'stopped' and self._lab_pids.get(ct.vmid) is not None:
+            self._lab_pids[ct.vmid] = None
+            self.event(ct.vmid, 'stop')
+        self._hook(ct, 'post-stop')
+
+    async def _lxc_stop(self, user, v):
+        ct = self._here(v)
+        if ct is not None and ct.status == 'running' and not ct.ha_managed:
+            self._hook(ct, 'pre-stop')
+        upid = await super()._lxc_stop(user, v)
+        if ct is not None and ct.status == 'stopped':
+            self._stopped(ct)
+        return upid
 
     def _remove_tree(self, vmid):
         """The container's volume goes with it: move its tree aside now, delete it in the background."""

@@ -206,6 +206,8 @@ class Performer:
             "onboot": 1 if i.get("startOnBoot", True) else 0,
             "description": i.get("description", ""),
         }
+        if i.get("hookScriptFileId"):
+            params["hookscript"] = i["hookScriptFileId"]
         feats = i.get("features") or {}
         if feats:
             params["features"] = ",".join(f"{k}={1 if v else 0}" for k, v in sorted(feats.items()))
@@ -220,8 +222,8 @@ class Performer:
         existing = {int(c["vmid"]) for c in self.pve.call("GET", f"/nodes/{node}/lxc") or []}
         if vmid in existing:
             conf = self.pve.call("GET", f"/nodes/{node}/lxc/{vmid}/config")
-            changes = {k: params[k] for k in ("cores", "memory", "swap", "hostname", "onboot")
-                       if str(conf.get(k)) != str(params[k])}
+            changes = {k: params[k] for k in ("cores", "memory", "swap", "hostname", "onboot", "hookscript")
+                       if k in params and str(conf.get(k)) != str(params[k])}
             if changes:
                 log(f"container {vmid}: updating {', '.join(sorted(changes))} in place")
                 self.pve.call("PUT", f"/nodes/{node}/lxc/{vmid}/config", changes)

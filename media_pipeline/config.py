@@ -186,8 +186,7 @@ def from_dict(raw: dict, where: str = "config") -> Config:
                 f"{where}: keys {a!r} and {b!r} overlap ({pa} vs {pb}); fix: use separate "
                 f"directories, or finished files would be picked up again as new rips"
             )
-    for problem in cfg.encode_options().problems():
-        key = "encoder" if problem.startswith("encoder") else "preset" if "preset" in problem else "crf"
+    for key, problem in cfg.encode_options().field_problems():
         raise ConfigError(f"{where}: key {key!r}: {problem}")
     return cfg
 

@@ -46,23 +46,29 @@ class EncodeOptions:
 
     def problems(self) -> list[str]:
         """Human-readable reasons these options are unusable (empty when fine)."""
+        return [msg for _field, msg in self.field_problems()]
+
+    def field_problems(self) -> list[tuple[str, str]]:
+        """(field, reason) for each unusable option: the one set of encoder/preset/quality rules,
+        used by media-transcode, the pipeline's config and the Pulumi program's settings."""
         out = []
         if self.encoder not in ENCODERS:
-            out.append(f"encoder must be one of {', '.join(ENCODERS)} (got {self.encoder!r})")
+            out.append(("encoder", f"encoder must be one of {', '.join(ENCODERS)} (got {self.encoder!r})"))
             return out
         if self.preset not in PRESETS[self.encoder]:
-            out.append(
+            out.append((
+                "preset",
                 f"preset {self.preset!r} is not a {self.encoder} preset; "
-                f"use one of {', '.join(PRESETS[self.encoder])}"
-            )
+                f"use one of {', '.join(PRESETS[self.encoder])}",
+            ))
         lo, hi = QUALITY_RANGE[self.encoder]
         if isinstance(self.crf, bool) or not isinstance(self.crf, int) or not lo <= self.crf <= hi:
-            out.append(f"crf must be an integer {lo}-{hi} for {self.encoder} (got {self.crf!r})")
+            out.append(("crf", f"crf must be an integer {lo}-{hi} for {self.encoder} (got {self.crf!r})"))
         if not self.languages:
-            out.append("languages must name at least one language, e.g. eng")
+            out.append(("languages", "languages must name at least one language, e.g. eng"))
         for code in self.languages:
             if not lang.is_known(code):
-                out.append(f"language {code!r} is not an ISO 639 code (use e.g. en/eng, bg/bul)")
+                out.append(("languages", f"language {code!r} is not an ISO 639 code (use e.g. en/eng, bg/bul)"))
         return out
 
 

@@ -2,6 +2,9 @@
 # Inside the ripper container: media user in the node's cdrom group, MakeMKV from pinned tarballs, settings.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-exec.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-files.sh"
 
 usage() {
   cat <<'USAGE'
@@ -25,7 +28,10 @@ Inside the ripper container (Debian 12):
      key is never printed). Other settings in the file are kept.
 
   --makemkv-url BASE   where the tarballs are (default https://www.makemkv.com/download;
-                       any curl URL such as a local mirror, or a local directory /srv/makemkv)
+                       any curl URL such as a local mirror, or a local directory /srv/makemkv).
+                       Each tarball is tried at BASE/FILE, then at BASE/old/FILE, where
+                       makemkv.com moves a release once a newer one is out; either way
+                       it must match its pinned sha256
   --skip-makemkv       do steps 1, 3 and 4 only
 Environment: MAKEMKV_PINS overrides the pins file (tests).
 
@@ -77,6 +83,22 @@ if ((key_stdin)); then
 fi
 need_root
 
+# fetch_tarball FILE DEST: FILE from BASE, else from BASE/old (where makemkv.com moves a
+# release once a newer one is out); stop naming both places if neither has it.
+fetch_tarball() {
+  local f=$1 dest=$2 src
+  for src in "$base/$f" "$base/old/$f"; do
+    if [[ $base == /* ]]; then
+      [[ -f $src ]] && cp "$src" "$dest" && { ok "got $src"; return 0; }
+    elif retry 2 5 curl -fsSL -o "$dest" "$src"; then
+      ok "got $src"
+      return 0
+    fi
+  done
+  rm -f "$dest"
+  die "could not get $f from $base/$f nor from $base/old/$f (check ${STACK_NS}:makemkv.baseUrl, or pick a pinned version that is still published)"
+}
+
 # pinned_sum FILE: print the pinned sha256 of a tarball name (empty if not pinned).
 pins=${MAKEMKV_PINS:-$(dirname "${BASH_SOURCE[0]}")/makemkv-versions.txt}
 pinned_sum() { awk -v v="$version" -v f="$1" '$1 == v && $2 == f { print $3; exit }' "$pins"; }
@@ -127,12 +149,8 @@ else
     work=$(mktemp -d /var/tmp/makemkv-build.XXXXXX)
     trap 'rm -rf "$work"' EXIT
     for f in "$oss" "$bin"; do
-      step "Downloading $base/$f"
-      if [[ $base == /* ]]; then
-        cp "$base/$f" "$work/$f" || die "$base/$f not found"
-      else
-        retry 3 5 curl -fsSL -o "$work/$f" "$base/$f" || die "could not download $base/$f (is --makemkv-url right? makemkv.com moves old releases to /download/old/)"
-      fi
+      step "Downloading $f from $base (then $base/old)"
+      fetch_tarball "$f" "$work/$f"
       want=$([[ $f == "$oss" ]] && echo "$oss_sum" || echo "$bin_sum")
       got=$(sha256sum "$work/$f" | cut -d' ' -f1)
       [[ $got == "$want" ]] || die "$f: sha256 is $got but the pinned sum is $want; refusing to build it (a changed or corrupted download)"

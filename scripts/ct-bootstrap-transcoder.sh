@@ -2,6 +2,9 @@
 # Inside the transcoder container: media user, non-free apt components, Intel VA/QSV stack and tools.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-exec.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-files.sh"
 
 usage() {
   cat <<'USAGE'

@@ -3,6 +3,7 @@
 # run its service: media-pipeline in the transcoder (--role transcoder), media-rip in the ripper.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-exec.sh"
 
 usage() {
   cat <<'EOF'

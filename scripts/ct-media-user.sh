@@ -2,6 +2,8 @@
 # Inside a container: the media user with the node's uid/gid, in the node's device groups by number.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-users.sh"
 
 usage() {
   cat <<'USAGE'

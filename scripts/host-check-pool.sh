@@ -2,6 +2,7 @@
 # Check that the storage pool is mounted (and usable by containers) before anything binds it.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
 
 usage() {
   cat <<'USAGE'

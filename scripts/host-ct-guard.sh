@@ -2,6 +2,7 @@
 # Before the program creates a container: refuse if its vm id already belongs to a guest it does not manage.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
 
 usage() {
   cat <<'USAGE'

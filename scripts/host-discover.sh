@@ -2,10 +2,12 @@
 # Discover the node's GPU nodes (/dev/dri) and optical drive (sr + its sg node), with major/minor.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-devices.sh"
 
 usage() {
   cat <<'USAGE'
-Usage: host-discover.sh
+Usage: host-discover.sh [--optical-drive auto|ID]
 
 Reads the node's device nodes; changes nothing.
   GPU:     every /dev/dri/card* and /dev/dri/renderD* character device
@@ -13,6 +15,9 @@ Reads the node's device nodes; changes nothing.
   Optical: the first /dev/sr* block device, and the SCSI generic node of the
            optical drive: /sys/class/scsi_generic/sgN/device/type is 5 (the one
            whose device/block/ holds the sr name, else the first of type 5).
+           --optical-drive ID (homelab-media:devices.opticalDrive) picks one drive
+           by its /dev/disk/by-id name, model or serial instead; an ID that
+           matches no drive gives no drive (with the drives seen in the reason).
 Missing hardware is reported as null/[] with a reason, not as a failure.
 Environment: SYSFS_ROOT (default /sys), DEV_ROOT (default /dev) for fake trees;
 paths are always reported as /dev/... (the node's path, as lxc.mount.entry wants).
@@ -24,9 +29,11 @@ stdout: JSON
 USAGE
 }
 
+optical_drive=auto
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h | --help) usage; exit 0 ;;
+    --optical-drive) need_arg "$@"; optical_drive=$2; shift 2 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -35,13 +42,11 @@ dev=${DEV_ROOT:-/dev}
 
 step "Looking for GPU nodes in $dev/dri"
 gpu_nodes=()
-for n in $(find "$dev/dri" -mindepth 1 -maxdepth 1 \( -name 'card*' -o -name 'renderD*' \) -printf '%f\n' 2>/dev/null | sort -V || true); do
-  [[ -c $dev/dri/$n ]] || continue
-  type=card
-  [[ $n == renderD* ]] && type=render
-  mm=$(dev_majmin "$dev/dri/$n")
-  gpu_nodes+=("$(json_obj path "$(json_str "/dev/dri/$n")" type "$(json_str "$type")" major "${mm% *}" minor "${mm#* }")")
-  ok "/dev/dri/$n ($type, ${mm/ /:})"
+find_dri_nodes
+for e in "${DRI_NODES[@]}"; do
+  read -r n type major minor <<<"$e"
+  gpu_nodes+=("$(json_obj path "$(json_str "/dev/dri/$n")" type "$(json_str "$type")" major "$major" minor "$minor")")
+  ok "/dev/dri/$n ($type, $major:$minor)"
 done
 gpu_reason=""
 if [[ ${#gpu_nodes[@]} -eq 0 ]]; then
@@ -49,8 +54,8 @@ if [[ ${#gpu_nodes[@]} -eq 0 ]]; then
   warn "$gpu_reason"
 fi
 
-step "Looking for the optical drive"
-find_optical
+step "Looking for the optical drive ($optical_drive)"
+find_optical "$optical_drive"
 sr_json=null sg_json=null
 if [[ -n $OPT_SR ]]; then
   sr_json=$(dev_json "$dev/$OPT_SR" "/dev/$OPT_SR")

@@ -2,6 +2,8 @@
 # Create the media user and group on the node, and the pipeline's directories on the pool.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-users.sh"
 
 usage() {
   cat <<'USAGE'

@@ -5,7 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'USAGE'
-Usage: pve-lxc-raw.sh apply CONF < lines
+Usage: pve-lxc-raw.sh apply CONF [--caller-holds-lock] < lines
        pve-lxc-raw.sh help | --help
 
 Makes the main section of CONF (e.g. /etc/pve/lxc/201.conf: everything before
@@ -28,6 +28,9 @@ While it reads and writes CONF it holds PVE's own per-container config lock
 (flock on /run/lock/lxc/pve-config-<vmid>.lock, as pct and the API do), where
 <vmid> is CONF's name without .conf; it waits up to 60s for it. A CONF whose
 name is not <number>.conf is edited without the lock (with a note).
+--caller-holds-lock: the caller already holds that lock (a PVE hookscript: pct
+start and the API run pre-start inside it), so it is not taken (waiting for it
+would wait for our own caller).
 Environment: PVE_LOCK_DIR (default /run/lock/lxc, created if missing) and
 PVE_LOCK_TIMEOUT (seconds, default 60), for tests and the lab.
 
@@ -115,7 +118,11 @@ apply() {
   done
 
   # Read and write the file under PVE's config lock (stdin is validated first).
-  lock_conf "$conf"
+  if [[ ${2:-} == --caller-holds-lock ]]; then
+    ok "PVE's config lock is held by our caller (hookscript); not taking it"
+  else
+    lock_conf "$conf"
+  fi
   [[ -f $conf ]] || die "$conf: no such container config (it was removed while waiting for the lock)"
 
   # The file, line by line, each element keeping its own newline (byte-exact rebuild).
@@ -189,8 +196,9 @@ apply() {
 case ${1:-} in
   help | -h | --help) usage ;;
   apply)
-    [[ $# -eq 2 ]] || die "usage: pve-lxc-raw.sh apply CONF < lines (see help)"
-    apply "$2"
+    [[ $# -eq 2 || ($# -eq 3 && $3 == --caller-holds-lock) ]] ||
+      die "usage: pve-lxc-raw.sh apply CONF [--caller-holds-lock] < lines (see help)"
+    apply "$2" "${3:-}"
     ;;
   "") die "missing command (see help)" ;;
   *) die "unknown command '$1' (see help)" ;;

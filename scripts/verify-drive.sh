@@ -2,6 +2,9 @@
 # Prove the optical drive is usable by the media user: sr/sg nodes, MakeMKV's drive list and key state.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-devices.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-exec.sh"
 
 usage() {
   cat <<'USAGE'

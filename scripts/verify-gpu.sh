@@ -2,6 +2,9 @@
 # Prove the GPU works for the media user: VA driver, profiles, and a real 1-second hevc_qsv encode.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-devices.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-exec.sh"
 
 usage() {
   cat <<'USAGE'

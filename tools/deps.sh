@@ -2,6 +2,7 @@
 # Install the Debian packages the tests and the lab need (only those missing).
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib-exec.sh"
 
 PACKAGES=(python3-venv shellcheck ffmpeg debootstrap openssh-client openssl procps iproute2 util-linux curl jq
   chromium chromium-driver python3-jinja2 python3-prometheus-client prometheus)

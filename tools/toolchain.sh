@@ -2,6 +2,7 @@
 # Build the Pulumi CLI, Python language host and resource plugins from Go modules into .tools/.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib-exec.sh"
 
 # Pins. The Python packages in the venv say which plugin versions the engine will
 # ask for (it matches them exactly); the script checks these pins against them.

@@ -179,7 +179,7 @@ def test_second_up_runs_nothing_remote(lab, first_up):
     out, _ = program("up")
     after = lab.counters()
     assert out["commands_ran"] == []
-    assert len(out["commands_unchanged"]) == 12  # 10 steps + 2 vm id guards
+    assert len(out["commands_unchanged"]) == 14  # 10 steps + the hookscript install + 2 vm id guards + media-rip's install
     assert after["ssh"] == before["ssh"] and after["pct"] == before["pct"] and after["events"] == before["events"]
 
 
@@ -191,7 +191,7 @@ def test_scripts_are_idempotent_when_run_again(lab, first_up):
     STATE.write_text(json.dumps(state))
     starts = {v: lab.starts(v) for v in (201, 202)}
     out, proc = program("up")
-    assert len(out["commands_ran"]) == 12  # 10 steps + 2 vm id guards
+    assert len(out["commands_ran"]) == 14  # 10 steps + the hookscript install + 2 vm id guards + media-rip's install
     assert out["outputs"]["mediaUser"]["changed"] == []
     assert "unchanged" in proc.stderr or "already" in proc.stderr
     assert {v: lab.starts(v) for v in (201, 202)} == starts  # raw lines unchanged: no restart
@@ -224,6 +224,136 @@ def test_new_gpu_minor_rewrites_the_conf_and_restarts_only_the_transcoder(lab, f
     finally:
         lab.remove_device("dri/renderD129")
         program("up")
+
+
+# --- the hookscript at every start (issue 10): pct start / reboot run pre-start as PVE does --
+
+SYSFS = "opt/lab/sysfs"
+PCI = "devices/pci0000:00/0000:00:17.0"
+
+
+def pct(lab, *args, check=True):
+    return lab.ssh("pct " + " ".join(shlex.quote(a) for a in args), check=check, timeout=300)
+
+
+def in_ct(lab, vmid, script, check=False):
+    return lab.ssh(f"pct exec {vmid} -- sh -c {shlex.quote(script)}", check=check)
+
+
+def raw_of(conf: str) -> list[str]:
+    return [x for x in conf.split("\n[")[0].splitlines() if x.startswith(("lxc.cgroup2.devices.allow", "lxc.mount.entry"))]
+
+
+def runtime_raw(lab, vmid) -> list[str]:
+    text = (lab.ct_dir / str(vmid) / "config").read_text()
+    return [x for x in text.splitlines() if x.startswith(("lxc.cgroup2.devices.allow", "lxc.mount.entry"))]
+
+
+def drive_verification(lab) -> dict:
+    from components import render
+
+    bundle = render.bundle("verify-drive.sh", ["--user", "media"])
+    return render.parse_json_output(lab.ssh("pct exec 202 -- bash -s", input=bundle).stdout, "drive")
+
+
+def test_sg_renumbered_then_restart_gives_the_ripper_only_the_drive(lab, first_up):
+    """After a reboot a pool disk took sg1 and the drive is sg2: a restart of the ripper must not
+    carry c 21:1 (a disk) but c 21:2 (the drive), in the conf and in the container's /dev."""
+    s = lab.node_root / SYSFS
+    disk = s / PCI / "ata3/host2/target2:0:0/2:0:0:0"
+    drive = s / PCI / "ata2/host1/target1:0:0/1:0:0:0"
+    try:
+        (disk / "scsi_generic/sg1").mkdir(parents=True)
+        (disk / "type").write_text("0\n")
+        (disk / "scsi_generic/sg1/device").symlink_to("../../../2:0:0:0")
+        (drive / "scsi_generic/sg1").rename(drive / "scsi_generic/sg2")
+        (drive / "scsi_generic/sg2/dev").write_text("21:2\n")
+        (s / "class/scsi_generic/sg1").unlink()
+        (s / "class/scsi_generic/sg1").symlink_to(f"../../{PCI}/ata3/host2/target2:0:0/2:0:0:0/scsi_generic/sg1")
+        (s / "class/scsi_generic/sg2").symlink_to(f"../../{PCI}/ata2/host1/target1:0:0/1:0:0:0/scsi_generic/sg2")
+        lab.add_device("sg2", "c", 21, 2, 24)
+        starts = lab.starts(202)
+        assert "lxc.cgroup2.devices.allow: c 21:1 rwm" in lab.conf(202)  # from the deploy, before the reboot
+        pct(lab, "reboot", "202")
+        assert lab.starts(202) == starts + 1
+        want = [
+            "lxc.cgroup2.devices.allow: b 11:0 rwm",
+            "lxc.cgroup2.devices.allow: c 21:2 rwm",
+            "lxc.mount.entry: /dev/sr0 dev/sr0 none bind,optional,create=file",
+            "lxc.mount.entry: /dev/sg2 dev/sg2 none bind,optional,create=file",
+        ]
+        assert raw_of(lab.conf(202)) == want
+        assert runtime_raw(lab, 202) == [x.replace(": ", " = ", 1) for x in want]
+        r = in_ct(lab, 202, "test -c /dev/sg2 && test -b /dev/sr0 && ! test -e /dev/sg1 && echo only-the-drive")
+        assert r.stdout.strip() == "only-the-drive", r.stdout + r.stderr
+        assert (202, "hook pre-start exit=0") in lab.events(202)
+    finally:
+        (s / "class/scsi_generic/sg2").unlink(missing_ok=True)
+        (s / "class/scsi_generic/sg1").unlink(missing_ok=True)
+        if (drive / "scsi_generic/sg2").exists():
+            (drive / "scsi_generic/sg2/dev").write_text("21:1\n")
+            (drive / "scsi_generic/sg2").rename(drive / "scsi_generic/sg1")
+        (s / "class/scsi_generic/sg1").symlink_to(f"../../{PCI}/ata2/host1/target1:0:0/1:0:0:0/scsi_generic/sg1")
+        subprocess.run(["rm", "-rf", str(s / PCI / "ata3")], check=False)
+        lab.remove_device("sg2")
+        pct(lab, "reboot", "202")
+    assert "lxc.cgroup2.devices.allow: c 21:1 rwm" in lab.conf(202)
+
+
+def test_pool_unmounted_refuses_the_start(lab, first_up):
+    pct(lab, "stop", "202")
+    lab.set_pool_mounted(False)
+    try:
+        r = pct(lab, "start", "202", check=False)
+        assert r.returncode != 0
+        assert "CT 202 not started: the pool /mnt/storage is not mounted" in r.stderr, r.stderr
+        assert "hookscript error for 202 on pre-start" in r.stderr
+        assert lab.containers()[202]["status"] == "stopped"
+        assert os.listdir(lab.ct_dir / "202/rootfs/mnt/storage") == []  # nothing written under the pool path
+        assert in_ct(lab, 202, "true").returncode != 0  # not running: nothing runs in it
+    finally:
+        lab.set_pool_mounted(True)
+    pct(lab, "start", "202")
+    assert lab.containers()[202]["status"] == "running"
+
+
+def test_drive_removed_the_ripper_starts_without_drive_lines_and_the_proof_says_so(lab, first_up):
+    s = lab.node_root / SYSFS
+    link = s / "class/scsi_generic/sg1"
+    target = os.readlink(link)
+    try:
+        link.unlink()
+        lab.remove_device("sr0")
+        lab.remove_device("sg1")
+        pct(lab, "reboot", "202")
+        assert lab.containers()[202]["status"] == "running"
+        assert raw_of(lab.conf(202)) == [] and runtime_raw(lab, 202) == []
+        proof = drive_verification(lab)
+        assert proof["ok"] is False and proof["sr"] is None and proof["sg"] is None, proof
+    finally:
+        if not link.is_symlink():
+            link.symlink_to(target)
+        lab.add_device("sr0", "b", 11, 0, 24)
+        lab.add_device("sg1", "c", 21, 1, 24)
+        pct(lab, "reboot", "202")
+    assert "lxc.cgroup2.devices.allow: b 11:0 rwm" in lab.conf(202)
+
+
+def test_dri_node_added_reaches_the_transcoder_at_its_next_start_without_rediscover(lab, first_up):
+    lab.add_device("dri/renderD129", "c", 226, 129, 104)
+    try:
+        pct(lab, "stop", "201")
+        pct(lab, "start", "201")
+        assert "lxc.cgroup2.devices.allow: c 226:129 rwm" in lab.conf(201)
+        assert "lxc.cgroup2.devices.allow = c 226:129 rwm" in runtime_raw(lab, 201)
+        r = in_ct(lab, 201, "test -c /dev/dri/renderD129 && echo usable")
+        assert r.stdout.strip() == "usable", r.stdout + r.stderr
+    finally:
+        lab.remove_device("dri/renderD129")
+        pct(lab, "reboot", "201")
+    assert "226:129" not in lab.conf(201)
+    out, _ = program("up")  # the stack still agrees: nothing to do
+    assert out["commands_ran"] == []
 
 
 def test_unreachable_node_fails_fast_with_a_clear_message(lab, first_up, tmp_path):

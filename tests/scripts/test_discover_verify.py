@@ -198,7 +198,7 @@ def test_verify_drive_nothing_there(hw):
 
 
 # ---------------------------------------------------------------------------
-# lib.sh json helpers
+# lib-json.sh helpers
 
 
 @pytest.mark.parametrize(
@@ -207,7 +207,7 @@ def test_verify_drive_nothing_there(hw):
 )
 def test_json_str_round_trips(text):
     p = subprocess.run(
-        ["bash", "-c", f'source "{SCRIPTS}/lib.sh"; json_obj k "$(json_str "$1")" l "$(json_arr "$1" x)"', "_", text],
+        ["bash", "-c", f'source "{SCRIPTS}/lib.sh"; source "{SCRIPTS}/lib-json.sh"; json_obj k "$(json_str "$1")" l "$(json_arr "$1" x)"', "_", text],
         capture_output=True,
         text=True,
     )
@@ -250,3 +250,67 @@ def test_verify_gpu_ok_when_the_encode_succeeds(hw, tmp_path):
         "VAProfileAV1Profile0:VAEntrypointVLD",
     ]
     assert j["qsv_encoders"] == ["h264_qsv", "hevc_qsv"]
+
+
+# --- devices.opticalDrive (issue 10, item 8) ------------------------------------------------
+
+
+def two_drives(hw):
+    """sr0/sg1: an LG BD-RE, sr1/sg3: an ASUS; sg0 and sg2 are disks. by-id links and sysfs model/serial."""
+    for i in (0, 2):
+        hw.char(f"sg{i}", 21, i)
+        hw.scsi_generic(f"sg{i}", 0)
+    hw.optical(sr=0, sg=1)
+    hw.optical(sr=1, sg=3)
+    byid = hw.dev / "disk/by-id"
+    byid.mkdir(parents=True)
+    for sg, sr, model, serial in (("sg1", "sr0", "BD-RE  WH16NS60", "KLZK1234"), ("sg3", "sr1", "BW-16D1HT", "E4D0CL012345")):
+        dev = hw.sys / "class/scsi_generic" / sg / "device"
+        (dev / "model").write_text(model.ljust(16) + "\n")
+        (dev / "vpd_pg80").write_bytes(b"\x05\x80\x00\x0c" + serial.encode())
+        (byid / f"ata-{model.replace(' ', '_').replace('__', '_')}_{serial}").symlink_to(f"../../{sr}")
+
+
+@pytest.mark.parametrize(
+    "want,sr,sg",
+    [
+        ("auto", "sr0", "sg1"),
+        ("ata-BW-16D1HT_E4D0CL012345", "sr1", "sg3"),
+        ("/dev/disk/by-id/ata-BD-RE_WH16NS60_KLZK1234", "sr0", "sg1"),
+        ("BW-16D1HT", "sr1", "sg3"),
+        ("bd-re wh16ns60", "sr0", "sg1"),
+        ("E4D0CL012345", "sr1", "sg3"),
+    ],
+)
+def test_optical_drive_setting_picks_one_of_two_drives(hw, want, sr, sg):
+    two_drives(hw)
+    r = run("host-discover.sh", "--optical-drive", want, env=hw.env)
+    assert r.rc == 0, r.err
+    o = r.json["optical"]
+    assert (o["sr"]["path"], o["sg"]["path"]) == (f"/dev/{sr}", f"/dev/{sg}") and o["reason"] is None
+
+
+def test_optical_drive_that_matches_nothing_gives_no_drive_never_another(hw):
+    two_drives(hw)
+    r = run("host-discover.sh", "--optical-drive", "NOPE-123", env=hw.env)
+    assert r.rc == 0, r.err
+    o = r.json["optical"]
+    assert o["sr"] is None and o["sg"] is None
+    assert "devices.opticalDrive 'NOPE-123'" in o["reason"] and "BW-16D1HT" in o["reason"]
+
+
+def test_bash_raw_lines_equal_the_programs(hw):
+    """lib-devices.sh (the hookscript's lines) and components/render.py (deploy's) agree."""
+    from components import render
+
+    two_drives(hw)
+    hw.gpu(0, 128)
+    hw.gpu(1, 129)
+    for want in ("auto", "BW-16D1HT", "nothing-here"):
+        d = run("host-discover.sh", "--optical-drive", want, env=hw.env).json
+        out = subprocess.run(
+            ["bash", "-c", f'source "{SCRIPTS}/lib.sh"; source "{SCRIPTS}/lib-devices.sh"; gpu_raw_lines; drive_raw_lines "$1"',
+             "_", want], capture_output=True, text=True, env={**hw.env, "PATH": "/usr/bin:/bin"},
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines() == render.gpu_lines(d) + render.drive_lines(d), want

@@ -302,6 +302,24 @@ def test_ripper_refuses_a_tarball_with_the_wrong_checksum(rootfs):
     assert not rootfs.p("/usr/local/bin/makemkvcon").exists()
 
 
+def test_ripper_falls_back_to_the_old_release_path_and_still_checks_the_sums(rootfs):
+    """Only BASE/old/ has the tarballs (a newer release is out): they are found there, and a wrong
+    sum is still refused; with neither path the message names both."""
+    old = rootfs.p("/srv/makemkv/old")
+    old.mkdir(parents=True)
+    for kind in ("oss", "bin"):
+        (old / f"makemkv-{kind}-1.18.4.tar.gz").write_bytes(b"not the real tarball")
+    r = rootfs.script("ct-bootstrap-ripper.sh", *RIPPER, "--makemkv-version", "1.18.4", "--makemkv-url", "/srv/makemkv")
+    assert r.rc == 1
+    assert "got /srv/makemkv/old/makemkv-oss-1.18.4.tar.gz" in r.err
+    assert "refusing to build" in r.err and "8590063648d42ec2" in r.err
+    r = rootfs.script("ct-bootstrap-ripper.sh", *RIPPER, "--makemkv-version", "1.18.4", "--makemkv-url", "/srv/nothing")
+    assert r.rc == 1
+    assert "/srv/nothing/makemkv-oss-1.18.4.tar.gz nor from /srv/nothing/old/makemkv-oss-1.18.4.tar.gz" in r.err
+    assert "makemkv.baseUrl" in r.err
+    assert not rootfs.p("/usr/local/bin/makemkvcon").exists()
+
+
 def test_pins_file_is_well_formed():
     from .conftest import SCRIPTS
 

@@ -33,6 +33,8 @@ MINE = [
     "ct-bootstrap-ripper.sh",
     "verify-gpu.sh",
     "verify-drive.sh",
+    "host-hookscript.sh",
+    "pve-hookscript.sh",
 ]
 
 

@@ -203,3 +203,85 @@ def test_page_urls_for_static_dhcp_and_loopback():
     urls = page_urls(parse(raw, ALL_SECRETS))
     assert urls["page"]["url"] == "http://127.0.0.1:8480/" and "pct exec 201" in urls["page"]["reachable"]
     assert urls["metrics"] == {"url": None, "reachable": "off (port 0)"}
+
+
+# --- issue 10, item 4: settings checked together, every string setting validated -----------
+
+
+@pytest.mark.parametrize(
+    "encoding,key,expect",
+    [
+        ({"encoder": "hevc_qsv", "preset": "ultrafast"}, "encoding.preset = 'ultrafast'", "not a hevc_qsv preset"),
+        ({"encoder": "hevc_qsv", "preset": "superfast"}, "encoding.preset = 'superfast'", "not a hevc_qsv preset"),
+        ({"encoder": "hevc_qsv", "crf": 0}, "encoding.crf = 0", "1-51 for hevc_qsv"),
+        ({"encoder": "libx265", "preset": "turbo"}, "encoding.preset = 'turbo'", "not a libx265 preset"),
+    ],
+)
+def test_encoder_preset_quality_combinations_are_refused_by_media_transcodes_rules(encoding, key, expect):
+    raw = homelab_raw()
+    raw["encoding"] = {**raw["encoding"], **encoding}
+    msgs = refused(raw)
+    assert any(key in m and expect in m and "encoding.encoder" in m for m in msgs), msgs
+
+
+def test_combinations_media_transcode_accepts_pass_and_the_rules_are_the_same_ones():
+    from media_pipeline.ffargs import PRESETS, QUALITY_RANGE, EncodeOptions
+
+    raw = homelab_raw()
+    for encoder, presets in PRESETS.items():
+        lo, hi = QUALITY_RANGE[encoder]
+        for preset in presets:
+            for crf in (lo, hi):
+                raw["encoding"] = {**raw["encoding"], "encoder": encoder, "preset": preset, "crf": crf}
+                assert parse(raw, ALL_SECRETS).encoding.preset == preset
+                assert not EncodeOptions(encoder=encoder, preset=preset, crf=crf).problems()
+
+
+def test_combination_problems_come_with_the_other_problems():
+    raw = homelab_raw()
+    raw["encoding"] = {**raw["encoding"], "encoder": "hevc_qsv", "preset": "ultrafast"}
+    raw["ssh"] = {**raw["ssh"], "host": "pve lan"}
+    msgs = refused(raw)
+    assert any("encoding.preset" in m for m in msgs) and any("ssh.host" in m for m in msgs)
+
+
+@pytest.mark.parametrize(
+    "section,key,value,expect",
+    [
+        ("ssh", "host", "pve lan", "host name (e.g. pve.lan) or an IP address"),
+        ("ssh", "host", "-pve.lan", "host name"),
+        ("ssh", "host", "pve.lan;reboot", "host name"),
+        ("ssh", "host", "", "host name"),
+        ("template", "datastore", "Local", "Proxmox storage id"),
+        ("template", "datastore", "local lvm", "Proxmox storage id"),
+        ("transcoder", "datastore", "local-lvm:", "Proxmox storage id"),
+        ("ripper", "datastore", "-x", "Proxmox storage id"),
+        ("node", "snippetsStorage", "Local", "Proxmox storage id"),
+        ("network", "bridge", "vmbr 0", "Linux bridge name"),
+        ("template", "checksum", "abc", "sha512 sum: 128 hex digits"),
+        ("devices", "opticalDrive", "x;rm -rf /", "by-id name"),
+        ("makemkv", "baseUrl", "ftp://mirror/makemkv", "http(s) URL"),
+        ("transcoder", "extraRawLines", ["lxc.idmap: u 0 100000 65536"], "is not managed here"),
+        ("ripper", "extraRawLines", ["lxc.cgroup2.devices.allow: c 10 rwm"], "malformed lxc.cgroup2.devices.allow"),
+        ("ripper", "extraRawLines", ["lxc.mount.entry: /dev/net/tun"], "malformed lxc.mount.entry"),
+    ],
+)
+def test_string_settings_are_validated_naming_the_key(section, key, value, expect):
+    raw = homelab_raw()
+    raw[section] = {**(raw.get(section) or {}), key: value}
+    msgs = refused(raw)
+    assert any(f"homelab-media:{section}.{key} = " in m and expect in m for m in msgs), msgs
+
+
+def test_good_string_settings_pass():
+    raw = homelab_raw()
+    raw["ssh"] = {**raw["ssh"], "host": "192.168.1.10"}
+    raw["node"] = {"snippetsStorage": "nas-snippets"}
+    raw["devices"] = {"opticalDrive": "ata-HL-DT-ST_BD-RE_WH16NS60_KLZK1234"}
+    raw["transcoder"] = {**raw["transcoder"], "extraRawLines": ["lxc.cgroup2.devices.allow:  c 10:200 rwm",
+                                                                 "lxc.mount.entry: /dev/net/tun dev/net/tun none bind,create=file"]}
+    cfg = parse(raw, ALL_SECRETS)
+    assert cfg.node.snippets_storage == "nas-snippets" and cfg.ssh.host == "192.168.1.10"
+    assert cfg.transcoder.extra_raw_lines[0] == "lxc.cgroup2.devices.allow: c 10:200 rwm"  # normalized
+    assert parse(homelab_raw(), ALL_SECRETS).devices.optical_drive == "auto"
+    assert parse(homelab_raw(), ALL_SECRETS).makemkv.base_url == "https://www.makemkv.com/download"

@@ -583,3 +583,92 @@ def test_adopt_tells_only_the_named_guard_to_accept_an_existing_container(progra
         assert "--adopt" not in _call_line(mocks.resources["transcoder-vmid-guard"].inputs["stdin"])
 
     return done(g).apply(check)
+
+
+def _bundled_names(stdin: str) -> list[str]:
+    return [line.split('"$_d/')[1].split('"')[0] for line in stdin.splitlines() if line.startswith('cat > "$_d/')]
+
+
+HELPERS = ["lib.sh", "lib-json.sh", "lib-exec.sh", "lib-files.sh", "lib-users.sh", "lib-devices.sh"]
+# How many remote steps re-run when one helper changes (issue 10, item 6). While every step
+# shipped the one lib.sh, any helper change re-ran 10 of 10. Of the original 10 steps it is now
+# 2-7 (lib.sh itself: all); of the 14 steps the program has today (+ the hookscript's install,
+# two vm id guards, media-rip's install):
+EXPECTED_RERUNS = {
+    "lib.sh": 14,
+    "lib-json.sh": 10,
+    "lib-exec.sh": 6,
+    "lib-files.sh": 3,
+    "lib-users.sh": 3,
+    "lib-devices.sh": 4,
+}
+
+
+@pulumi.runtime.test
+def test_a_helper_change_reruns_only_the_steps_that_source_it(program, tmp_path, monkeypatch):
+    """Each step's trigger is recomputed the way the program computes it, first unchanged (it must
+    equal the declared trigger), then with one helper edited in a copy of scripts/."""
+    import shutil
+
+    from components import remote, render
+
+    mocks, g = program(homelab_config())
+
+    def check(_):
+        steps = {}
+        for name, a in mocks.resources.items():
+            if a.typ != "command:remote:Command":
+                continue
+            names = _bundled_names(a.inputs["stdin"])
+            script = _script_of(a.inputs["stdin"])
+            helpers = {h for n in names if n.endswith(".sh") for h in render.sourced(n)}
+            extra = [n for n in names if n != script and n not in helpers]
+            files = {}
+            if name in ("transcoder-pipeline", "ripper-media-rip"):
+                from components.transcoder_ct import PIPELINE_TARBALL, pipeline_tarball
+
+                files = {PIPELINE_TARBALL: pipeline_tarball()}
+            assert remote.content_hash(script, extra, files) == a.inputs["triggers"][0], name
+            steps[name] = (script, extra, files)
+        # the 10 steps of issue 10, the hookscript install, two vm id guards, media-rip's install
+        assert len(steps) == 14, sorted(steps)
+        reruns = {}
+        for helper in HELPERS:
+            copy = tmp_path / helper / "scripts"
+            shutil.copytree(render.SCRIPTS, copy)
+            with (copy / helper).open("a") as fh:
+                fh.write("# an edit\n")
+            with monkeypatch.context() as m:
+                m.setattr(render, "SCRIPTS", copy)
+                reruns[helper] = sorted(
+                    n for n, (s, e, f) in steps.items() if remote.content_hash(s, e, f) != mocks.resources[n].inputs["triggers"][0]
+                )
+        print({h: f"{len(v)} of {len(steps)}" for h, v in reruns.items()})
+        assert {h: len(v) for h, v in reruns.items()} == EXPECTED_RERUNS, reruns
+        assert reruns["lib-files.sh"] == ["media-host-hookscript", "ripper-bootstrap", "transcoder-bootstrap"]
+
+    return done(g).apply(check)
+
+
+@pytest.mark.parametrize("storage", [None, "nas-snippets"])
+@pulumi.runtime.test
+def test_containers_get_the_hookscript_installed_before_them(program, storage):
+    over = {f"{NS}:node": json.dumps({"snippetsStorage": storage})} if storage else {}
+    over[f"{NS}:transcoder"] = json.dumps({**yaml.safe_load((ROOT / "Pulumi.homelab.yaml").read_text())["config"][f"{NS}:transcoder"],
+                                           "extraRawLines": ["lxc.cgroup2.devices.allow: c 10:200 rwm"]})
+    mocks, g = program(homelab_config(**over))
+
+    def check(_):
+        vol = f"{storage or 'local'}:snippets/homelab-media-hook.sh"
+        for ct in _containers(mocks).values():
+            assert ct.inputs["hookScriptFileId"] == vol
+            assert g["host"].hookscript in DEPENDS_ON[ct.name]
+        hook = mocks.resources["media-host-hookscript"].inputs
+        assert _script_of(hook["stdin"]) == "host-hookscript.sh"
+        assert f"--storage {storage or 'local'} --ct 201:gpu --ct 202:drive --pool /mnt/storage" in hook["stdin"]
+        assert "201 lxc.cgroup2.devices.allow: c 10:200 rwm\n" in hook["stdin"]
+        # deploy writes the same extra line into the conf
+        raw = mocks.resources["transcoder-raw-lines"].inputs["stdin"]
+        assert "lxc.cgroup2.devices.allow: c 10:200 rwm\n" in raw
+
+    return done(g).apply(check)

@@ -107,3 +107,35 @@ def test_deterministic_tarball_is_stable_and_skips_caches(tmp_path):
     assert one == two
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(one))) as tar:
         assert tar.getnames() == ["pkg", "pkg/a.py"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "lxc.cgroup2.devices.allow: c 10:200 rwm",
+        "lxc.cgroup2.devices.allow:   b 11:*   rw",
+        "lxc.cgroup2.devices.allow: a",
+        "lxc.mount.entry: /dev/net/tun dev/net/tun none bind,create=file",
+        "lxc.mount.entry: /dev/dri dev/dri none bind,optional,create=dir 0 0",
+        "lxc.cgroup2.devices.allow: c 10 rwm",
+        "lxc.cgroup2.devices.allow: x 1:2 rwm",
+        "lxc.mount.entry: /dev/net/tun",
+        "lxc.idmap: u 0 100000 65536",
+        "no colon here",
+    ],
+)
+def test_extra_lines_follow_the_raw_line_managers_rules(tmp_path, line):
+    """render.normalize_raw_line (what the config accepts) agrees with pve-lxc-raw.sh itself."""
+    conf = tmp_path / "ct.conf"
+    conf.write_text("arch: amd64\n")
+    p = subprocess.run(
+        ["bash", str(render.SCRIPTS / "pve-lxc-raw.sh"), "apply", str(conf)], input=line + "\n",
+        capture_output=True, text=True,
+    )
+    try:
+        norm = render.normalize_raw_line(line)
+    except ValueError:
+        assert p.returncode == 1 and conf.read_text() == "arch: amd64\n", p.stderr
+    else:
+        assert p.returncode == 0, p.stderr
+        assert conf.read_text() == f"arch: amd64\n{norm}\n"

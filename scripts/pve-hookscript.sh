@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# PVE hookscript of the pipeline's containers: at every start, check the pool and give the container exactly today's devices.
+set -Eeuo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-devices.sh"
+
+usage() {
+  cat <<'USAGE'
+Usage: pve-hookscript.sh VMID PHASE        (run by Proxmox VE: hookscript: in the conf)
+       pve-hookscript.sh --help
+
+Installed on the node by host-hookscript.sh, which also writes, next to it,
+ct-VMID.conf (role=gpu|drive, pool=DIR, require_mount=0|1, optical_drive=auto|ID)
+and ct-VMID.extra (the stack's extraRawLines for that container). PVE runs it
+at pre-start, post-start, pre-stop and post-stop; only pre-start does work:
+
+  1. the pool: with require_mount=1, the start is refused (exit 1, one line
+     saying why) when the pool is not a mount point, or is a FUSE (mergerfs)
+     mount without allow_other (the rules of host-check-pool.sh): a container
+     started then would bind the empty directory and write to the root disk;
+  2. the devices, resolved now from sysfs and /dev (lib-devices.sh, the rules
+     of host-discover.sh and components/render.py): role gpu gets every DRI
+     node, role drive the drive chosen by optical_drive (its sr and the sg
+     whose SCSI type is 5); plus the extra lines. No drive: no drive lines;
+  3. this start uses exactly those lines: PVE has already written
+     /var/lib/lxc/VMID/config from the conf, so the raw lines there are
+     replaced too (lines the conf had are swapped for today's; other lines of
+     that file are left alone);
+  4. the conf says the same for the next start: pve-lxc-raw.sh apply
+     --caller-holds-lock (PVE holds the container's config lock while the hook
+     runs; waiting for it would wait for our own caller).
+  What changed is logged (the start's task log). Any failure refuses the start:
+  a container never starts with a line for a device it was not meant to get.
+Environment: SYSFS_ROOT, DEV_ROOT (fake trees), PVE_CONF_DIR (default
+/etc/pve/lxc), LXC_CONF_DIR (default /var/lib/lxc), HOOK_CONF_DIR (default:
+this script's directory).
+USAGE
+}
+
+[[ ${1:-} == -h || ${1:-} == --help ]] && { usage; exit 0; }
+[[ $# -eq 2 ]] || die "usage: pve-hookscript.sh VMID PHASE (see --help)"
+vmid=$1 phase=$2
+need_int VMID "$vmid"
+here=$(dirname "${BASH_SOURCE[0]}")
+hook_dir=${HOOK_CONF_DIR:-$here}
+conf_dir=${PVE_CONF_DIR:-/etc/pve/lxc}
+lxc_dir=${LXC_CONF_DIR:-/var/lib/lxc}
+
+case $phase in
+  pre-start) ;;
+  post-start | pre-stop | post-stop) exit 0 ;;
+  *) warn "CT $vmid: unknown hook phase '$phase', nothing done"; exit 0 ;;
+esac
+
+# refuse REASON: the one line PVE shows for the failed start, then exit 1.
+refuse() {
+  printf 'homelab-media: CT %s not started: %s\n' "$vmid" "$1" >&2
+  exit 1
+}
+trap 'refuse "the hookscript failed at line $LINENO ($BASH_COMMAND); nothing was changed for this start"' ERR
+
+settings="$hook_dir/ct-$vmid.conf"
+[[ -r $settings ]] || refuse "$settings is missing: this container's hookscript settings were not installed (run pulumi up, or remove 'hookscript:' from $conf_dir/$vmid.conf)"
+role="" pool="" require_mount=1 optical_drive=auto
+while IFS='=' read -r key value; do
+  case $key in
+    role) role=$value ;;
+    pool) pool=$value ;;
+    require_mount) require_mount=$value ;;
+    optical_drive) optical_drive=$value ;;
+    '' | '#'*) ;;
+    *) refuse "$settings: unknown setting '$key'" ;;
+  esac
+done <"$settings"
+[[ $role == gpu || $role == drive || $role == none ]] || refuse "$settings: role must be gpu, drive or none, got '$role'"
+
+# 1. The pool (host-check-pool.sh's rules: the top mount at the path decides).
+if [[ $require_mount == 1 && -n $pool ]]; then
+  line=""
+  if [[ -d $pool ]]; then
+    line=$(findmnt -n -r -o FSTYPE,OPTIONS --mountpoint "$pool" 2>/dev/null | tail -n1 || true)
+  fi
+  if [[ -z $line ]]; then
+    trap - ERR
+    refuse "the pool $pool is not mounted (the container would bind the empty directory and write to the node's root disk); mount it (mount $pool), then start the container again"
+  fi
+  fstype=${line%% *} options=${line#* }
+  if [[ $fstype == fuse* && ,$options, != *,allow_other,* ]]; then
+    trap - ERR
+    refuse "the pool $pool is a $fstype mount without allow_other (the containers' media user could not use it); add allow_other to its options in /etc/fstab, remount, then start the container again"
+  fi
+fi
+
+# 2. Today's lines.
+lines=""
+case $role in
+  gpu) lines=$(gpu_raw_lines) ;;
+  drive)
+    lines=$(drive_raw_lines "$optical_drive")
+    find_optical "$optical_drive" # OPT_REASON for the log (drive_raw_lines ran in a subshell)
+    ;;
+esac
+extra="$hook_dir/ct-$vmid.extra"
+if [[ -s $extra ]]; then
+  lines+=${lines:+$'\n'}$(grep -v '^[[:space:]]*$' "$extra" || true)
+fi
+
+# managed_lines FILE: the raw device lines of a PVE conf's main section, as "key: value".
+managed_lines() {
+  awk '/^\[/ { exit } /^lxc\.(cgroup2\.devices\.allow|mount\.entry)[[:space:]]*:/ {
+         k = $0; sub(/[[:space:]]*:.*/, "", k); v = $0; sub(/^[^:]*:[[:space:]]*/, "", v)
+         gsub(/[[:space:]]+/, " ", v); sub(/ $/, "", v); print k ": " v }' "$1"
+}
+
+conf="$conf_dir/$vmid.conf"
+[[ -f $conf ]] || refuse "$conf does not exist"
+before=$(managed_lines "$conf")
+
+# 3. This start: swap the conf's old raw lines for today's in the config PVE generated.
+gen="$lxc_dir/$vmid/config"
+if [[ -f $gen ]]; then
+  tmp="$gen.homelab.$$"
+  LINES_OLD=$before LINES_NEW=$lines awk '
+    function norm(s) { gsub(/[[:space:]]+/, " ", s); sub(/^ /, "", s); sub(/ $/, "", s); return s }
+    BEGIN {
+      n = split(ENVIRON["LINES_OLD"], o, "\n")
+      for (i = 1; i <= n; i++) if (o[i] != "") old[o[i]] = 1
+    }
+    /^lxc\.(cgroup2\.devices\.allow|mount\.entry)[[:space:]]*[=:]/ {
+      k = $0; sub(/[[:space:]]*[=:].*/, "", k); v = $0; sub(/^[^=:]*[=:][[:space:]]*/, "", v)
+      if ((k ": " norm(v)) in old) next
+    }
+    { print }
+    END {
+      m = split(ENVIRON["LINES_NEW"], w, "\n")
+      for (i = 1; i <= m; i++) if (w[i] != "") { k = w[i]; sub(/:.*/, "", k); v = w[i]; sub(/^[^:]*: /, "", v); print k " = " v }
+    }' "$gen" >"$tmp"
+  chmod --reference="$gen" "$tmp" 2>/dev/null || true
+  mv -f "$tmp" "$gen"
+else
+  warn "CT $vmid: $gen does not exist (not started by PVE?); only the conf is updated"
+fi
+
+# 4. The next start: the conf (we run inside PVE's config lock).
+result=$(bash "$here/pve-lxc-raw.sh" apply "$conf" --caller-holds-lock <<<"$lines" 2>/dev/null | tail -n1)
+[[ $result == changed || $result == unchanged ]] || refuse "pve-lxc-raw.sh could not update $conf"
+trap - ERR
+
+# The log: what changed, in one or two lines.
+removed=$(comm -23 <(sort <<<"$before") <(sort <<<"$lines") | sed '/^$/d' | sed 's/^lxc\.cgroup2\.devices\.allow: /allow /; s/^lxc\.mount\.entry: /mount /' | paste -sd, -)
+added=$(comm -13 <(sort <<<"$before") <(sort <<<"$lines") | sed '/^$/d' | sed 's/^lxc\.cgroup2\.devices\.allow: /allow /; s/^lxc\.mount\.entry: /mount /' | paste -sd, -)
+what="$role devices"
+[[ $role != drive ]] || what="drive ($optical_drive): ${OPT_SR:-no sr}/${OPT_SG:-no sg}${OPT_REASON:+ ($OPT_REASON)}"
+if [[ -z $removed && -z $added ]]; then
+  printf 'homelab-media: CT %s pre-start: pool ok, %s unchanged (%s raw lines)\n' "$vmid" "$what" "$(sed '/^$/d' <<<"$lines" | wc -l)" >&2
+else
+  printf 'homelab-media: CT %s pre-start: pool ok, %s; raw lines changed: removed [%s] added [%s]\n' "$vmid" "$what" "$removed" "$added" >&2
+fi
+exit 0
