@@ -4,6 +4,7 @@
 # the next `up` would change, and stop if it would replace (recreate) one.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib-exec.sh"
 
 usage() {
   cat <<EOF

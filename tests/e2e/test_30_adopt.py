@@ -14,6 +14,14 @@ from .lab import NS, STACK_FILE
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
 
+@pytest.fixture(autouse=True)
+def no_hand_made_left(lab, empty_stack):
+    """Whatever a test made by hand goes at its end, pass or fail, so no later test finds it."""
+    yield
+    empty_stack.destroy(timeout=900, check=False)
+    lab.remove_all_containers()
+
+
 def hand_made(lab, vmid: int, *, unprivileged: int = 0) -> None:
     """What the plan's owner typed: `pct create` with the pool bind-mounted, nesting, a static IP."""
     cfg = yaml.safe_load(STACK_FILE.read_text())["config"]
@@ -74,7 +82,6 @@ def test_adopt_stops_before_a_container_would_be_recreated(lab, empty_stack, nee
     deployer.destroy()
     assert [e for e in lab.events()[events:] if e[1] in ("create", "destroy")] == []
     assert lab.containers()[202]["status"] == "running"
-    lab.remove_all_containers()
 
 
 def test_up_refuses_a_hand_made_container_instead_of_taking_it_over(lab, empty_stack):
@@ -92,4 +99,3 @@ def test_up_refuses_a_hand_made_container_instead_of_taking_it_over(lab, empty_s
     assert lab.containers()[202]["status"] == "running"
     assert str(lab.ct_config(202).get("unprivileged")) == "1", "the hand-made container was changed"
     assert not [e for e in lab.events()[events:] if e[0] == 202 and e[1] in ("create", "destroy")]
-    lab.remove_all_containers()
