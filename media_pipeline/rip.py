@@ -817,7 +817,8 @@ class Service:
     def maybe_eject(self) -> None:
         if self.cfg.eject and not self.stop.is_set() and self.ripper.eject():
             # the tray is open now: whatever is in the drive at the next poll was put in after
-            self.last_state, self.handled_present = DRIVE_OPEN, False
+            self.last_state, self.handled_present, self.drive_state_now = DRIVE_OPEN, False, DRIVE_OPEN
+            self.publish_status()
 
     # -- metrics (media_rip_*; served and written like media-pipeline's) ----------------------
 
