@@ -207,6 +207,11 @@ class StorageConfig(_Model):
     def tv_path(self) -> str:
         return self.path(self.tv)
 
+    @property
+    def rip_status_path(self) -> str:
+        """media-rip's status file: the ripper writes it, the transcoder's page reads it (same pool path)."""
+        return f"{self.staging_path}/.media-rip/status.json"
+
 
 class TemplateConfig(_Model):
     datastore: str = "local"

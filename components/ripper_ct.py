@@ -90,6 +90,7 @@ class RipperCT(pulumi.ComponentResource):
                 "--drive-gid", str(cfg.host_groups.cdrom),
                 "--metrics-port", str(ct.metrics_port),
                 "--metrics-bind", cfg.pipeline.metrics_bind,
+                "--rip-status", cfg.storage.rip_status_path,  # the transcoder's status page reads it
             ],
             files={PIPELINE_TARBALL: pipeline_tarball()},
             vmid=ct.vm_id,

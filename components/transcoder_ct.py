@@ -83,6 +83,7 @@ class TranscoderCT(pulumi.ComponentResource):
                 "--web-port", str(cfg.pipeline.web_port),
                 "--web-bind", cfg.pipeline.web_bind,
                 "--gpu-proof", GPU_PROOF,
+                "--rip-status", st.rip_status_path,  # media-rip (the ripper) writes it on the pool
                 # the page's password travels like makemkvKey: secret stdin, never argv
                 *(["--web-password-stdin"] if status_password is not None else []),
             ],

@@ -54,7 +54,8 @@ class Config:
     web_bind: str = "127.0.0.1"  # beyond loopback only with web_password set
     web_password: str = ""  # HTTP basic auth (any user name); "" = none, loopback only
     gpu_proof_file: str = "/var/lib/media-pipeline/gpu-proof.json"  # verify-gpu.sh --save writes it
-    rip_db: str = "/var/lib/media-rip/rips.sqlite3"  # media-rip's store, shown when it exists
+    # media-rip's status file on the shared pool (media_pipeline/rips.py); default STAGING/.media-rip/status.json
+    rip_status_file: str = "/mnt/storage/staging/.media-rip/status.json"
     db: str = "/var/lib/media-pipeline/jobs.sqlite3"
 
     def encode_options(self) -> ffargs.EncodeOptions:
@@ -73,7 +74,7 @@ class Config:
 
 KEYS = tuple(f.name for f in fields(Config))
 _PATH_KEYS = ("staging", "movies", "tv", "db", "qsv_device")
-_OPTIONAL_PATH_KEYS = ("metrics_textfile", "gpu_proof_file", "rip_db")  # absolute, or "" = off
+_OPTIONAL_PATH_KEYS = ("metrics_textfile", "gpu_proof_file", "rip_status_file")  # absolute, or "" = off
 _EXAMPLES = {
     "staging": '"/mnt/storage/staging"', "movies": '"/mnt/storage/movies"', "tv": '"/mnt/storage/tv"',
     "languages": '["eng", "bul"]', "encoder": '"libx265"', "crf": "18", "preset": '"slow"',
@@ -89,7 +90,8 @@ _EXAMPLES = {
     "web_port": "8480 (0 = off)", "web_bind": '"127.0.0.1" (or "0.0.0.0" with web_password set)',
     "web_password": '"a long random string" (ct-install-pipeline.sh --web-password-stdin)',
     "gpu_proof_file": '"/var/lib/media-pipeline/gpu-proof.json" ("" = off)',
-    "rip_db": '"/var/lib/media-rip/rips.sqlite3" ("" = off)',
+    "rip_status_file": '"/mnt/storage/staging/.media-rip/status.json" ("" = off)',
+    "status_file": '"/mnt/storage/staging/.media-rip/status.json" ("" = off)',
 }
 
 
@@ -129,6 +131,9 @@ def from_dict(raw: dict, where: str = "config") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a JSON object {{...}}, got {type(raw).__name__}")
     for key in raw:
+        if key == "rip_db":
+            raise ConfigError(f"{where}: key 'rip_db' is gone: the page reads media-rip's status file on the pool; "
+                              f"fix: remove rip_db (rip_status_file defaults to STAGING/.media-rip/status.json)")
         if key not in KEYS:
             close = difflib.get_close_matches(key, KEYS, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(KEYS)}"
@@ -170,6 +175,8 @@ def from_dict(raw: dict, where: str = "config") -> Config:
             values[key] = _as_number(key, value, where, 0.05)
         elif key in ("keep_source", "require_marker"):
             values[key] = _as_bool(key, value, where)
+    if "rip_status_file" not in values:  # where media-rip writes it by default: follows staging
+        values["rip_status_file"] = status_file_for(values.get("staging", Config.staging))
     cfg = Config(**values)
     if cfg.web_port and not _is_loopback(cfg.web_bind) and not cfg.web_password:
         raise ConfigError(
@@ -341,6 +348,8 @@ class RipConfig:
     metrics_port: int = 0
     metrics_bind: str = "127.0.0.1"
     metrics_textfile: str = "/var/lib/media-rip/metrics.prom"
+    # the snapshot the transcoder's status page reads (media_pipeline/rips.py); default STAGING/.media-rip/status.json
+    status_file: str = "/mnt/storage/staging/.media-rip/status.json"
     db: str = "/var/lib/media-rip/rips.sqlite3"
 
     def to_json(self) -> dict:
@@ -360,12 +369,14 @@ def rip_from_dict(raw: dict, where: str = "config") -> RipConfig:
             close = difflib.get_close_matches(key, RIP_KEYS, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(RIP_KEYS)}"
             raise ConfigError(f"{where}: unknown key {key!r}; {hint}")
-        if key in ("staging", "device", "db", "makemkvcon", "eject_command", "metrics_bind", "metrics_textfile"):
-            if not isinstance(value, str) or (not value and key not in ("metrics_textfile", "eject_command")):
+        if key in ("staging", "device", "db", "makemkvcon", "eject_command", "metrics_bind", "metrics_textfile",
+                   "status_file"):
+            if not isinstance(value, str) or (not value and key not in ("metrics_textfile", "eject_command",
+                                                                        "status_file")):
                 raise _bad(key, f"must be a non-empty string (got {value!r})", where)
             if key in ("staging", "device", "db") and not os.path.isabs(value):
                 raise _bad(key, f"must be an absolute path (got {value!r})", where)
-            if key == "metrics_textfile" and value and not os.path.isabs(value):
+            if key in ("metrics_textfile", "status_file") and value and not os.path.isabs(value):
                 raise _bad(key, f"must be an absolute path or \"\" (got {value!r})", where)
             values[key] = value
         elif key == "min_length":
@@ -378,7 +389,14 @@ def rip_from_dict(raw: dict, where: str = "config") -> RipConfig:
             values[key] = _as_str_list(key, value, where)
         elif key == "metrics_port":
             values[key] = _as_int(key, value, where, 0, 65535)
+    if "status_file" not in values:  # follows staging: the pool both containers mount
+        values["status_file"] = status_file_for(values.get("staging", RipConfig.staging))
     return RipConfig(**values)
+
+
+def status_file_for(staging: str) -> str:
+    """The default place of media-rip's status file: hidden in staging (media-pipeline skips it)."""
+    return os.path.join(staging, ".media-rip", "status.json")
 
 
 def load_rip(explicit: str | None = None, required: bool = False) -> RipConfig:

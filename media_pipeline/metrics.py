@@ -6,12 +6,13 @@ after a restart; what happens in this process (job durations and outcomes) is co
 the client's Histogram and Counter. Served on /metrics (metrics_port; 0 = off) and written to
 metrics_textfile for node_exporter's textfile collector, so either scraping style works.
 
-A sibling service (media-rip) reuses `new_registry`, `serve` and `write_textfile` with its
+A sibling service (media-rip) reuses `new_registry`, `serve`, `exposition` and `publish_textfile` with its
 own collector and its own `media_rip_` metrics.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socketserver
 import threading
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, make_wsgi_app
 from prometheus_client import write_to_textfile as _write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -146,6 +147,21 @@ def write_textfile(path: str, registry: CollectorRegistry) -> None:
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _write_to_textfile(path, registry)
+
+
+def exposition(registry: CollectorRegistry) -> str:
+    """The registry in Prometheus' text format (what /metrics answers)."""
+    return generate_latest(registry).decode("utf-8")
+
+
+def publish_textfile(path: str, registry: CollectorRegistry, log: logging.Logger) -> None:
+    """write_textfile for a service's loop: "" = off; a write problem is logged, never raised."""
+    if not path:
+        return
+    try:
+        write_textfile(path, registry)
+    except OSError as exc:
+        log.warning("cannot write %s: %s", path, exc)
 
 
 class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):

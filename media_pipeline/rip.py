@@ -45,11 +45,11 @@ from dataclasses import dataclass, field
 from . import __version__
 from . import config as config_mod
 from .jobs import connect
-from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .metrics import new_registry, serve, write_textfile
+from .metrics import exposition, new_registry, publish_textfile, serve
 from .notify import Notifier
+from .rips import STATUS_RIPS, rip_record, snapshot, write_status
 from .service import MARKER, InstanceLock, _setup_logging
 from .transcode import _PREEXEC, fmt_time
 
@@ -60,6 +60,7 @@ WORK_PREFIX = ".rip-"
 CDROMEJECT = 0x5309  # linux/cdrom.h
 PROGRESS_LOG_SECONDS = 30.0
 INFO_TIMEOUT = 600  # a scratched Blu-ray can take minutes to scan
+STATUS_HEARTBEAT_SECONDS = 30.0  # the status file is rewritten at least this often (and every poll)
 
 log = logging.getLogger("media-rip")
 
@@ -372,6 +373,7 @@ class Ripper:
         self.notifier = notifier or Notifier((), log.warning)
         self.current: dict | None = None  # {"id", "name", "progress", "eta"} while ripping
         self.cancel = threading.Event()
+        self.on_change = None  # called after every change of a rip in the store (the status file)
         self.proc: subprocess.Popen | None = None
 
     def _dev(self) -> str:
@@ -470,6 +472,7 @@ class Ripper:
         if self.store is not None:
             self.store.update(rip_id, workdir=workdir)
         self.current = {"id": rip_id, "name": name, "progress": 0.0, "eta": 0.0}
+        self._changed()
         started = time.monotonic()
         try:
             result, rc = self._mkv(workdir, name)
@@ -488,6 +491,7 @@ class Ripper:
             total = sum(os.path.getsize(os.path.join(workdir, f)) for f in files)
             if self.store is not None:
                 self.store.update(rip_id, state="publishing", bytes=total)
+                self._changed()
             folder = publish(workdir, cfg.staging, name)
         except RipError:
             raise
@@ -505,9 +509,14 @@ class Ripper:
                                            f"in {fmt_time(elapsed)}")
         return EXIT_OK
 
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
     def _record(self, fp: str, scan: Scan, name: str, state: str, reason: str, code: int) -> None:
         if self.store is not None:
             self.store.record(fp, scan.label, name, state, reason, code, scan.titles)
+            self._changed()
 
     def _finish(self, rip_id: int | None, state: str, reason: str, code: int, folder: str = "") -> None:
         if self.store is None or rip_id is None:
@@ -516,6 +525,7 @@ class Ripper:
         if folder:
             fields.update(folder=folder, progress=1.0)
         self.store.update(rip_id, **fields)
+        self._changed()
 
     def _mkv(self, workdir: str, name: str) -> tuple[CopyResult, int]:
         """`makemkvcon -r --progress=-same mkv dev:DEV all DIR`: every title >= min_length, one disc pass."""
@@ -668,6 +678,7 @@ class Service:
         self.drive_state_now = -1
         self.resume: dict[str, dict] = {}  # fingerprint -> a rip interrupted by a restart
         self.last_error = ""
+        self.status = StatusFile(cfg)
 
     def request_stop(self, *_args) -> None:
         self.stop.set()
@@ -685,7 +696,9 @@ class Service:
         self.store = RipStore(cfg.db)
         notifier = Notifier(cfg.apprise_urls, log.warning)
         self.ripper = Ripper(cfg, self.store, notifier)
+        self.ripper.on_change = self.publish_status
         server = None
+        heartbeat = threading.Thread(target=self._heartbeat, daemon=True, name="status-file")
         try:
             if cfg.metrics_port:
                 server = serve(self.registry, cfg.metrics_bind, cfg.metrics_port)
@@ -694,9 +707,13 @@ class Service:
                      __version__, cfg.device, cfg.staging, fmt_time(cfg.min_length), cfg.auto_rip, cfg.eject,
                      notifier.describe())
             self.recover()
+            if cfg.status_file:
+                heartbeat.start()
+                log.info("status file %s (the status page reads it)", cfg.status_file)
             while not self.stop.is_set():
                 self.poll()
                 self.publish_metrics()
+                self.publish_status()
                 if self.cycles is not None:
                     self.cycles -= 1
                     if self.cycles <= 0:
@@ -706,6 +723,9 @@ class Service:
             if server is not None:
                 server.stop()
             self.publish_metrics()
+            self.publish_status()
+            if heartbeat.is_alive():
+                heartbeat.join(timeout=5)
             self.store.close()
             lock.release()
         return 0
@@ -797,7 +817,8 @@ class Service:
     def maybe_eject(self) -> None:
         if self.cfg.eject and not self.stop.is_set() and self.ripper.eject():
             # the tray is open now: whatever is in the drive at the next poll was put in after
-            self.last_state, self.handled_present = DRIVE_OPEN, False
+            self.last_state, self.handled_present, self.drive_state_now = DRIVE_OPEN, False, DRIVE_OPEN
+            self.publish_status()
 
     # -- metrics (media_rip_*; served and written like media-pipeline's) ----------------------
 
@@ -815,15 +836,62 @@ class Service:
                             self.ripper.current if self.ripper else None, self.drive_state_now, self.last_poll)
 
     def metrics_text(self) -> str:
-        return generate_latest(self.registry).decode()
+        return exposition(self.registry)
 
     def publish_metrics(self) -> None:
-        if not self.cfg.metrics_textfile or self.store is None:
+        if self.store is not None:
+            publish_textfile(self.cfg.metrics_textfile, self.registry, log)
+
+    # -- the status file (the transcoder's status page reads it; media_pipeline/rips.py) ------
+
+    def drive_status(self) -> dict:
+        return {"device": self.cfg.device, "state": self.drive_state_now,
+                "state_name": _STATE_NAMES.get(self.drive_state_now, "unknown"), "error": self.last_error,
+                "last_poll": round(self.last_poll, 3), "current": self.ripper.current if self.ripper else None}
+
+    def publish_status(self) -> None:
+        if self.store is not None:
+            self.status.publish(self.store, self.drive_status())
+
+    def _heartbeat(self) -> None:
+        """Rewrite the status file while a rip blocks the poll loop (progress; proof of life)."""
+        while not self.stop.wait(min(self.cfg.poll_seconds, STATUS_HEARTBEAT_SECONDS)):
+            self.publish_status()
+
+
+class StatusFile:
+    """media-rip's side of the status file: the newest rips and the drive, replaced atomically."""
+
+    def __init__(self, cfg: config_mod.RipConfig):
+        self.path = cfg.status_file
+        self._lock = threading.Lock()  # the poll loop and the heartbeat: one writer at a time
+        self._problem = ""
+
+    def publish(self, store: RipStore, drive: dict) -> None:
+        if not self.path:
             return
-        try:
-            write_textfile(self.cfg.metrics_textfile, self.registry)
-        except OSError as exc:
-            log.warning("cannot write %s: %s", self.cfg.metrics_textfile, exc)
+        with self._lock:
+            try:
+                rows = store.list(STATUS_RIPS)
+                current = drive.get("current")
+                current = dict(current) if current else None
+                if current is not None:
+                    eta = current.get("eta")
+                    current["eta"] = round(eta, 1) if isinstance(eta, float) and eta == eta and eta != float("inf") \
+                        else None  # JSON has no NaN
+                    for row in rows:  # the running rip's live progress (the store has it at the end)
+                        if row["id"] == current.get("id"):
+                            row["progress"] = round(float(current.get("progress") or 0.0), 4)
+                write_status(self.path, snapshot(rows, {**drive, "current": current}, version=__version__))
+            except (OSError, sqlite3.Error) as exc:
+                problem = f"cannot write the status file {self.path}: {exc}"
+                if problem != self._problem:  # once per problem, not once per poll
+                    log.warning("%s", problem)
+                self._problem = problem
+                return
+            if self._problem:
+                log.info("status file %s written again", self.path)
+            self._problem = ""
 
 
 _STATE_NAMES = {DRIVE_EMPTY: "empty", DRIVE_OPEN: "tray open", DRIVE_INSERTED: "disc inserted",
@@ -884,7 +952,7 @@ def render_metrics(counts: dict[str, int], totals: dict[str, float], current: di
         def collect(self):
             return iter(families)
 
-    return generate_latest(new_registry(_Static())).decode()
+    return exposition(new_registry(_Static()))
 
 
 # --- status ---------------------------------------------------------------------------------
@@ -974,6 +1042,10 @@ def _once(cfg: config_mod.RipConfig, eject: bool) -> int:
     except (OSError, sqlite3.Error) as exc:
         log.warning("not recording this rip (%s: %s)", cfg.db, exc)
     ripper = Ripper(cfg, store, Notifier(cfg.apprise_urls, log.warning))
+    if store is not None:  # the page sees a rip by hand too (drive state: unknown, the service is stopped)
+        status = StatusFile(cfg)
+        drive = {"device": cfg.device, "state": -1, "state_name": "unknown", "error": "", "last_poll": 0.0}
+        ripper.on_change = lambda: status.publish(store, {**drive, "current": ripper.current})
     signal.signal(signal.SIGTERM, lambda *_: ripper.stop())
     try:
         code = ripper.rip_disc()
@@ -999,6 +1071,7 @@ def _status(cfg: config_mod.RipConfig, args) -> int:
         except sqlite3.Error as exc:
             print(f"media-rip: cannot read {cfg.db}: {exc}", file=sys.stderr)
             return EXIT_START
+    rips = [rip_record(r) for r in rips]  # the status file's format (media_pipeline/rips.py)
     print(json.dumps(rips, indent=2, ensure_ascii=False) if args.json else status_table(rips))
     return 0
 

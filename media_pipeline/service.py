@@ -26,7 +26,8 @@ import traceback
 from . import __version__, naming
 from . import config as config_mod
 from .jobs import Job, JobStore
-from .metrics import JobEvents, PipelineCollector, Snapshot, disk_usage, new_registry, serve, write_textfile
+from .metrics import (JobEvents, PipelineCollector, Snapshot, disk_usage, exposition, new_registry, publish_textfile,
+                      serve)
 from .notify import Notifier
 from .transcode import (
     EXIT_ENCODE, EXIT_INTERRUPTED, EXIT_NAMES, EXIT_OUTPUT, Progress, TranscodeError,
@@ -418,17 +419,11 @@ class Service:
                         disk_usage({"staging": self.cfg.staging, "movies": self.cfg.movies, "tv": self.cfg.tv}))
 
     def metrics_text(self) -> str:
-        from prometheus_client import generate_latest
-
-        return generate_latest(self.registry).decode("utf-8")
+        return exposition(self.registry)
 
     def publish_metrics(self) -> None:
-        if not self.cfg.metrics_textfile or self.store is None:
-            return
-        try:
-            write_textfile(self.cfg.metrics_textfile, self.registry)
-        except OSError as exc:
-            log.warning("cannot write %s: %s", self.cfg.metrics_textfile, exc)
+        if self.store is not None:
+            publish_textfile(self.cfg.metrics_textfile, self.registry, log)
 
 
 class _JobProgress:

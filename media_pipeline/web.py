@@ -1,6 +1,7 @@
 """The status page: a small WSGI app (Jinja2 templates) served by the media-pipeline process.
 
-Reads the same job store as `media-pipeline status`, in threads of its own (metrics.
+Reads the same job store as `media-pipeline status` (and media-rip's status file on the pool,
+media_pipeline/rips.py), in threads of its own (metrics.
 WSGIThreadServer), so it answers while encodes run. Routes:
 
   GET  /                     the page (refreshes itself every REFRESH_SECONDS)
@@ -31,7 +32,7 @@ import jinja2
 
 from . import __version__
 from .metrics import WSGIThreadServer
-from .rips import read_rips
+from .rips import read_status
 
 REFRESH_SECONDS = 5
 MAX_FORM_BYTES = 4096
@@ -121,7 +122,7 @@ class StatusApp:
             "filesystems": filesystems, "oldest_queued_age": snap.oldest_queued_age,
             "last_scan": snap.last_scan, "max_attempts": self.cfg.max_attempts,
             "gpu_proof": self.gpu_proof(), "gpu_proof_file": self.cfg.gpu_proof_file,
-            "rips": read_rips(self.cfg.rip_db), "rip_db": self.cfg.rip_db,
+            "rips": read_status(self.cfg.rip_status_file, now),
         }
 
     def gpu_proof(self) -> dict | None:

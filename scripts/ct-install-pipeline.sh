@@ -43,6 +43,9 @@ container. A second run with the same inputs changes nothing.
                         auth, any user name); never pass it as an argument
   --gpu-proof FILE      where verify-gpu.sh --save keeps the last GPU proof for the page
                         (default /var/lib/media-pipeline/gpu-proof.json)
+  --rip-status FILE     media-rip's status file on the pool, the same path in both roles: the
+                        ripper writes it, the transcoder's status page reads it (default
+                        STAGING/.media-rip/status.json: hidden, media-pipeline skips it)
   --root DIR            install under DIR instead of / (tests, image building); never starts
 ripper options:
   --device PATH         the optical drive (default /dev/sr0)
@@ -67,6 +70,7 @@ tarball="" user=media pool="" staging="" movies="" tv="" languages=eng encoder=l
 preset=slow crf=18 qsv_device="" keep_source=true metrics_port="" metrics_bind=127.0.0.1 root=""
 role=transcoder device=/dev/sr0 min_length=600 auto_rip=true eject=true drive_gid=""
 web_port=8480 web_bind=127.0.0.1 web_password_stdin=false gpu_proof=/var/lib/media-pipeline/gpu-proof.json
+rip_status=""
 PY_PACKAGES=(python3-jinja2 python3-prometheus-client)
 
 while [[ $# -gt 0 ]]; do
@@ -75,7 +79,8 @@ while [[ $# -gt 0 ]]; do
     --web-password-stdin) web_password_stdin=true; shift ;;
     --tarball | --user | --pool | --staging | --movies | --tv | --languages | --encoder | \
       --preset | --crf | --qsv-device | --keep-source | --metrics-port | --metrics-bind | --root | \
-      --role | --device | --min-length | --auto-rip | --eject | --drive-gid | --web-port | --web-bind | --gpu-proof)
+      --role | --device | --min-length | --auto-rip | --eject | --drive-gid | --web-port | --web-bind | --gpu-proof | \
+      --rip-status)
       [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)" 2
       case $1 in
         --tarball) tarball=$2 ;;
@@ -102,6 +107,7 @@ while [[ $# -gt 0 ]]; do
         --web-port) web_port=$2 ;;
         --web-bind) web_bind=$2 ;;
         --gpu-proof) gpu_proof=$2 ;;
+        --rip-status) rip_status=$2 ;;
       esac
       shift 2
       ;;
@@ -144,6 +150,9 @@ done
 [[ $web_port =~ ^[0-9]+$ && $web_port -le 65535 ]] || die "--web-port must be 0-65535 (got $web_port)" 2
 [[ $web_bind =~ ^[A-Za-z0-9.:-]+$ ]] || die "--web-bind must be an address such as 127.0.0.1 or 0.0.0.0 (got $web_bind)" 2
 [[ $gpu_proof == /* ]] || die "--gpu-proof must be an absolute path (got $gpu_proof)" 2
+rip_status=${rip_status:-${staging%/}/.media-rip/status.json}
+[[ $rip_status == /* ]] ||
+  die "--rip-status must be an absolute path such as /mnt/storage/staging/.media-rip/status.json (got $rip_status)" 2
 web_password=""
 if $web_password_stdin; then
   IFS= read -r web_password || true # the secret arrives on stdin, never in argv
@@ -283,7 +292,7 @@ config=$root/etc/$etc_dir/config.json
 if [[ $role == ripper ]]; then
   rendered=$(PYTHONPATH=$base/$release python3 -m media_pipeline.config render --rip --base "$config" \
     "staging=$staging" "device=$device" "min_length=$min_length" "auto_rip=$auto_rip" "eject=$eject" \
-    "metrics_port=$metrics_port" "metrics_bind=$metrics_bind") ||
+    "metrics_port=$metrics_port" "metrics_bind=$metrics_bind" "status_file=$rip_status") ||
     die "the settings above are not a valid media-rip config" 2
 else
   password_flag=()
@@ -292,7 +301,8 @@ else
     --base "$config" "${password_flag[@]}" \
     "staging=$staging" "movies=$movies" "tv=$tv" "languages=$languages" "encoder=$encoder" \
     "preset=$preset" "crf=$crf" "qsv_device=$qsv_device" "keep_source=$keep_source" "metrics_port=$metrics_port" \
-    "metrics_bind=$metrics_bind" "web_port=$web_port" "web_bind=$web_bind" "gpu_proof_file=$gpu_proof") ||
+    "metrics_bind=$metrics_bind" "web_port=$web_port" "web_bind=$web_bind" "gpu_proof_file=$gpu_proof" \
+    "rip_status_file=$rip_status") ||
     die "the settings above are not a valid config" 2
 fi
 # It may hold notification tokens: root writes it, the service user's group reads it.

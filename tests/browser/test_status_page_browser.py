@@ -2,6 +2,8 @@
 loads the page from a real `media-pipeline run` (Debian's python3 with python3-jinja2 and
 python3-prometheus-client, as in the container) over a real job store whose jobs are in every
 state: one done, one failed (a broken rip), one running (a long encode), one queued behind it.
+Rips come from the status file real `media-rip once` runs wrote into staging (a stand-in drive,
+tests/media/fake_makemkvcon.py), as media-rip in the ripper container writes it on the pool.
 It reads what a person sees, presses Retry and sees the job queued again. The screenshot is kept
 in bench-results/status-page.png (and tmp_path)."""
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.media.helpers import ENV, Pipeline, free_port, kill, make_rip, wait_for
+from tests.media.rip_helpers import Drive
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -57,7 +60,8 @@ def test_status_page_in_chromium(browser, tmp_path):
 
     port, metrics_port = free_port(), free_port()
     p = Pipeline(tmp_path, preset="slow", crf=30, web_port=port, metrics_port=metrics_port,
-                 gpu_proof_file=str(tmp_path / "gpu-proof.json"), rip_db=str(tmp_path / "rips.sqlite3"))
+                 gpu_proof_file=str(tmp_path / "gpu-proof.json"),
+                 rip_status_file=str(tmp_path / "staging" / ".media-rip" / "status.json"))
     # scanned in name order, so job 1 is done, 2 fails, 3 runs for a long while, 4 waits
     make_rip(p.staging / "1 Short Film (2001).mkv", duration=2)
     (p.staging / "2 Broken Disc (2002).mkv").write_bytes(os.urandom(64 * 1024))
@@ -75,6 +79,14 @@ def test_status_page_in_chromium(browser, tmp_path):
         jobs = states()
         assert [jobs[i]["state"] for i in (1, 2, 3, 4)] == ["done", "failed", "running", "queued"], jobs
 
+        # media-rip (its own staging here) writes its status file into the pipeline's staging, hidden
+        drive = Drive(tmp_path / "ripper", status_file=str(p.staging / ".media-rip" / "status.json"))
+        disc = make_rip(tmp_path / "disc" / "main.mkv", duration=2)
+        drive.insert("Blade Runner", [("1:57:00", disc)])
+        assert (run := drive.once()).returncode == 0, run.stderr
+        drive.insert("Ronin", [("2:01:00", disc, True)])
+        assert (run := drive.once()).returncode == 4, run.stderr
+
         browser.get(f"http://127.0.0.1:{port}/")
         body = browser.find_element(By.TAG_NAME, "body").text
         failed_row = browser.find_element(By.CSS_SELECTOR, "#failed tr[data-job='2']").text
@@ -89,6 +101,13 @@ def test_status_page_in_chromium(browser, tmp_path):
         assert "1 Short Film (2001).mkv" in browser.find_element(By.ID, "done").text
         assert "1 running" in body and "1 queued" in body and "1 done" in body and "1 failed" in body
         assert "% free" in browser.find_element(By.ID, "space").text
+        ripped = browser.find_element(By.CSS_SELECTOR, "#rips tr[data-rip='1']").text
+        assert "Blade Runner" in ripped and "done" in ripped and str(drive.staging / "Blade Runner") in ripped
+        failed_rip = browser.find_element(By.CSS_SELECTOR, "#rips tr[data-rip='2']").text
+        assert "Ronin" in failed_rip and "failed" in failed_rip and drive.status()[1]["reason"] in failed_rip
+        rip_status = browser.find_element(By.ID, "rips-status").text
+        assert "drive /dev/sr0" in rip_status and "stale" not in rip_status, rip_status
+        assert len(states()) == 4  # the hidden .media-rip folder is never taken for a rip
         shot = browser.get_screenshot_as_png()
         (tmp_path / "status-page.png").write_bytes(shot)
         artifacts = REPO / "bench-results"

@@ -89,5 +89,11 @@ class Drive:
         return json.loads(run.stdout)
 
     def published(self) -> dict[str, list[str]]:
-        """Visible folders in staging and their files; hidden working folders are listed as such."""
-        return {d.name: sorted(p.name for p in d.iterdir()) for d in sorted(self.staging.iterdir())}
+        """Folders in staging and their files; hidden working folders are listed as such (media-rip's
+        status folder, .media-rip/, is not: the status page's file, see status_file())."""
+        return {d.name: sorted(p.name for p in d.iterdir()) for d in sorted(self.staging.iterdir())
+                if d.name != ".media-rip"}
+
+    def status_file(self) -> dict:
+        """The status file media-rip keeps in staging for the status page (media_pipeline/rips.py)."""
+        return json.loads((self.staging / ".media-rip" / "status.json").read_text())

@@ -156,6 +156,11 @@ def test_the_service_rips_each_new_disc_once_and_ejects_it(titles, tmp_path):
         kill(svc, signal.SIGTERM)
     assert drive.mkv_calls() == 2
     assert [r["name"] for r in drive.status()] == ["Heat", "Ronin"]
+    # the status page's file: the same rips, newest first, and the drive as last polled
+    status = drive.status_file()
+    assert [(r["name"], r["state"]) for r in status["rips"]] == [("Ronin", "done"), ("Heat", "done")]
+    assert status["rips"] == sorted(drive.status(), key=lambda r: -r["id"])
+    assert status["drive"]["device"] == "/dev/sr0" and status["drive"]["state_name"] == "tray open"
 
 
 def test_once_refuses_while_the_service_watches_the_drive(titles, tmp_path):
@@ -192,6 +197,10 @@ def test_kill_9_mid_rip_leaves_no_partial_and_the_restart_rips_once(titles, tmp_
     try:
         work = wait_for(lambda: [p for p in drive.staging.glob(".rip-*/title_t00.mkv") if p.stat().st_size > 0],
                         timeout=60, what="a rip in progress")[0]
+        # the status page sees the rip's progress while makemkvcon runs (the heartbeat; the poll loop waits)
+        live = wait_for(lambda: (f := drive.status_file())["rips"] and 0 < f["rips"][0]["progress"] < 1 and f,
+                        timeout=30, what="live progress in the status file")
+        assert live["rips"][0]["state"] == "ripping" and live["drive"]["current"]["name"] == "Long Rip"
         kill(svc, signal.SIGKILL)
         # the stand-in makemkvcon died with media-rip (PR_SET_PDEATHSIG): nothing writes any more
         wait_for(lambda: not processes_with(str(work.parent)), timeout=10, what="makemkvcon to die")

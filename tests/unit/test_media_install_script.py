@@ -332,3 +332,31 @@ def test_status_page_settings_and_password_from_stdin(root, tmp_path):
 def test_bad_status_page_flags(root, tmp_path, args, message):
     run = install(root, make_tarball(tmp_path / "a.tar.gz"), *args, check=False)
     assert run.returncode == 2 and message in run.stderr
+
+
+def test_rip_status_file_is_the_same_path_for_writer_and_reader(root, tmp_path):
+    tarball = make_tarball(tmp_path / "a.tar.gz")
+    page_cfg, rip_cfg = root / "etc/media-pipeline/config.json", root / "etc/media-rip/config.json"
+    # an upgrade: the old config still names media-rip's SQLite store, which the page cannot reach
+    page_cfg.parent.mkdir(parents=True)
+    page_cfg.write_text(json.dumps({"rip_db": "/var/lib/media-rip/rips.sqlite3", "apprise_urls": ["tgram://t/c"]}))
+    install(root, tarball)
+    install_ripper(root, tarball)
+    page, ripper = json.loads(page_cfg.read_text()), json.loads(rip_cfg.read_text())
+    assert page["rip_status_file"] == ripper["status_file"] == "/mnt/storage/staging/.media-rip/status.json"
+    assert "rip_db" not in page and page["apprise_urls"] == ["tgram://t/c"]
+    env = {**os.environ, "PYTHONPATH": str(root / "opt/media-pipeline")}
+    for argv in (["media_pipeline.config", "check", str(page_cfg)],  # both load with the installed package
+                 ["media_pipeline.rip", "--config", str(rip_cfg), "status"]):
+        run = subprocess.run([sys.executable, "-m", *argv], env=env, capture_output=True, text=True, check=False)
+        assert run.returncode == 0, run.stderr
+    assert not (root / "mnt").exists()  # the installer creates nothing on the pool; media-rip writes its file
+
+    shared = "/srv/pool/staging/.media-rip/status.json"
+    install(root, tarball, "--rip-status", shared)
+    install_ripper(root, tarball, "--rip-status", shared)
+    assert json.loads(page_cfg.read_text())["rip_status_file"] == json.loads(rip_cfg.read_text())["status_file"] \
+        == shared
+    for run in (install(root, tarball, "--rip-status", "status.json", check=False),
+                install_ripper(root, tarball, "--rip-status", "rel/status.json", check=False)):
+        assert run.returncode == 2 and "--rip-status must be an absolute path" in run.stderr

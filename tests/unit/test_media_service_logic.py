@@ -314,3 +314,26 @@ def test_undecodable_names_are_skipped_not_fatal(tmp_path, caplog):
     svc.enqueue_ready()
     assert [j.source for j in svc.store.list_jobs()] == [str(good)]
     assert sum("not valid UTF-8" in r.message for r in caplog.records) == 1
+
+
+def test_publish_textfile_and_exposition_shared_by_both_services(tmp_path, caplog):
+    import logging
+
+    from media_pipeline import rip
+    from media_pipeline.metrics import exposition, publish_textfile
+
+    registry = new_registry(PipelineCollector(lambda: Snapshot({"failed": 2})))
+    assert 'media_pipeline_jobs{state="failed"} 2.0' in exposition(registry)
+    publish_textfile("", registry, logging.getLogger("t"))  # off: nothing written, nothing raised
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    publish_textfile(str(blocker / "m.prom"), registry, logging.getLogger("t"))  # cannot write: logged
+    assert "cannot write" in caplog.text and blocker.read_text() == "x"
+    # media-rip goes through the same two helpers
+    cfg = cfgmod.rip_from_dict({"staging": str(tmp_path), "db": str(tmp_path / "r.sqlite3"),
+                                "metrics_textfile": str(tmp_path / "rip.prom"), "status_file": ""})
+    svc = rip.Service(cfg)
+    svc.store = rip.RipStore(cfg.db)
+    svc.publish_metrics()
+    assert "media_rip_rips{state=\"done\"} 0.0" in (tmp_path / "rip.prom").read_text()
+    assert "media_rip_info" in svc.metrics_text()

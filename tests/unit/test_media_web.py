@@ -3,7 +3,8 @@
 import base64
 import json
 import re
-import sqlite3
+import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,7 +25,7 @@ def page(tmp_path):
         cfg = cfgmod.from_dict({"staging": str(tmp_path / "staging"), "movies": str(tmp_path / "movies"),
                                 "tv": str(tmp_path / "tv"), "db": str(tmp_path / "state" / "jobs.sqlite3"),
                                 "metrics_textfile": "", "gpu_proof_file": str(tmp_path / "gpu.json"),
-                                "rip_db": str(tmp_path / "rips.sqlite3"), **kw})
+                                "rip_status_file": str(tmp_path / "pool" / ".media-rip" / "status.json"), **kw})
         svc = service.Service(cfg)
         svc.store = JobStore(cfg.db)
         s = svc.store
@@ -95,7 +96,7 @@ def test_page_shows_every_state_space_and_absent_extras(page):
     assert "1 running" in html and "1 queued" in html and "1 done" in html and "1 failed" in html
     assert f'action="/jobs/{ids["failed"]}/retry"' in html
     assert "% free" in html and "staging" in html
-    assert "no media-rip store at" in html and "no GPU proof at" in html
+    assert "no status file at" in html and "no GPU proof at" in html
     assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
     data = json.loads(get(base + "/api/status")[1])
     assert [j["id"] for j in data["jobs"]["failed"]] == [ids["failed"]]
@@ -106,16 +107,47 @@ def test_page_shows_every_state_space_and_absent_extras(page):
 def test_gpu_proof_and_rips_when_present(page, tmp_path):
     (tmp_path / "gpu.json").write_text(json.dumps({"ok": True, "render_node": "/dev/dri/renderD129",
                                                    "driver": "iHD", "encode": "ok"}))
-    db = sqlite3.connect(tmp_path / "rips.sqlite3")
-    db.execute("CREATE TABLE rips (id INTEGER PRIMARY KEY, disc_name TEXT, state TEXT, titles INTEGER,"
-               " bytes INTEGER, reason TEXT, started REAL)")
-    db.execute("INSERT INTO rips VALUES (1, 'BLADE_RUNNER', 'failed', 2, 1000, 'Failed to save title 1', 1.7e9)")
-    db.commit()
-    db.close()
+    status_file = _media_rip_writes(tmp_path)
     _svc, base, _ = page()
     html = get(base + "/")[1]
     assert "proven" in html and "/dev/dri/renderD129" in html and "iHD" in html
-    assert "BLADE_RUNNER" in html and "Failed to save title 1" in html
+    rows = dict(re.findall(r'<tr data-rip="(\d+)">(.*?)</tr>', html, re.S))
+    assert "Blade Runner" in rows["1"] and "failed" in rows["1"] and "Failed to save title 1" in rows["1"]
+    assert "Heat" in rows["2"] and "/pool/staging/Heat" in rows["2"] and "9.3 GiB" in rows["2"]
+    assert "drive /dev/sr0: disc inserted" in html and "stale" not in html
+    data = json.loads(get(base + "/api/status")[1])["rips"]
+    assert data["state"] == "ok" and [r["name"] for r in data["rips"]] == ["Heat", "Blade Runner"]
+
+    old = time.time() - 600  # media-rip stopped writing ten minutes ago
+    os.utime(status_file, (old, old))
+    raw = json.loads(open(status_file).read())
+    raw["written"] = old
+    open(status_file, "w").write(json.dumps(raw))
+    html = get(base + "/")[1]
+    assert "stale" in html and "is media-rip running" in html and "Blade Runner" in html
+
+    open(status_file, "w").write('{"schema": 1, "written"')  # cut short
+    html = get(base + "/")[1]
+    assert "is not a media-rip status file" in html and 'data-rip="1"' not in html
+
+
+def _media_rip_writes(tmp_path) -> str:
+    """media-rip's own code writes the status file (its store, its Service.publish_status)."""
+    from media_pipeline import rip
+
+    cfg = cfgmod.rip_from_dict({"staging": str(tmp_path / "pool"), "db": str(tmp_path / "rip-state" / "r.sqlite3"),
+                                "metrics_textfile": ""})
+    (tmp_path / "rip-state").mkdir()
+    svc = rip.Service(cfg)
+    svc.store = rip.RipStore(cfg.db)
+    r1 = svc.store.start("fp1", "BLADE_RUNNER", "Blade Runner", [rip.Title(0, 7000, 1000, "t0.mkv")] * 2)
+    svc.store.update(r1, state="failed", reason="Failed to save title 1", finished=time.time(), exit_code=4)
+    r2 = svc.store.start("fp2", "HEAT", "Heat", [rip.Title(0, 9000, 10_000_000_000, "t0.mkv")])
+    svc.store.update(r2, state="done", folder="/pool/staging/Heat", bytes=10_000_000_000, finished=time.time())
+    svc.drive_state_now = rip.DRIVE_INSERTED
+    svc.publish_status()
+    svc.store.close()
+    return cfg.status_file
 
 
 def test_retry_requeues_a_failed_job(page):

@@ -472,6 +472,22 @@ def test_ripper_settings_reach_media_rip(program):
     return done(g).apply(check)
 
 
+@pulumi.runtime.test
+def test_rip_status_file_is_one_path_on_the_pool_for_both_containers(program):
+    storage = yaml.safe_load((ROOT / "Pulumi.homelab.yaml").read_text())["config"][f"{NS}:storage"]
+    storage.update(staging="media/incoming")
+    mocks, g = program(homelab_config(**{f"{NS}:storage": json.dumps(storage)}))
+
+    def check(_):
+        r = mocks.resources
+        wanted = "--rip-status /mnt/storage/media/incoming/.media-rip/status.json"
+        ripper, page = r["ripper-media-rip"].inputs["stdin"], r["transcoder-pipeline"].inputs["stdin"]
+        assert wanted in ripper and "--staging /mnt/storage/media/incoming" in ripper  # media-rip writes it
+        assert wanted in page and "--staging /mnt/storage/media/incoming" in page  # the status page reads it
+
+    return done(g).apply(check)
+
+
 def test_a_token_in_the_environment_is_refused(monkeypatch):
     pulumi.runtime.set_mocks(Mocks(), project="homelab-media", stack="homelab", preview=False)
     cfg = homelab_config()
