@@ -4,6 +4,7 @@
 # the next `up` would change, and stop if it would replace (recreate) one.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/stack-cli.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib-exec.sh"
 
 usage() {
@@ -42,15 +43,7 @@ while [[ $# -gt 0 ]]; do
     *) die "unknown argument: $1 (see --help)" 2 ;;
   esac
 done
-command -v pulumi >/dev/null || die "no pulumi on PATH: source tools/pulumi-env.sh (or make toolchain)"
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-py=$root/.venv/bin/python
-[[ -x $py ]] || die "no .venv: run make setup"
-sargs=(--non-interactive)
-[[ -z $stack ]] || sargs+=(--stack "$stack")
-stack=${stack:-$(pulumi stack --show-name --non-interactive)}
-project=$(sed -n 's/^name: *//p' Pulumi.yaml)
+stack_cli_init
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

@@ -3,6 +3,7 @@
 # settle its pending creates, so the next `pulumi up` converges.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/stack-cli.sh"
 
 usage() {
   cat <<EOF
@@ -11,12 +12,11 @@ Usage: tools/recover.sh [--stack NAME] [--dry-run] [--help]
 What an \`up\` that did not finish leaves, and what this does about it:
   1. the stack lock ("the stack is currently locked"): removed with \`pulumi cancel\`, but only
      when no update is running (with a file backend, the lock's pid on this host is checked);
-  2. pending creates (the engine asked a provider to create something and never heard back):
-     - a container (ContainerLegacy) may exist on the node: it is imported by its vm id
-       (\`pulumi refresh --import-pending-creates URN ID\`); if PVE has no such container the
-       refresh drops it;
-     - a remote Command is cleared (\`--clear-pending-creates\`): every step is idempotent, so
-       the next up simply runs it again.
+  2. pending creates (the engine asked a provider to create something and never heard back)
+     are cleared (\`pulumi refresh --clear-pending-creates\`): every remote step is idempotent
+     and runs again; a container the interrupted up did create carries the program's
+     description, so the next up's vm id guard lets it through and the up takes it back
+     (should the provider refuse with "already exists", \`make adopt\` imports it).
 Then run \`pulumi up\`. Nothing on the node is changed by this script: it edits the stack's
 state only (refresh reads the containers through the API).
 
@@ -38,20 +38,12 @@ while [[ $# -gt 0 ]]; do
     *) die "unknown argument: $1 (see --help)" 2 ;;
   esac
 done
-command -v pulumi >/dev/null || die "no pulumi on PATH: source tools/pulumi-env.sh (or make toolchain)"
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-py=$root/.venv/bin/python
-[[ -x $py ]] || py=python3
-sargs=(--non-interactive)
-[[ -z $stack ]] || sargs+=(--stack "$stack")
-stack=${stack:-$(pulumi stack --show-name --non-interactive)}
+stack_cli_init
 run() { if [[ $dry -eq 1 ]]; then echo "would run: $*"; else "$@"; fi; }
 
 step "Stack lock ($stack)"
 backend=$(pulumi whoami --verbose --non-interactive 2>/dev/null | sed -n 's/^Backend URL: *//p')
 if [[ $backend == file://* ]]; then
-  project=$(sed -n 's/^name: *//p' Pulumi.yaml)
   dir=${backend#file://}
   dir=${dir%%\?*}
   locks=()
@@ -76,35 +68,21 @@ else
 fi
 
 step "Pending creates"
-plan=$(pulumi stack export "${sargs[@]}" | "$py" -c '
+pending=$(pulumi stack export "${sargs[@]}" | "$py" -c '
 import json, sys
 d = json.load(sys.stdin).get("deployment") or {}
 for op in d.get("pending_operations") or []:
-    r = op.get("resource") or {}
-    if op.get("type") != "creating":
-        continue
-    vmid = (r.get("inputs") or {}).get("vmId")
-    node = (r.get("inputs") or {}).get("nodeName")
-    if r.get("type") == "proxmoxve:index/containerLegacy:ContainerLegacy" and vmid is not None:
-        print("import", r["urn"], "%s/%s" % (node, int(vmid)) if node else str(int(vmid)))
-    else:
-        print("clear", r["urn"], "-")
+    if op.get("type") == "creating":
+        print((op.get("resource") or {}).get("urn", "?").rsplit("::", 1)[-1])
 ')
-if [[ -z $plan ]]; then
+if [[ -z $pending ]]; then
   ok "None"
 else
-  imports=() n_clear=0
-  while read -r what urn id; do
-    if [[ $what == import ]]; then
-      imports+=(--import-pending-creates "$urn" --import-pending-creates "$id")
-      ok "Container $id: import if it exists (${urn##*::})"
-    else
-      n_clear=$((n_clear + 1))
-      ok "Clear ${urn##*::} (runs again at the next up)"
-    fi
-  done <<<"$plan"
-  step "pulumi refresh: importing $((${#imports[@]} / 4)) container(s), clearing $n_clear step(s)"
-  run pulumi refresh --yes --skip-preview "${sargs[@]}" "${imports[@]}" --clear-pending-creates >/dev/null
-  ok "Pending creates settled"
+  while read -r name; do ok "Clear $name (the next up creates or runs it again)"; done <<<"$pending"
+  # A container the interrupted up did create carries the program's description: the next up's
+  # vm id guard lets it through and takes it back (or, should the provider refuse, make adopt).
+  # Every remote step is idempotent and simply runs again.
+  run pulumi refresh --yes --skip-preview "${sargs[@]}" --clear-pending-creates >/dev/null
+  ok "Pending creates cleared"
 fi
 ok "Recovered: run \`pulumi up${stack:+ --stack $stack}\` to converge"

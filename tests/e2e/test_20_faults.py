@@ -122,3 +122,37 @@ def test_unmounted_pool_stops_before_any_container(lab, empty_stack):
     assert result.returncode != 0
     assert "/mnt/storage" in result.text and "mount" in result.text.lower(), result.text[-3000:]
     assert lab.containers() == {}
+
+
+def test_recover_after_a_container_create_the_engine_never_recorded(lab, empty_stack, needs_engine):
+    """An up killed after PVE created CT 202 but before the engine wrote it down leaves a pending
+    create (made here deterministically in the file backend's checkpoint, as a killed CLI leaves
+    it). `make recover` clears it; the next up takes the container back (the vm id guard knows
+    the program's description) instead of failing or recreating it, and converges."""
+    import json
+
+    deployer = empty_stack
+    deployer.up()
+    events = len(lab.events())
+    checkpoint = deployer.root / ".pulumi-state/.pulumi/stacks/homelab-media/lab.json"
+    doc = json.loads(checkpoint.read_text())
+    dep = doc["checkpoint"]["latest"]
+    ripper = next(r for r in dep["resources"] if r["urn"].endswith("ContainerLegacy::ripper"))
+    gone = {ripper["urn"]}
+    while True:  # and whatever was recorded after it (its steps)
+        more = {r["urn"] for r in dep["resources"] if r["urn"] not in gone and
+                ({r.get("parent")} | set(r.get("dependencies") or [])) & gone}
+        if not more:
+            break
+        gone |= more
+    dep["resources"] = [r for r in dep["resources"] if r["urn"] not in gone]
+    keep = ("urn", "custom", "type", "inputs", "parent", "provider", "dependencies", "propertyDependencies")
+    dep["pending_operations"] = [{"resource": {k: v for k, v in ripper.items() if k in keep}, "type": "creating"}]
+    checkpoint.write_text(json.dumps(doc))
+
+    recovered = deployer.recover()
+    assert "Clear ripper" in recovered.text, recovered.text[-3000:]
+    deployer.up()
+    assert not [e for e in lab.events()[events:] if e[1] in ("create", "destroy")], "CT 202 was recreated"
+    assert 202 in lab.containers()
+    deployer.check_no_changes()
