@@ -1,4 +1,5 @@
-"""Wiring helper shared by TranscoderCT and RipperCT: one privileged LXC plus its raw lines.
+"""Wiring helper shared by TranscoderCT and RipperCT: one privileged LXC (after its vm id guard)
+plus its raw lines.
 
 Privileged (the plan's choice: device nodes and the pool keep host UIDs/GIDs), the pool
 bind-mounted at the same path, nesting on, firewall off on the interface (not the plan's
@@ -24,39 +25,6 @@ from .remote import Node, run_script
 MANAGED_MARKER = "managed by the homelab-media Pulumi program"
 # vm ids (comma-separated) tools/adopt-containers.sh is importing: their guard accepts them
 ADOPT_ENV = "HOMELAB_MEDIA_ADOPT"
-
-
-HOOK_SNIPPET = "homelab-media-hook.sh"
-
-
-def hookscript_volume(cfg: StackConfig) -> str:
-    """The containers' `hookscript:` volume: a snippet on node.snippetsStorage."""
-    return f"{cfg.node.snippets_storage}:snippets/{HOOK_SNIPPET}"
-
-
-def hookscript_step(name: str, cfg: StackConfig, node: Node, parent: pulumi.Resource, depends_on: Sequence[pulumi.Resource]):
-    """Put scripts/pve-hookscript.sh on the node (a snippet, plus each container's settings) so every
-    start checks the pool and resolves the devices anew (docs/adr/0009)."""
-    args = [
-        "--storage", cfg.node.snippets_storage,
-        "--ct", f"{cfg.transcoder.vm_id}:gpu",
-        "--ct", f"{cfg.ripper.vm_id}:drive",
-        "--pool", cfg.storage.pool,
-        "--optical-drive", cfg.devices.optical_drive,
-    ] + ([] if cfg.storage.require_mount else ["--no-require-mount"])
-    extra = "".join(
-        f"{ct.vm_id} {line}\n" for ct in (cfg.transcoder, cfg.ripper) for line in ct.extra_raw_lines
-    )
-    return run_script(
-        f"{name}-hookscript",
-        node,
-        "host-hookscript.sh",
-        args,
-        stdin=extra,
-        extra_scripts=["pve-hookscript.sh", "pve-lxc-raw.sh"],
-        parent=parent,
-        depends_on=list(depends_on),
-    )
 
 
 def privileged_container(
@@ -105,7 +73,7 @@ def privileged_container(
         initialization=init,
         operating_system={"template_file_id": template_file_id, "type": "debian"},
         # pre-start checks the pool and resolves the devices at every start (scripts/pve-hookscript.sh)
-        hook_script_file_id=hookscript_volume(cfg),
+        hook_script_file_id=render.hookscript_volume(cfg.node.snippets_storage),
         opts=pulumi.ResourceOptions(
             parent=parent,
             provider=node.provider,

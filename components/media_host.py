@@ -2,7 +2,8 @@
 
 Pool check (stops the deployment before any container binds an unmounted pool), the
 media user and the pipeline's directories (never the whole pool), discovery of the
-GPU and optical drive nodes, and the container template.
+GPU and optical drive nodes, the containers' hookscript (the same checks at every start),
+and the container template.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import pulumi_proxmoxve as proxmoxve
 
 from . import render
 from .config import StackConfig
-from .container import hookscript_step
 from .remote import Node, run_script
 
 
@@ -60,7 +60,24 @@ class MediaHost(pulumi.ComponentResource):
             triggers=[str(cfg.devices.rediscover)],
         )
 
-        self.hookscript = hookscript_step(name, cfg, node, self, depends_on=[self.pool_check])
+        # every container start checks the pool and resolves the devices anew (docs/adr/0009)
+        hook_args = [
+            "--storage", cfg.node.snippets_storage,
+            "--ct", f"{cfg.transcoder.vm_id}:gpu",
+            "--ct", f"{cfg.ripper.vm_id}:drive",
+            "--pool", st.pool,
+            "--optical-drive", cfg.devices.optical_drive,
+        ] + ([] if st.require_mount else ["--no-require-mount"])
+        self.hookscript = run_script(
+            f"{name}-hookscript",
+            node,
+            "host-hookscript.sh",
+            hook_args,
+            stdin="".join(f"{ct.vm_id} {line}\n" for ct in (cfg.transcoder, cfg.ripper) for line in ct.extra_raw_lines),
+            extra_scripts=["pve-hookscript.sh", "pve-lxc-raw.sh"],
+            parent=self,
+            depends_on=[self.pool_check],
+        )
 
         tpl = cfg.template
         self.template = proxmoxve.download.File(

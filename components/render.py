@@ -108,6 +108,15 @@ def normalize_raw_line(line: str) -> str:
     return f"{key}: {value}"
 
 
+# scripts/host-hookscript.sh installs the hook under this name on the snippets storage
+HOOK_SNIPPET = "homelab-media-hook.sh"
+
+
+def hookscript_volume(storage: str) -> str:
+    """The containers' `hookscript:` volume: the snippet on node.snippetsStorage."""
+    return f"{storage}:snippets/{HOOK_SNIPPET}"
+
+
 def _dev_entry(path: str) -> str:
     if not path.startswith("/dev/") or " " in path:
         raise ValueError(f"{path!r} is not a /dev node path")
