@@ -244,10 +244,7 @@ class Performer:
             self.skipped.append(name)
             return [f"{name}-id", {**inputs, "stdout": prev["stdout"], "stderr": ""}]
         log(f"{name}: {inputs['create']}")
-        keyfile = LAB / "run" / "program-ssh-key"
-        keyfile.parent.mkdir(parents=True, exist_ok=True)
-        keyfile.write_text(conn["privateKey"] if conn["privateKey"].endswith("\n") else conn["privateKey"] + "\n")
-        keyfile.chmod(0o600)
+        keyfile = private_key_file(conn["privateKey"])
         ssh = [
             "ssh", "-i", str(keyfile), "-p", str(int(conn.get("port", 22))),
             "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -272,6 +269,25 @@ class Performer:
             self.state["commands"][name] = {"key": key, "stdout": proc.stdout}
         save_state(self.state)
         return [f"{name}-id", {**inputs, "stdout": proc.stdout, "stderr": proc.stderr}]
+
+
+def private_key_file(private_key: str) -> Path:
+    """The connection's key as a file for ssh -i, written once and atomically.
+
+    Steps run concurrently; rewriting one shared file in place let an ssh read a
+    half-written key ("Load key ...: error in libcrypto"). The file is named by
+    the key's hash, so every step reads a complete file and a new key gets its own.
+    """
+    text = private_key if private_key.endswith("\n") else private_key + "\n"
+    keyfile = LAB / "run" / f"program-ssh-key-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    if not keyfile.exists():
+        keyfile.parent.mkdir(parents=True, exist_ok=True)
+        tmp = keyfile.with_name(f"{keyfile.name}.tmp{threading.get_ident()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, keyfile)
+    return keyfile
 
 
 def load_state() -> dict:
