@@ -182,6 +182,10 @@ open(path, "w").write(text)
 PY
   ok "Pulumi.lab.yaml without secrets"
 fi
+if git -C "$project" ls-files -v Pulumi.lab.yaml 2>/dev/null | grep -q '^S '; then
+  git -C "$project" update-index --no-skip-worktree Pulumi.lab.yaml
+  ok "Pulumi.lab.yaml tracked by git again (lab-up.sh had set skip-worktree)"
+fi
 
 step "Removing $lab"
 rm -rf --one-file-system "$lab"

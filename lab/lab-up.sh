@@ -286,6 +286,13 @@ if ((secrets)); then
     }
     set_secret proxmoxPassword "$lab/pve/password"
     set_secret sshPrivateKey "$lab/id_ed25519"
+    # The engine reads its secrets from the stack file, so the lab's (throwaway, loopback-only)
+    # secrets are now in Pulumi.lab.yaml. Keep them out of commits: git ignores the file's
+    # changes until lab-down.sh takes the secrets out and clears the flag.
+    if git -C "$project" ls-files --error-unmatch Pulumi.lab.yaml >/dev/null 2>&1; then
+      git -C "$project" update-index --skip-worktree Pulumi.lab.yaml
+      ok "Pulumi.lab.yaml marked skip-worktree while the lab is up (git add/commit leave the lab's secrets out)"
+    fi
   fi
 fi
 ok "lab up: API https://$host:$pve_port/ (node $node_name), ssh root@$host -p $ssh_port -i $lab/id_ed25519"
