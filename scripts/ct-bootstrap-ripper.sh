@@ -143,8 +143,8 @@ else
     [[ -z $have ]] || warn "makemkvcon $have is installed; building $version"
     [[ $base == /* ]] || command -v curl >/dev/null || {
       step "Installing curl"
-      retry 3 10 quiet apt-get update
-      retry 2 10 quiet apt-get install -y --no-install-recommends curl ca-certificates
+      retry 3 10 apt_quiet update
+      retry 2 10 apt_quiet install -y --no-install-recommends curl ca-certificates
     }
     work=$(mktemp -d /var/tmp/makemkv-build.XXXXXX)
     trap 'rm -rf "$work"' EXIT
@@ -164,8 +164,8 @@ else
       [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true) == "ii "* ]] || missing+=("$p")
     done
     if [[ ${#missing[@]} -gt 0 ]]; then
-      retry 3 10 quiet apt-get update || die "apt-get update failed"
-      retry 2 10 quiet apt-get install -y --no-install-recommends "${missing[@]}" ||
+      retry 3 10 apt_quiet update || die "apt-get update failed"
+      retry 2 10 apt_quiet install -y --no-install-recommends "${missing[@]}" ||
         die "apt-get install failed for: ${missing[*]}"
       ok "installed ${missing[*]}"
     fi
@@ -191,8 +191,8 @@ step "python3 for media-rip"
 if [[ $(dpkg-query -W -f='${db:Status-Abbrev}' python3 2>/dev/null || true) == "ii "* ]]; then
   ok "python3 present"
 else
-  retry 3 10 quiet apt-get update || die "apt-get update failed (network, or a broken apt source?)"
-  retry 2 10 quiet apt-get install -y --no-install-recommends python3 || die "apt-get install failed for: python3"
+  retry 3 10 apt_quiet update || die "apt-get update failed (network, or a broken apt source?)"
+  retry 2 10 apt_quiet install -y --no-install-recommends python3 || die "apt-get install failed for: python3"
   changed "installed python3"
 fi
 

@@ -270,12 +270,12 @@ done
 installed=()
 if [[ ${#missing[@]} -gt 0 || ${#SOURCES_CHANGED[@]} -gt 0 ]]; then
   step "apt-get update"
-  retry 3 10 quiet apt-get update || die "apt-get update failed (network, or a broken apt source?)"
+  retry 3 10 apt_quiet update || die "apt-get update failed (network, or a broken apt source?)"
 fi
 if [[ ${#missing[@]} -gt 0 ]]; then
   step "Installing ${missing[*]} (a few minutes)"
   export DEBIAN_FRONTEND=noninteractive
-  retry 2 10 quiet apt-get install -y --no-install-recommends \
+  retry 2 10 apt_quiet install -y --no-install-recommends \
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}" ||
     die "apt-get install failed for: ${missing[*]}"
   installed=("${missing[@]}")

@@ -18,11 +18,43 @@ quiet() {
   local log rc=0
   log=$(mktemp)
   "$@" >"$log" 2>&1 || rc=$?
-  if [[ $rc -ne 0 && -z ${VERBOSE:-} ]]; then
-    tail -n 30 "$log" >&2
+  _show_log "$log" "$rc"
+  rm -f "$log"
+  return "$rc"
+}
+
+# _show_log LOG RC: quiet's output rule (the tail on failure, all of it with VERBOSE).
+_show_log() {
+  if [[ $2 -ne 0 && -z ${VERBOSE:-} ]]; then
+    tail -n 30 "$1" >&2
   elif [[ -n ${VERBOSE:-} ]]; then
-    cat "$log" >&2
+    cat "$1" >&2
   fi
+}
+
+# apt_quiet args...: `quiet apt-get args...` that waits for another apt or dpkg run to let go
+# of its lock instead of failing at once. A new container's apt-daily.service starts soon after
+# its first boot (its timer is Persistent), just when the bootstrap runs apt. Waits up to
+# APT_LOCK_WAIT seconds (default 600) and says once who holds the lock. apt's own
+# DPkg::Lock::Timeout covers dpkg's locks; apt 2.6 (bookworm) does not wait for the lists lock
+# of `apt-get update` ("Could not get lock /var/lib/apt/lists/lock"), so that is retried here.
+apt_quiet() {
+  local wait=${APT_LOCK_WAIT:-600} start=$SECONDS log rc holder said=0
+  log=$(mktemp)
+  while :; do
+    rc=0
+    apt-get -o DPkg::Lock::Timeout="$wait" "$@" >"$log" 2>&1 || rc=$?
+    if ((rc == 0)) || ! grep -q 'Could not get lock' "$log" || ((SECONDS - start >= wait)); then
+      break
+    fi
+    if ((!said)); then
+      holder=$(sed -n 's/.*held by process \([0-9][0-9]*\).*/\1/p' "$log" | head -n 1)
+      warn "apt is busy${holder:+ (process $holder $(cat "/proc/$holder/comm" 2>/dev/null || true))}: waiting up to ${wait}s for its lock"
+      said=1
+    fi
+    sleep "${APT_LOCK_POLL:-5}"
+  done
+  _show_log "$log" "$rc"
   rm -f "$log"
   return "$rc"
 }
