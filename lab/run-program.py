@@ -250,6 +250,11 @@ class Performer:
             "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "LogLevel=ERROR", "-o", f"ConnectTimeout={int(conn.get('perDialTimeout', 10))}",
             "-o", f"ConnectionAttempts={int(conn.get('dialErrorLimit', 5))}",
+            # a node that goes silent mid-step: pulumi-command's ssh.Dial gets Go's default TCP
+            # keepalive (net.Dialer: 15 s idle, 15 s interval, 9 probes), so the engine fails the
+            # step after ~150 s (measured: 148 s, "remote command exited without exit status or
+            # exit signal"); OpenSSH's own keepalive gives the same bound here instead of a hang
+            "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=9",
             f"{conn.get('user', 'root')}@{conn['host']}", inputs["create"],
         ]
         started = time.monotonic()
@@ -258,7 +263,8 @@ class Performer:
             print(f"    {line}", file=sys.stderr)
         if proc.returncode != 0:
             tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-            if proc.returncode == 255 and ("closed by remote host" in proc.stderr or "==>" in proc.stderr):
+            # connected (the step printed something, or ssh says the link dropped) vs never reached
+            if proc.returncode == 255 and (proc.stdout.strip() or any(m in proc.stderr for m in ("closed by remote host", "==>"))):
                 raise RuntimeError(f"lost the SSH connection to {conn['host']}:{int(conn.get('port', 22))} during the step: {tail}")
             if proc.returncode == 255:
                 raise RuntimeError(f"cannot reach {conn['host']}:{int(conn.get('port', 22))} over SSH: {tail}")
