@@ -14,6 +14,8 @@ import stat
 import threading
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -80,24 +82,16 @@ def runner_step(tmp_path, monkeypatch, ssh_script: str):
 
 def test_a_node_never_reached_is_named_unreachable(tmp_path, monkeypatch):
     step = runner_step(tmp_path, monkeypatch, 'echo "ssh: connect to host 192.0.2.7 port 22: Connection refused" >&2; exit 255\n')
-    try:
+    with pytest.raises(RuntimeError, match=r"cannot reach 192\.0\.2\.7:22 over SSH"):
         step()
-    except RuntimeError as exc:
-        assert "cannot reach 192.0.2.7:22 over SSH" in str(exc)
-    else:
-        raise AssertionError("no error")
 
 
 def test_a_node_lost_mid_step_is_named_lost(tmp_path, monkeypatch):
     # ServerAliveCountMax reached: ssh exits 255 after the step had printed (LogLevel=ERROR hides
     # ssh's own "not responding" line)
     step = runner_step(tmp_path, monkeypatch, 'echo started; exit 255\n')
-    try:
+    with pytest.raises(RuntimeError, match=r"lost the SSH connection to 192\.0\.2\.7:22 during the step"):
         step()
-    except RuntimeError as exc:
-        assert "lost the SSH connection to 192.0.2.7:22 during the step" in str(exc)
-    else:
-        raise AssertionError("no error")
 
 
 def test_the_runner_asks_ssh_for_keepalives(tmp_path, monkeypatch):
