@@ -47,12 +47,11 @@ SECTIONS = (
 SECRETS = ("proxmoxPassword", "proxmoxApiToken", "sshPrivateKey", "makemkvKey", "statusPassword")
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_HOSTNAME = re.compile(r"^(?!-)[a-zA-Z0-9-]{1,63}(?<!-)$")
+_HOSTNAME = re.compile(r"^(?!-)[a-zA-Z0-9-]{1,63}(?<!-)$")  # also one label of a DNS name
 _LANG = re.compile(r"^[a-z]{2,3}$")
 _DIR = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._ -]+)*$")
 # PVE's storage identifier (pve-storage-id): what `pvesm status` lists.
 _STORAGE_ID = re.compile(r"^[a-z][a-z0-9_.-]*[a-z0-9]$")
-_FQDN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _HEX_LEN = {"md5": 32, "sha1": 40, "sha224": 56, "sha256": 64, "sha384": 96, "sha512": 128}
 
 
@@ -73,7 +72,7 @@ def _host(v: str) -> str:
     except ValueError:
         pass
     labels = v.rstrip(".").split(".")
-    if len(v) > 253 or not all(_FQDN_LABEL.match(x) for x in labels) or labels[-1].isdigit():
+    if len(v) > 253 or not all(_HOSTNAME.match(x) for x in labels) or labels[-1].isdigit():
         raise ValueError("must be a host name (e.g. pve.lan) or an IP address (e.g. 192.168.1.10)")
     return v
 

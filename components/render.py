@@ -7,6 +7,7 @@ value out, so it is tested without an engine.
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import io
@@ -201,6 +202,15 @@ def deterministic_tarball(src: Path, arcname: str, exclude: Iterable[str] = ("__
                 else:
                     tar.addfile(info)
     return buf.getvalue()
+
+
+PIPELINE_TARBALL = "media-pipeline.tar.gz"  # what both containers unpack (ct-install-pipeline.sh --tarball)
+
+
+@functools.cache
+def pipeline_tarball() -> bytes:
+    """media_pipeline/ as shipped to the transcoder and the ripper (built once per run)."""
+    return deterministic_tarball(ROOT / "media_pipeline", "media_pipeline")
 
 
 def _heredoc(path_expr: str, text: str) -> str:

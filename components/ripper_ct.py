@@ -11,7 +11,6 @@ from .config import StackConfig
 from .container import privileged_container, raw_lines_step, verify_step
 from .media_host import MediaHost
 from .remote import Node, run_script
-from .transcoder_ct import PIPELINE_TARBALL, pipeline_tarball
 
 
 class RipperCT(pulumi.ComponentResource):
@@ -80,7 +79,7 @@ class RipperCT(pulumi.ComponentResource):
             "ct-install-pipeline.sh",
             [
                 "--role", "ripper",
-                "--tarball", PIPELINE_TARBALL,
+                "--tarball", render.PIPELINE_TARBALL,
                 "--user", m.user,
                 "--staging", cfg.storage.staging_path,
                 "--device", device,
@@ -92,7 +91,7 @@ class RipperCT(pulumi.ComponentResource):
                 "--metrics-bind", cfg.pipeline.metrics_bind,
                 "--rip-status", cfg.storage.rip_status_path,  # the transcoder's status page reads it
             ],
-            files={PIPELINE_TARBALL: pipeline_tarball()},
+            files={render.PIPELINE_TARBALL: render.pipeline_tarball()},
             vmid=ct.vm_id,
             parent=self,
             depends_on=[self.bootstrap],

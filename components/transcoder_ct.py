@@ -12,12 +12,7 @@ from .container import privileged_container, raw_lines_step, verify_step
 from .media_host import MediaHost
 from .remote import Node, run_script
 
-PIPELINE_TARBALL = "media-pipeline.tar.gz"
 GPU_PROOF = "/var/lib/media-pipeline/gpu-proof.json"  # verify-gpu.sh --save; the status page shows it
-
-
-def pipeline_tarball() -> bytes:
-    return render.deterministic_tarball(render.ROOT / "media_pipeline", "media_pipeline")
 
 
 class TranscoderCT(pulumi.ComponentResource):
@@ -67,7 +62,7 @@ class TranscoderCT(pulumi.ComponentResource):
             node,
             "ct-install-pipeline.sh",
             [
-                "--tarball", PIPELINE_TARBALL,
+                "--tarball", render.PIPELINE_TARBALL,
                 "--user", m.user,
                 "--staging", st.staging_path,
                 "--movies", st.movies_path,
@@ -89,7 +84,7 @@ class TranscoderCT(pulumi.ComponentResource):
             ],
             stdin=status_password,
             secret_stdin=status_password is not None,
-            files={PIPELINE_TARBALL: pipeline_tarball()},
+            files={render.PIPELINE_TARBALL: render.pipeline_tarball()},
             vmid=ct.vm_id,
             parent=self,
             depends_on=[self.bootstrap],

@@ -33,7 +33,31 @@ project=$(cd "$here/.." && pwd)
 lab=${LAB_DIR:-$project/.lab}
 apt_cache=${LAB_APT_CACHE:-$HOME/.cache/homelab-media/apt-archives}
 
+# restore_stack_file: lab-up.sh wrote the lab's secrets (encrypted with the lab's passphrase) into
+# Pulumi.lab.yaml when the engine could use them, and marked the file skip-worktree: take them
+# out again and clear the flag, so the committed file is as it was (also when .lab is gone).
+restore_stack_file() {
+  local stack_file=$project/Pulumi.lab.yaml
+  if [[ -f $stack_file ]] && grep -qE '^encryptionsalt:|^ +secure:' "$stack_file"; then
+    step "Removing the lab's secrets from Pulumi.lab.yaml"
+    python3 - "$stack_file" <<'PY'
+import re, sys
+path = sys.argv[1]
+text = open(path).read()
+text = re.sub(r"^encryptionsalt: .*\n", "", text, flags=re.M)
+text = re.sub(r"^  homelab-media:(proxmoxPassword|sshPrivateKey):\n    secure: .*\n", "", text, flags=re.M)
+open(path, "w").write(text)
+PY
+    ok "Pulumi.lab.yaml without secrets"
+  fi
+  if git -C "$project" ls-files -v Pulumi.lab.yaml 2>/dev/null | grep -q '^S '; then
+    git -C "$project" update-index --no-skip-worktree Pulumi.lab.yaml
+    ok "Pulumi.lab.yaml tracked by git again (lab-up.sh had set skip-worktree)"
+  fi
+}
+
 if [[ ! -e $lab ]]; then
+  restore_stack_file
   ok "no lab at $lab; nothing to do"
   exit 0
 fi
@@ -167,25 +191,7 @@ if ((keep)); then
   ok "lab stopped; $lab kept (--keep)"
   exit 0
 fi
-# lab-up.sh wrote the lab's secrets (encrypted with the lab's passphrase) into Pulumi.lab.yaml
-# when the engine could use them: take them out again, so the committed file is as it was.
-stack_file=$project/Pulumi.lab.yaml
-if [[ -f $stack_file ]] && grep -qE '^encryptionsalt:|^ +secure:' "$stack_file"; then
-  step "Removing the lab's secrets from Pulumi.lab.yaml"
-  python3 - "$stack_file" <<'PY'
-import re, sys
-path = sys.argv[1]
-text = open(path).read()
-text = re.sub(r"^encryptionsalt: .*\n", "", text, flags=re.M)
-text = re.sub(r"^  homelab-media:(proxmoxPassword|sshPrivateKey):\n    secure: .*\n", "", text, flags=re.M)
-open(path, "w").write(text)
-PY
-  ok "Pulumi.lab.yaml without secrets"
-fi
-if git -C "$project" ls-files -v Pulumi.lab.yaml 2>/dev/null | grep -q '^S '; then
-  git -C "$project" update-index --no-skip-worktree Pulumi.lab.yaml
-  ok "Pulumi.lab.yaml tracked by git again (lab-up.sh had set skip-worktree)"
-fi
+restore_stack_file
 
 step "Removing $lab"
 rm -rf --one-file-system "$lab"

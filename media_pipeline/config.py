@@ -95,6 +95,14 @@ _EXAMPLES = {
 }
 
 
+
+def _check_known(key: str, known: tuple[str, ...], where: str) -> None:
+    """An unknown key is refused with the closest known one (a typo) or the list of them."""
+    if key not in known:
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+        raise ConfigError(f"{where}: unknown key {key!r}; {hint}")
+
 def _bad(key: str, problem: str, where: str) -> ConfigError:
     return ConfigError(f"{where}: key {key!r} {problem}; fix: set e.g. \"{key}\": {_EXAMPLES[key]}")
 
@@ -134,10 +142,7 @@ def from_dict(raw: dict, where: str = "config") -> Config:
         if key == "rip_db":
             raise ConfigError(f"{where}: key 'rip_db' is gone: the page reads media-rip's status file on the pool; "
                               f"fix: remove rip_db (rip_status_file defaults to STAGING/.media-rip/status.json)")
-        if key not in KEYS:
-            close = difflib.get_close_matches(key, KEYS, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(KEYS)}"
-            raise ConfigError(f"{where}: unknown key {key!r}; {hint}")
+        _check_known(key, KEYS, where)
     values: dict = {}
     for key, value in raw.items():
         if key in ("staging", "movies", "tv", "db", "qsv_device", "encoder", "preset",
@@ -365,10 +370,7 @@ def rip_from_dict(raw: dict, where: str = "config") -> RipConfig:
         raise ConfigError(f"{where}: must be a JSON object {{...}}, got {type(raw).__name__}")
     values: dict = {}
     for key, value in raw.items():
-        if key not in RIP_KEYS:
-            close = difflib.get_close_matches(key, RIP_KEYS, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(RIP_KEYS)}"
-            raise ConfigError(f"{where}: unknown key {key!r}; {hint}")
+        _check_known(key, RIP_KEYS, where)
         if key in ("staging", "device", "db", "makemkvcon", "eject_command", "metrics_bind", "metrics_textfile",
                    "status_file"):
             if not isinstance(value, str) or (not value and key not in ("metrics_textfile", "eject_command",

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import fcntl
 import hashlib
 import json
@@ -50,7 +49,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from .metrics import exposition, new_registry, publish_textfile, serve
 from .notify import Notifier
 from .rips import STATUS_RIPS, rip_record, snapshot, write_status
-from .service import MARKER, InstanceLock, _setup_logging
+from .service import MARKER, InstanceLock, _setup_logging, _when
 from .transcode import _PREEXEC, fmt_time
 
 EXIT_OK, EXIT_START, EXIT_USAGE, EXIT_NO_DISC, EXIT_FAILED, EXIT_NO_TITLE, EXIT_KEY = 0, 1, 2, 3, 4, 5, 6
@@ -423,10 +422,9 @@ class Ripper:
         cfg = self.cfg
         if scan is None:
             state, _label, drives = self.drive_state()
-            if drives.key_expired():
-                raise RipError(EXIT_KEY, f"MakeMKV refuses to work: {drives.key_expired()} (the beta key expired "
-                                         f"or this version is too old: set a current key, homelab-media:makemkvKey, "
-                                         f"or build a newer pinned MakeMKV)")
+            expired = drives.key_expired()
+            if expired:
+                raise RipError(EXIT_KEY, key_refusal(expired))
             if state == DRIVE_NONE:
                 devices = ", ".join(d.device for d in drives.drives if d.device) or "none"
                 raise RipError(EXIT_NO_DISC, f"no drive {cfg.device} in MakeMKV's drive list (drives: {devices})")
@@ -440,8 +438,7 @@ class Ripper:
         key = self.key_state(scan)
         log.info("MakeMKV %s, key %s", scan.version or "?", key)
         if expired:
-            reason = (f"MakeMKV refuses to work: {expired} (the beta key expired or this version is too old: "
-                      f"set a current key, homelab-media:makemkvKey, or build a newer pinned MakeMKV)")
+            reason = key_refusal(expired)
             self._record(fp, scan, name, "failed", reason, EXIT_KEY)
             raise RipError(EXIT_KEY, reason)
         if not scan.titles and any(c == MSG_OPEN_FAILED for c, _ in scan.messages):
@@ -661,15 +658,20 @@ def _remove_workdir(workdir: str, staging: str) -> None:
         shutil.rmtree(workdir)
 
 
+def key_refusal(message: str) -> str:
+    """Why a rip cannot start when MakeMKV says its key or version expired, and the fix."""
+    return (f"MakeMKV refuses to work: {message} (the beta key expired or this version is too old: "
+            f"set a current key, homelab-media:makemkvKey, or build a newer pinned MakeMKV)")
+
+
 # --- the service ----------------------------------------------------------------------------
 
 class Service:
     """Poll the drive; rip each newly inserted disc once; eject; record everything."""
 
-    def __init__(self, cfg: config_mod.RipConfig, once_cycles: int | None = None):
+    def __init__(self, cfg: config_mod.RipConfig):
         self.cfg = cfg
         self.stop = threading.Event()
-        self.cycles = once_cycles  # tests and the bench: stop after this many polls
         self.store: RipStore | None = None
         self.ripper: Ripper | None = None
         self.last_state: int | None = None
@@ -679,6 +681,8 @@ class Service:
         self.resume: dict[str, dict] = {}  # fingerprint -> a rip interrupted by a restart
         self.last_error = ""
         self.status = StatusFile(cfg)
+        # media-rip's own registry: a collector that reads the rip store at each scrape
+        self.registry = new_registry(RipCollector(self.metrics_families))
 
     def request_stop(self, *_args) -> None:
         self.stop.set()
@@ -688,11 +692,8 @@ class Service:
     def run(self) -> int:
         cfg = self.cfg
         os.makedirs(os.path.dirname(cfg.db), exist_ok=True)
-        lock = InstanceLock(cfg.db)
-        try:
-            lock.acquire()
-        except RuntimeError as exc:
-            raise RuntimeError(str(exc).replace("media-pipeline", "media-rip")) from None
+        lock = InstanceLock(cfg.db, "media-rip")
+        lock.acquire()
         self.store = RipStore(cfg.db)
         notifier = Notifier(cfg.apprise_urls, log.warning)
         self.ripper = Ripper(cfg, self.store, notifier)
@@ -714,10 +715,6 @@ class Service:
                 self.poll()
                 self.publish_metrics()
                 self.publish_status()
-                if self.cycles is not None:
-                    self.cycles -= 1
-                    if self.cycles <= 0:
-                        break
                 self.stop.wait(cfg.poll_seconds)
         finally:
             if server is not None:
@@ -822,13 +819,6 @@ class Service:
 
     # -- metrics (media_rip_*; served and written like media-pipeline's) ----------------------
 
-    @property
-    def registry(self):
-        """media-rip's own registry: a collector that reads the rip store at each scrape."""
-        if getattr(self, "_registry", None) is None:
-            self._registry = new_registry(RipCollector(self))
-        return self._registry
-
     def metrics_families(self) -> list:
         if self.store is None:
             return []
@@ -899,16 +889,16 @@ _STATE_NAMES = {DRIVE_EMPTY: "empty", DRIVE_OPEN: "tray open", DRIVE_INSERTED: "
 
 
 class RipCollector:
-    """prometheus_client collector over a service's rip store (read at scrape time)."""
+    """prometheus_client collector of the families a function gives at each scrape."""
 
-    def __init__(self, service):
-        self.service = service
+    def __init__(self, families):
+        self.families = families
 
     def describe(self):
         return []
 
     def collect(self):
-        yield from self.service.metrics_families()
+        return iter(self.families())
 
 
 def rip_families(counts: dict[str, int], totals: dict[str, float], current: dict | None, drive_state: int,
@@ -944,15 +934,7 @@ def render_metrics(counts: dict[str, int], totals: dict[str, float], current: di
                    last_poll: float) -> str:
     """The exposition text of these values (what /metrics answers)."""
     families = rip_families(counts, totals, current, drive_state, last_poll)
-
-    class _Static:
-        def describe(self):
-            return []
-
-        def collect(self):
-            return iter(families)
-
-    return exposition(new_registry(_Static()))
+    return exposition(new_registry(RipCollector(lambda: families)))
 
 
 # --- status ---------------------------------------------------------------------------------
@@ -963,7 +945,7 @@ def status_table(rips: list[dict]) -> str:
     rows = [("ID", "STATE", "STARTED", "TIME", "TITLES", "SIZE", "DISC", "RESULT")]
     for r in rips:
         took = fmt_time((r["finished"] or time.time()) - r["started"]) if r["started"] else "-"
-        when = dt.datetime.fromtimestamp(r["started"]).strftime("%Y-%m-%d %H:%M") if r["started"] else "-"
+        when = _when(r["started"])
         result = r["folder"] if r["state"] == "done" else \
             f"{r['progress'] * 100:.0f}%" if r["state"] == "ripping" else r["reason"]
         rows.append((str(r["id"]), r["state"], when, took, str(len(r["titles"])),

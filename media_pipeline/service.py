@@ -26,7 +26,7 @@ import traceback
 from . import __version__, naming
 from . import config as config_mod
 from .jobs import Job, JobStore
-from .metrics import (JobEvents, PipelineCollector, Snapshot, disk_usage, exposition, new_registry, publish_textfile,
+from .metrics import (JobEvents, PipelineCollector, Snapshot, disk_usage, new_registry, publish_textfile,
                       serve)
 from .notify import Notifier
 from .transcode import (
@@ -80,8 +80,9 @@ def scan(staging: str, stable_seconds: float, require_marker: bool,
 class InstanceLock:
     """One `run` per database: a second one would reset the first one's running jobs."""
 
-    def __init__(self, db_path: str):
+    def __init__(self, db_path: str, program: str = "media-pipeline"):
         self.path = db_path + ".lock"
+        self.program = program
         self.fd: int | None = None
 
     def acquire(self) -> None:
@@ -93,7 +94,7 @@ class InstanceLock:
                 holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
                 os.close(self.fd)
                 self.fd = None
-                raise RuntimeError(f"another media-pipeline run (pid {holder}) uses {self.path[:-5]}") from None
+                raise RuntimeError(f"another {self.program} run (pid {holder}) uses {self.path[:-5]}") from None
             raise
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
@@ -417,9 +418,6 @@ class Service:
                         last_fps, last_speed, running, self.last_scan,
                         max(0.0, time.time() - oldest) if oldest else 0.0,
                         disk_usage({"staging": self.cfg.staging, "movies": self.cfg.movies, "tv": self.cfg.tv}))
-
-    def metrics_text(self) -> str:
-        return exposition(self.registry)
 
     def publish_metrics(self) -> None:
         if self.store is not None:

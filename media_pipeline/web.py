@@ -98,8 +98,8 @@ class StatusApp:
     def status(self) -> dict:
         svc, now = self.service, time.time()
         jobs = svc.store.list_jobs()
-        with svc._guard:
-            live = {k: dict(v) for k, v in svc.running.items()}
+        snap = svc.snapshot()
+        live = {r["id"]: r for r in snap.running}
         by_state: dict[str, list[dict]] = {"queued": [], "running": [], "done": [], "failed": []}
         for job in jobs:
             d = job.to_json()
@@ -114,7 +114,6 @@ class StatusApp:
             by_state[job.state].append(d)
         by_state["done"] = sorted(by_state["done"], key=lambda d: d["finished"] or 0, reverse=True)[:DONE_SHOWN]
         by_state["failed"].sort(key=lambda d: d["finished"] or 0, reverse=True)
-        snap = svc.snapshot()
         filesystems = [{"dir": name, "free": f, "size": t, "free_ratio": f / t if t else 0.0,
                         "path": getattr(self.cfg, name)} for name, (f, t) in snap.filesystems.items()]
         return {

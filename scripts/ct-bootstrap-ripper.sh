@@ -159,10 +159,7 @@ else
     verified=true
 
     step "Installing build dependencies (${BUILD_DEPS[*]})"
-    missing=()
-    for p in "${BUILD_DEPS[@]}"; do
-      [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true) == "ii "* ]] || missing+=("$p")
-    done
+    mapfile -t missing < <(apt_missing "${BUILD_DEPS[@]}")
     if [[ ${#missing[@]} -gt 0 ]]; then
       retry 3 10 apt_quiet update || die "apt-get update failed"
       retry 2 10 apt_quiet install -y --no-install-recommends "${missing[@]}" ||
@@ -188,7 +185,7 @@ else
 fi
 
 step "python3 for media-rip"
-if [[ $(dpkg-query -W -f='${db:Status-Abbrev}' python3 2>/dev/null || true) == "ii "* ]]; then
+if [[ -z $(apt_missing python3) ]]; then
   ok "python3 present"
 else
   retry 3 10 apt_quiet update || die "apt-get update failed (network, or a broken apt source?)"

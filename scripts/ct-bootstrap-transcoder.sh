@@ -263,10 +263,7 @@ add_components
 [[ ${#SOURCES_CHANGED[@]} -gt 0 ]] || ok "apt sources already have ${WANT_COMPONENTS[*]}"
 
 step "Packages: ${PACKAGES[*]}"
-missing=()
-for p in "${PACKAGES[@]}"; do
-  [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true) == "ii "* ]] || missing+=("$p")
-done
+mapfile -t missing < <(apt_missing "${PACKAGES[@]}")
 installed=()
 if [[ ${#missing[@]} -gt 0 || ${#SOURCES_CHANGED[@]} -gt 0 ]]; then
   step "apt-get update"

@@ -175,7 +175,7 @@ elif [[ -n $root ]]; then
   warn "missing here; the container needs: apt-get install ${PY_PACKAGES[*]} (not installed with --root)"
 else
   export DEBIAN_FRONTEND=noninteractive
-  retry 2 10 apt_quiet update
+  retry 2 10 apt_quiet update || die "apt-get update failed (network, or a broken apt source?); the service needs ${PY_PACKAGES[*]}"
   retry 2 10 apt_quiet install -y --no-install-recommends "${PY_PACKAGES[@]}" ||
     die "apt-get install failed for: ${PY_PACKAGES[*]}"
   python3 -c 'import jinja2, prometheus_client' || die "${PY_PACKAGES[*]} installed but python3 cannot import them"

@@ -38,7 +38,7 @@ while [[ $# -gt 0 ]]; do
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
-[[ $vmid =~ ^[0-9]+$ ]] || die "--vmid must be a number, got '$vmid'"
+need_int --vmid "$vmid"
 [[ -n $key && -n $marker ]] || die "--key and --marker are required (see --help)"
 
 step "Is vm id $vmid free or ours?"
@@ -69,7 +69,7 @@ elif [[ $managed == true ]]; then
 elif [[ $adopt -eq 1 && $kind == lxc ]]; then
   ok "CT $vmid exists and is being adopted"
 elif [[ $kind == qemu ]]; then
-  die "vm id $vmid ($key) is a VM on node $node: pick a free id with pulumi config set --path homelab-media:$key <id>"
+  die "vm id $vmid ($key) is a VM on node $node: pick a free id with $(config_set_hint "$key" '<id>')"
 else
-  die "CT $vmid ($key) already exists on node $node and this stack does not manage it: adopt it with \`make adopt\` (tools/adopt-containers.sh), or pick a free id with pulumi config set --path homelab-media:$key <id>. Nothing was changed."
+  die "CT $vmid ($key) already exists on node $node and this stack does not manage it: adopt it with \`make adopt\` (tools/adopt-containers.sh), or pick a free id with $(config_set_hint "$key" '<id>'). Nothing was changed."
 fi

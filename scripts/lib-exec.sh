@@ -32,6 +32,14 @@ _show_log() {
   fi
 }
 
+# apt_missing PKG...: print the packages among these that dpkg does not have installed.
+apt_missing() {
+  local p
+  for p; do
+    [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true) == "ii "* ]] || echo "$p"
+  done
+}
+
 # apt_quiet args...: `quiet apt-get args...` that waits for another apt or dpkg run to let go
 # of its lock instead of failing at once. A new container's apt-daily.service starts soon after
 # its first boot (its timer is Persistent), just when the bootstrap runs apt. Waits up to

@@ -27,9 +27,6 @@ json_str() {
 # json_str_or_null "text": a JSON string, or null when text is empty.
 json_str_or_null() { if [[ -n $1 ]]; then json_str "$1"; else printf 'null'; fi; }
 
-# json_int_or_null "n": the number, or null when n is not a decimal integer.
-json_int_or_null() { if [[ $1 =~ ^[0-9]+$ ]]; then printf '%s' "$((10#$1))"; else printf 'null'; fi; }
-
 # json_bool "true|false|1|0|yes|no": a JSON boolean.
 json_bool() { case ${1,,} in true | 1 | yes) printf 'true' ;; *) printf 'false' ;; esac; }
 

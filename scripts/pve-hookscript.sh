@@ -142,8 +142,14 @@ else
 fi
 
 # 4. The next start: the conf (we run inside PVE's config lock).
-result=$(bash "$here/pve-lxc-raw.sh" apply "$conf" --caller-holds-lock <<<"$lines" 2>/dev/null | tail -n1)
-[[ $result == changed || $result == unchanged ]] || refuse "pve-lxc-raw.sh could not update $conf"
+err=$(mktemp)
+if ! result=$(bash "$here/pve-lxc-raw.sh" apply "$conf" --caller-holds-lock <<<"$lines" 2>"$err" | tail -n1) ||
+  [[ $result != changed && $result != unchanged ]]; then
+  why=$(sed -n 's/^ *✗ //p' "$err" | tail -n1)
+  rm -f "$err"
+  refuse "pve-lxc-raw.sh could not update $conf: ${why:-no reason given}"
+fi
+rm -f "$err"
 trap - ERR
 
 # The log: what changed, in one or two lines.

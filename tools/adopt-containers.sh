@@ -127,7 +127,7 @@ undo() {
   done
   warn "took ${#imported[@]} imported container(s) out of the stack again; the containers themselves are untouched"
 }
-if ! "$py" - "$work/preview.json" <<'PY'
+if ! "$py" - "$work/preview.json" "$stack" <<'PY'
 import json, sys
 try:
     steps = json.load(open(sys.argv[1])).get("steps") or []
@@ -145,8 +145,8 @@ for s in steps:
         print(f" ✓ {name}: {s['op']} {', '.join(s.get('diffReasons') or [])}".rstrip(), file=sys.stderr)
 if bad:
     print("\n".join(" ✗ " + b for b in sorted(set(bad))), file=sys.stderr)
-    sys.exit("a container would be recreated (its disk lost): set those keys in Pulumi.<stack>.yaml to what the "
-             "container has, then run this again")
+    sys.exit(f"a container would be recreated (its disk lost): set those keys in Pulumi.{sys.argv[2]}.yaml to what "
+             "the container has, then run this again")
 PY
 then
   undo

@@ -63,8 +63,9 @@ if [[ $backend == file://* ]]; then
     ok "Removed ${#locks[@]} stale lock(s) (their process is gone)"
   fi
 else
-  # a service backend knows whether its update is still alive; cancel says so if there is none
-  if out=$(run pulumi cancel --yes "${sargs[@]}" 2>&1); then ok "Cancelled: $out"; else ok "Nothing to cancel (${out##*$'\n'})"; fi
+  # a service backend (Pulumi Cloud): `pulumi cancel` cancels the update in progress, alive or not,
+  # so this is for when no `up` runs any more (the usage says so)
+  if out=$(run pulumi cancel --yes "${sargs[@]}" 2>&1); then ok "Cancelled: $out"; else warn "pulumi cancel: ${out##*$'\n'}"; fi
 fi
 
 step "Pending creates"

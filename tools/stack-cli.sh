@@ -12,7 +12,10 @@ stack_cli_init() {
   [[ -x $py ]] || die "no .venv: run make setup"
   sargs=(--non-interactive)
   [[ -z $stack ]] || sargs+=(--stack "$stack")
-  stack=${stack:-$(pulumi stack --show-name --non-interactive)}
+  if [[ -z $stack ]]; then
+    stack=$(pulumi stack --show-name --non-interactive 2>/dev/null) ||
+      die "no stack selected: pass --stack NAME (make recover/adopt STACK=name), or pulumi stack select NAME"
+  fi
   # shellcheck disable=SC2034  # read by the tool that sources this
   project=$(sed -n 's/^name: *//p' Pulumi.yaml)
 }

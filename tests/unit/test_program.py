@@ -641,9 +641,7 @@ def test_a_helper_change_reruns_only_the_steps_that_source_it(program, tmp_path,
             extra = [n for n in names if n != script and n not in helpers]
             files = {}
             if name in ("transcoder-pipeline", "ripper-media-rip"):
-                from components.transcoder_ct import PIPELINE_TARBALL, pipeline_tarball
-
-                files = {PIPELINE_TARBALL: pipeline_tarball()}
+                files = {render.PIPELINE_TARBALL: render.pipeline_tarball()}
             assert remote.content_hash(script, extra, files) == a.inputs["triggers"][0], name
             steps[name] = (script, extra, files)
         # the 10 steps of issue 10, the hookscript install, two vm id guards, media-rip's install
