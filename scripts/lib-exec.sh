@@ -46,13 +46,14 @@ apt_missing() {
 # APT_LOCK_WAIT seconds (default 600) and says once who holds the lock. apt's own
 # DPkg::Lock::Timeout covers dpkg's locks; apt 2.6 (bookworm) does not wait for the lists lock
 # of `apt-get update` ("Could not get lock /var/lib/apt/lists/lock"), so that is retried here.
+# SECONDS counts whole seconds of the clock, so `> wait` (not >=) is what guarantees a full wait.
 apt_quiet() {
   local wait=${APT_LOCK_WAIT:-600} start=$SECONDS log rc holder said=0
   log=$(mktemp)
   while :; do
     rc=0
     apt-get -o DPkg::Lock::Timeout="$wait" "$@" >"$log" 2>&1 || rc=$?
-    if ((rc == 0)) || ! grep -q 'Could not get lock' "$log" || ((SECONDS - start >= wait)); then
+    if ((rc == 0)) || ! grep -q 'Could not get lock' "$log" || ((SECONDS - start > wait)); then
       break
     fi
     if ((!said)); then

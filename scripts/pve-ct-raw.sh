@@ -68,7 +68,7 @@ while :; do
     lock=$(main_lock "$conf")
     [[ -z $lock ]] && break
   fi
-  if ((SECONDS >= deadline)); then
+  if ((SECONDS > deadline)); then  # SECONDS ticks with the clock: > waits the full timeout
     if [[ -f $conf ]]; then
       die "$conf is still locked ('lock: $lock') after ${timeout}s; PVE is still working on container $vmid (see its task log). If no task is running, clear a stale lock with: pct unlock $vmid"
     fi
