@@ -3,6 +3,7 @@
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-pool.sh"
 
 usage() {
   cat <<'USAGE'
@@ -43,12 +44,8 @@ command -v findmnt >/dev/null || die "findmnt not found (apt-get install util-li
 step "Checking that $pool is a mounted pool"
 mounted=false fstype="" options="" allow_other=null
 problems=()
-if [[ -d $pool ]] && line=$(findmnt -n -r -o FSTYPE,OPTIONS --mountpoint "$pool" 2>/dev/null) && [[ -n $line ]]; then
+if line=$(pool_mount "$pool"); then
   mounted=true
-  # With stacked mounts (e.g. mergerfs mounted over a bind mount of the same path)
-  # findmnt lists every mount at the path in mount order; the visible one, the
-  # one a container's bind mount gets, is the top: the last line.
-  line=$(tail -n1 <<<"$line")
   fstype=${line%% *}
   options=${line#* }
 fi
@@ -59,8 +56,8 @@ if [[ $mounted == false ]]; then
   else
     problems+=("$pool does not exist: create the mount point and mount the pool there; for a mergerfs pool an /etc/fstab line such as: ${FSTAB_EXAMPLE/POOL/$pool}")
   fi
-elif [[ $fstype == fuse.* || $fstype == fuse ]]; then
-  if [[ ,$options, == *,allow_other,* ]]; then
+elif pool_is_fuse "$fstype"; then
+  if pool_allows_other "$options"; then
     allow_other=true
   else
     allow_other=false

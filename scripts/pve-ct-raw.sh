@@ -2,6 +2,7 @@
 # Apply raw device lines to a container's config once PVE has released it; reboot it if needed.
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-pool.sh"
 
 usage() {
   cat <<'USAGE'
@@ -48,7 +49,7 @@ need_int --vmid "$vmid"
 need_int --timeout "$timeout"
 if [[ -n $require_mount ]]; then
   [[ $require_mount == /* ]] || die "--require-mount must be an absolute path, got '$require_mount'"
-  command -v mountpoint >/dev/null || die "mountpoint not found (apt-get install util-linux)"
+  command -v findmnt >/dev/null || die "findmnt not found (apt-get install util-linux)"
 fi
 
 conf_dir=${PVE_CONF_DIR:-/etc/pve/lxc}
@@ -94,7 +95,7 @@ would_change() {
 
 # A reboot would follow a change of a running container: refuse it before
 # writing anything if the pool is not mounted (so the next run still reboots).
-if [[ -n $require_mount ]] && ! mountpoint -q "$require_mount"; then
+if [[ -n $require_mount ]] && ! pool_mount "$require_mount" >/dev/null; then
   status=$(pct status "$vmid" 2>/dev/null || true)
   if [[ $status == *running* ]] && would_change; then
     die "refusing to reboot container $vmid: $require_mount is not a mount point (the storage pool is not mounted), so after a reboot the container's bind mount would show the empty directory and files would land on the node's root disk. Mount the pool (mount $require_mount; check it with: host-check-pool.sh --pool $require_mount), then run this again. $conf was not changed and container $vmid was not rebooted."

@@ -3,6 +3,7 @@
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib-devices.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-pool.sh"
 
 usage() {
   cat <<'USAGE'
@@ -74,18 +75,14 @@ while IFS='=' read -r key value; do
 done <"$settings"
 [[ $role == gpu || $role == drive || $role == none ]] || refuse "$settings: role must be gpu, drive or none, got '$role'"
 
-# 1. The pool (host-check-pool.sh's rules: the top mount at the path decides).
+# 1. The pool (lib-pool.sh: the rules of host-check-pool.sh).
 if [[ $require_mount == 1 && -n $pool ]]; then
-  line=""
-  if [[ -d $pool ]]; then
-    line=$(findmnt -n -r -o FSTYPE,OPTIONS --mountpoint "$pool" 2>/dev/null | tail -n1 || true)
-  fi
-  if [[ -z $line ]]; then
+  if ! line=$(pool_mount "$pool"); then
     trap - ERR
     refuse "the pool $pool is not mounted (the container would bind the empty directory and write to the node's root disk); mount it (mount $pool), then start the container again"
   fi
   fstype=${line%% *} options=${line#* }
-  if [[ $fstype == fuse* && ,$options, != *,allow_other,* ]]; then
+  if pool_is_fuse "$fstype" && ! pool_allows_other "$options"; then
     trap - ERR
     refuse "the pool $pool is a $fstype mount without allow_other (the containers' media user could not use it); add allow_other to its options in /etc/fstab, remount, then start the container again"
   fi

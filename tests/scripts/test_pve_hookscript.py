@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from components import render
+
 from .conftest import SCRIPTS, run
 from .test_discover_verify import two_drives
 
@@ -54,7 +56,7 @@ class Node:
         self.extra_env = {}
         for d in (self.conf_dir, self.lxc / "202", self.lxc / "201", self.hook, self.lock):
             d.mkdir(parents=True)
-        for f in ("pve-hookscript.sh", "pve-lxc-raw.sh", "lib.sh", "lib-json.sh", "lib-devices.sh"):
+        for f in render.bundle_files("pve-hookscript.sh", ["pve-lxc-raw.sh"]):  # what the hookscript's step ships
             shutil.copy(SCRIPTS / f, self.hook / f)
 
     def setup(self, vmid, conf_text, role, pool="/", require_mount=1, drive="auto", extra=""):
@@ -179,16 +181,41 @@ def test_pool_not_mounted_refuses_the_start_in_one_line_and_changes_nothing(node
     assert node.conf(202) == before_conf and node.gen(202) == before_gen
 
 
-def test_mergerfs_without_allow_other_refuses_the_start(node, tmp_path):
+MOUNTS = {  # what findmnt -n -r -o FSTYPE,OPTIONS --mountpoint POOL prints -> may a container bind it?
+    "mergerfs without allow_other": ("fuse.mergerfs rw,relatime,user_id=0,group_id=0", False),
+    "mergerfs with allow_other": ("fuse.mergerfs rw,relatime,user_id=0,group_id=0,default_permissions,allow_other", True),
+    "ntfs-3g (fuseblk) without allow_other": ("fuseblk rw,relatime,user_id=0,group_id=0,blksize=4096", False),
+    "ntfs-3g (fuseblk) with allow_other": ("fuseblk rw,relatime,user_id=0,group_id=0,allow_other,blksize=4096", True),
+    "plain fuse without allow_other": ("fuse rw,nosuid,nodev,user_id=0,group_id=0", False),
+    "ext4": ("ext4 rw,relatime", True),
+    "mergerfs stacked over a bind mount: the top one counts": ("ext4 rw,relatime\nfuse.mergerfs rw,relatime,user_id=0", False),
+    "a bind mount stacked over mergerfs: the top one counts": ("fuse.mergerfs rw,relatime,user_id=0\next4 rw,relatime", True),
+}
+
+
+@pytest.mark.parametrize("mount", MOUNTS, ids=list(MOUNTS))
+def test_the_hook_and_host_check_pool_judge_a_mount_alike(node, tmp_path, mount):
+    """One rule (lib-pool.sh) for the deploy's pool check and the check at every start."""
+    line, usable = MOUNTS[mount]
     bindir = tmp_path / "fakebin"
     bindir.mkdir()
-    (bindir / "findmnt").write_text("#!/bin/sh\necho 'fuse.mergerfs rw,relatime,user_id=0,group_id=0'\n")
+    (bindir / "findmnt").write_text(f"#!/bin/sh\nprintf '{line}\\n'\n")
     (bindir / "findmnt").chmod(0o755)
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
+    fstype = line.splitlines()[-1].split()[0]  # the top mount
+
+    check = run("host-check-pool.sh", "--pool", str(tmp_path), env=env)
+    assert (check.rc == 0) is usable, check.err
+    assert check.json["fstype"] == fstype and check.json["ok"] is usable
+
+    node.hw.optical(sr=0, sg=1)
     node.setup(202, CONF, "drive", pool=str(tmp_path))
-    node.extra_env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
+    node.extra_env = env
     r = node.start(202)
-    assert r.rc == 1 and "fuse.mergerfs mount without allow_other" in r.err
-    assert node.conf(202) == CONF
+    assert (r.rc == 0) is usable, r.err
+    if not usable:
+        assert f"{fstype} mount without allow_other" in r.err
+        assert node.conf(202) == CONF
 
 
 def test_other_phases_do_nothing_and_bad_settings_refuse(node):
@@ -237,7 +264,7 @@ def test_install_puts_an_executable_snippet_and_the_settings(tmp_path):
     hook = tmp_path / "hook"
     assert (hook / "ct-202.conf").read_text() == "role=drive\npool=/mnt/storage\nrequire_mount=1\noptical_drive=BW-16D1HT\n"
     assert (hook / "ct-201.extra").read_text() == "lxc.cgroup2.devices.allow: c 10:200 rwm\n"
-    assert {p.name for p in hook.glob("*.sh")} >= {"pve-hookscript.sh", "pve-lxc-raw.sh", "lib.sh", "lib-devices.sh", "lib-json.sh"}
+    assert {p.name for p in hook.glob("*.sh")} >= {"pve-hookscript.sh", "pve-lxc-raw.sh", "lib.sh", "lib-devices.sh", "lib-json.sh", "lib-pool.sh"}
     again = install(tmp_path, extra="201 lxc.cgroup2.devices.allow: c 10:200 rwm\n")
     assert again.rc == 0 and again.json["changed"] == []
 

@@ -605,7 +605,7 @@ def _bundled_names(stdin: str) -> list[str]:
     return [line.split('"$_d/')[1].split('"')[0] for line in stdin.splitlines() if line.startswith('cat > "$_d/')]
 
 
-HELPERS = ["lib.sh", "lib-json.sh", "lib-exec.sh", "lib-files.sh", "lib-users.sh", "lib-devices.sh"]
+HELPERS = ["lib.sh", "lib-json.sh", "lib-exec.sh", "lib-files.sh", "lib-users.sh", "lib-devices.sh", "lib-pool.sh"]
 # How many remote steps re-run when one helper changes (issue 10, item 6). While every step
 # shipped the one lib.sh, any helper change re-ran 10 of 10. Of the original 10 steps it is now
 # 2-7 (lib.sh itself: all); of the 14 steps the program has today (+ the hookscript's install,
@@ -617,6 +617,7 @@ EXPECTED_RERUNS = {
     "lib-files.sh": 3,
     "lib-users.sh": 3,
     "lib-devices.sh": 4,
+    "lib-pool.sh": 4,
 }
 
 
