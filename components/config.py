@@ -9,6 +9,7 @@ naming the key (as written in Pulumi.<stack>.yaml), the value and what is allowe
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import sys
 from pathlib import Path
@@ -670,13 +671,7 @@ def from_stack_file(path: str | Path, require_secrets: bool = False) -> StackCon
             present[key] = True
         else:
             raw[key] = value
-    secrets = Secrets(
-        proxmox_password=present.get("proxmoxPassword", False),
-        proxmox_api_token=present.get("proxmoxApiToken", False),
-        ssh_private_key=present.get("sshPrivateKey", False),
-        makemkv_key=present.get("makemkvKey", False),
-        status_password=present.get("statusPassword", False),
-    )
+    secrets = Secrets.model_validate(present)  # by their config key names (aliases)
     try:
         cfg = parse(raw, secrets, require_secrets)
     except ConfigError as exc:
@@ -684,6 +679,33 @@ def from_stack_file(path: str | Path, require_secrets: bool = False) -> StackCon
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def from_cli_json(doc: dict[str, Any], require_secrets: bool = False) -> StackConfig:
+    """Validate what `pulumi config --json` prints, the way the program reads it (components.stack):
+    the stack file plus any environment it imports. Tools that drive the CLI (adopt) use this
+    instead of reading keys themselves. Secrets count as present; their values are not shown."""
+    raw: dict[str, Any] = {}
+    present: dict[str, bool] = {}
+    for full_key, entry in doc.items():
+        ns, _, key = str(full_key).partition(":")
+        if ns != NAMESPACE:
+            continue
+        if key in SECRETS:
+            present[key] = True
+            continue
+        if "objectValue" in entry:
+            raw[key] = entry["objectValue"]
+            continue
+        value = entry.get("value")
+        if isinstance(value, str) and value[:1] in "{[":
+            try:
+                value = json.loads(value)  # as pulumi.Config.get_object reads it
+            except ValueError:
+                pass
+        raw[key] = value
+    secrets = Secrets.model_validate(present)  # by their config key names (aliases)
+    return parse(raw, secrets, require_secrets)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,27 +52,24 @@ pulumi stack export "${sargs[@]}" >"$work/state.json"
 # name vmid node component-urn container-urn provider-urn, for containers not in the state yet
 "$py" - "$stack" "$project" "$work/state.json" "$only" >"$work/plan" <<'PY'
 import json, subprocess, sys
+from components.config import ConfigError, from_cli_json
 stack, project, state_file, only = sys.argv[1:5]
-cfg = json.loads(subprocess.run(["pulumi", "config", "--json", "--stack", stack, "--non-interactive"],
-                                capture_output=True, text=True, check=True).stdout)
-def value(key):
-    c = cfg.get(f"{project}:{key}") or {}
-    if "objectValue" in c:
-        return c["objectValue"]
-    v = c.get("value")
-    return json.loads(v) if isinstance(v, str) and v[:1] in "{[" else v
-node = (value("proxmox") or {}).get("node")
-if not node:
-    sys.exit(f"{project}:proxmox.node is not set in Pulumi.{stack}.yaml")
+cli = subprocess.run(["pulumi", "config", "--json", "--stack", stack, "--non-interactive"], capture_output=True, text=True)
+if cli.returncode:
+    sys.exit(f"pulumi config --stack {stack} failed: {cli.stderr.strip()}")
+try:
+    cfg = from_cli_json(json.loads(cli.stdout))  # validated as the program validates it
+except ConfigError as exc:
+    sys.exit(f"the config of stack {stack} (Pulumi.{stack}.yaml) has {len(exc.messages)} problem(s); fix them, then run this again:\n"
+             + "\n".join(f"  - {m}" for m in exc.messages))
+node = cfg.proxmox.node
 state = json.load(open(state_file)).get("deployment") or {}
 have = {r["urn"] for r in state.get("resources") or []}
 pre = f"urn:pulumi:{stack}::{project}::"
 for name, comp in (("transcoder", "TranscoderCT"), ("ripper", "RipperCT")):
     if only and name != only:
         continue
-    vmid = (value(name) or {}).get("vmId")
-    if vmid is None:
-        sys.exit(f"{project}:{name}.vmId is not set in Pulumi.{stack}.yaml")
+    vmid = getattr(cfg, name).vm_id
     comp_urn = f"{pre}homelab:index:{comp}::{name}"
     ct_urn = f"{pre}homelab:index:{comp}$proxmoxve:index/containerLegacy:ContainerLegacy::{name}"
     print(name, int(vmid), node, comp_urn, ct_urn, f"{pre}pulumi:providers:proxmoxve::pve",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import ConfigError, Secrets, from_stack_file, parse
+from components.config import ConfigError, Secrets, from_cli_json, from_stack_file, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_SECRETS = Secrets(proxmox_password=True, ssh_private_key=True)
@@ -137,6 +137,39 @@ def test_stack_file_missing_and_unparsable(tmp_path):
     broken.write_text("config: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         from_stack_file(broken)
+
+
+def cli_json(raw: dict, secrets=("proxmoxPassword", "sshPrivateKey")) -> dict:
+    """What `pulumi config --json` prints (shape taken from CLI v3.274.1): objects as a JSON
+    string plus objectValue, scalars as value, secrets as {"secret": true} without a value."""
+    import json
+
+    doc = {}
+    for key, value in raw.items():
+        entry = {"value": value if isinstance(value, str) else json.dumps(value), "secret": False}
+        if isinstance(value, (dict, list)):
+            entry["objectValue"] = value
+        doc[f"homelab-media:{key}"] = entry
+    for key in secrets:
+        doc[f"homelab-media:{key}"] = {"secret": True}
+    doc["proxmoxve:insecure"] = {"value": "true", "secret": False}  # another namespace: not ours
+    return doc
+
+
+def test_the_cli_json_reads_as_the_stack_file_does():
+    """tools/adopt-containers.sh reads the config through `pulumi config --json`."""
+    assert from_cli_json(cli_json(homelab_raw())) == parse(homelab_raw(), ALL_SECRETS)
+    no_objects = {k: {kk: vv for kk, vv in v.items() if kk != "objectValue"} for k, v in cli_json(homelab_raw()).items()}
+    assert from_cli_json(no_objects) == parse(homelab_raw(), ALL_SECRETS)  # objects given only as JSON text
+
+
+def test_the_cli_json_is_refused_naming_the_key():
+    raw = homelab_raw()
+    raw["transcoder"] = {**raw["transcoder"], "vmId": 42}
+    with pytest.raises(ConfigError) as exc:
+        from_cli_json(cli_json(raw, secrets=()), require_secrets=True)
+    text = "\n".join(exc.value.messages)
+    assert "transcoder.vmId" in text and "proxmoxPassword" in text
 
 
 def test_all_stack_files_in_the_repo_validate():
