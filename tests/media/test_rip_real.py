@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 
 import pytest
 
@@ -183,7 +182,13 @@ def test_auto_rip_off_only_watches(titles, tmp_path):
     svc = drive.start()
     try:
         wait_for(lambda: any("info" in c and "dev:/dev/sr0" in c for c in drive.calls()), timeout=30, what="scan")
-        time.sleep(0.5)
+
+        def polled_after_the_scan():  # the next poll of the drive list: the scan's poll, with its log line, is over
+            calls = drive.calls()
+            first = next(i for i, c in enumerate(calls) if "dev:/dev/sr0" in c)
+            return any("disc:9999" in c for c in calls[first + 1:])
+
+        wait_for(polled_after_the_scan, timeout=30, what="the next poll")
     finally:
         kill(svc, signal.SIGTERM)
     assert drive.mkv_calls() == 0 and drive.disc()["drive_state"] == 2
