@@ -21,7 +21,9 @@ that exists on the node but not in the stack's state:
   3. \`pulumi preview\`: the changes the next \`up\` makes to it are listed. If a container
      would be REPLACED (a mount point, the disk's datastore, privileged/unprivileged differ
      from the stack config), the script stops and names the properties: align
-     Pulumi.<stack>.yaml with the container (or accept a rebuild) before \`pulumi up\`.
+     Pulumi.<stack>.yaml with the container (or accept a rebuild) before \`pulumi up\`;
+  4. otherwise the timeouts the program declares for the imported containers are written
+     into the state (bpg's import leaves them at 0 s: a destroy before the first up failed).
 Then \`pulumi up\` converges: raw lines, users, packages and proofs are applied to the
 adopted containers by the same idempotent steps as for new ones. Files on the pool are
 never touched by any of this.
@@ -149,4 +151,31 @@ then
   undo
   exit 1
 fi
-ok "Adopted: run \`pulumi up${stack:+ --stack $stack}\` to converge"
+
+# bpg's importer sets only the id and the node: the container's timeouts stay unset in the state
+# (0 s to bpg), so a `pulumi destroy` before the first up failed at once ("context deadline
+# exceeded"), and an up of just the containers cannot run (they depend on the template and the
+# node's steps). So the state gets the timeouts the program declares (the preview's new inputs);
+# nothing else in it changes, and nothing on the node.
+step "Recording the stack's timeouts for the adopted containers (pulumi stack export/import)"
+pulumi stack export "${sargs[@]}" >"$work/adopted.json"
+"$py" - "$work/preview.json" "$work/adopted.json" "${imported[@]}" <<'PY' ||
+import json, sys
+preview, state_file, urns = sys.argv[1], sys.argv[2], set(sys.argv[3:])
+want = {s["urn"]: {k: v for k, v in ((s.get("newState") or {}).get("inputs") or {}).items() if k.startswith("timeout")}
+        for s in json.load(open(preview)).get("steps") or [] if s.get("urn") in urns}
+state = json.load(open(state_file))
+patched = 0
+for r in state["deployment"]["resources"]:
+    for key, value in (want.get(r["urn"]) or {}).items():
+        r.setdefault("inputs", {})[key] = value
+        r.setdefault("outputs", {})[key] = value
+        patched += 1
+if urns and not patched:
+    sys.exit("the preview declared no timeouts for the imported containers: nothing recorded")
+json.dump(state, open(state_file, "w"))
+PY
+  die "the containers are in the stack, but their timeouts could not be read from the preview (see above): run pulumi up${stack:+ --stack $stack} before any pulumi destroy"
+quiet pulumi stack import "${sargs[@]}" --file "$work/adopted.json" ||
+  die "the containers are in the stack, but recording their timeouts failed (see above): run pulumi up${stack:+ --stack $stack} before any pulumi destroy"
+ok "Adopted: run \`pulumi up${stack:+ --stack $stack}\` to converge (device lines, the media user, packages, the proofs)"

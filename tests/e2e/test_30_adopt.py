@@ -99,3 +99,16 @@ def test_up_refuses_a_hand_made_container_instead_of_taking_it_over(lab, empty_s
     assert lab.containers()[202]["status"] == "running"
     assert str(lab.ct_config(202).get("unprivileged")) == "1", "the hand-made container was changed"
     assert not [e for e in lab.events()[events:] if e[0] == 202 and e[1] in ("create", "destroy")]
+
+
+def test_an_adopted_container_can_be_destroyed_before_any_up(lab, empty_stack, needs_engine):
+    """Adopted, then `pulumi destroy` at once (the owner changes their mind): the stack owns the
+    container now, so destroy removes it (files on the pool are bind-mounted, not in its disk)."""
+    deployer = empty_stack
+    hand_made(lab, 202)
+    adopted = deployer.adopt()
+    assert adopted.returncode == 0, adopted.text[-4000:]
+    gone = deployer.destroy(check=False)
+    assert gone.returncode == 0, gone.text[-4000:]
+    assert 202 not in lab.containers()
+    assert deployer.leftover() == []
