@@ -43,17 +43,21 @@ apt_missing() {
 # apt_quiet args...: `quiet apt-get args...` that waits for another apt or dpkg run to let go
 # of its lock instead of failing at once. A new container's apt-daily.service starts soon after
 # its first boot (its timer is Persistent), just when the bootstrap runs apt. Waits up to
-# APT_LOCK_WAIT seconds (default 600) and says once who holds the lock. apt's own
-# DPkg::Lock::Timeout covers dpkg's locks; apt 2.6 (bookworm) does not wait for the lists lock
-# of `apt-get update` ("Could not get lock /var/lib/apt/lists/lock"), so that is retried here.
-# SECONDS counts whole seconds of the clock, so `> wait` (not >=) is what guarantees a full wait.
+# APT_LOCK_WAIT seconds (default 600) in all and says once who holds the lock. apt's own
+# DPkg::Lock::Timeout covers dpkg's locks (each call gets only the time left); apt 2.6 (bookworm)
+# does not wait for the lists lock of `apt-get update` ("Could not get lock
+# /var/lib/apt/lists/lock"), so that is retried here. The deadline is kept in microseconds
+# (EPOCHREALTIME): bash's SECONDS ticks with the clock and can end a wait up to a second early.
 apt_quiet() {
-  local wait=${APT_LOCK_WAIT:-600} start=$SECONDS log rc holder said=0
+  local wait=${APT_LOCK_WAIT:-600} deadline left log rc holder said=0
+  deadline=$(($(_now_us) + wait * 1000000))
   log=$(mktemp)
   while :; do
+    left=$(((deadline - $(_now_us) + 999999) / 1000000))
+    ((left > 0)) || left=0
     rc=0
-    apt-get -o DPkg::Lock::Timeout="$wait" "$@" >"$log" 2>&1 || rc=$?
-    if ((rc == 0)) || ! grep -q 'Could not get lock' "$log" || ((SECONDS - start > wait)); then
+    apt-get -o DPkg::Lock::Timeout="$left" "$@" >"$log" 2>&1 || rc=$?
+    if ((rc == 0)) || ! grep -q 'Could not get lock' "$log" || (($(_now_us) >= deadline)); then
       break
     fi
     if ((!said)); then
@@ -66,6 +70,12 @@ apt_quiet() {
   _show_log "$log" "$rc"
   rm -f "$log"
   return "$rc"
+}
+
+# _now_us: the wall clock in microseconds (bash 5's EPOCHREALTIME, whatever the locale's decimal mark).
+_now_us() {
+  local t=${EPOCHREALTIME/[.,]/}
+  echo "$((10#$t))"
 }
 
 # run_as USER CMD...: run CMD as USER with a fresh group list (as is, if we are USER).

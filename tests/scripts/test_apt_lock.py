@@ -69,9 +69,9 @@ def test_install_waits_for_dpkgs_frontend_lock(rootfs):
 
 
 def late_in_a_clock_second():
-    """Return when the wall clock is 0.8 s into a second: bash's SECONDS ticks with the clock,
-    so a wait that starts late in a second is where `SECONDS - start >= wait` gives up a second
-    early (CI saw 2.1 s for a 3 s wait)."""
+    """Return when the wall clock is 0.8 s into a second: a deadline kept in bash's SECONDS,
+    which ticks with the clock, gave up a second early when the wait started late in a second
+    (CI saw 2.1 s for a 3 s wait)."""
     time.sleep((0.8 - time.time() % 1) % 1)
 
 
@@ -82,6 +82,16 @@ def test_a_lock_held_past_the_wait_fails_with_apts_message(rootfs):
     assert r.rc != 0
     assert "Could not get lock /var/lib/apt/lists/lock" in r.err
     assert 3 <= secs < 30
+
+
+def test_dpkgs_lock_held_past_the_wait_fails_once_the_wait_is_over(rootfs):
+    """The wait is for all tries together: an apt-get that waited out dpkg's lock is not given
+    the whole wait again (that doubled it: 1,200 s for APT_LOCK_WAIT=600)."""
+    with Held(rootfs.p("/var/lib/dpkg/lock-frontend"), 60):
+        r, secs = apt_quiet(rootfs, "install -y --no-install-recommends bash", wait=4)
+    assert r.rc != 0
+    assert "Could not get lock /var/lib/dpkg/lock-frontend" in r.err
+    assert 4 <= secs < 4 + 3, f"{secs:.1f}s for a 4 s wait"
 
 
 def test_other_failures_do_not_wait(rootfs):
