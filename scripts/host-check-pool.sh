@@ -48,22 +48,27 @@ if line=$(pool_mount "$pool"); then
   mounted=true
   fstype=${line%% *}
   options=${line#* }
+  if pool_is_fuse "$fstype"; then
+    allow_other=false
+    pool_allows_other "$options" && allow_other=true
+  fi
 fi
 
-if [[ $mounted == false ]]; then
-  if [[ -d $pool ]]; then
-    problems+=("$pool is not a mount point: the pool is not mounted, so a container bind-mounting it would see the empty directory and write to the node's root disk. Mount it (mount $pool) and make that permanent in /etc/fstab; for a mergerfs pool a line such as: ${FSTAB_EXAMPLE/POOL/$pool}")
-  else
-    problems+=("$pool does not exist: create the mount point and mount the pool there; for a mergerfs pool an /etc/fstab line such as: ${FSTAB_EXAMPLE/POOL/$pool}")
-  fi
-elif pool_is_fuse "$fstype"; then
-  if pool_allows_other "$options"; then
-    allow_other=true
-  else
-    allow_other=false
-    problems+=("$pool is a $fstype mount without allow_other: other users (and the containers' media user) cannot see it. Add allow_other to its options in /etc/fstab, e.g. ${FSTAB_EXAMPLE/POOL/$pool}, then: umount $pool && mount $pool")
-  fi
-fi
+# the verdict is lib-pool.sh's, as at every container start (pve-hookscript.sh)
+problem=$(pool_problem "$pool") || true
+case $problem in
+  "") ;;
+  not-mounted)
+    if [[ -d $pool ]]; then
+      problems+=("$pool is not a mount point: the pool is not mounted, so a container bind-mounting it would see the empty directory and write to the node's root disk. Mount it (mount $pool) and make that permanent in /etc/fstab; for a mergerfs pool a line such as: ${FSTAB_EXAMPLE/POOL/$pool}")
+    else
+      problems+=("$pool does not exist: create the mount point and mount the pool there; for a mergerfs pool an /etc/fstab line such as: ${FSTAB_EXAMPLE/POOL/$pool}")
+    fi
+    ;;
+  *)
+    problems+=("$pool is a ${problem#* } mount without allow_other: other users (and the containers' media user) cannot see it. Add allow_other to its options in /etc/fstab, e.g. ${FSTAB_EXAMPLE/POOL/$pool}, then: umount $pool && mount $pool")
+    ;;
+esac
 
 ok_json=true
 [[ ${#problems[@]} -eq 0 ]] || ok_json=false

@@ -26,3 +26,18 @@ pool_is_fuse() {
 pool_allows_other() {
   [[ ,$1, == *,allow_other,* ]]
 }
+
+# pool_problem POOL: the verdict. Prints nothing (status 0) when a container may bind POOL now;
+# else status 1 and one word of why: "not-mounted", or "no-allow-other FSTYPE" (a FUSE mount
+# the containers' media user could not use). Each script words its own message from it.
+pool_problem() {
+  local line
+  if ! line=$(pool_mount "$1"); then
+    echo not-mounted
+    return 1
+  fi
+  if pool_is_fuse "${line%% *}" && ! pool_allows_other "${line#* }"; then
+    echo "no-allow-other ${line%% *}"
+    return 1
+  fi
+}

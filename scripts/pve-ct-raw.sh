@@ -95,10 +95,16 @@ would_change() {
 
 # A reboot would follow a change of a running container: refuse it before
 # writing anything if the pool is not mounted (so the next run still reboots).
-if [[ -n $require_mount ]] && ! pool_mount "$require_mount" >/dev/null; then
+if [[ -n $require_mount ]] && ! problem=$(pool_problem "$require_mount"); then
   status=$(pct status "$vmid" 2>/dev/null || true)
   if [[ $status == *running* ]] && would_change; then
-    die "refusing to reboot container $vmid: $require_mount is not a mount point (the storage pool is not mounted), so after a reboot the container's bind mount would show the empty directory and files would land on the node's root disk. Mount the pool (mount $require_mount; check it with: host-check-pool.sh --pool $require_mount), then run this again. $conf was not changed and container $vmid was not rebooted."
+    case $problem in
+      not-mounted)
+        why="$require_mount is not a mount point (the storage pool is not mounted), so after a reboot the container's bind mount would show the empty directory and files would land on the node's root disk. Mount the pool (mount $require_mount" ;;
+      *)
+        why="$require_mount is a ${problem#* } mount without allow_other, so after a reboot its hookscript would refuse the start (the containers' media user could not use the pool). Add allow_other to its options in /etc/fstab and remount it (umount $require_mount && mount $require_mount" ;;
+    esac
+    die "refusing to reboot container $vmid: $why; check it with: host-check-pool.sh --pool $require_mount), then run this again. $conf was not changed and container $vmid was not rebooted."
   fi
 fi
 

@@ -75,17 +75,15 @@ while IFS='=' read -r key value; do
 done <"$settings"
 [[ $role == gpu || $role == drive || $role == none ]] || refuse "$settings: role must be gpu, drive or none, got '$role'"
 
-# 1. The pool (lib-pool.sh: the rules of host-check-pool.sh).
-if [[ $require_mount == 1 && -n $pool ]]; then
-  if ! line=$(pool_mount "$pool"); then
-    trap - ERR
-    refuse "the pool $pool is not mounted (the container would bind the empty directory and write to the node's root disk); mount it (mount $pool), then start the container again"
-  fi
-  fstype=${line%% *} options=${line#* }
-  if pool_is_fuse "$fstype" && ! pool_allows_other "$options"; then
-    trap - ERR
-    refuse "the pool $pool is a $fstype mount without allow_other (the containers' media user could not use it); add allow_other to its options in /etc/fstab, remount, then start the container again"
-  fi
+# 1. The pool (lib-pool.sh: the verdict of host-check-pool.sh and pve-ct-raw.sh too).
+if [[ $require_mount == 1 && -n $pool ]] && ! problem=$(pool_problem "$pool"); then
+  trap - ERR
+  case $problem in
+    not-mounted)
+      refuse "the pool $pool is not mounted (the container would bind the empty directory and write to the node's root disk); mount it (mount $pool), then start the container again" ;;
+    *)
+      refuse "the pool $pool is a ${problem#* } mount without allow_other (the containers' media user could not use it); add allow_other to its options in /etc/fstab, remount, then start the container again" ;;
+  esac
 fi
 
 # 2. Today's lines.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -18,6 +19,33 @@ IS_ROOT = os.geteuid() == 0
 CACHE = Path(os.environ.get("LAB_CACHE", Path.home() / ".cache/homelab-media/rootfs"))
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (mknod, chroot, useradd in a Debian tree)")
+
+
+# What `findmnt -n -r -o FSTYPE,OPTIONS --mountpoint POOL` prints -> may a container bind POOL?
+# (scripts/lib-pool.sh; with stacked mounts findmnt prints each, in mount order: the top one counts)
+POOL_MOUNTS = {
+    "mergerfs without allow_other": ("fuse.mergerfs rw,relatime,user_id=0,group_id=0", False),
+    "mergerfs with allow_other": ("fuse.mergerfs rw,relatime,user_id=0,group_id=0,default_permissions,allow_other", True),
+    "ntfs-3g (fuseblk) without allow_other": ("fuseblk rw,relatime,user_id=0,group_id=0,blksize=4096", False),
+    "ntfs-3g (fuseblk) with allow_other": ("fuseblk rw,relatime,user_id=0,group_id=0,allow_other,blksize=4096", True),
+    "plain fuse without allow_other": ("fuse rw,nosuid,nodev,user_id=0,group_id=0", False),
+    "ext4": ("ext4 rw,relatime", True),
+    "mergerfs stacked over a bind mount: the top one counts": ("ext4 rw,relatime\nfuse.mergerfs rw,relatime,user_id=0", False),
+    "a bind mount stacked over mergerfs: the top one counts": ("fuse.mergerfs rw,relatime,user_id=0\next4 rw,relatime", True),
+}
+
+
+def fake_findmnt(bindir: Path, pool, output: str) -> dict:
+    """A findmnt in bindir that answers lib-pool.sh's one call for `pool` with `output` (any other
+    call fails loudly); returns the env that puts it first on PATH."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    f = bindir / "findmnt"
+    want = f"-n -r -o FSTYPE,OPTIONS --mountpoint {pool}"
+    f.write_text("#!/bin/sh\n"
+                 f'[ "$*" = "{want}" ] || {{ echo "fake findmnt: unexpected call: $*" >&2; exit 64; }}\n'
+                 f"printf '%s\\n' {' '.join(shlex.quote(x) for x in output.splitlines())}\n")
+    f.chmod(0o755)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}
 
 
 @dataclass

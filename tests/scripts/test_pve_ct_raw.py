@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .conftest import run
+from .conftest import POOL_MOUNTS, fake_findmnt, run
 
 BASE = "arch: amd64\nhostname: ripper\nostype: debian\n"
 LINES = "lxc.cgroup2.devices.allow: b 11:0 rwm\nlxc.mount.entry: /dev/sr0 dev/sr0 none bind,optional,create=file\n"
@@ -225,6 +225,27 @@ def test_require_mount_reboots_when_the_pool_is_mounted(pve, tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "changed"
     assert pve.calls()[-1] == "reboot 202"
+
+
+@pytest.mark.parametrize("mount", POOL_MOUNTS, ids=list(POOL_MOUNTS))
+def test_require_mount_judges_a_mount_as_the_hookscript_does(pve, tmp_path, mount):
+    """lib-pool.sh's verdict: a reboot onto a pool the container's hookscript would refuse
+    (e.g. mergerfs without allow_other) is refused before anything is written."""
+    line, usable = POOL_MOUNTS[mount]
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    pve.env.update(fake_findmnt(tmp_path / "bin", pool, line))
+    pve.conf().write_text(BASE)
+    pve.set_state("running")
+    r = ct_raw(pve, "--vmid", "202", "--require-mount", str(pool))
+    if usable:
+        assert r.rc == 0, r.err
+        assert pve.calls()[-1] == "reboot 202"
+    else:
+        fstype = line.splitlines()[-1].split()[0]
+        assert r.rc == 1
+        assert f"refusing to reboot container 202: {pool} is a {fstype} mount without allow_other" in r.err
+        assert "reboot 202" not in pve.calls() and pve.conf().read_text() == BASE
 
 
 def test_require_mount_must_be_absolute():

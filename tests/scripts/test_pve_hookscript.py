@@ -16,7 +16,7 @@ import pytest
 
 from components import render
 
-from .conftest import SCRIPTS, run
+from .conftest import POOL_MOUNTS, SCRIPTS, fake_findmnt, run
 from .test_discover_verify import two_drives
 
 CONF = """\
@@ -181,32 +181,17 @@ def test_pool_not_mounted_refuses_the_start_in_one_line_and_changes_nothing(node
     assert node.conf(202) == before_conf and node.gen(202) == before_gen
 
 
-MOUNTS = {  # what findmnt -n -r -o FSTYPE,OPTIONS --mountpoint POOL prints -> may a container bind it?
-    "mergerfs without allow_other": ("fuse.mergerfs rw,relatime,user_id=0,group_id=0", False),
-    "mergerfs with allow_other": ("fuse.mergerfs rw,relatime,user_id=0,group_id=0,default_permissions,allow_other", True),
-    "ntfs-3g (fuseblk) without allow_other": ("fuseblk rw,relatime,user_id=0,group_id=0,blksize=4096", False),
-    "ntfs-3g (fuseblk) with allow_other": ("fuseblk rw,relatime,user_id=0,group_id=0,allow_other,blksize=4096", True),
-    "plain fuse without allow_other": ("fuse rw,nosuid,nodev,user_id=0,group_id=0", False),
-    "ext4": ("ext4 rw,relatime", True),
-    "mergerfs stacked over a bind mount: the top one counts": ("ext4 rw,relatime\nfuse.mergerfs rw,relatime,user_id=0", False),
-    "a bind mount stacked over mergerfs: the top one counts": ("fuse.mergerfs rw,relatime,user_id=0\next4 rw,relatime", True),
-}
-
-
-@pytest.mark.parametrize("mount", MOUNTS, ids=list(MOUNTS))
+@pytest.mark.parametrize("mount", POOL_MOUNTS, ids=list(POOL_MOUNTS))
 def test_the_hook_and_host_check_pool_judge_a_mount_alike(node, tmp_path, mount):
     """One rule (lib-pool.sh) for the deploy's pool check and the check at every start."""
-    line, usable = MOUNTS[mount]
-    bindir = tmp_path / "fakebin"
-    bindir.mkdir()
-    (bindir / "findmnt").write_text(f"#!/bin/sh\nprintf '{line}\\n'\n")
-    (bindir / "findmnt").chmod(0o755)
-    env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
+    line, usable = POOL_MOUNTS[mount]
+    env = fake_findmnt(tmp_path / "fakebin", tmp_path, line)
     fstype = line.splitlines()[-1].split()[0]  # the top mount
 
     check = run("host-check-pool.sh", "--pool", str(tmp_path), env=env)
     assert (check.rc == 0) is usable, check.err
     assert check.json["fstype"] == fstype and check.json["ok"] is usable
+    assert check.json["allow_other"] is (usable if fstype.startswith("fuse") else None)
 
     node.hw.optical(sr=0, sg=1)
     node.setup(202, CONF, "drive", pool=str(tmp_path))

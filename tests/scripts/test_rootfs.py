@@ -10,6 +10,7 @@ import stat
 
 import pytest
 
+from .conftest import fake_findmnt as conftest_fake_findmnt
 from .conftest import run
 
 pytestmark = pytest.mark.rootfs
@@ -175,12 +176,7 @@ def test_pool_bind_mount_is_accepted(rootfs):
 
 
 def fake_findmnt(tmp_path, line):
-    bindir = tmp_path / "fakebin"
-    bindir.mkdir()
-    f = bindir / "findmnt"
-    f.write_text(f"#!/bin/sh\necho '{line}'\n")
-    f.chmod(0o755)
-    return {"PATH": f"{bindir}:{os.environ['PATH']}"}
+    return conftest_fake_findmnt(tmp_path / "fakebin", tmp_path, line)
 
 
 def test_mergerfs_without_allow_other_is_refused(tmp_path):
