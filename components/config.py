@@ -682,30 +682,43 @@ def from_stack_file(path: str | Path, require_secrets: bool = False) -> StackCon
 
 
 def from_cli_json(doc: dict[str, Any], require_secrets: bool = False) -> StackConfig:
-    """Validate what `pulumi config --json` prints, the way the program reads it (components.stack):
-    the stack file plus any environment it imports. Tools that drive the CLI (adopt) use this
-    instead of reading keys themselves. Secrets count as present; their values are not shown."""
+    """Validate what `pulumi config --json` prints (the stack file plus any environment it
+    imports) the way the program reads its config (components.stack.load: each section through
+    pulumi.Config.get_object, any other key of the namespace refused). Tools that drive the CLI
+    (adopt) use this instead of reading keys themselves. Secret values are never asked for."""
     raw: dict[str, Any] = {}
     present: dict[str, bool] = {}
+    problems: list[str] = []
     for full_key, entry in doc.items():
         ns, _, key = str(full_key).partition(":")
         if ns != NAMESPACE:
             continue
         if key in SECRETS:
             present[key] = True
-            continue
-        if "objectValue" in entry:
+        elif key not in SECTIONS:
+            raw[key] = None  # parse() names it
+        elif "objectValue" in entry:
             raw[key] = entry["objectValue"]
-            continue
-        value = entry.get("value")
-        if isinstance(value, str) and value[:1] in "{[":
+        elif "value" not in entry:
+            problems.append(
+                f"{full_key} is stored as a secret: only {', '.join(SECRETS)} are meant to be; store it "
+                f"in plain text (`pulumi config set --path {full_key}.<setting> ...`)"
+            )
+        else:
             try:
-                value = json.loads(value)  # as pulumi.Config.get_object reads it
-            except ValueError:
-                pass
-        raw[key] = value
-    secrets = Secrets.model_validate(present)  # by their config key names (aliases)
-    return parse(raw, secrets, require_secrets)
+                value = json.loads(entry["value"])  # as pulumi.Config.get_object reads it
+            except (TypeError, ValueError):
+                problems.append(f"{full_key} must be a mapping of settings, got {entry['value']!r}")
+                continue
+            if value is not None:
+                raw[key] = value
+    try:
+        cfg = parse(raw, Secrets.model_validate(present), require_secrets)
+    except ConfigError as exc:
+        raise ConfigError(problems + exc.messages) from None
+    if problems:
+        raise ConfigError(problems)
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pulumi
 
-from .config import NAMESPACE, SECTIONS, ConfigError, Secrets, StackConfig, parse
+from .config import NAMESPACE, SECRETS, SECTIONS, ConfigError, Secrets, StackConfig, parse
 
 
 @dataclass
@@ -28,6 +28,8 @@ def load(config: pulumi.Config | None = None) -> StackInputs:
         value = config.get_object(key)
         if value is not None:
             raw[key] = value
+    for key in configured_keys() - set(SECTIONS) - set(SECRETS):
+        raw[key] = None  # parse() names it: a misspelt section would otherwise be ignored
     password = config.get_secret("proxmoxPassword")
     token = config.get_secret("proxmoxApiToken")
     ssh_key = config.get_secret("sshPrivateKey")
@@ -49,6 +51,17 @@ def load(config: pulumi.Config | None = None) -> StackInputs:
     if problems:
         raise ConfigError(problems)
     return StackInputs(cfg, password, ssh_key, mk_key, status_password)
+
+
+def configured_keys() -> set[str]:
+    """Every key of this program's namespace the stack sets. pulumi.Config answers only for keys
+    asked by name; the runtime holds the whole bag (from the engine, the language host's
+    PULUMI_CONFIG, or lab/run-program.py's set_all_config)."""
+    from pulumi.runtime import config as runtime_config
+
+    prefix = f"{NAMESPACE}:"
+    keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+    return {k[len(prefix):] for k in keys if k.startswith(prefix)}
 
 
 # The bpg provider also reads credentials from the environment, and a token there wins over

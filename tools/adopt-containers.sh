@@ -158,7 +158,8 @@ fi
 # node's steps). So the state gets the timeouts the program declares (the preview's new inputs);
 # nothing else in it changes, and nothing on the node.
 step "Recording the stack's timeouts for the adopted containers (pulumi stack export/import)"
-pulumi stack export "${sargs[@]}" >"$work/adopted.json"
+hint="the containers are in the stack, but their timeouts were not recorded: run pulumi up${stack:+ --stack $stack} before any pulumi destroy"
+pulumi stack export "${sargs[@]}" >"$work/adopted.json" || die "pulumi stack export failed (see above); $hint"
 "$py" - "$work/preview.json" "$work/adopted.json" "${imported[@]}" <<'PY' ||
 import json, sys
 preview, state_file, urns = sys.argv[1], sys.argv[2], set(sys.argv[3:])
@@ -175,7 +176,6 @@ if urns and not patched:
     sys.exit("the preview declared no timeouts for the imported containers: nothing recorded")
 json.dump(state, open(state_file, "w"))
 PY
-  die "the containers are in the stack, but their timeouts could not be read from the preview (see above): run pulumi up${stack:+ --stack $stack} before any pulumi destroy"
-quiet pulumi stack import "${sargs[@]}" --file "$work/adopted.json" ||
-  die "the containers are in the stack, but recording their timeouts failed (see above): run pulumi up${stack:+ --stack $stack} before any pulumi destroy"
+  die "patching the exported state failed (see above); $hint"
+quiet pulumi stack import "${sargs[@]}" --file "$work/adopted.json" || die "pulumi stack import failed (see above); $hint"
 ok "Adopted: run \`pulumi up${stack:+ --stack $stack}\` to converge (device lines, the media user, packages, the proofs)"

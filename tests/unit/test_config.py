@@ -172,6 +172,23 @@ def test_the_cli_json_is_refused_naming_the_key():
     assert "transcoder.vmId" in text and "proxmoxPassword" in text
 
 
+def test_the_cli_json_is_read_as_the_program_reads_it():
+    """components.stack.load: sections through get_object (JSON text, "null" is unset), any
+    other key of the namespace refused; a section stored as a secret has no value to read."""
+    doc = cli_json(homelab_raw())
+    doc["homelab-media:pipelin"] = {"value": '{"webPort": 9000}', "secret": False}
+    doc["homelab-media:verify"] = {"value": "null", "secret": False}
+    doc["homelab-media:network"] = {"secret": True}
+    doc["homelab-media:devices"] = {"value": "auto", "secret": False}
+    with pytest.raises(ConfigError) as exc:
+        from_cli_json(doc)
+    text = "\n".join(exc.value.messages)
+    assert "homelab-media:pipelin is not a setting of this program" in text
+    assert "homelab-media:network is stored as a secret" in text
+    assert "homelab-media:devices must be a mapping of settings, got 'auto'" in text
+    assert not [m for m in exc.value.messages if "homelab-media:verify" in m]  # "null": unset, as get_object has it
+
+
 def test_all_stack_files_in_the_repo_validate():
     for f in ROOT.glob("Pulumi.*.yaml"):
         from_stack_file(f)

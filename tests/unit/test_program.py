@@ -423,6 +423,25 @@ def test_api_token_is_refused_before_any_resource(program):
     assert "root@pam with a password" in str(exc.value)
 
 
+@pytest.mark.parametrize("source", ["the engine's config bag", "the language host's PULUMI_CONFIG"])
+def test_a_misspelt_section_is_refused_not_ignored(monkeypatch, source):
+    """pulumi.Config answers only for keys asked by name: `homelab-media:pipelin` would be
+    silently ignored (the defaults used) unless the program looks at every key it was given."""
+    cfg = homelab_config(**{f"{NS}:pipelin": json.dumps({"webPort": 9000})})
+    pulumi.runtime.set_mocks(Mocks(), project="homelab-media", stack="homelab", preview=False)
+    if source == "the engine's config bag":
+        pulumi.runtime.set_all_config(cfg, [f"{NS}:proxmoxPassword", f"{NS}:sshPrivateKey"])
+    else:
+        pulumi.runtime.set_all_config({}, [])
+        monkeypatch.setenv("PULUMI_CONFIG", json.dumps(cfg))
+    from components.stack import ConfigError, load
+
+    with pytest.raises(ConfigError) as exc:
+        load()
+    assert f"{NS}:pipelin is not a setting of this program" in str(exc.value)
+    pulumi.runtime.set_all_config({}, [])
+
+
 @pulumi.runtime.test
 def test_a_chosen_qsv_device_reaches_the_gpu_proof_and_the_pipeline(program):
     enc = {"languages": ["eng"], "encoder": "hevc_qsv", "preset": "slow", "crf": 20, "qsvDevice": "/dev/dri/renderD129"}
