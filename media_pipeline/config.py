@@ -95,13 +95,13 @@ _EXAMPLES = {
 }
 
 
-
 def _check_known(key: str, known: tuple[str, ...], where: str) -> None:
     """An unknown key is refused with the closest known one (a typo) or the list of them."""
     if key not in known:
         close = difflib.get_close_matches(key, known, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
         raise ConfigError(f"{where}: unknown key {key!r}; {hint}")
+
 
 def _bad(key: str, problem: str, where: str) -> ConfigError:
     return ConfigError(f"{where}: key {key!r} {problem}; fix: set e.g. \"{key}\": {_EXAMPLES[key]}")

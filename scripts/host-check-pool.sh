@@ -44,7 +44,8 @@ command -v findmnt >/dev/null || die "findmnt not found (apt-get install util-li
 step "Checking that $pool is a mounted pool"
 mounted=false fstype="" options="" allow_other=null
 problems=()
-if line=$(pool_mount "$pool"); then
+line=$(pool_mount "$pool") || line=""
+if [[ -n $line ]]; then
   mounted=true
   fstype=${line%% *}
   options=${line#* }
@@ -55,7 +56,7 @@ if line=$(pool_mount "$pool"); then
 fi
 
 # the verdict is lib-pool.sh's, as at every container start (pve-hookscript.sh)
-problem=$(pool_problem "$pool") || true
+problem=$(pool_verdict "$line") || true
 case $problem in
   "") ;;
   not-mounted)

@@ -27,17 +27,24 @@ pool_allows_other() {
   [[ ,$1, == *,allow_other,* ]]
 }
 
-# pool_problem POOL: the verdict. Prints nothing (status 0) when a container may bind POOL now;
-# else status 1 and one word of why: "not-mounted", or "no-allow-other FSTYPE" (a FUSE mount
-# the containers' media user could not use). Each script words its own message from it.
-pool_problem() {
-  local line
-  if ! line=$(pool_mount "$1"); then
+# pool_verdict MOUNT: the verdict on what pool_mount printed ("" when POOL is not a mount point).
+# Prints nothing (status 0) when a container may bind the pool; else status 1 and one word of
+# why: "not-mounted", or "no-allow-other FSTYPE" (a FUSE mount the containers' media user could
+# not use). Each script words its own message from it.
+pool_verdict() {
+  if [[ -z $1 ]]; then
     echo not-mounted
     return 1
   fi
-  if pool_is_fuse "${line%% *}" && ! pool_allows_other "${line#* }"; then
-    echo "no-allow-other ${line%% *}"
+  if pool_is_fuse "${1%% *}" && ! pool_allows_other "${1#* }"; then
+    echo "no-allow-other ${1%% *}"
     return 1
   fi
+}
+
+# pool_problem POOL: pool_verdict on POOL as it is mounted now.
+pool_problem() {
+  local line
+  line=$(pool_mount "$1") || line=""
+  pool_verdict "$line"
 }

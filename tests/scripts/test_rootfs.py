@@ -10,8 +10,7 @@ import stat
 
 import pytest
 
-from .conftest import fake_findmnt as conftest_fake_findmnt
-from .conftest import run
+from .conftest import fake_findmnt, run
 
 pytestmark = pytest.mark.rootfs
 
@@ -175,12 +174,8 @@ def test_pool_bind_mount_is_accepted(rootfs):
     assert j["allow_other"] is None  # not a FUSE mount
 
 
-def fake_findmnt(tmp_path, line):
-    return conftest_fake_findmnt(tmp_path / "fakebin", tmp_path, line)
-
-
 def test_mergerfs_without_allow_other_is_refused(tmp_path):
-    env = fake_findmnt(tmp_path, "fuse.mergerfs rw,relatime,user_id=0,group_id=0")
+    env = fake_findmnt(tmp_path / "fakebin", tmp_path, "fuse.mergerfs rw,relatime,user_id=0,group_id=0")
     r = run("host-check-pool.sh", "--pool", str(tmp_path), env=env)
     assert r.rc == 1
     assert "without allow_other" in r.err and "allow_other" in r.err
@@ -191,7 +186,7 @@ def test_mergerfs_without_allow_other_is_refused(tmp_path):
 
 
 def test_mergerfs_with_allow_other_is_accepted(tmp_path):
-    env = fake_findmnt(tmp_path, "fuse.mergerfs rw,relatime,user_id=0,group_id=0,default_permissions,allow_other")
+    env = fake_findmnt(tmp_path / "fakebin", tmp_path, "fuse.mergerfs rw,relatime,user_id=0,group_id=0,default_permissions,allow_other")
     r = run("host-check-pool.sh", "--pool", str(tmp_path), env=env)
     assert r.rc == 0, r.err
     assert r.json["allow_other"] is True and r.json["ok"] is True

@@ -1,5 +1,6 @@
 """Config models: the plan's values load; every bad value is refused naming key, value and fix."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -142,8 +143,6 @@ def test_stack_file_missing_and_unparsable(tmp_path):
 def cli_json(raw: dict, secrets=("proxmoxPassword", "sshPrivateKey")) -> dict:
     """What `pulumi config --json` prints (shape taken from CLI v3.274.1): objects as a JSON
     string plus objectValue, scalars as value, secrets as {"secret": true} without a value."""
-    import json
-
     doc = {}
     for key, value in raw.items():
         entry = {"value": value if isinstance(value, str) else json.dumps(value), "secret": False}

@@ -436,10 +436,12 @@ def test_a_misspelt_section_is_refused_not_ignored(monkeypatch, source):
         monkeypatch.setenv("PULUMI_CONFIG", json.dumps(cfg))
     from components.stack import ConfigError, load
 
-    with pytest.raises(ConfigError) as exc:
-        load()
+    try:
+        with pytest.raises(ConfigError) as exc:
+            load()
+    finally:
+        pulumi.runtime.set_all_config({}, [])  # no misspelt key for the tests after this one
     assert f"{NS}:pipelin is not a setting of this program" in str(exc.value)
-    pulumi.runtime.set_all_config({}, [])
 
 
 @pulumi.runtime.test
