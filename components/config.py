@@ -291,6 +291,11 @@ class ContainerConfig(_Model):
     datastore: str = "local-lvm"
     ipv4: str = "dhcp"
     start_on_boot: bool = True
+    allow_recreate: bool = Field(
+        False,
+        description="let an up delete and recreate this container (its disk lost) when storage.pool, "
+        "datastore or a smaller diskGb asks for it; refused otherwise (scripts/host-ct-recreate-guard.sh)",
+    )
     extra_raw_lines: list[str] = Field(
         [],
         description="your own lxc.cgroup2.devices.allow / lxc.mount.entry lines (e.g. /dev/net/tun), "

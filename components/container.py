@@ -79,6 +79,9 @@ def privileged_container(
             provider=node.provider,
             delete_before_replace=True,
             depends_on=[*depends_on, guard],
+            # a mount point, datastore or smaller disk change replaces the container (bpg's provider),
+            # and the old one is deleted first: MediaHost's recreate guard refuses that unless
+            # <key>.allowRecreate is set (scripts/host-ct-recreate-guard.sh)
             # the template matters only at create; a newer one must not wipe a running
             # container (rebuild on purpose with `pulumi up --replace <urn>`)
             ignore_changes=["operatingSystem"],

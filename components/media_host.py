@@ -28,9 +28,21 @@ class MediaHost(pulumi.ComponentResource):
         super().__init__("homelab:index:MediaHost", name, None, opts)
         st = cfg.storage
 
+        # first of all: a config edit the provider can only apply by deleting a container (its
+        # disk: the job and rip databases, MakeMKV's settings) stops the up, naming the key
+        self.recreate_guard = run_script(
+            f"{name}-recreate-guard",
+            node,
+            "host-ct-recreate-guard.sh",
+            ["--pool", st.pool, *[a for key, ct in (("transcoder", cfg.transcoder), ("ripper", cfg.ripper))
+                                  for a in ("--ct", render.recreate_spec(key, ct))]],
+            parent=self,
+        )
+
         pool_args = ["--pool", st.pool] + ([] if st.require_mount else ["--no-require-mount"])
         self.pool_check = run_script(
-            f"{name}-pool-check", node, "host-check-pool.sh", pool_args, parent=self
+            f"{name}-pool-check", node, "host-check-pool.sh", pool_args, parent=self,
+            depends_on=[self.recreate_guard],
         )
 
         groups = cfg.host_groups

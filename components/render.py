@@ -118,6 +118,11 @@ def hookscript_volume(storage: str) -> str:
     return f"{storage}:snippets/{HOOK_SNIPPET}"
 
 
+def recreate_spec(key: str, ct) -> str:
+    """host-ct-recreate-guard.sh's --ct VMID:KEY:DATASTORE:DISK_GB:ALLOW for one container's config."""
+    return f"{ct.vm_id}:{key}:{ct.datastore}:{ct.disk_gb}:{int(ct.allow_recreate)}"
+
+
 def _dev_entry(path: str) -> str:
     if not path.startswith("/dev/") or " " in path:
         raise ValueError(f"{path!r} is not a /dev node path")

@@ -33,7 +33,7 @@ class TranscoderCT(pulumi.ComponentResource):
         ct = cfg.transcoder
         self.vm_id = ct.vm_id
         self.container = privileged_container(
-            name, ct, cfg, node, host.template_file_id, parent=self, depends_on=[host.setup, host.hookscript]
+            name, ct, cfg, node, host.template_file_id, parent=self, depends_on=[host.recreate_guard, host.setup, host.hookscript]
         )
         # the user's own lines (extraRawLines) ride along; the hookscript keeps them at every start
         self.raw_lines = host.discovery.apply(lambda d: render.gpu_lines(d) + list(ct.extra_raw_lines))

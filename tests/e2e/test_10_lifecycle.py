@@ -110,6 +110,33 @@ def test_cores_change_updates_in_place(lab, deployer, config_restored):
     deployer.check_no_changes()
 
 
+def test_a_pool_path_change_never_deletes_a_container_without_the_opt_in(lab, deployer, config_restored):
+    """bpg's provider replaces a container for any mount point change, deleting the old one first
+    (its disk: the job and rip databases). The recreate guard stops that up before any container
+    is touched, naming storage.pool and transcoder.allowRecreate."""
+    # a second pool, really mounted on the node, so that only the guard can stop the up
+    lab.ssh("mkdir -p /mnt/pool && { mountpoint -q /mnt/pool || mount --bind /mnt/pool /mnt/pool; }")
+    try:
+        lab.ssh(f"pct exec {TRANSCODER} -- sh -c 'echo kept > /root/on-the-root-disk'")
+        events, mp0 = lab.events(), {v: lab.ct_config(v)["mp0"] for v in (TRANSCODER, RIPPER)}
+        deployer.set_config("storage.pool", "/mnt/pool")
+        r = deployer.up(check=False)
+        assert r.returncode != 0, r.text[-3000:]
+        assert "storage.pool: CT 201 binds /mnt/storage" in r.text, r.text[-3000:]
+        assert "homelab-media:transcoder.allowRecreate true" in r.text
+        assert "homelab-media:ripper.allowRecreate true" in r.text
+        new = lab.events()[len(events):]
+        assert not [e for e in new if e[1].split(" ")[0] in ("create", "destroy", "stop")], new
+        assert {v: lab.ct_config(v)["mp0"] for v in (TRANSCODER, RIPPER)} == mp0
+        assert lab.ssh(f"pct exec {TRANSCODER} -- cat /root/on-the-root-disk").stdout.strip() == "kept"
+
+        deployer.reset_config()
+        deployer.up()
+        deployer.check_no_changes()
+    finally:
+        lab.ssh("umount /mnt/pool; rmdir /mnt/pool/staging /mnt/pool/movies /mnt/pool/tv /mnt/pool", check=False)
+
+
 def test_new_gpu_node_rewrites_raw_lines_and_restarts_only_the_transcoder(lab, deployer, config_restored):
     lab.add_device("dri/renderD129", "c", 226, 129, 104,
                    sysfs={"devices/pci0000:00/0000:04:00.0/drm/renderD129/dev": "226:129\n"})

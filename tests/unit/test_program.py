@@ -264,6 +264,26 @@ def test_steps_run_in_order_inside_the_right_place(program):
 
 
 @pulumi.runtime.test
+def test_a_change_that_recreates_a_container_is_checked_first(program):
+    """The recreate guard runs before the pool check and before either container, with what the
+    provider replaces a container for (the pool, the root disk's storage and size) and the opt-in."""
+    ripper = json.loads(homelab_config()[f"{NS}:ripper"])
+    mocks, g = program(homelab_config(**{f"{NS}:ripper": json.dumps({**ripper, "allowRecreate": True})}))
+
+    def check(_):
+        guard = mocks.resources["media-host-recreate-guard"].inputs
+        assert guard["create"] == "bash -s"
+        assert "host-ct-recreate-guard.sh" in guard["stdin"]
+        assert "--pool /mnt/storage --ct 201:transcoder:local-lvm:20:0 --ct 202:ripper:local-lvm:20:1" in guard["stdin"]
+        host_guard = g["host"].recreate_guard
+        for name in ("media-host-pool-check", "transcoder", "ripper"):
+            assert host_guard in DEPENDS_ON[name], f"{name} does not wait for the recreate guard"
+        assert not DEPENDS_ON.get("media-host-recreate-guard"), "the guard must not wait for anything"
+
+    return done(g).apply(check)
+
+
+@pulumi.runtime.test
 def test_bootstrap_carries_users_groups_and_never_the_whole_pool(program):
     mocks, g = program(homelab_config())
 
@@ -632,8 +652,8 @@ HELPERS = ["lib.sh", "lib-json.sh", "lib-exec.sh", "lib-files.sh", "lib-users.sh
 # 2-7 (lib.sh itself: all); of the 14 steps the program has today (+ the hookscript's install,
 # two vm id guards, media-rip's install):
 EXPECTED_RERUNS = {
-    "lib.sh": 14,
-    "lib-json.sh": 10,
+    "lib.sh": 15,
+    "lib-json.sh": 11,
     "lib-exec.sh": 6,
     "lib-files.sh": 3,
     "lib-users.sh": 3,
@@ -666,8 +686,9 @@ def test_a_helper_change_reruns_only_the_steps_that_source_it(program, tmp_path,
                 files = {render.PIPELINE_TARBALL: render.pipeline_tarball()}
             assert remote.content_hash(script, extra, files) == a.inputs["triggers"][0], name
             steps[name] = (script, extra, files)
-        # the 10 steps of issue 10, the hookscript install, two vm id guards, media-rip's install
-        assert len(steps) == 14, sorted(steps)
+        # the 10 steps of issue 10, the hookscript install, two vm id guards, media-rip's install,
+        # the recreate guard
+        assert len(steps) == 15, sorted(steps)
         reruns = {}
         for helper in HELPERS:
             copy = tmp_path / helper / "scripts"

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Before any change: refuse a config edit that would make the provider recreate a container (and wipe its disk).
+set -Eeuo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
+
+usage() {
+  cat <<'USAGE'
+Usage: host-ct-recreate-guard.sh --pool PATH --ct VMID:KEY:DATASTORE:DISK_GB:ALLOW [--ct ...] [--pve-dir DIR]
+
+Runs on the Proxmox node at the start of every `pulumi up` whose container settings changed,
+before any container is touched. bpg's provider can change some container settings only by
+deleting the container and creating it anew (delete_before_replace: the old one goes first),
+which loses its disk: the job database, media-rip's database (the fingerprints that stop a
+disc being ripped twice) and MakeMKV's settings. For each existing container this compares
+its conf with what the stack now declares and refuses (exit 1), naming the key, when the
+change is one of those:
+  - its mount point (mp0: the pool, storage.pool)
+  - its root disk's storage (KEY.datastore)
+  - a smaller root disk (KEY.diskGb; growing it is done in place)
+unless ALLOW is 1 (homelab-media:KEY.allowRecreate: true). A container that does not exist yet
+passes. Nothing is changed either way.
+
+  --pool PATH     the pool the stack binds into every container (mp0: PATH,mp=PATH)
+  --ct SPEC       VMID:KEY:DATASTORE:DISK_GB:ALLOW, e.g. 201:transcoder:local-lvm:20:0
+  --pve-dir DIR   pmxcfs mount (default /etc/pve)
+
+stdout: JSON [{"vmid","key","exists":bool,"recreate":[reasons],"allowed":bool}, ...]
+USAGE
+}
+
+pool="" pve=/etc/pve
+cts=()
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    -h | --help) usage; exit 0 ;;
+    --pool) need_arg "$@"; pool=$2; shift 2 ;;
+    --ct) need_arg "$@"; cts+=("$2"); shift 2 ;;
+    --pve-dir) need_arg "$@"; pve=$2; shift 2 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+[[ $pool == /* ]] || die "--pool must be an absolute path (see --help)"
+[[ ${#cts[@]} -gt 0 ]] || die "at least one --ct is required (see --help)"
+
+# conf_main FILE: the container's own settings (before the first [snapshot] or [pve:pending]).
+conf_main() { sed -n '/^\[/q; p' "$1"; }
+
+# bytes SIZE: PVE's disk size (a number with an optional K/M/G/T suffix; bare = bytes) in bytes.
+bytes() {
+  awk -v s="$1" 'BEGIN {
+    if (match(s, /^[0-9]+(\.[0-9]+)?[KMGT]?$/) == 0) { print -1; exit }
+    u = substr(s, length(s)); n = s + 0
+    if (u == "K") n *= 1024; else if (u == "M") n *= 1024^2; else if (u == "G") n *= 1024^3; else if (u == "T") n *= 1024^4
+    printf "%.0f\n", n }'
+}
+
+# option VALUE NAME: one `name=value` option of a conf value such as `local-lvm:vm-201-disk-0,size=8G`.
+option() { tr ',' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n 1; }
+
+step "Would this up recreate a container?"
+results=() refused=()
+for spec in "${cts[@]}"; do
+  IFS=: read -r vmid key datastore disk allow extra <<<"$spec"
+  [[ -z ${extra:-} && -n $key && -n $datastore ]] || die "--ct '$spec' must be VMID:KEY:DATASTORE:DISK_GB:ALLOW"
+  need_int "--ct $spec: VMID" "$vmid"
+  need_int "--ct $spec: DISK_GB" "$disk"
+  [[ $allow == 0 || $allow == 1 ]] || die "--ct '$spec': ALLOW must be 0 or 1"
+  conf=""
+  for f in "$pve"/nodes/*/lxc/"$vmid".conf; do
+    [[ -f $f ]] && conf=$f && break
+  done
+  reasons=()
+  if [[ -n $conf ]]; then
+    main=$(conf_main "$conf")
+    mp0=$(sed -n 's/^mp0:[[:space:]]*//p' <<<"$main" | head -n 1)
+    rootfs=$(sed -n 's/^rootfs:[[:space:]]*//p' <<<"$main" | head -n 1)
+    have_src=${mp0%%,*} have_mp=$(option "$mp0" mp)
+    if [[ $have_src != "$pool" || $have_mp != "$pool" ]]; then
+      reasons+=("storage.pool: CT $vmid binds ${mp0:-nothing} and the stack now binds $pool,mp=$pool: the provider changes a mount point only by recreating the container")
+    fi
+    vol=${rootfs%%,*}
+    have_store=${vol%%:*}
+    if [[ -n $rootfs && $have_store != "$datastore" ]]; then
+      reasons+=("$key.datastore: CT $vmid's root disk is on '$have_store' and the stack now says '$datastore': the provider moves it only by recreating the container")
+    fi
+    size=$(option "$rootfs" size)
+    if [[ -n $size ]]; then
+      have=$(bytes "$size")
+      want=$(awk -v g="$disk" 'BEGIN { printf "%.0f\n", g * 1024^3 }')
+      if [[ $have -gt 0 ]] && awk -v w="$want" -v h="$have" 'BEGIN { exit !(w < h) }'; then
+        reasons+=("$key.diskGb: CT $vmid's root disk is $size and the stack now says ${disk}G: a disk cannot shrink, the provider would recreate the container")
+      fi
+    fi
+  fi
+  exists=false
+  [[ -n $conf ]] && exists=true
+  results+=("$(printf '{"vmid":%s,"key":%s,"exists":%s,"recreate":%s,"allowed":%s}' "$vmid" "$(json_str "$key")" \
+    "$exists" "$(json_arr "${reasons[@]}")" "$(json_bool "$allow")")")
+  if [[ ${#reasons[@]} -eq 0 ]]; then
+    ok "CT $vmid ($key): $([[ $exists == true ]] && echo "kept" || echo "not created yet")"
+  elif [[ $allow == 1 ]]; then
+    warn "CT $vmid ($key) will be recreated, its disk lost ($key.allowRecreate is true): ${reasons[*]}"
+  else
+    refused+=("${reasons[@]}" "$key: to recreate CT $vmid on purpose, losing its disk (job database, media-rip's database, MakeMKV settings; media on the pool is kept): $(config_set_hint "$key.allowRecreate" true), up, then set it back to false; to keep the container, set the key back")
+  fi
+done
+printf '[%s]\n' "$(IFS=,; echo "${results[*]}")"
+if [[ ${#refused[@]} -gt 0 ]]; then
+  for line in "${refused[@]}"; do
+    printf '✗ %s\n' "$line" >&2
+  done
+  die "refused: this up would delete and recreate a container (see the lines above). Nothing was changed."
+fi
+ok "no container would be recreated without allowRecreate"

@@ -1,0 +1,96 @@
+"""host-ct-recreate-guard.sh on a pmxcfs-like tree: an edit that bpg's provider applies only by
+deleting and recreating a container (the pool's mount point, the root disk's storage, a smaller
+disk) is refused unless <key>.allowRecreate opts in; everything else passes. The conf files are
+written as PVE writes them (fakepve's print_mount, pve-container's PVE::LXC::Config)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import run
+
+CONF = """#transcoder: managed by the homelab-media Pulumi program
+arch: amd64
+cores: 2
+hostname: transcoder
+mp0: /mnt/storage,mp=/mnt/storage
+rootfs: local-lvm:vm-201-disk-0,size=8G
+lxc.cgroup2.devices.allow: c 226:128 rwm
+
+[before-upgrade]
+mp0: /mnt/old,mp=/mnt/old
+rootfs: other:vm-201-disk-0,size=64G
+"""
+
+
+@pytest.fixture
+def pve(tmp_path):
+    (tmp_path / "nodes/pve1/lxc").mkdir(parents=True)
+    (tmp_path / "nodes/pve1/lxc/201.conf").write_text(CONF)
+    return tmp_path
+
+
+def guard(pve, *cts, pool="/mnt/storage"):
+    args = ["--pool", pool, "--pve-dir", str(pve)]
+    for ct in cts:
+        args += ["--ct", ct]
+    return run("host-ct-recreate-guard.sh", *args)
+
+
+def test_unchanged_settings_and_a_new_container_pass(pve):
+    r = guard(pve, "201:transcoder:local-lvm:8:0", "202:ripper:local-lvm:8:0")
+    assert r.rc == 0, r.err
+    got = json.loads(r.out)
+    assert got == [
+        {"vmid": 201, "key": "transcoder", "exists": True, "recreate": [], "allowed": False},
+        {"vmid": 202, "key": "ripper", "exists": False, "recreate": [], "allowed": False},
+    ]
+
+
+def test_a_bigger_disk_is_a_resize_and_passes(pve):
+    r = guard(pve, "201:transcoder:local-lvm:20:0")
+    assert r.rc == 0, r.err
+    assert json.loads(r.out)[0]["recreate"] == []
+
+
+@pytest.mark.parametrize("pool,spec,key", [
+    ("/mnt/pool", "201:transcoder:local-lvm:8:0", "storage.pool"),
+    ("/mnt/storage", "201:transcoder:zfs-fast:8:0", "transcoder.datastore"),
+    ("/mnt/storage", "201:transcoder:local-lvm:4:0", "transcoder.diskGb"),
+])
+def test_a_change_that_recreates_is_refused_naming_the_key_and_the_opt_in(pve, pool, spec, key):
+    before = (pve / "nodes/pve1/lxc/201.conf").read_bytes()
+    r = guard(pve, spec, pool=pool)
+    assert r.rc == 1
+    reasons = json.loads(r.out)[0]["recreate"]
+    assert len(reasons) == 1 and reasons[0].startswith(f"{key}: CT 201"), reasons
+    assert f"✗ {key}: CT 201" in r.err
+    assert "pulumi config set --path homelab-media:transcoder.allowRecreate true" in r.err
+    assert "Nothing was changed" in r.err
+    assert (pve / "nodes/pve1/lxc/201.conf").read_bytes() == before
+
+
+def test_allow_recreate_lets_it_through_and_says_so(pve):
+    r = guard(pve, "201:transcoder:zfs-fast:4:1", pool="/mnt/pool")
+    assert r.rc == 0, r.err
+    got = json.loads(r.out)[0]
+    assert got["allowed"] is True and len(got["recreate"]) == 3
+    assert "will be recreated, its disk lost (transcoder.allowRecreate is true)" in r.err
+
+
+def test_sizes_in_other_units_and_snapshots_are_read_as_pve_means_them(pve):
+    # 8192M is 8G (not smaller); the snapshot section's values are not the container's
+    conf = CONF.replace("size=8G", "size=8192M")
+    (pve / "nodes/pve1/lxc/201.conf").write_text(conf)
+    assert guard(pve, "201:transcoder:local-lvm:8:0").rc == 0
+    (pve / "nodes/pve1/lxc/201.conf").write_text(CONF.replace("size=8G", "size=0.5T"))
+    r = guard(pve, "201:transcoder:local-lvm:100:0")
+    assert r.rc == 1 and "transcoder.diskGb" in r.err
+
+
+@pytest.mark.parametrize("spec", ["201:transcoder:local-lvm:8", "x:transcoder:local-lvm:8:0", "201:t:l:8:2"])
+def test_a_malformed_spec_is_refused(pve, spec):
+    r = guard(pve, spec)
+    assert r.rc != 0 and "--ct" in r.err
