@@ -363,14 +363,23 @@ class EncodingConfig(_Model):
     preset: str = "slow"
     crf: int = Field(18, ge=0, le=51)
     qsv_device: str | None = Field(
-        None, description="render node for QSV and the GPU proof, e.g. /dev/dri/renderD129 (default: discovered)"
+        None,
+        description="render node for QSV and the GPU proof: /dev/dri/by-path/pci-0000:03:00.0-render (stable) or "
+        "/dev/dri/renderD129 (default: discovered)",
     )
 
     @field_validator("qsv_device")
     @classmethod
     def _qsv_device(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^/dev/dri/renderD\d+$", v):
-            raise ValueError("must be a render node such as /dev/dri/renderD129")
+        from media_pipeline.gpu import BY_PATH  # the same rule media-transcode resolves it by
+
+        if v is not None and not (re.fullmatch(r"/dev/dri/renderD\d+", v) or BY_PATH.fullmatch(v)):
+            raise ValueError(
+                "must be a render node: its stable name /dev/dri/by-path/pci-<domain:bus:device.function>-render "
+                "(e.g. /dev/dri/by-path/pci-0000:03:00.0-render; `ls -l /dev/dri/by-path` on the node lists them), "
+                "resolved to today's renderD<N> at every job; or /dev/dri/renderD<N> (e.g. /dev/dri/renderD129), "
+                "whose number can change when the node probes its GPUs in another order"
+            )
         return v
 
     @field_validator("languages")

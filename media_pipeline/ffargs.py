@@ -172,7 +172,7 @@ def build_args(probe: dict, opts: EncodeOptions, src: str, dst: str) -> tuple[li
     argv = [opts.ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
             "-progress", "pipe:1"]
     if opts.encoder == "hevc_qsv":
-        # "" (auto) is resolved by the caller (media_pipeline.gpu); unresolved, it is auto's fallback
+        # "" (auto) and by-path names are resolved by the caller (media_pipeline.gpu); unresolved, "" is auto's fallback
         device = opts.qsv_device or DEFAULT_QSV_DEVICE
         argv += ["-init_hw_device", f"qsv=hw:{device}", "-filter_hw_device", "hw"]
     argv += ["-i", src]

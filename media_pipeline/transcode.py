@@ -370,7 +370,10 @@ def transcode(
     if os.path.realpath(src) == os.path.realpath(dst):
         raise TranscodeError(EXIT_USAGE, "input and output are the same file")
 
-    opts, device_note = gpu.resolve(opts)
+    try:
+        opts, device_note = gpu.resolve(opts)  # at every job: a by-path qsv_device follows its GPU's minor
+    except gpu.DeviceError as exc:
+        raise TranscodeError(EXIT_USAGE, str(exc)) from None
     if device_note:
         log(f"note: {device_note}")
     info = probe(src, ffprobe)
@@ -573,7 +576,11 @@ def main(argv: list[str] | None = None) -> int:
     max_errors = args.max_decode_errors if args.max_decode_errors is not None else cfg.max_decode_errors
 
     if args.dry_run:
-        opts, device_note = gpu.resolve(opts)
+        try:
+            opts, device_note = gpu.resolve(opts)
+        except gpu.DeviceError as exc:
+            say(f"usage error: {exc}")
+            return EXIT_USAGE
         if device_note:
             say(f"note: {device_note}")
         try:

@@ -5,11 +5,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib-exec.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib-files.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib-devices.sh"
 
 usage() {
   cat <<'USAGE'
 Usage: ct-bootstrap-transcoder.sh --user media --video-gid 44 --render-gid 104
-         [--uid 1000] [--gid 1000] [--sources-only | --dri-only]
+         [--uid 1000] [--gid 1000] [--render-node PATH]
+         [--sources-only | --dri-only | --gpu-only]
 
 Inside the transcoder container (Debian 12):
   1. the media user (ct-media-user.sh, next to this script) with the node's
@@ -25,15 +27,29 @@ Inside the transcoder container (Debian 12):
      gid and renderD* its render gid. /dev/dri is a bind mount of the node's
      devtmpfs, so changing them here would re-group the node's own nodes; a
      mismatch means the stack's homelab-media:hostGroups.video/render is not the
-     node's number: a warning names the key and the value to set. Not fatal.
+     node's number: a warning names the key and the value to set. Not fatal;
+  5. the GPU's kernel driver (/sys/class/drm/renderD*/device/driver: i915 or xe)
+     for the render node the pipeline will use (--render-node, else its auto
+     choice). xe needs intel-media-driver >= 24.2.1 and libva >= 2.21.0; Debian 12
+     has 23.1.1 and 2.17.0 and bookworm-backports has neither, so with an older
+     stack an xe GPU is refused: a warning says why and how to bind it to i915
+     (or to use a Debian 13 template). Not fatal (libx265 still works);
+     verify-gpu.sh's proof fails with the same reason.
 
+  --render-node PATH  the render node encoding.qsvDevice names: /dev/dri/renderD<N> or
+                   /dev/dri/by-path/pci-<domain:bus:device.function>-render (default: auto)
   --sources-only   do only step 2 (for tests; APT_ETC overrides /etc/apt)
   --dri-only       do only step 4, print {"dri":[...],"dri_ok":bool,"changed":false}
                    (for tests; DEV_ROOT overrides /dev; needs no root)
+  --gpu-only       do only step 5, print {"gpu":{...}} (for tests; DEV_ROOT, SYSFS_ROOT;
+                   needs no root)
 
 stdout: JSON {"packages":[installed list],"installed":[newly installed],
               "sources_changed":[files],
               "dri":[{"path","gid","expected_gid","ok":bool}],"dri_ok":bool,
+              "gpu":{"render_node","kernel_driver","pci_address","choice",
+                     "usable":true (i915, or xe on a stack that drives it)|false (xe
+                     refused)|null (no GPU, or not an Intel driver),"reason"},
               "user":{ct-media-user JSON},"changed":bool}
 Exit 1 with a message on stderr on failure (apt errors show their log tail).
 USAGE
@@ -43,7 +59,7 @@ PACKAGES=(intel-media-va-driver-non-free libvpl2 libmfx-gen1.2 vainfo intel-gpu-
   ffmpeg handbrake-cli mediainfo mkvtoolnix jq python3)
 WANT_COMPONENTS=(contrib non-free non-free-firmware)
 
-user="" uid=1000 gid=1000 video_gid="" render_gid="" sources_only=0 dri_only=0
+user="" uid=1000 gid=1000 video_gid="" render_gid="" sources_only=0 dri_only=0 gpu_only=0 render_node=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h | --help) usage; exit 0 ;;
@@ -54,6 +70,8 @@ while [[ $# -gt 0 ]]; do
     --render-gid) need_arg "$@"; render_gid=$2; shift 2 ;;
     --sources-only) sources_only=1; shift ;;
     --dri-only) dri_only=1; shift ;;
+    --gpu-only) gpu_only=1; shift ;;
+    --render-node) need_arg "$@"; render_node=$2; shift 2 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -227,6 +245,46 @@ check_dri() {
   fi
 }
 
+# check_gpu: the kernel driver of the render node the pipeline will use, and whether this
+# container's VA stack can drive it. Fills GPU_JSON. Reports only: a refused GPU is a warning.
+GPU_JSON=""
+check_gpu() {
+  local node="" choice="" driver="" pci="" usable=null reason="" problem
+  step "GPU kernel driver (i915 or xe) of ${render_node:-the auto-chosen render node}"
+  if [[ -n $render_node ]]; then
+    resolve_render_node "$render_node"
+    node=$RES_NODE choice="requested $render_node" reason=$RES_REASON
+  else
+    auto_render_node
+    node=$AUTO_NODE choice=$AUTO_WHY
+    [[ -n $node ]] || reason="no render node in ${DEV_ROOT:-/dev}/dri"
+  fi
+  if [[ -n $reason ]]; then
+    node="" choice=""
+    warn "$reason"
+  else
+    driver=$(render_kernel_driver "$node")
+    pci=$(render_pci_address "$node")
+    if [[ $driver == xe ]] && problem=$(xe_stack_problem) && [[ -n $problem ]]; then
+      usable=false reason=$(xe_refusal "$node" "$problem")
+      warn "GPU refused: $reason"
+    else
+      [[ $driver != i915 && $driver != xe ]] || usable=true  # other drivers: only verify-gpu.sh's encode tells
+      ok "$node: kernel driver $driver${pci:+, PCI $pci} ($choice)"
+    fi
+  fi
+  GPU_JSON=$(json_obj render_node "$(json_str_or_null "$node")" kernel_driver "$(json_str_or_null "$driver")" \
+    pci_address "$(json_str_or_null "$pci")" choice "$(json_str_or_null "$choice")" usable "$usable" \
+    reason "$(json_str_or_null "$reason")")
+}
+
+if ((gpu_only)); then
+  check_gpu
+  json_obj gpu "$GPU_JSON"
+  echo
+  exit 0
+fi
+
 if ((sources_only)); then
   step "Adding ${WANT_COMPONENTS[*]} to the Debian apt sources in $apt_etc"
   add_components
@@ -282,6 +340,7 @@ else
 fi
 
 check_dri
+check_gpu
 
 present=()
 for p in "${PACKAGES[@]}"; do
@@ -292,5 +351,5 @@ any=false
 [[ ${#CHANGED[@]} -eq 0 && $user_changed -eq 0 ]] || any=true
 json_obj packages "$(json_arr "${present[@]}")" installed "$(json_arr "${installed[@]}")" \
   sources_changed "$(json_arr "${SOURCES_CHANGED[@]}")" dri "$(json_raw_arr "${DRI_JSON[@]}")" dri_ok "$DRI_OK" \
-  user "$user_json" changed "$any"
+  gpu "$GPU_JSON" user "$user_json" changed "$any"
 echo

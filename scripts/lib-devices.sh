@@ -202,3 +202,160 @@ first_render_node() {
   return 0
 }
 
+
+# --- render nodes: kernel driver, PCI address, stable names (media_pipeline/gpu.py has the same rules)
+
+# render_sysfs NODE: the sysfs directory of a render node (NODE: a path or a renderDN name).
+render_sysfs() { printf '%s/class/drm/%s\n' "${SYSFS_ROOT:-/sys}" "$(basename "$1")"; }
+
+# render_kernel_driver NODE: the kernel driver bound to its GPU (i915, xe, amdgpu, ...), "unknown" if sysfs has none.
+render_kernel_driver() {
+  local l
+  l=$(readlink "$(render_sysfs "$1")/device/driver" 2>/dev/null) || { echo unknown; return 0; }
+  basename "$l"
+}
+
+# PCI_ADDR_RE: a PCI address as udev's by-path names and sysfs spell it (domain:bus:device.function).
+PCI_ADDR_RE='[0-9a-f]{4,}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]'
+
+# render_pci_address NODE: its GPU's PCI address (0000:03:00.0); empty if sysfs does not say.
+render_pci_address() {
+  local l
+  l=$(readlink "$(render_sysfs "$1")/device" 2>/dev/null) || return 0
+  l=$(basename "$l")  # sysfs: class/drm/renderD128/device -> ../../../0000:03:00.0
+  if [[ $l =~ ^${PCI_ADDR_RE}$ ]]; then printf '%s\n' "$l"; fi
+  return 0
+}
+
+# render_pci_device_id NODE: its GPU's PCI device id without 0x (56a0); empty if unknown.
+render_pci_device_id() {
+  local id
+  id=$(cat "$(render_sysfs "$1")/device/device" 2>/dev/null) || return 0
+  id=${id#0x}
+  printf '%s\n' "${id//[[:space:]]/}"
+}
+
+# render_nodes: the $DEV_ROOT/dri/renderD* character devices, in numeric order, one per line.
+render_nodes() {
+  local n
+  for n in $(find "${DEV_ROOT:-/dev}/dri" -mindepth 1 -maxdepth 1 -name 'renderD*' 2>/dev/null | sort -V || true); do
+    [[ -c $n ]] && printf '%s\n' "$n"
+  done
+  return 0
+}
+
+# render_nodes_summary: "renderD128 = /dev/dri/by-path/pci-0000:00:02.0-render (i915); ..." for messages.
+render_nodes_summary() {
+  local n a name out=""
+  while read -r n; do
+    a=$(render_pci_address "$n")
+    name="no PCI address in sysfs"
+    [[ -z $a ]] || name=/dev/dri/by-path/pci-$a-render
+    out+="${out:+; }$(basename "$n") = $name ($(render_kernel_driver "$n"))"
+  done < <(render_nodes)
+  printf '%s\n' "${out:-none}"
+}
+
+# resolve_render_node SPEC: set RES_NODE to today's render node for SPEC, or RES_REASON when there is
+# none (RES_ADDR: the PCI address a by-path SPEC names). SPEC /dev/dri/renderDN is used as it is (under DEV_ROOT); /dev/dri/by-path/pci-ADDR-render
+# (stable across reboots) resolves through udev's by-path link when /dev/dri has it (the container's
+# /dev/dri is a bind mount of the node's), else through the render node whose sysfs device is ADDR.
+# shellcheck disable=SC2034  # RES_* are read by the scripts that source this
+resolve_render_node() {
+  local spec=$1 dri=${DEV_ROOT:-/dev}/dri addr link t n
+  RES_NODE="" RES_REASON="" RES_ADDR=""
+  if [[ $spec =~ ^/dev/dri/(renderD[0-9]+)$ ]]; then
+    RES_NODE=$dri/${BASH_REMATCH[1]}
+    return 0
+  fi
+  if [[ ! $spec =~ ^/dev/dri/by-path/pci-(${PCI_ADDR_RE})-render$ ]]; then
+    # anything else (a test's own path) is used as it is
+    RES_NODE=$spec
+    return 0
+  fi
+  addr=${BASH_REMATCH[1]} RES_ADDR=${BASH_REMATCH[1]}
+  link=$dri/by-path/pci-$addr-render
+  if [[ -L $link ]]; then
+    t=$(basename "$(readlink "$link")")
+    if [[ $t =~ ^renderD[0-9]+$ && -c $dri/$t ]]; then
+      RES_NODE=$dri/$t
+      return 0
+    fi
+  fi
+  while read -r n; do
+    if [[ $(render_pci_address "$n") == "$addr" ]]; then
+      RES_NODE=$n
+      return 0
+    fi
+  done < <(render_nodes)
+  RES_REASON="$spec: no render node is PCI device $addr (render nodes here: $(render_nodes_summary)); set ${STACK_NS}:encoding.qsvDevice to one of those by-path names, or unset it for auto"
+  return 0
+}
+
+# The first releases that drive the xe kernel driver: intel-media-driver builds its Xe KMD support
+# by default from 24.2.1 (intel/media-driver 0f46bd6); libva maps xe to iHD from 2.21.0 (intel/libva
+# 0931342). Debian 12 has 23.1.1 and 2.17.0; bookworm-backports has neither package.
+XE_MIN_MEDIA_DRIVER=24.2.1
+XE_MIN_LIBVA=2.21.0
+
+# pkg_installed_version PKG: the version dpkg has installed, empty if none.
+pkg_installed_version() {
+  local s
+  s=$(dpkg-query -W -f='${db:Status-Status} ${Version}\n' "$1" 2>/dev/null | head -n1) || true
+  [[ $s == "installed "* ]] && printf '%s\n' "${s#installed }"
+  return 0
+}
+
+# xe_stack_problem: why this system's VA stack cannot drive an xe render node (nothing when it can).
+xe_stack_problem() {
+  local media libva
+  media=$(pkg_installed_version intel-media-va-driver-non-free)
+  [[ -n $media ]] || media=$(pkg_installed_version intel-media-va-driver)
+  libva=$(pkg_installed_version libva2)
+  if [[ -n $media && -n $libva ]] && dpkg --compare-versions "$media" ge "$XE_MIN_MEDIA_DRIVER" &&
+    dpkg --compare-versions "$libva" ge "$XE_MIN_LIBVA"; then
+    return 0
+  fi
+  printf 'the xe kernel driver needs intel-media-driver >= %s and libva >= %s; this container has intel-media-va-driver-non-free %s and libva2 %s\n' \
+    "$XE_MIN_MEDIA_DRIVER" "$XE_MIN_LIBVA" "${media:-not installed}" "${libva:-not installed}"
+}
+
+# xe_refusal NODE PROBLEM: the whole reason an xe GPU is refused, with the fixes.
+xe_refusal() {
+  local id
+  id=$(render_pci_device_id "$1")
+  id=${id:-<device id>}
+  printf '%s (PCI %s) cannot be used: %s (Debian 12 and bookworm-backports have nothing newer). Fix on the node: bind the GPU to i915 with the kernel parameters i915.force_probe=%s xe.force_probe=!%s (drop any xe.force_probe=%s), then reboot the node; or use a Debian 13 container template (%s:template.url; its intel-media-driver 25.2 and libva 2.22 drive xe; Arc B-series has no i915 support, so this is its only route)\n' \
+    "$1" "$(render_pci_address "$1")" "$2" "$id" "$id" "$id" "$STACK_NS"
+}
+
+# auto_render_node: set AUTO_NODE and AUTO_WHY by media-transcode's auto rule (media_pipeline/gpu.py):
+# the first i915/xe render node in numeric order, but with a VA stack that cannot drive xe the first
+# i915 node; an xe node then only when there is no i915 one. No Intel node: the first render node.
+# shellcheck disable=SC2034  # AUTO_* are read by the scripts that source this
+auto_render_node() {
+  local n d xe_problem="" first_xe="" skipped=""
+  local -a nodes=()
+  AUTO_NODE="" AUTO_WHY=""
+  mapfile -t nodes < <(render_nodes)
+  for n in "${nodes[@]}"; do
+    [[ $(render_kernel_driver "$n") == xe ]] && { xe_problem=$(xe_stack_problem); break; }
+  done
+  for n in "${nodes[@]}"; do
+    d=$(render_kernel_driver "$n")
+    if [[ $d == xe && -n $xe_problem ]]; then
+      first_xe=${first_xe:-$n}
+      skipped+="${skipped:+, }$(basename "$n")"
+    elif [[ $d == i915 || $d == xe ]]; then
+      AUTO_NODE=$n
+      AUTO_WHY="auto: the first Intel render node, driver $d${skipped:+; $skipped is on xe, skipped: $xe_problem}"
+      return 0
+    fi
+  done
+  if [[ -n $first_xe ]]; then
+    AUTO_NODE=$first_xe AUTO_WHY="auto: driver xe (no i915 node), which cannot work here"
+  elif [[ ${#nodes[@]} -gt 0 ]]; then
+    AUTO_NODE=${nodes[0]} AUTO_WHY="auto: no i915/xe render node; the first render node"
+  fi
+  return 0
+}

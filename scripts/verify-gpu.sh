@@ -16,15 +16,24 @@ encoders ffmpeg was built with, and a real one-second encode:
   ffmpeg -init_hw_device qsv=hw:NODE -f lavfi -i testsrc=d=1 \
          -vf hwupload=extra_hw_frames=64,format=qsv -c:v hevc_qsv -f null -
 Only the encode proves the GPU works; `ok` is true only if it succeeded.
-Missing hardware or tools are reported with a reason, not as a crash.
+Missing hardware or tools are reported with a reason, not as a crash. A GPU on
+the xe kernel driver with a VA stack too old for xe (Debian 12's) fails with
+that reason and the fix; vainfo and the encode are not tried.
 
-  --render-node PATH   default: the first /dev/dri/renderD* (DEV_ROOT overrides /dev)
+  --render-node PATH   /dev/dri/by-path/pci-<domain:bus:device.function>-render (stable across
+                       reboots; resolved now to today's renderD<N>, through the by-path link or
+                       sysfs) or /dev/dri/renderD<N>. Default: media-transcode's auto choice: the
+                       first i915/xe render node, an xe one only if the VA stack drives xe or
+                       there is no i915 one, else the first renderD* (DEV_ROOT overrides /dev,
+                       SYSFS_ROOT /sys)
   --save FILE          also write the JSON (plus "checked_at", unix time) to FILE, mode 0644,
                        atomically; media-pipeline's status page shows it
                        (/var/lib/media-pipeline/gpu-proof.json)
   --strict             exit 1 after printing the JSON if ok is false
 
-stdout: JSON {"ok":bool,"render_node":str|null,"driver":str|null,"va_profiles":[str],
+stdout: JSON {"ok":bool,"render_node":str|null,"choice":str|null,
+              "kernel_driver":"i915"|"xe"|other|"unknown"|null,"pci_address":str|null,
+              "driver":str|null (the VA driver, from vainfo),"va_profiles":[str],
               "qsv_encoders":[str],"encode":"ok"|"failed: REASON","reason":str|null}
 USAGE
 }
@@ -45,7 +54,7 @@ done
 
 
 reasons=()
-driver="" encode="" profiles=() encoders=()
+driver="" encode="" profiles=() encoders=() choice="" kernel_driver="" pci=""
 
 if ! getent passwd "$user" >/dev/null; then
   reasons+=("user $user does not exist (run ct-media-user.sh)")
@@ -53,15 +62,35 @@ if ! getent passwd "$user" >/dev/null; then
 fi
 
 step "Render node"
-[[ -n $node ]] || node=$(first_render_node)
-if [[ -z $node ]]; then
+if [[ -n $node ]]; then
+  resolve_render_node "$node"
+  choice="requested"
+  [[ $RES_NODE == "$node" || -z $RES_NODE ]] || choice="requested $node, which is ${RES_NODE##*/} now"
+  node=$RES_NODE
+else
+  RES_REASON=""
+  auto_render_node
+  node=$AUTO_NODE choice=$AUTO_WHY
+fi
+if [[ -n $RES_REASON ]]; then
+  reasons+=("$RES_REASON")
+  encode="failed: no render node is PCI device $RES_ADDR"
+  choice=""
+elif [[ -z $node ]]; then
   reasons+=("no render node: no ${DEV_ROOT:-/dev}/dri/renderD* (is the GPU passed through? see host-discover.sh and the raw lxc lines)")
   encode="failed: no render node"
 elif [[ ! -c $node ]]; then
   reasons+=("$node is not a character device")
   encode="failed: $node is not a character device"
 else
-  ok "$node"
+  kernel_driver=$(render_kernel_driver "$node")
+  pci=$(render_pci_address "$node")
+  ok "$node (kernel driver $kernel_driver${pci:+, PCI $pci}; $choice)"
+  if [[ $kernel_driver == xe ]] && problem=$(xe_stack_problem) && [[ -n $problem ]]; then
+    # vainfo would only say "init failed": name the cause and the fix instead
+    reasons+=("$(xe_refusal "$node" "$problem")")
+    encode="failed: $node is on the xe kernel driver, which this VA stack cannot drive"
+  fi
 fi
 
 if [[ -z $encode ]]; then
@@ -122,7 +151,9 @@ if [[ ${#reasons[@]} -gt 0 ]]; then
   reason=${reason%; }
 fi
 [[ $ok_json == true ]] || warn "GPU not proven: ${reason:-$encode}"
-result=$(json_obj ok "$ok_json" render_node "$(json_str_or_null "${node}")" driver "$(json_str_or_null "$driver")" \
+result=$(json_obj ok "$ok_json" render_node "$(json_str_or_null "${node}")" choice "$(json_str_or_null "$choice")" \
+  kernel_driver "$(json_str_or_null "$kernel_driver")" pci_address "$(json_str_or_null "$pci")" \
+  driver "$(json_str_or_null "$driver")" \
   va_profiles "$(json_arr "${profiles[@]}")" qsv_encoders "$(json_arr "${encoders[@]}")" \
   encode "$(json_str "$encode")" reason "$(json_str_or_null "$reason")")
 printf '%s\n' "$result"

@@ -334,3 +334,45 @@ def test_good_string_settings_pass():
     assert cfg.transcoder.extra_raw_lines[0] == "lxc.cgroup2.devices.allow: c 10:200 rwm"  # normalized
     assert parse(homelab_raw(), ALL_SECRETS).devices.optical_drive == "auto"
     assert parse(homelab_raw(), ALL_SECRETS).makemkv.base_url == "https://www.makemkv.com/download"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/dev/dri/renderD129",
+        "/dev/dri/by-path/pci-0000:03:00.0-render",  # stable across reboots (issue item 4b)
+        "/dev/dri/by-path/pci-0000:00:02.0-render",
+        "/dev/dri/by-path/pci-10000:e1:1f.7-render",  # a VMD domain has 5 hex digits
+    ],
+)
+def test_qsv_device_accepts_a_render_node_or_its_stable_pci_name(value):
+    raw = homelab_raw()
+    raw["encoding"] = {**raw["encoding"], "qsvDevice": value}
+    assert parse(raw, ALL_SECRETS).encoding.qsv_device == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/dev/dri/by-path/pci-0000:03:00.0-card",  # the display node: QSV needs the render node
+        "/dev/dri/by-path/pci-0000:03:00.0",
+        "/dev/dri/by-path/pci-0000:3:00.0-render",
+        "/dev/dri/by-path/pci-0000:03:00.8-render",  # functions are 0-7
+        "/dev/dri/by-path/pci-0000:03:20.0-render",  # devices are 00-1f
+        "/dev/dri/by-path/pci-0000:03:00.0-render/",
+        "/dev/dri/by-path/../renderD128",
+        "renderD129",
+        "/dev/dri/card1",
+        "8086:56a0",
+        "0000:03:00.0",
+    ],
+)
+def test_qsv_device_refuses_anything_else_naming_the_key_and_the_forms(value):
+    raw = homelab_raw()
+    raw["encoding"] = {**raw["encoding"], "qsvDevice": value}
+    messages = refused(raw)
+    mine = [m for m in messages if m.startswith(f"homelab-media:encoding.qsvDevice = {value!r} is refused: ")]
+    assert len(mine) == 1, messages
+    assert "must be a render node" in mine[0]
+    assert "/dev/dri/by-path/pci-0000:03:00.0-render" in mine[0] and "/dev/dri/renderD129" in mine[0]
+    assert "ls -l /dev/dri/by-path" in mine[0]
