@@ -106,7 +106,8 @@ def raw_lines_step(
         f"{name}-raw-lines",
         node,
         "pve-ct-raw.sh",
-        ["--vmid", str(vmid), *mount],
+        # lines come from the hookscript when it has this container: a re-run never undoes it
+        ["--vmid", str(vmid), *mount, "--hook-dir", render.HOOK_DIR],
         stdin=stdin,
         extra_scripts=["pve-lxc-raw.sh"],
         parent=parent,

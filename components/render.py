@@ -74,6 +74,18 @@ def drive_lines(discovery: Mapping[str, Any]) -> list[str]:
     return lines + mounts
 
 
+# host-hookscript.sh's --dir (the default the program uses), and the LXC-level guard it installs there:
+# LXC runs the conf's lxc.hook.pre-start line at every start, a reboot from inside the container too
+HOOK_DIR = "/var/lib/homelab-media/hook"
+LXC_HOOK_LINE = f"lxc.hook.pre-start: {HOOK_DIR}/homelab-media-lxc-hook.sh"
+
+
+def container_lines(device_lines: list[str], extra: Iterable[str]) -> list[str]:
+    """A container's managed raw lines, in the order its hookscript writes them: devices, the
+    stack's extraRawLines, the LXC hook line (pve-hookscript.sh's `lines`)."""
+    return [*device_lines, *extra, LXC_HOOK_LINE]
+
+
 def rip_device(discovery: Mapping[str, Any], configured: str | None) -> str:
     """The drive media-rip watches: the configured one, else the discovered sr node, else /dev/sr0
     (media-rip then reports that MakeMKV lists no such drive)."""

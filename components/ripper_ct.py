@@ -33,8 +33,8 @@ class RipperCT(pulumi.ComponentResource):
         self.container = privileged_container(
             name, ct, cfg, node, host.template_file_id, parent=self, depends_on=[host.recreate_guard, host.setup, host.hookscript]
         )
-        # the user's own lines (extraRawLines) ride along; the hookscript keeps them at every start
-        self.raw_lines = host.discovery.apply(lambda d: render.drive_lines(d) + list(ct.extra_raw_lines))
+        # the user's own lines (extraRawLines) and the LXC hook line ride along; the hookscript keeps them at every start
+        self.raw_lines = host.discovery.apply(lambda d: render.container_lines(render.drive_lines(d), ct.extra_raw_lines))
         self.raw = raw_lines_step(name, ct.vm_id, self.raw_lines, node, cfg, self, self.container)
 
         m, mk = cfg.media, cfg.makemkv

@@ -35,8 +35,8 @@ class TranscoderCT(pulumi.ComponentResource):
         self.container = privileged_container(
             name, ct, cfg, node, host.template_file_id, parent=self, depends_on=[host.recreate_guard, host.setup, host.hookscript]
         )
-        # the user's own lines (extraRawLines) ride along; the hookscript keeps them at every start
-        self.raw_lines = host.discovery.apply(lambda d: render.gpu_lines(d) + list(ct.extra_raw_lines))
+        # the user's own lines (extraRawLines) and the LXC hook line ride along; the hookscript keeps them at every start
+        self.raw_lines = host.discovery.apply(lambda d: render.container_lines(render.gpu_lines(d), ct.extra_raw_lines))
         self.raw = raw_lines_step(name, ct.vm_id, self.raw_lines, node, cfg, self, self.container)
 
         g = cfg.host_groups
@@ -48,6 +48,8 @@ class TranscoderCT(pulumi.ComponentResource):
             [
                 "--user", m.user, "--uid", str(m.uid), "--gid", str(m.gid),
                 "--video-gid", str(g.video), "--render-gid", str(g.render),
+                # the GPU the pipeline will use: its kernel driver decides if Debian 12's stack can drive it
+                *(["--render-node", cfg.encoding.qsv_device] if cfg.encoding.qsv_device else []),
             ],
             extra_scripts=["ct-media-user.sh"],
             vmid=ct.vm_id,

@@ -19,7 +19,10 @@ On the Proxmox node (root):
      (ROLE: gpu, drive or none; the pool and the drive choice) and ct-VMID.extra
      (the lines on stdin given as "VMID lxc.key: value", one per line);
   3. <storage path>/snippets/homelab-media-hook.sh (0755) runs DIR's hook:
-     the container's `hookscript: ID:snippets/homelab-media-hook.sh`.
+     the container's `hookscript: ID:snippets/homelab-media-hook.sh`;
+  4. DIR/homelab-media-lxc-hook.sh (0755), the conf's `lxc.hook.pre-start`
+     line: LXC runs it at every start, also those PVE makes without its
+     hookscript (a reboot from inside the container).
 Files are written only when they differ.
 
 stdout: JSON {"volume":"ID:snippets/homelab-media-hook.sh","path","dir","changed":[...]}
@@ -94,6 +97,11 @@ for c in "${cts[@]}"; do
     write_if_changed "$dir/ct-$vmid.conf" 0644; then changed "$dir/ct-$vmid.conf ($role)"; fi
   if printf '%s' "${extra_of[$vmid]:-}" | write_if_changed "$dir/ct-$vmid.extra" 0644; then changed "$dir/ct-$vmid.extra"; fi
 done
+
+# LXC's own pre-start hook (the conf's `lxc.hook.pre-start` line): every start, a reboot from inside too
+# shellcheck disable=SC2016 # ${LXC_NAME:-$1} is expanded by the hook at run time, not here
+if printf '#!/bin/sh\n# homelab-media: run by LXC at every start (lxc.hook.pre-start; see %s/pve-hookscript.sh --help)\nexec /bin/bash %s/pve-hookscript.sh "${LXC_NAME:-$1}" lxc-pre-start\n' "$dir" "$dir" |
+  write_if_changed "$dir/homelab-media-lxc-hook.sh" 0755; then changed "$dir/homelab-media-lxc-hook.sh"; fi
 
 snippets="$spath/snippets"
 mkdir -p "$snippets"

@@ -6,13 +6,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib-pool.sh"
 
 usage() {
   cat <<'USAGE'
-Usage: pve-ct-raw.sh --vmid N [--timeout SECONDS] [--require-mount PATH] < lines
+Usage: pve-ct-raw.sh --vmid N [--timeout SECONDS] [--require-mount PATH] [--hook-dir DIR] < lines
 
 Waits until /etc/pve/lxc/N.conf exists and its main section has no `lock:` line
 (PVE rewrites the file while a create/clone/restore lock is held), then runs
 `pve-lxc-raw.sh apply` on it with the lines from stdin (see pve-lxc-raw.sh help).
 If the config changed and the container is running, `pct reboot N` makes the
-new lines take effect (raw lxc lines are read only at container start).
+new lines take effect (raw lxc lines are read only at container start), but
+only when its device lines changed: the LXC hook line alone waits for the
+next start.
 
   --vmid N           container id
   --timeout SECONDS  how long to wait for the config and its lock (default 120)
@@ -23,6 +25,12 @@ new lines take effect (raw lxc lines are read only at container start).
                      directory and writes to the node's root disk. The refusal
                      happens before the config is written, so a later run (pool
                      mounted) still sees the change and reboots.
+  --hook-dir DIR     the containers' hookscript (host-hookscript.sh --dir). When
+                     DIR has this container's settings, the lines written are
+                     the ones its pre-start would write now (pve-hookscript.sh
+                     VMID lines: today's devices), not stdin's, which come from
+                     the deploy's last discovery: so a re-run never reboots a
+                     container for lines its next start would undo.
 Environment: PVE_CONF_DIR (default /etc/pve/lxc), for tests and the lab.
 
 stdout: last line is `changed` or `unchanged`.
@@ -35,12 +43,14 @@ USAGE
 vmid=""
 timeout=120
 require_mount=""
+hook_dir=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h | --help) usage; exit 0 ;;
     --vmid) need_arg "$@"; vmid=$2; shift 2 ;;
     --timeout) need_arg "$@"; timeout=$2; shift 2 ;;
     --require-mount) need_arg "$@"; require_mount=$2; shift 2 ;;
+    --hook-dir) need_arg "$@"; hook_dir=$2; shift 2 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -55,6 +65,17 @@ fi
 conf_dir=${PVE_CONF_DIR:-/etc/pve/lxc}
 conf="$conf_dir/$vmid.conf"
 lines=$(cat)
+
+if [[ -n $hook_dir && -f $hook_dir/ct-$vmid.conf && -f $hook_dir/pve-hookscript.sh ]]; then
+  step "Asking the hookscript which lines a start of $vmid would give it now"
+  today=$(bash "$hook_dir/pve-hookscript.sh" "$vmid" lines) ||
+    die "$hook_dir/pve-hookscript.sh $vmid lines failed (see above); nothing was changed"
+  if [[ $(sed '/^$/d' <<<"$today") != "$(sed '/^$/d' <<<"$lines")" ]]; then
+    warn "today's devices differ from the stack's last discovery: writing today's (what every start gives it); bump devices.rediscover to see them in the outputs"
+  fi
+  lines=$today
+  ok "$(sed '/^$/d' <<<"$lines" | wc -l) line(s) from the hookscript"
+fi
 
 # main_lock CONF: print the lock of the main section (empty if none).
 main_lock() {
@@ -81,16 +102,24 @@ ok "$conf is ready"
 
 lxc_raw="$(dirname "${BASH_SOURCE[0]}")/pve-lxc-raw.sh"
 
-# would_change: true if applying the lines would change the config (tried on a
-# copy under a non-numeric name, so PVE's config lock is not taken for it).
+# device_lines CONF: the main section's device lines (what a reboot is for), sorted, "key: value".
+device_lines() {
+  awk '/^\[/ { exit } /^lxc\.(cgroup2\.devices\.allow|mount\.entry)[[:space:]]*:/ {
+         k = $0; sub(/[[:space:]]*:.*/, "", k); v = $0; sub(/^[^:]*:[[:space:]]*/, "", v)
+         gsub(/[[:space:]]+/, " ", v); sub(/ $/, "", v); print k ": " v }' "$1" | sort
+}
+
+# would_change: true if applying the lines would change the config's device lines (tried on
+# a copy under a non-numeric name, so PVE's config lock is not taken for it).
 would_change() {
-  local d dry rc=0
+  local d rc=0 changed=1
   d=$(mktemp -d)
   cp "$conf" "$d/dry-run.conf"
-  dry=$(bash "$lxc_raw" apply "$d/dry-run.conf" <<<"$lines" 2>/dev/null) || rc=$?
+  bash "$lxc_raw" apply "$d/dry-run.conf" <<<"$lines" >/dev/null 2>&1 || rc=$?
+  [[ $(device_lines "$d/dry-run.conf") != "$(device_lines "$conf")" ]] || changed=0
   rm -rf "$d"
   # bad lines: let the real apply below report them
-  [[ $rc -eq 0 && $(tail -n1 <<<"$dry") == changed ]]
+  [[ $rc -eq 0 && $changed -eq 1 ]]
 }
 
 # A reboot would follow a change of a running container: refuse it before
@@ -109,12 +138,15 @@ if [[ -n $require_mount ]] && ! problem=$(pool_problem "$require_mount"); then
 fi
 
 step "Applying ${vmid}'s raw lxc lines"
+devices_before=$(device_lines "$conf")
 out=$(bash "$lxc_raw" apply "$conf" <<<"$lines")
 result=$(tail -n1 <<<"$out")
 [[ $result == changed || $result == unchanged ]] || die "pve-lxc-raw.sh printed '$result', expected changed/unchanged"
 ok "raw lines $result"
 
-if [[ $result == changed ]]; then
+if [[ $result == changed && $(device_lines "$conf") == "$devices_before" ]]; then
+  ok "container $vmid's device lines are as they were: no reboot (the rest applies at its next start)"
+elif [[ $result == changed ]]; then
   status=$(pct status "$vmid" 2>/dev/null || true)
   if [[ $status == *running* ]]; then
     step "Rebooting container $vmid so the new device lines take effect"

@@ -8,6 +8,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib-pool.sh"
 usage() {
   cat <<'USAGE'
 Usage: pve-hookscript.sh VMID PHASE        (run by Proxmox VE: hookscript: in the conf)
+       pve-hookscript.sh VMID lxc-pre-start  (run by LXC at every start: homelab-media-lxc-hook.sh)
+       pve-hookscript.sh VMID lines          (print the raw lines a start would give VMID now)
        pve-hookscript.sh --help
 
 Installed on the node by host-hookscript.sh, which also writes, next to it,
@@ -32,6 +34,20 @@ at pre-start, post-start, pre-stop and post-stop; only pre-start does work:
      runs; waiting for it would wait for our own caller).
   What changed is logged (the start's task log). Any failure refuses the start:
   a container never starts with a line for a device it was not meant to get.
+  The conf also gets `lxc.hook.pre-start: DIR/homelab-media-lxc-hook.sh`.
+
+lxc-pre-start: LXC runs that line at every start, after PVE's own pre-start
+hook (pve-container's lxc-pve.conf is included first; raw lines come last in
+the generated config). It covers the start PVE makes without vm_start, and so
+without PVE's hookscript: a reboot from inside the container
+(lxc-pve-poststop-hook regenerates the config and restarts
+pve-container@VMID). It refuses the start (non-zero exit: lxc-start stops)
+when the pool fails the rule of 1, or when today's devices differ from the
+conf's raw lines (start it from the node, `pct start VMID`, whose pre-start
+gives it today's devices). It never edits a file: PVE may hold the lock.
+
+lines: devices + extra lines + the LXC hook line, as pre-start would write them
+(pve-ct-raw.sh writes these at deploy, so a deploy never undoes the hook).
 Environment: SYSFS_ROOT, DEV_ROOT (fake trees), PVE_CONF_DIR (default
 /etc/pve/lxc), LXC_CONF_DIR (default /var/lib/lxc), HOOK_CONF_DIR (default:
 this script's directory).
@@ -48,14 +64,17 @@ conf_dir=${PVE_CONF_DIR:-/etc/pve/lxc}
 lxc_dir=${LXC_CONF_DIR:-/var/lib/lxc}
 
 case $phase in
-  pre-start) ;;
+  pre-start | lxc-pre-start | lines) ;;
   post-start | pre-stop | post-stop) exit 0 ;;
   *) warn "CT $vmid: unknown hook phase '$phase', nothing done"; exit 0 ;;
 esac
 
-# refuse REASON: the one line PVE shows for the failed start, then exit 1.
+# refuse REASON: the one line PVE shows for the failed start (LXC: its log and the journal), then exit 1.
 refuse() {
   printf 'homelab-media: CT %s not started: %s\n' "$vmid" "$1" >&2
+  if [[ $phase == lxc-pre-start ]] && command -v logger >/dev/null; then
+    logger -t homelab-media -- "CT $vmid not started: $1" || true
+  fi
   exit 1
 }
 trap 'refuse "the hookscript failed at line $LINENO ($BASH_COMMAND); nothing was changed for this start"' ERR
@@ -76,7 +95,7 @@ done <"$settings"
 [[ $role == gpu || $role == drive || $role == none ]] || refuse "$settings: role must be gpu, drive or none, got '$role'"
 
 # 1. The pool (lib-pool.sh: the verdict of host-check-pool.sh and pve-ct-raw.sh too).
-if [[ $require_mount == 1 && -n $pool ]] && ! problem=$(pool_problem "$pool"); then
+if [[ $phase != lines && $require_mount == 1 && -n $pool ]] && ! problem=$(pool_problem "$pool"); then
   trap - ERR
   case $problem in
     not-mounted)
@@ -100,6 +119,14 @@ if [[ -s $extra ]]; then
   lines+=${lines:+$'\n'}$(grep -v '^[[:space:]]*$' "$extra" || true)
 fi
 
+# the LXC-level guard (installed by host-hookscript.sh beside this script); pve-lxc-raw.sh manages it
+hook_line="lxc.hook.pre-start: $(cd "$here" && pwd)/homelab-media-lxc-hook.sh"
+if [[ $phase == lines ]]; then
+  trap - ERR
+  printf '%s\n' "${lines:+$lines}" "$hook_line" | sed '/^$/d'
+  exit 0
+fi
+
 # managed_lines FILE: the raw device lines of a PVE conf's main section, as "key: value".
 managed_lines() {
   awk '/^\[/ { exit } /^lxc\.(cgroup2\.devices\.allow|mount\.entry)[[:space:]]*:/ {
@@ -110,6 +137,16 @@ managed_lines() {
 conf="$conf_dir/$vmid.conf"
 [[ -f $conf ]] || refuse "$conf does not exist"
 before=$(managed_lines "$conf")
+
+if [[ $phase == lxc-pre-start ]]; then
+  trap - ERR
+  # This start uses the conf's lines (PVE generated the config from it): they must be today's.
+  if [[ $(sort <<<"$before" | sed '/^$/d') != "$(sort <<<"$lines" | sed '/^$/d')" ]]; then
+    refuse "its devices changed since it was last started by PVE (conf: $(sed '/^$/d' <<<"$before" | paste -sd, -); today: $(sed '/^$/d' <<<"$lines" | paste -sd, -)); start it from the node (pct start $vmid), which gives it today's devices"
+  fi
+  printf 'homelab-media: CT %s lxc pre-start: pool ok, devices as in the conf\n' "$vmid" >&2
+  exit 0
+fi
 
 # 3. This start: swap the conf's old raw lines for today's in the config PVE generated.
 gen="$lxc_dir/$vmid/config"
@@ -138,7 +175,7 @@ fi
 
 # 4. The next start: the conf (we run inside PVE's config lock).
 err=$(mktemp)
-if ! result=$(bash "$here/pve-lxc-raw.sh" apply "$conf" --caller-holds-lock <<<"$lines" 2>"$err" | tail -n1) ||
+if ! result=$(printf '%s\n' "$lines" "$hook_line" | bash "$here/pve-lxc-raw.sh" apply "$conf" --caller-holds-lock 2>"$err" | tail -n1) ||
   [[ $result != changed && $result != unchanged ]]; then
   why=$(sed -n 's/^ *✗ //p' "$err" | tail -n1)
   rm -f "$err"

@@ -10,8 +10,9 @@ Usage: pve-lxc-raw.sh apply CONF [--caller-holds-lock] < lines
 
 Makes the main section of CONF (e.g. /etc/pve/lxc/201.conf: everything before
 the first [section] line) hold exactly the lxc.cgroup2.devices.allow and
-lxc.mount.entry lines given on stdin, in that order. Every other line of the
-file is left as it is: other keys, other lxc.* keys (lxc.idmap, ...), '#'
+lxc.mount.entry lines given on stdin, in that order, plus this project's own
+LXC hook line if given. Every other line of the file is left as it is: other
+keys, other lxc.* keys (lxc.idmap, your own lxc.hook.* lines, ...), '#'
 description lines, snapshot sections and [pve:pending].
 
 stdin: one line per entry; blank lines are ignored; empty stdin removes all
@@ -19,6 +20,8 @@ such lines. Accepted forms:
   lxc.cgroup2.devices.allow: a
   lxc.cgroup2.devices.allow: c|b MAJOR|*:MINOR|* [rwm]+     e.g. c 226:128 rwm
   lxc.mount.entry: SRC DST TYPE OPTIONS [0 0]              e.g. /dev/dri dev/dri none bind,optional,create=dir 0 0
+  lxc.hook.pre-start: /ABS/PATH/homelab-media-lxc-hook.sh  the guard LXC runs at every start
+                                                           (a reboot from inside too)
 
 New lines go after the main section's keys (replacing the old ones where they
 were), before the first section. The file is written atomically (temp file
@@ -36,12 +39,15 @@ PVE_LOCK_TIMEOUT (seconds, default 60), for tests and the lab.
 
 stdout: last line is `changed` or `unchanged`.
 Exit 1 (file untouched, message on stderr): missing file, a key other than the
-two above, a malformed line, a '#' line on stdin, or PVE's config lock still
+three above (an lxc.hook.pre-start of another program included), a malformed line, a '#' line on stdin, or PVE's config lock still
 held after the wait.
 USAGE
 }
 
-KEY_RE='^(lxc\.cgroup2\.devices\.allow|lxc\.mount\.entry)[[:space:]]*:'
+# this project's LXC hook: the only lxc.hook.pre-start line managed here (others are the user's)
+LXC_HOOK_FILE=homelab-media-lxc-hook.sh
+KEY_RE="^((lxc\\.cgroup2\\.devices\\.allow|lxc\\.mount\\.entry)[[:space:]]*:|lxc\\.hook\\.pre-start[[:space:]]*:[[:space:]]*/[^[:space:]]*/${LXC_HOOK_FILE}[[:space:]]*$)"
+HOOK_RE="^/[^[:space:]]*/$LXC_HOOK_FILE\$"
 ALLOW_RE='^(a|[cb] ([0-9]+|\*):([0-9]+|\*) [rwm]+)$'
 MOUNT_RE='^[^[:space:]]+ [^[:space:]]+ [^[:space:]]+ [^[:space:]]+( [0-9]+ [0-9]+)?$'
 
@@ -69,8 +75,14 @@ normalize_line() {
         return 1
       }
       ;;
+    lxc.hook.pre-start)
+      [[ $value =~ $HOOK_RE ]] || {
+        printf 'key "%s" is not managed here unless it runs this project'"'"'s %s (an absolute path), got "%s"\n' "$key" "$LXC_HOOK_FILE" "$value" >&2
+        return 1
+      }
+      ;;
     *)
-      printf 'key "%s" is not managed here: only lxc.cgroup2.devices.allow and lxc.mount.entry lines are accepted\n' "$key" >&2
+      printf 'key "%s" is not managed here: only lxc.cgroup2.devices.allow and lxc.mount.entry lines (and the LXC hook line) are accepted\n' "$key" >&2
       return 1
       ;;
   esac

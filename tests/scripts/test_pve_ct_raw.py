@@ -8,7 +8,9 @@ import time
 
 import pytest
 
-from .conftest import POOL_MOUNTS, fake_findmnt, run
+from .conftest import POOL_MOUNTS, SCRIPTS, fake_findmnt, run
+
+SCRIPTS_DIR = SCRIPTS.parent
 
 BASE = "arch: amd64\nhostname: ripper\nostype: debian\n"
 LINES = "lxc.cgroup2.devices.allow: b 11:0 rwm\nlxc.mount.entry: /dev/sr0 dev/sr0 none bind,optional,create=file\n"
@@ -268,3 +270,69 @@ def test_config_lock_is_not_held_during_the_reboot(pve, tmp_path):
     assert r.rc == 0, r.err
     assert (tmp_path / "lock/pve-config-202.lock").exists()
     assert pve.calls() == ["status 202", "reboot 202", "lock free"]
+
+
+# --- a re-run never undoes the hookscript (issue 14, item 5) ---------------------------------
+
+def hooked(pve, hw, tmp_path, role="drive"):
+    """The node's hookscript dir as host-hookscript.sh installs it, for CT 202 (fake device trees)."""
+    import shutil
+
+    from components import render
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    for f in render.bundle_files("pve-hookscript.sh", ["pve-lxc-raw.sh"]):
+        shutil.copy(SCRIPTS / f, hook / f)
+    (hook / "ct-202.conf").write_text(f"role={role}\npool=/\nrequire_mount=0\noptical_drive=auto\n")
+    (hook / "ct-202.extra").write_text("")
+    pve.env.update(hw.env)
+    return hook
+
+
+def test_stale_discovery_after_the_hook_adapted_does_not_reboot(pve, hw, tmp_path):
+    """The drive moved from sg1 to sg2; the last start's hook wrote sg2. A project upgrade re-runs
+    the raw-lines step with the deploy's discovery (sg1): it must write what the hook would, and
+    not reboot a running container (mid-rip) for lines its next start would undo."""
+    hook = hooked(pve, hw, tmp_path)
+    hw.optical(sr=0, sg=2)
+    today = run("../" + os.path.relpath(hook / "pve-hookscript.sh", SCRIPTS_DIR), "202", "lines", env=pve.env)
+    assert today.rc == 0, today.err
+    assert "lxc.cgroup2.devices.allow: c 21:2 rwm" in today.out
+    pve.conf().write_text(BASE + today.out)  # what the hook wrote at the last start
+    pve.set_state("running")
+    stale = LINES + "lxc.cgroup2.devices.allow: c 21:1 rwm\n"
+    before = pve.conf().read_text()
+    r = ct_raw(pve, "--vmid", "202", "--hook-dir", str(hook), lines=stale)
+    assert r.rc == 0, r.err
+    assert r.last_line == "unchanged"
+    assert pve.calls() == [], "a running container was rebooted for stale lines"
+    assert pve.conf().read_text() == before
+    assert "today's devices differ from the stack's last discovery" in r.err
+
+
+def test_the_lxc_hook_line_alone_never_reboots(pve, hw, tmp_path):
+    """An upgrade that only adds the LXC hook line writes it and waits for the next start."""
+    hook = hooked(pve, hw, tmp_path)
+    hw.optical(sr=0, sg=2)
+    devices = "".join(line + "\n" for line in run("../" + os.path.relpath(hook / "pve-hookscript.sh", SCRIPTS_DIR),
+                                                   "202", "lines", env=pve.env).out.splitlines()
+                      if not line.startswith("lxc.hook"))
+    pve.conf().write_text(BASE + devices)
+    pve.set_state("running")
+    r = ct_raw(pve, "--vmid", "202", "--hook-dir", str(hook), lines=devices)
+    assert r.rc == 0, r.err
+    assert r.last_line == "changed"
+    assert f"lxc.hook.pre-start: {hook}/homelab-media-lxc-hook.sh" in pve.conf().read_text()
+    assert "reboot 202" not in pve.calls()
+
+
+def test_a_real_device_change_still_reboots(pve, hw, tmp_path):
+    hook = hooked(pve, hw, tmp_path)
+    hw.optical(sr=0, sg=2)
+    pve.conf().write_text(BASE + LINES + "lxc.cgroup2.devices.allow: c 21:1 rwm\n")  # before the drive moved
+    pve.set_state("running")
+    r = ct_raw(pve, "--vmid", "202", "--hook-dir", str(hook))
+    assert r.rc == 0, r.err
+    assert r.last_line == "changed" and pve.calls() == ["status 202", "reboot 202"]
+    assert "c 21:2 rwm" in pve.conf().read_text() and "c 21:1 rwm" not in pve.conf().read_text()

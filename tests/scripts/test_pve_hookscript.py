@@ -263,3 +263,65 @@ def test_install_refuses_a_storage_without_snippets_naming_the_fix(tmp_path):
     assert r.rc == 1 and "no directory path" in r.err
     r = install(tmp_path, storage="nas")
     assert r.rc == 1 and "is not in" in r.err
+
+
+# --- the LXC-level guard: every start, a reboot from inside the container too (issue 14, item 3) ---
+
+def lxc_hook_line(node):
+    return f"lxc.hook.pre-start: {node.hook}/homelab-media-lxc-hook.sh"
+
+
+def lxc_start(node, vmid, env=None):
+    """What LXC does with the conf's lxc.hook.pre-start line: the project's wrapper with LXC_NAME
+    set and (name, section, type) as arguments, no config lock held (pve-container's
+    lxc-pve-poststop-hook restarts pve-container@VMID for a reboot from inside: no vm_start)."""
+    wrapper = node.hook / "homelab-media-lxc-hook.sh"
+    wrapper.write_text(f'#!/bin/sh\nexec /bin/bash {node.hook}/pve-hookscript.sh "${{LXC_NAME:-$1}}" lxc-pre-start\n')
+    wrapper.chmod(0o755)
+    full = {**node.hw.env, "PVE_CONF_DIR": str(node.conf_dir), "LXC_CONF_DIR": str(node.lxc),
+            "LXC_NAME": str(vmid), "LXC_CONFIG_FILE": str(node.lxc / str(vmid) / "config"), **(env or {})}
+    return run("../" + os.path.relpath(wrapper, SCRIPTS.parent), str(vmid), "lxc", "pre-start", env=full)
+
+
+def test_pre_start_puts_the_lxc_hook_line_in_the_conf_and_lines_prints_what_it_writes(node):
+    node.hw.optical(sr=0, sg=2)
+    node.setup(202, CONF, "drive", extra="lxc.cgroup2.devices.allow: c 10:200 rwm\n")
+    assert node.start(202).rc == 0
+    main = node.conf(202).split("\n[")[0].splitlines()
+    managed = [x for x in main if x.startswith(("lxc.cgroup2", "lxc.mount.entry", "lxc.hook"))]
+    assert managed[-1] == lxc_hook_line(node) and main.count(lxc_hook_line(node)) == 1
+    env = {**node.hw.env, "PVE_CONF_DIR": str(node.conf_dir)}
+    r = run("../" + os.path.relpath(node.hook / "pve-hookscript.sh", SCRIPTS.parent), "202", "lines", env=env)
+    assert r.rc == 0, r.err
+    assert r.out.splitlines() == managed  # devices, extra lines, the hook line: what pve-ct-raw.sh writes
+    assert node.start(202).rc == 0 and node.conf(202).count("lxc.hook.pre-start") == 1
+
+
+def test_a_reboot_from_inside_with_the_pool_unmounted_is_refused_by_lxcs_hook(node, tmp_path):
+    pool = tmp_path / "mnt/storage"
+    pool.mkdir(parents=True)
+    node.hw.optical(sr=0, sg=2)
+    node.setup(202, CONF, "drive", pool="/")
+    assert node.start(202).rc == 0  # started by PVE with the pool mounted ("/": a mount point)
+    assert lxc_start(node, 202).rc == 0  # a reboot from inside, pool still there: it starts
+    (node.hook / "ct-202.conf").write_text(f"role=drive\npool={pool}\nrequire_mount=1\noptical_drive=auto\n")
+    before = node.conf(202)
+    r = lxc_start(node, 202)  # the pool went away: no PVE hookscript on this path, LXC's hook holds
+    assert r.rc == 1
+    assert f"CT 202 not started: the pool {pool} is not mounted" in r.err
+    assert node.conf(202) == before
+
+
+def test_lxcs_hook_refuses_devices_that_changed_since_pve_started_it(node):
+    node.hw.optical(sr=0, sg=2)
+    node.setup(202, CONF, "drive", pool="/")
+    assert node.start(202).rc == 0
+    # the drive moved to sg3 (hot-plug) without a start through PVE
+    shutil.rmtree(node.hw.sys / "class/scsi_generic/sg2")
+    (node.hw.dev / "sg2").unlink()
+    node.hw.char("sg3", 21, 3)
+    node.hw.scsi_generic("sg3", 5, "sr0")
+    before = node.conf(202)
+    r = lxc_start(node, 202)
+    assert r.rc == 1 and "devices changed since it was last started by PVE" in r.err
+    assert "pct start 202" in r.err and node.conf(202) == before

@@ -230,6 +230,13 @@ def test_raw_lines_come_from_discovery_and_go_to_the_conf(program):
         assert "lxc.cgroup2.devices.allow: c 21:2 rwm" in r_raw["stdin"]
         assert "c 11:0" not in r_raw["stdin"]
         assert "lxc.mount.entry: /dev/sg2 dev/sg2" in r_raw["stdin"]
+        # LXC's own pre-start hook, last (the hookscript's order), so a reboot from inside is guarded too;
+        # the step takes today's lines from the hookscript, which a re-run must never undo
+        hook = "lxc.hook.pre-start: /var/lib/homelab-media/hook/homelab-media-lxc-hook.sh\n"
+        for step in (t_raw, r_raw):
+            text = step["stdin"]
+            assert text.count(hook) == 1 and text.index(hook) > text.rindex("lxc.mount.entry: /dev/")
+            assert "--hook-dir /var/lib/homelab-media/hook" in text
 
     return done(g).apply(check)
 
@@ -657,7 +664,7 @@ EXPECTED_RERUNS = {
     "lib-exec.sh": 6,
     "lib-files.sh": 3,
     "lib-users.sh": 3,
-    "lib-devices.sh": 4,
+    "lib-devices.sh": 5,
     "lib-pool.sh": 4,
 }
 

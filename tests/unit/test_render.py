@@ -139,3 +139,13 @@ def test_extra_lines_follow_the_raw_line_managers_rules(tmp_path, line):
     else:
         assert p.returncode == 0, p.stderr
         assert conf.read_text() == f"arch: amd64\n{norm}\n"
+
+
+def test_the_lxc_hook_line_points_where_host_hookscript_installs_it():
+    """render.HOOK_DIR is host-hookscript.sh's default --dir, where it writes homelab-media-lxc-hook.sh,
+    and pve-lxc-raw.sh manages exactly that line (the hookscript adds it at every start)."""
+    text = (render.SCRIPTS / "host-hookscript.sh").read_text()
+    assert f"dir={render.HOOK_DIR}" in text and '"$dir/homelab-media-lxc-hook.sh"' in text
+    assert render.LXC_HOOK_LINE == f"lxc.hook.pre-start: {render.HOOK_DIR}/homelab-media-lxc-hook.sh"
+    assert render.container_lines(["lxc.mount.entry: /dev/dri dev/dri none bind,optional,create=dir"],
+                                  ["lxc.cgroup2.devices.allow: c 10:200 rwm"])[-1] == render.LXC_HOOK_LINE
