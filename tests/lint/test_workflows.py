@@ -38,3 +38,28 @@ def test_actionlint_catches_a_broken_workflow(tmp_path):
     bad.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ github.nope }}\n")
     res = subprocess.run([actionlint(), str(bad)], capture_output=True, text=True)
     assert res.returncode != 0
+
+
+def test_pr_code_never_meets_a_secret_or_the_node_unless_trusted():
+    """The preview runs the PR's program with the stack's secrets, on the runner that reaches the node:
+    only a trusted author's branch of this repository gets there, after a reviewer approves the
+    environment that holds the passphrase. Everything else runs GitHub-hosted, without secrets."""
+    import yaml
+
+    wf = yaml.safe_load((ROOT / ".github/workflows/preview.yml").read_text())
+    triggers = wf.get(True, wf.get("on"))  # YAML 1.1 reads the key `on` as True
+    assert "pull_request_target" not in triggers and "workflow_run" not in triggers
+    jobs = wf["jobs"]
+    for name, job in jobs.items():
+        text = yaml.safe_dump(job)
+        runner = job["runs-on"]
+        if "self-hosted" in runner or "secrets." in text:
+            assert name == "preview", f"job {name} runs PR code on the node's runner or with a secret"
+    preview = jobs["preview"]
+    cond = " ".join(preview["if"].split())
+    assert "github.event.pull_request.head.repo.full_name == github.repository" in cond
+    assert "author_association" in cond and '"OWNER", "MEMBER", "COLLABORATOR"' in cond
+    assert preview["environment"] == "homelab-preview"
+    assert "self-hosted" not in jobs["validate"]["runs-on"]
+    assert all(s.get("with", {}).get("persist-credentials") is False
+               for job in jobs.values() for s in job["steps"] if s.get("uses", "").startswith("actions/checkout"))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from components import render
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "ct-install-pipeline.sh"
 ME = pwd.getpwuid(os.getuid()).pw_name
@@ -32,8 +34,8 @@ def make_tarball(dest: Path, extra: str = "") -> Path:
 
 
 def install(root: Path, tarball: Path, *extra: str, user: str = ME, check: bool = True,
-            preexec=None, stdin: str | None = None) -> subprocess.CompletedProcess:
-    argv = ["bash", str(SCRIPT), "--tarball", str(tarball), "--user", user,
+            preexec=None, stdin: str | None = None, script: Path = SCRIPT) -> subprocess.CompletedProcess:
+    argv = ["bash", str(script), "--tarball", str(tarball), "--user", user,
             "--staging", "/mnt/storage/staging", "--movies", "/mnt/storage/movies",
             "--tv", "/mnt/storage/tv", "--languages", "eng,bul", "--encoder", "libx265",
             "--preset", "slow", "--crf", "18", "--root", str(root), *extra]
@@ -226,6 +228,12 @@ def test_runs_as_an_unprivileged_user():
         root = work / "root"
         root.mkdir()
         tarball = make_tarball(work / "a.tar.gz")
+        # the script and the helpers it ships with, in a folder nobody can reach: the checkout may sit
+        # under a private (0700) folder, as CI's clone does
+        scripts = work / "scripts"
+        scripts.mkdir()
+        for name in render.bundle_files(SCRIPT.name):
+            shutil.copy(SCRIPT.parent / name, scripts / name)
         for p in [work, *work.rglob("*")]:
             os.chown(p, 65534, 65534, follow_symlinks=False)
 
@@ -235,9 +243,9 @@ def test_runs_as_an_unprivileged_user():
             os.setuid(65534)
 
         user = pwd.getpwuid(65534).pw_name
-        first = install(root, tarball, user=user, preexec=drop)
+        first = install(root, tarball, user=user, preexec=drop, script=scripts / SCRIPT.name)
         assert result(first)["changed"] is True
-        assert result(install(root, tarball, user=user, preexec=drop))["changed"] is False
+        assert result(install(root, tarball, user=user, preexec=drop, script=scripts / SCRIPT.name))["changed"] is False
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
