@@ -317,6 +317,56 @@ def test_pool_unmounted_refuses_the_start(lab, first_up):
     assert lab.containers()[202]["status"] == "running"
 
 
+def test_a_reboot_from_inside_with_the_pool_unmounted_is_refused_by_lxcs_hook(lab, first_up):
+    """PVE restarts a container rebooted from inside without vm_start, so without the hookscript
+    (pve-container's lxc-pve-poststop-hook); the conf's lxc.hook.pre-start line, which LXC runs at
+    every start, still refuses an unmounted pool: the ripper stays down instead of writing rips
+    onto the node's root disk."""
+    hook = "lxc.hook.pre-start: /var/lib/homelab-media/hook/homelab-media-lxc-hook.sh"
+    assert hook in lab.conf(202).split("\n[")[0].splitlines()
+    ok = lab.control("POST", "/lab/ct-reboot", {"vmid": 202})  # pool mounted: it comes back
+    assert ok["started"] is True, ok
+    assert "lxc pre-start: pool ok, devices as in the conf" in " ".join(ok["log"])
+    events = len(lab.events(202))
+    lab.set_pool_mounted(False)
+    try:
+        r = lab.control("POST", "/lab/ct-reboot", {"vmid": 202})
+        assert r["started"] is False, r
+        assert "CT 202 not started: the pool /mnt/storage is not mounted" in r["error"], r
+        new = [e for _, e in lab.events(202)[events:]]
+        assert not any(e.startswith("hook ") for e in new), f"PVE's hookscript ran on this path: {new}"
+        assert lab.containers()[202]["status"] == "stopped"
+        assert os.listdir(lab.ct_dir / "202/rootfs/mnt/storage") == []
+    finally:
+        lab.set_pool_mounted(True)
+    pct(lab, "start", "202")
+    assert lab.containers()[202]["status"] == "running"
+
+
+def test_a_project_upgrade_after_the_hook_adapted_does_not_reboot(lab, first_up):
+    """Hardware moved (a new render node), a start let the hook adapt the conf; a new release
+    re-runs the raw-lines step with the deploy's older discovery: no reboot, the hook's lines stay."""
+    lab.add_device("dri/renderD129", "c", 226, 129, 104)
+    try:
+        pct(lab, "reboot", "201")  # the hook gives it renderD129
+        assert "lxc.cgroup2.devices.allow: c 226:129 rwm" in lab.conf(201)
+        before, starts = lab.conf(201), lab.starts(201)
+        stale = "".join(f"{x}\n" for x in first_up["out"]["outputs"]["transcoder"]["rawLines"])  # the deploy's (no 129)
+        assert "226:129" not in stale
+        # what the re-run step runs: pve-ct-raw.sh from its bundle, with the program's arguments
+        from components import render
+        bundle = render.bundle("pve-ct-raw.sh", ["--vmid", "201", "--require-mount", "/mnt/storage",
+                                                  "--hook-dir", render.HOOK_DIR], stale, ["pve-lxc-raw.sh"], {})
+        r = lab.ssh("bash -s", input=bundle)
+        assert r.stdout.strip().splitlines()[-1] == "unchanged", r.stdout + r.stderr
+        assert lab.starts(201) == starts, "the upgrade rebooted the transcoder"
+        assert lab.conf(201) == before
+    finally:
+        lab.remove_device("dri/renderD129")
+        pct(lab, "reboot", "201")
+    assert "226:129" not in lab.conf(201)
+
+
 def test_drive_removed_the_ripper_starts_without_drive_lines_and_the_proof_says_so(lab, first_up):
     s = lab.node_root / SYSFS
     link = s / "class/scsi_generic/sg1"
