@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, fields
+from urllib.parse import urlsplit
 
 from . import ffargs
 from . import languages as lang
@@ -53,6 +54,11 @@ class Config:
     web_port: int = 0  # the status page; 0 = off
     web_bind: str = "127.0.0.1"  # beyond loopback only with web_password set
     web_password: str = ""  # HTTP basic auth (any user name); "" = none, loopback only
+    # The page's address in the browser when a TLS reverse proxy serves it (docs/reverse-proxy.md):
+    # a Retry's Origin must name it. "" = the Host header the request came with.
+    public_url: str = ""
+    # Peers (addresses or networks) whose X-Forwarded-Host/-Proto name the page's address; () = none
+    trusted_proxies: tuple[str, ...] = ()
     gpu_proof_file: str = "/var/lib/media-pipeline/gpu-proof.json"  # verify-gpu.sh --save writes it
     # media-rip's status file on the shared pool (media_pipeline/rips.py); default STAGING/.media-rip/status.json
     rip_status_file: str = "/mnt/storage/staging/.media-rip/status.json"
@@ -89,6 +95,8 @@ _EXAMPLES = {
     "auto_rip": "true", "eject": "true", "eject_command": '"" (the CDROMEJECT ioctl) or "eject"',
     "web_port": "8480 (0 = off)", "web_bind": '"127.0.0.1" (or "0.0.0.0" with web_password set)',
     "web_password": '"a long random string" (ct-install-pipeline.sh --web-password-stdin)',
+    "public_url": '"https://media.example.lan" (scheme://host[:port] of the TLS proxy; "" = the Host header)',
+    "trusted_proxies": '["127.0.0.1"] (the reverse proxy\'s address; [] = trust no X-Forwarded-* header)',
     "gpu_proof_file": '"/var/lib/media-pipeline/gpu-proof.json" ("" = off)',
     "rip_status_file": '"/mnt/storage/staging/.media-rip/status.json" ("" = off)',
     "status_file": '"/mnt/storage/staging/.media-rip/status.json" ("" = off)',
@@ -134,6 +142,38 @@ def _as_str_list(key, value, where) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _as_public_url(key, value, where) -> str:
+    """scheme://host[:port] and nothing else: the origin a browser puts in Origin."""
+    if not isinstance(value, str):
+        raise _bad(key, f"must be a string (got {value!r})", where)
+    if not value:
+        return value
+    problem = ""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        problem = str(exc)
+    else:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problem = "needs http:// or https:// and a host name"
+        elif parts.username is not None or parts.path not in ("", "/") or parts.query or parts.fragment:
+            problem = "must be scheme://host[:port] only: the page is served at the root of its own host"
+    if problem:
+        raise _bad(key, f"is not a usable address ({problem}; got {value!r})", where)
+    return value.rstrip("/")
+
+
+def _as_networks(key, value, where) -> tuple[str, ...]:
+    items = _as_str_list(key, value, where)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise _bad(key, f"has {item!r}, which is not an IP address or network", where) from None
+    return items
+
+
 def from_dict(raw: dict, where: str = "config") -> Config:
     """Validate a parsed JSON object into a Config (missing keys take defaults)."""
     if not isinstance(raw, dict):
@@ -166,6 +206,10 @@ def from_dict(raw: dict, where: str = "config") -> Config:
             values[key] = tuple(codes)
         elif key == "apprise_urls":
             values[key] = _as_str_list(key, value, where)
+        elif key == "public_url":
+            values[key] = _as_public_url(key, value, where)
+        elif key == "trusted_proxies":
+            values[key] = _as_networks(key, value, where)
         elif key in ("crf",):
             values[key] = _as_int(key, value, where, 0, 51)
         elif key in ("concurrency", "max_attempts"):

@@ -12,13 +12,17 @@ own collector and its own `media_rip_` metrics.
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import os
-import socketserver
+import socket
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, make_wsgi_app
 from prometheus_client import write_to_textfile as _write_to_textfile
@@ -164,31 +168,161 @@ def publish_textfile(path: str, registry: CollectorRegistry, log: logging.Logger
         log.warning("cannot write %s: %s", path, exc)
 
 
-class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    """wsgiref's server, one thread per request: a slow client never blocks a scrape or the page."""
+# --- the HTTP server of /metrics and the status page ------------------------------------
 
-    daemon_threads = True
-    allow_reuse_address = True
+MAX_CONNECTIONS = 16  # a Prometheus or two and a person with a browser; the rest get 503
+REQUEST_TIMEOUT = 10.0  # seconds to receive a whole request, and to send each response
+LISTEN_BACKLOG = 128  # connections the kernel holds until accept(); beyond it, clients retry
+_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+         b"Retry-After: 1\r\nConnection: close\r\nContent-Length: 45\r\n\r\n"
+         b"503: too many connections; try again shortly\n")
+_server_log = logging.getLogger("media_pipeline.http")  # both services log it; messages name the server
 
 
-class _QuietHandler(WSGIRequestHandler):
+class _DeadlineReader(io.RawIOBase):
+    """A connection's socket, read with a deadline: each recv gets only the time left, so a
+    client that sends nothing, or a byte every few seconds, loses its worker when it is up."""
+
+    def __init__(self, sock: socket.socket, deadline: float, write_timeout: float):
+        super().__init__()
+        self.sock, self.deadline, self.write_timeout = sock, deadline, write_timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self.sock.settimeout(left)
+        try:
+            return self.sock.recv_into(buffer)
+        finally:
+            self.sock.settimeout(self.write_timeout)  # the response gets its own full timeout
+
+
+class _Handler(WSGIRequestHandler):
+    def setup(self):
+        self.timeout = self.server.request_timeout  # StreamRequestHandler sets it on the socket
+        super().setup()
+        self.rfile.close()  # replaced by one that keeps the deadline
+        raw = _DeadlineReader(self.connection, self.server.deadline_of(self.request), self.timeout)
+        self.rfile = io.BufferedReader(raw)
+
     def log_message(self, *_args):  # scrapes and page loads are not news
         pass
+
+
+class BoundedWSGIServer(WSGIServer):
+    """wsgiref's server with one daemon thread per connection, at most `max_connections` of them.
+
+    A connection beyond the cap is answered 503 and closed at once (never queued); each one
+    admitted must deliver its request within `request_timeout` seconds. Nothing that goes wrong
+    with one connection (a timeout, a reset, a thread that cannot be started) leaves this class:
+    it is logged and the connection closed, so the service around it never sees it.
+    """
+
+    allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, address, handler=_Handler, *, max_connections: int = MAX_CONNECTIONS,
+                 request_timeout: float = REQUEST_TIMEOUT, name: str = "http"):
+        self.max_connections, self.request_timeout, self.name = max_connections, request_timeout, name
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._accepted: dict[socket.socket, float] = {}  # connection -> when it was accepted (monotonic)
+        self._refused, self._refused_logged_at = 0, float("-inf")
+        super().__init__(address, handler)
+
+    def active(self) -> int:
+        """Connections being served now (for tests and logs)."""
+        return len(self._accepted)
+
+    def deadline_of(self, sock: socket.socket) -> float:
+        """When the request on this connection must have arrived (request_timeout after accept)."""
+        return self._accepted.get(sock, time.monotonic()) + self.request_timeout
+
+    def get_request(self):
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                _server_log.warning("%s: cannot accept a connection: %s", self.name, exc.strerror)
+                time.sleep(0.1)  # the listening socket stays readable: without a pause this would spin
+            raise  # socketserver drops the attempt
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        self._accepted[request] = time.monotonic()
+        try:
+            threading.Thread(target=self._serve_one, args=(request, client_address), daemon=True,
+                             name=f"{self.name}-conn").start()
+        except Exception as exc:  # noqa: BLE001 - e.g. "can't start new thread": drop this one, keep serving
+            self._done(request)
+            _server_log.warning("%s: cannot serve %s: %s", self.name, client_address[0], exc)
+
+    def _serve_one(self, request, client_address):
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - one connection's trouble stays with it
+            self.handle_error(request, client_address)
+        finally:
+            self._done(request)
+
+    def _done(self, request):
+        self._accepted.pop(request, None)
+        self.shutdown_request(request)
+        self._slots.release()
+
+    def _refuse(self, request):
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged_at >= 60:  # at most a line a minute: a flood must not flood the journal
+            _server_log.warning("%s: more than %d connections at once: %d refused with 503 since the last report",
+                                self.name, self.max_connections, self._refused)
+            self._refused, self._refused_logged_at = 0, now
+        try:
+            request.setblocking(False)  # whatever fits in the socket buffer, never a wait
+            request.send(_BUSY)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (TimeoutError, ConnectionError)):
+            _server_log.debug("%s: %s: %s", self.name, client_address[0], exc)  # a slow or gone client
+        else:
+            _server_log.warning("%s: error serving %s", self.name, client_address[0], exc_info=True)
 
 
 class WSGIThreadServer:
     """Serve a WSGI app on bind:port from a daemon thread (port 0 picks a free one)."""
 
-    def __init__(self, bind: str, port: int, app, name: str = "http"):
-        self.httpd = make_server(bind, port, app, server_class=ThreadingWSGIServer, handler_class=_QuietHandler)
+    def __init__(self, bind: str, port: int, app, name: str = "http", *,
+                 max_connections: int = MAX_CONNECTIONS, request_timeout: float = REQUEST_TIMEOUT):
+        self.httpd = BoundedWSGIServer((bind, port), max_connections=max_connections,
+                                       request_timeout=request_timeout, name=name)
+        self.httpd.set_app(app)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name=name)
+        self.thread = threading.Thread(target=self._serve, daemon=True, name=name)
+        self._stopping = threading.Event()
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.httpd.serve_forever()
+            except Exception:  # noqa: BLE001 - the page or /metrics may stop, the service must not
+                _server_log.exception("%s: server loop failed; restarting it in 1 s", self.httpd.name)
+                self._stopping.wait(1)
 
     def start(self) -> "WSGIThreadServer":
         self.thread.start()
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 

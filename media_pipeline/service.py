@@ -41,6 +41,9 @@ PROGRESS_LOG_SECONDS = 60.0
 PROGRESS_DB_SECONDS = 5.0
 # Failures worth another try: the encoder or the output (disk full, NFS hiccup), not the input.
 RETRYABLE = {EXIT_ENCODE, EXIT_OUTPUT}
+# The pool's top-level folders: made when the pool is set up, never by the service (if one is
+# missing, the pool is not mounted, and creating it would put the library on the container's disk).
+POOL_DIRS = ("staging", "movies", "tv")
 
 log = logging.getLogger("media-pipeline")
 
@@ -48,6 +51,37 @@ log = logging.getLogger("media-pipeline")
 def markers_for(path: str) -> list[str]:
     """`Movie.mkv.done` or `Movie.done`: written by the ripper when the rip is complete."""
     return [path + MARKER, os.path.splitext(path)[0] + MARKER]
+
+
+def make_dirs_below(root: str, path: str) -> None:
+    """Create the missing folders of `path` below `root` (tv/<Show>/Season NN), never `root` itself.
+
+    One mkdir per level, so a root that vanishes meanwhile (the pool unmounted) makes this fail
+    with ENOENT instead of recreating it on whatever disk is underneath.
+    """
+    rel = os.path.relpath(path, root)
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        raise ValueError(f"{path} is not below {root}")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), root)
+    current = root
+    for part in [] if rel == os.curdir else rel.split(os.sep):
+        current = os.path.join(current, part)
+        try:
+            os.mkdir(current)
+        except FileExistsError:
+            if not os.path.isdir(current):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), current) from None
+
+
+def missing_pool_dirs(cfg: config_mod.Config, keys=POOL_DIRS) -> list[str]:
+    """The keys among `keys` whose directory does not exist (the pool is not mounted)."""
+    return [key for key in keys if not os.path.isdir(getattr(cfg, key))]
+
+
+def describe_missing(cfg: config_mod.Config, keys: list[str]) -> str:
+    where = ", ".join(f"{key} {getattr(cfg, key)}" for key in keys)
+    return f"{where} {'does' if len(keys) == 1 else 'do'} not exist (is the storage pool mounted?)"
 
 
 def scan(staging: str, stable_seconds: float, require_marker: bool,
@@ -120,6 +154,8 @@ class Service:
         self.notifier = Notifier(cfg.apprise_urls, log.warning)
         self._guard = threading.Lock()
         self.unusable: set[str] = set()  # names we warned about once
+        self.pool_missing: list[str] = []  # POOL_DIRS keys missing at the last check (shown on the page)
+        self.scan_problem = ""  # the last scan error, logged once
         self.registry = new_registry(PipelineCollector(self.snapshot))
         self.events = JobEvents(self.registry)
 
@@ -171,12 +207,13 @@ class Service:
     def loop(self) -> None:
         scanned = False
         while not self.stop.is_set():
-            if not (self.once and scanned):
+            self.check_pool()
+            if not (self.once and scanned) and "staging" not in self.pool_missing:
                 self.enqueue_ready()
                 scanned = True
             self.dispatch()
             self.publish_metrics()
-            if self.once and not self.workers and not self.store.has_claimable():
+            if self.once and not self.workers and (self.pool_missing or not self.store.has_claimable()):
                 break
             self.wake.wait(0.5 if self.once else self.cfg.poll_seconds)
             self.wake.clear()
@@ -184,6 +221,18 @@ class Service:
     def request_stop(self, *_args) -> None:
         self.stop.set()  # signal handler: no logging here (it could deadlock on the log lock)
         self.wake.set()
+
+    def check_pool(self) -> list[str]:
+        """Which pool folders are missing; says so once when that changes, not at every poll."""
+        missing = missing_pool_dirs(self.cfg)
+        if missing != self.pool_missing:
+            if missing:
+                log.warning("%s; waiting for it: no job starts or fails meanwhile, and none creates it",
+                            describe_missing(self.cfg, missing))
+            else:
+                log.info("the storage pool is back (%s exist): resuming", ", ".join(POOL_DIRS))
+            self.pool_missing = missing
+        return missing
 
     # -- recovery ------------------------------------------------------------------
 
@@ -248,8 +297,12 @@ class Service:
         try:
             ready = scan(self.cfg.staging, self.cfg.stable_seconds, self.cfg.require_marker)
         except OSError as exc:
-            log.error("cannot scan %s: %s", self.cfg.staging, exc)
+            problem = f"cannot scan {self.cfg.staging}: {exc}"
+            if problem != self.scan_problem:  # once per problem, not every poll
+                log.error("%s", problem)
+            self.scan_problem = problem
             return
+        self.scan_problem = ""
         known = self.store.known_keys()
         for key in ready:
             if key in known or key[0] in self.unusable:
@@ -269,19 +322,27 @@ class Service:
             if not thread.is_alive():
                 thread.join()
                 del self.workers[job_id]
-        while len(self.workers) < self.cfg.concurrency and not self.stop.is_set():
+        while len(self.workers) < self.cfg.concurrency and not self.stop.is_set() and not self.pool_missing:
             job = self.store.claim()
             if job is None:
                 return
             thread = threading.Thread(target=self.work, args=(job,), name=f"job-{job.id}", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # "can't start new thread": try again at the next poll, never exit
+                self.store.requeue(job.id, f"waiting: the service could not start a thread ({exc})",
+                                   refund_attempt=True)
+                log.error("[job %d] cannot start a worker thread (%s); it stays queued", job.id, exc)
+                return
             self.workers[job.id] = thread
-            thread.start()
 
     def work(self, job: Job) -> None:
         try:
             self.process(job)
         except Exception:  # noqa: BLE001 - one broken job must not stop the service
             log.error("[job %d] internal error:\n%s", job.id, traceback.format_exc())
+            if self.defer_if_pool_missing(job, self.store.get(job.id).dest):
+                return
             state = self.store.fail(job.id, "internal error: " + traceback.format_exc().splitlines()[-1],
                                     retry=True, max_attempts=self.cfg.max_attempts, delay=self.retry_delay())
             self.events.observe("failed" if state == "failed" else "retry", time.time() - job.started
@@ -299,6 +360,9 @@ class Service:
     def process(self, job: Job) -> None:
         cfg = self.cfg
         log.info("[job %d] start (attempt %d/%d): %s", job.id, job.attempts, cfg.max_attempts, job.source)
+        dest = naming.destination(cfg.staging, cfg.movies, cfg.tv, job.source)
+        if self.defer_if_pool_missing(job, dest):
+            return
         try:
             st = os.stat(job.source)
         except FileNotFoundError:
@@ -307,14 +371,13 @@ class Service:
         if (st.st_size, st.st_mtime_ns) != (job.size, job.mtime_ns):
             self.fail(job, "source changed after it was queued; the new version gets its own job", retry=False)
             return
-        dest = naming.destination(cfg.staging, cfg.movies, cfg.tv, job.source)
         self.store.update(job.id, dest=dest, stage="encoding")
         if os.path.lexists(dest):
             self.fail(job, f"{dest} already exists in the library; move it away and run "
                            f"`media-pipeline retry {job.id}`", retry=False)
             return
         try:
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            make_dirs_below(self.output_root(dest), os.path.dirname(dest))
         except OSError as exc:
             self.fail(job, f"output problem: cannot create {os.path.dirname(dest)}: {exc.strerror}", retry=True)
             return
@@ -378,7 +441,31 @@ class Service:
         self.store.update(job.id, source_removed=1)
         log.info("[job %d] removed the source (keep_source=false)", job.id)
 
+    def output_root(self, dest: str) -> str:
+        """movies or tv: the pool folder a library path is in (naming.destination puts it there)."""
+        tv = os.path.join(self.cfg.tv, "")
+        return self.cfg.tv if dest.startswith(tv) else self.cfg.movies
+
+    def defer_if_pool_missing(self, job: Job, dest: str | None) -> bool:
+        """True (and the job back in the queue, its attempt not counted) when staging or the
+        job's output folder is missing: an unmounted pool is not the job's fault."""
+        keys = ["staging"]
+        if dest:
+            keys.append("tv" if self.output_root(dest) == self.cfg.tv else "movies")
+        else:
+            keys += ["movies", "tv"]
+        missing = missing_pool_dirs(self.cfg, keys)
+        if not missing:
+            return False
+        problem = describe_missing(self.cfg, missing)
+        self.store.requeue(job.id, f"waiting for the pool: {problem}", refund_attempt=True)
+        log.warning("[job %d] back in the queue until the pool is back: %s", job.id, problem)
+        self.wake.set()  # the loop notices the missing folder and starts nothing until it is back
+        return True
+
     def fail(self, job: Job, reason: str, retry: bool) -> None:
+        if self.defer_if_pool_missing(job, self.store.get(job.id).dest):
+            return  # whatever went wrong happened while the pool was away: no verdict on the job
         state = self.store.fail(job.id, reason, retry=retry, max_attempts=self.cfg.max_attempts,
                                 delay=self.retry_delay())
         self.events.observe("retry" if state == "queued" else "failed",
@@ -571,6 +658,10 @@ def _status(cfg: config_mod.Config, args) -> int:
         print(json.dumps([j.to_json() for j in jobs], indent=2, ensure_ascii=False))
     else:
         print(status_table(jobs, cfg))
+    missing = missing_pool_dirs(cfg)
+    if missing:  # on stderr: --json's stdout stays the job list
+        print(f"media-pipeline: warning: {describe_missing(cfg, missing)}; the service starts no job "
+              f"until it is back", file=sys.stderr)
     return 0
 
 

@@ -11,7 +11,9 @@ WSGIThreadServer), so it answers while encodes run. Routes:
 Protection: with web_password set, every request needs HTTP basic auth (any user name);
 config validation refuses a bind beyond loopback without one. A retry needs the page's
 CSRF token (an HMAC only this process can make) and, when the browser sends one, an
-Origin/Referer of this host. Bad requests change nothing and get a clear HTTP error.
+Origin/Referer of this page: public_url when set (a TLS reverse proxy in front, which may send
+any Host; docs/reverse-proxy.md), else X-Forwarded-Host/-Proto when the peer is one of
+trusted_proxies, else the Host header. Bad requests change nothing and get a clear HTTP error.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import binascii
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import re
@@ -122,6 +125,7 @@ class StatusApp:
             "last_scan": snap.last_scan, "max_attempts": self.cfg.max_attempts,
             "gpu_proof": self.gpu_proof(), "gpu_proof_file": self.cfg.gpu_proof_file,
             "rips": read_status(self.cfg.rip_status_file, now),
+            "pool_missing": [{"dir": key, "path": getattr(self.cfg, key)} for key in svc.pool_missing],
         }
 
     def gpu_proof(self) -> dict | None:
@@ -208,14 +212,57 @@ class StatusApp:
             f"job {job_id} queued again\n".encode()
 
     def check_origin(self, environ) -> None:
-        """A browser sends Origin (or at least Referer) on a form POST: it must be this host."""
-        host = environ.get("HTTP_HOST", "")
+        """A browser sends Origin (or at least Referer) on a form POST: it must be this page's origin."""
         source = environ.get("HTTP_ORIGIN") or environ.get("HTTP_REFERER")
-        if source and urlsplit(source).netloc != host:  # "null" (a sandboxed or privacy-stripped origin) too
-            raise HTTPError("403 Forbidden", f"cross-site request refused (from {urlsplit(source).netloc or source!r},"
-                                             f" not {host!r})")
+        if source:
+            expected = self.expected_origin(environ)
+            if expected is None:  # no public_url, no trusted proxy: the Host the request came with
+                given, expected = urlsplit(source).netloc, environ.get("HTTP_HOST", "")
+            else:  # scheme, host and port, as browsers compare origins
+                given = origin_of(source)
+            if not given or given != expected:  # "null" (a sandboxed or privacy-stripped origin) too
+                raise HTTPError("403 Forbidden", f"cross-site request refused (from {given or source!r}, not "
+                                                 f"{expected!r}); behind a reverse proxy, set public_url "
+                                                 f"(docs/reverse-proxy.md)")
         if environ.get("HTTP_SEC_FETCH_SITE", "same-origin") not in ("same-origin", "none"):
             raise HTTPError("403 Forbidden", "cross-site request refused (Sec-Fetch-Site)")
+
+    def expected_origin(self, environ) -> str | None:
+        """The page's origin as scheme://host:port: public_url, else what a trusted proxy says in
+        X-Forwarded-Host/-Proto; None = neither (compare with the Host header, as before)."""
+        if self.cfg.public_url:
+            return origin_of(self.cfg.public_url)
+        host = _first(environ.get("HTTP_X_FORWARDED_HOST", ""))
+        if host and self.from_trusted_proxy(environ):
+            scheme = _first(environ.get("HTTP_X_FORWARDED_PROTO", "")).lower() or environ.get("wsgi.url_scheme", "http")
+            return origin_of(f"{scheme}://{host}") or f"unusable X-Forwarded-Host {host!r}"
+        return None
+
+    def from_trusted_proxy(self, environ) -> bool:
+        """The peer is in trusted_proxies: only a proxy we know may say what the browser's address was."""
+        try:
+            peer = ipaddress.ip_address(environ.get("REMOTE_ADDR", ""))
+        except ValueError:
+            return False
+        return any(peer in ipaddress.ip_network(n, strict=False) for n in self.cfg.trusted_proxies)
+
+
+def _first(header: str) -> str:
+    """The first of comma-separated values (the one the browser's side of the proxy chain set)."""
+    return header.split(",")[0].strip()
+
+
+def origin_of(url: str) -> str | None:
+    """scheme://host:port of a URL (the port always spelt out), None when it has no http(s) origin."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # hostname is lower case
+    return f"{parts.scheme.lower()}://{host}:{port}"
 
 
 def read_form(environ) -> dict[str, list[str]]:

@@ -233,3 +233,170 @@ def test_two_rips_for_one_library_name(rips, tmp_path):
     states = sorted(j["state"] for j in p.jobs())
     assert states == ["done", "failed"]
     assert p.library() == ["movies/Film.mkv"]  # one file, no temp, nothing overwritten
+
+
+# --- a flood of stalled connections (issue item 6) -------------------------------------------
+
+STALLED = 500
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return int(next(line.split()[1] for line in fh if line.startswith("Threads:")))
+
+
+def _get(url: str, timeout: float) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.status, resp.read().decode()
+
+
+def _answers(*urls: str) -> bool:
+    try:
+        return all(_get(url, 2)[0] == 200 for url in urls)
+    except OSError:  # not listening yet
+        return False
+
+
+def _all_closed_by_server(clients, timeout: float) -> bool:
+    """Every connection got EOF (after a 503, or after its request timed out) within timeout seconds."""
+    import select
+
+    pending, deadline = set(clients), time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        readable, _, _ = select.select(list(pending), [], [], 0.5)
+        for c in readable:
+            try:
+                data = c.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                pending.discard(c)
+    return not pending
+
+
+def _small_address_space():
+    """Thread stacks of 8 MiB in 1.5 GiB of address space: room for the service, its encode and its
+    capped servers, not for a thread per connection (before the fix, 500 threads could not be
+    started, the job's thread failed to start and the service exited)."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_STACK, (8 << 20, 8 << 20))
+    resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))
+
+
+def test_stalled_connections_neither_stop_encoding_nor_the_page(rips, tmp_path):
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4 * STALLED:  # our end of every connection is a file descriptor
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4 * STALLED, hard), hard))
+    web_port, metrics_port = free_port(), free_port()
+    p = Pipeline(tmp_path, web_port=web_port, metrics_port=metrics_port)
+    log = tmp_path / "service.log"  # a file, not a pipe nobody reads while the flood goes on
+    with open(log, "w") as err:
+        service = subprocess.Popen(p.argv("run"), stdout=subprocess.DEVNULL, stderr=err, text=True,
+                                   env={**ENV, "MALLOC_ARENA_MAX": "2"}, preexec_fn=_small_address_space)
+    clients = []
+    try:
+        page, metrics = f"http://127.0.0.1:{web_port}/", f"http://127.0.0.1:{metrics_port}/metrics"
+        wait_for(lambda: _answers(page, metrics), timeout=30, interval=0.2, what="the page and /metrics")
+        idle_threads = _threads(service.pid)
+        for n in range(STALLED):  # half to each server; half of those send half a request line, then stall
+            c = socket.create_connection(("127.0.0.1", web_port if n % 2 else metrics_port), timeout=10)
+            if n % 4 < 2:
+                c.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1")
+            clients.append(c)
+        time.sleep(0.5)
+        flood_threads = _threads(service.pid)
+
+        # the service keeps encoding while they are open
+        put(rips["four"], p.staging / "During The Flood.mkv", age=5)
+        wait_for(lambda: service.poll() is not None or [j["state"] for j in p.jobs()] == ["done"], timeout=90,
+                 interval=0.2, what="a job to finish during the flood")
+        assert service.poll() is None, log.read_text()[-3000:]
+        assert p.library() == ["movies/During The Flood.mkv"]
+        # one thread per admitted connection (16 a server) at most: before, one for each of the 500
+        assert flood_threads <= idle_threads + 2 * 16 + 2
+
+        # the servers drop what they refused at once and the stalled ones after 10 s; nothing waits for ever
+        assert _all_closed_by_server(clients, timeout=15), "stalled connections still held by the service"
+        for c in clients:
+            c.close()
+        clients.clear()
+        for url, expect in ((page, "media-pipeline"), (metrics, 'media_pipeline_jobs{state="done"} 1.0')):
+            started = time.monotonic()
+            status, body = _get(url, 1)
+            assert status == 200 and expect in body and time.monotonic() - started < 1.0
+        assert service.poll() is None
+    finally:
+        for c in clients:
+            c.close()
+        kill(service, signal.SIGTERM)
+    err = log.read_text()
+    assert service.returncode == 0 and "Traceback" not in err, err[-3000:]
+    assert "more than 16 connections at once" in err  # said, once a minute at most
+
+
+# --- the pool's top-level folders (issue item 3b) ------------------------------------------
+
+def _api(port: int) -> dict:
+    import json
+
+    return json.loads(_get(f"http://127.0.0.1:{port}/api/status", 5)[1])
+
+
+def test_pool_gone_mid_encode_job_waits_and_movies_is_never_created(rips, tmp_path):
+    web_port = free_port()
+    p = Pipeline(tmp_path, preset="slow", web_port=web_port, max_attempts=1)
+    put(rips["slow"], p.staging / "Unmounted (2024).mkv")
+    service = p.start()
+    try:
+        _job, tmp = _wait_running(p)
+        shutil.rmtree(p.movies)  # the pool goes away under the encode (its temp file with it)
+
+        def deferred():
+            (job,) = p.jobs()
+            return job if job["state"] == "queued" and "waiting for the pool" in job["reason"] else None
+
+        job = wait_for(deferred, timeout=120, interval=0.2, what="the job back in the queue")
+        time.sleep(2)  # ten polls: nothing is claimed, failed or created meanwhile
+        (job,) = p.jobs()
+        assert job["state"] == "queued" and job["attempts"] == 0  # max_attempts=1: a counted try would fail it
+        assert not p.movies.exists() and not os.path.exists(tmp)
+        assert _api(web_port)["pool_missing"] == [{"dir": "movies", "path": str(p.movies)}]
+        assert (p.staging / "Unmounted (2024).mkv").exists()
+
+        p.movies.mkdir()  # mounted again
+        wait_for(lambda: p.jobs()[0]["state"] == "done", timeout=180, interval=0.5,
+                 what="the job after the pool is back")
+        assert p.library() == ["movies/Unmounted (2024).mkv"] and _api(web_port)["pool_missing"] == []
+    finally:
+        kill(service, signal.SIGTERM)
+    err = service.stderr.read()
+    assert err.count("waiting for it") == 1 and err.count("storage pool is back") == 1, err[-3000:]
+
+
+def test_missing_staging_is_said_once_and_the_service_waits(rips, tmp_path):
+    web_port = free_port()
+    p = Pipeline(tmp_path, web_port=web_port)
+    service = p.start()
+    away = tmp_path / "staging-unmounted"
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{web_port}/"), timeout=30, interval=0.2, what="the page")
+        p.staging.rename(away)
+        wait_for(lambda: _api(web_port)["pool_missing"] == [{"dir": "staging", "path": str(p.staging)}],
+                 timeout=10, interval=0.2, what="the page to show staging missing")
+        time.sleep(2)  # ten polls
+        assert service.poll() is None and not p.staging.exists()
+        put(rips["four"], away / "Back Again.mkv", age=5)
+        away.rename(p.staging)
+        wait_for(lambda: p.db.exists() and [j["state"] for j in p.jobs()] == ["done"], timeout=90,
+                 interval=0.2, what="the rip found once staging is back")
+        assert _api(web_port)["pool_missing"] == []
+    finally:
+        kill(service, signal.SIGTERM)
+    err = service.stderr.read()
+    assert service.returncode == 0
+    assert err.count(f"staging {p.staging} does not exist (is the storage pool mounted?)") == 1, err[-3000:]
+    assert err.count("storage pool is back") == 1

@@ -115,3 +115,32 @@ def test_config_cli(tmp_path, capsys):
     bad = write(tmp_path, {"crf": -1}, "bad.json")
     assert cfgmod.main(["check", bad]) == 2
     assert "'crf'" in capsys.readouterr().err
+
+
+def test_public_url_and_trusted_proxies():
+    cfg = from_dict({"public_url": "https://media.example.lan:8443/", "trusted_proxies": ["127.0.0.1", "10.0.0.0/8"]})
+    assert cfg.public_url == "https://media.example.lan:8443" and cfg.trusted_proxies == ("127.0.0.1", "10.0.0.0/8")
+    assert from_dict({}).public_url == "" and from_dict({}).trusted_proxies == ()
+    # as ct-install-pipeline.sh passes them: public_url=URL trusted_proxies=a,b ("" = none)
+    data = json.loads(render(["public_url=https://media.example.lan", "trusted_proxies=127.0.0.1, ::1"]))
+    assert data["public_url"] == "https://media.example.lan" and data["trusted_proxies"] == ["127.0.0.1", "::1"]
+    data = json.loads(render(["public_url=", "trusted_proxies="]))
+    assert data["public_url"] == "" and data["trusted_proxies"] == []
+
+
+@pytest.mark.parametrize("raw, fragments", [
+    ({"public_url": "media.example.lan"}, ["'public_url'", "http:// or https://", '"public_url": "https://']),
+    ({"public_url": "ftp://media.example.lan"}, ["'public_url'", "http:// or https://"]),
+    ({"public_url": "https://media.example.lan/media/"}, ["'public_url'", "root of its own host"]),
+    ({"public_url": "https://user:pw@media.example.lan"}, ["'public_url'", "scheme://host[:port] only"]),
+    ({"public_url": "https://media.example.lan:99999"}, ["'public_url'", "out of range"]),
+    ({"public_url": 443}, ["'public_url'", "must be a string"]),
+    ({"trusted_proxies": ["proxy.lan"]}, ["'trusted_proxies'", "'proxy.lan'", "not an IP address or network",
+                                          '"trusted_proxies": ["127.0.0.1"]']),
+    ({"trusted_proxies": [1]}, ["'trusted_proxies'", "list of strings"]),
+])
+def test_proxy_keys_errors_name_the_key_and_the_fix(raw, fragments):
+    with pytest.raises(ConfigError) as err:
+        from_dict(raw, where="/etc/media-pipeline/config.json")
+    for fragment in fragments:
+        assert fragment in str(err.value)

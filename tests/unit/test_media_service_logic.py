@@ -337,3 +337,211 @@ def test_publish_textfile_and_exposition_shared_by_both_services(tmp_path, caplo
     svc.publish_metrics()
     assert "media_rip_rips{state=\"done\"} 0.0" in (tmp_path / "rip.prom").read_text()
     assert "media_rip_info" in svc.metrics_text()
+
+
+# --- the HTTP server of /metrics and the status page (issue item 6) ----------------------
+
+def _hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello\n"]
+
+
+def _closed_by_server(sock, timeout):
+    """True when the server closed this connection (EOF, or a reset) within timeout seconds."""
+    import socket
+
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+    return True
+
+
+def test_http_server_caps_connections_and_drops_stalled_ones():
+    import socket
+    import threading
+    import urllib.request
+
+    from media_pipeline.metrics import WSGIThreadServer
+
+    server = WSGIThreadServer("127.0.0.1", 0, _hello, "t", max_connections=4, request_timeout=1.0).start()
+    threads_before = threading.active_count()
+    clients = []
+    try:
+        for n in range(4):  # hold every slot: two send nothing, two half a request line
+            c = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            if n % 2:
+                c.sendall(b"GET /met")
+            clients.append(c)
+        wait = time.monotonic() + 5
+        while server.httpd.active() < 4 and time.monotonic() < wait:
+            time.sleep(0.01)
+        assert server.httpd.active() == 4
+        started = time.monotonic()
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        clients.append(extra)
+        answer = extra.recv(4096)
+        assert answer.startswith(b"HTTP/1.0 503 ") and b"too many connections" in answer
+        assert time.monotonic() - started < 0.5  # refused at once, not queued behind the stalled ones
+        assert threading.active_count() <= threads_before + 4  # one thread per admitted connection, no more
+        # the stalled ones lose their slot after request_timeout; the server closes them
+        assert all(_closed_by_server(c, 3.0) for c in clients[:4])
+        assert time.monotonic() - started < 2.5
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=1) as resp:
+            assert resp.read() == b"hello\n"
+    finally:
+        for c in clients:
+            c.close()
+        server.stop()
+
+
+def test_http_server_cuts_a_client_that_dribbles_its_request():
+    import socket
+
+    from media_pipeline.metrics import WSGIThreadServer
+
+    server = WSGIThreadServer("127.0.0.1", 0, _hello, "t", max_connections=2, request_timeout=1.0).start()
+    try:
+        c = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        started, cut = time.monotonic(), False
+        for byte in b"GET / HTTP/1.0\r\nX-Slow: " + b"a" * 40:  # a byte every 0.1 s: each read is quick
+            try:
+                c.sendall(bytes([byte]))
+            except OSError:
+                cut = True
+                break
+            if _closed_by_server(c, 0.1):
+                cut = True
+                break
+        assert cut and time.monotonic() - started < 2.0  # the whole request had 1 s, not 1 s per byte
+        c.close()
+    finally:
+        server.stop()
+
+
+def test_http_server_survives_a_thread_that_cannot_start(monkeypatch, caplog):
+    import socket
+    import threading
+    import urllib.request
+
+    from media_pipeline import metrics
+
+    server = metrics.WSGIThreadServer("127.0.0.1", 0, _hello, "t", max_connections=2, request_timeout=1.0).start()
+    real_start = threading.Thread.start
+
+    def start(self):
+        if self.name.endswith("-conn"):
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    try:
+        monkeypatch.setattr(threading.Thread, "start", start)
+        for _ in range(3):  # more than the cap: a failed start must give its slot back
+            c = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert _closed_by_server(c, 2.0)
+            c.close()
+        assert "cannot serve 127.0.0.1: can't start new thread" in caplog.text
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+        assert server.thread.is_alive()
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=2) as resp:
+            assert resp.read() == b"hello\n"
+    finally:
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+        server.stop()
+
+
+def test_dispatch_survives_a_worker_thread_that_cannot_start(tmp_path, monkeypatch, caplog):
+    import threading
+
+    cfg = make_cfg(tmp_path)
+    src = touch(tmp_path / "staging" / "Film.mkv", age=10)
+    os.makedirs(os.path.dirname(cfg.db), exist_ok=True)
+    svc = service.Service(cfg)
+    svc.store = JobStore(cfg.db)
+    svc.enqueue_ready()
+
+    def cannot_start(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", cannot_start)
+    svc.dispatch()  # before: the RuntimeError left the loop and the service exited
+    (job,) = svc.store.list_jobs()
+    assert job.source == str(src) and job.state == "queued" and job.attempts == 0
+    assert "could not start a thread" in job.reason and not svc.workers
+    assert "cannot start a worker thread" in caplog.text
+
+
+# --- the pool's top-level folders are never created (issue item 3b) ----------------------
+
+def test_make_dirs_below_never_creates_the_root(tmp_path):
+    tv = tmp_path / "tv"
+    with pytest.raises(FileNotFoundError):
+        service.make_dirs_below(str(tv), str(tv / "Show" / "Season 01"))
+    assert not tv.exists()
+    tv.mkdir()
+    service.make_dirs_below(str(tv), str(tv / "Show" / "Season 01"))
+    assert (tv / "Show" / "Season 01").is_dir()
+    service.make_dirs_below(str(tv), str(tv / "Show" / "Season 01"))  # already there: fine
+    (tv / "Other").write_text("a file where a folder should be")
+    with pytest.raises(NotADirectoryError):
+        service.make_dirs_below(str(tv), str(tv / "Other" / "Season 01"))
+    with pytest.raises(ValueError):
+        service.make_dirs_below(str(tv), str(tmp_path / "elsewhere"))
+
+
+def test_missing_output_root_defers_the_job_and_creates_nothing(tmp_path, caplog):
+    caplog.set_level("INFO", logger="media-pipeline")
+    cfg = make_cfg(tmp_path, max_attempts=1)
+    src = touch(tmp_path / "staging" / "Film.mkv", age=10)
+    os.rmdir(cfg.movies)  # the pool's movies/ is gone: not mounted
+    os.makedirs(os.path.dirname(cfg.db), exist_ok=True)
+    svc = service.Service(cfg)
+    svc.store = JobStore(cfg.db)
+    svc.enqueue_ready()
+    job = svc.store.claim()  # as if claimed just before movies/ went away
+    svc.process(job)
+    job = svc.store.get(job.id)
+    assert not os.path.exists(cfg.movies)
+    assert job.state == "queued" and job.attempts == 0  # not failed, the attempt not counted (max_attempts=1)
+    assert "waiting for the pool" in job.reason and cfg.movies in job.reason and "mounted" in job.reason
+    assert os.path.exists(src)
+    for _ in range(3):  # polls: said once, and nothing is claimed while it is missing
+        assert svc.check_pool() == ["movies"]
+        svc.dispatch()
+    assert not svc.workers and svc.store.get(job.id).state == "queued"
+    said = [r.message for r in caplog.records if "does not exist" in r.message and "waiting for it" in r.message]
+    assert len(said) == 1 and f"movies {cfg.movies}" in said[0]
+    os.mkdir(cfg.movies)
+    assert svc.check_pool() == [] and "storage pool is back" in caplog.text
+
+
+def test_missing_staging_is_reported_once_and_fails_no_job(tmp_path, caplog):
+    cfg = make_cfg(tmp_path, max_attempts=1)
+    touch(tmp_path / "staging" / "Film.mkv", age=10)
+    os.makedirs(os.path.dirname(cfg.db), exist_ok=True)
+    svc = service.Service(cfg)
+    svc.store = JobStore(cfg.db)
+    svc.enqueue_ready()
+    job = svc.store.claim()
+    os.rename(cfg.staging, str(tmp_path / "unmounted"))  # the source is "gone" only because the pool is
+    svc.process(job)
+    assert svc.store.get(job.id).state == "queued" and svc.store.get(job.id).attempts == 0
+    for _ in range(3):
+        svc.check_pool()
+    assert sum("does not exist" in r.message and "waiting for it" in r.message for r in caplog.records) == 1
+    assert not os.path.exists(cfg.staging)  # never created either
+
+
+def test_status_warns_when_the_pool_is_missing(tmp_path, capsys):
+    cfg = make_cfg(tmp_path)
+    cfg_file = tmp_path / "config.json"
+    cfg_file.write_text(json.dumps(cfg.to_json()))
+    os.rmdir(cfg.tv)
+    assert service.main(["--config", str(cfg_file), "status", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == [] and f"tv {cfg.tv} does not exist" in err and "mounted" in err

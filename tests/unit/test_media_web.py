@@ -217,3 +217,136 @@ def test_config_refuses_public_bind_without_password():
         cfgmod.from_dict({"web_bind": "everywhere"})
     with pytest.raises(cfgmod.ConfigError, match="'web_port'"):
         cfgmod.from_dict({"web_port": 9464, "metrics_port": 9464})
+
+
+# --- behind a TLS reverse proxy (issue item 8; docs/reverse-proxy.md) -----------------------
+
+PUBLIC = "https://media.example.lan"
+PASSWORD = "s3cret pass"
+
+
+def proxied_app(tmp_path, **kw):
+    """The page's WSGI app over a store with one failed job, as the service runs it behind a proxy
+    (web_password set, since a proxy on another machine needs web_bind beyond loopback)."""
+    for d in ("staging", "movies", "tv", "state"):
+        (tmp_path / d).mkdir(exist_ok=True)
+    cfg = cfgmod.from_dict({"staging": str(tmp_path / "staging"), "movies": str(tmp_path / "movies"),
+                            "tv": str(tmp_path / "tv"), "db": str(tmp_path / "state" / "jobs.sqlite3"),
+                            "metrics_textfile": "", "web_port": 8480, "web_bind": "0.0.0.0",
+                            "web_password": PASSWORD, **kw})
+    svc = service.Service(cfg)
+    svc.store = JobStore(cfg.db)
+    svc.store.enqueue(f"{cfg.staging}/Film (2020).mkv", 100, 1)
+    job = svc.store.claim()
+    svc.store.fail(job.id, "bad input", retry=False, max_attempts=3)
+    return svc, web.StatusApp(svc), job.id
+
+
+def call(app, method, path, headers, remote="127.0.0.1", body=b""):
+    """One request as wsgiref's server hands it to the app: headers as HTTP_*, the peer as REMOTE_ADDR."""
+    import io
+    from wsgiref.util import setup_testing_defaults
+
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "REMOTE_ADDR": remote,
+               "SERVER_PROTOCOL": "HTTP/1.0", "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))}
+    for name, value in headers.items():
+        key = name.upper().replace("-", "_")
+        environ[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key] = value
+    setup_testing_defaults(environ)
+    got = {}
+    out = b"".join(app(environ, lambda status, hdrs: got.update(status=status, headers=dict(hdrs))))
+    return int(got["status"].split()[0]), out.decode(), got["headers"]
+
+
+def browser_headers(origin, host):
+    """What Chromium sends for the page's Retry form (same origin, basic auth already given)."""
+    return {"Host": host, "Origin": origin, "Referer": origin + "/", "Sec-Fetch-Site": "same-origin",
+            "Sec-Fetch-Mode": "navigate", "Content-Type": "application/x-www-form-urlencoded",
+            "Authorization": "Basic " + base64.b64encode(f"me:{PASSWORD}".encode()).decode()}
+
+
+def retry_via(app, job_id, headers, remote="127.0.0.1"):
+    form = urllib.parse.urlencode({"csrf_token": app.csrf_token}).encode()
+    return call(app, "POST", f"/jobs/{job_id}/retry", headers, remote, form)
+
+
+# nginx's proxy_pass by default: HTTP/1.0, Host: the upstream ($proxy_host), Connection: close, the
+# browser's other headers unchanged, no X-Forwarded-* at all.
+def nginx_default(origin):
+    return {**browser_headers(origin, "media.example.lan"), "Host": "127.0.0.1:8480", "Connection": "close"}
+
+
+# the snippet in docs/reverse-proxy.md adds these
+def nginx_snippet(origin, browser_host="media.example.lan"):
+    return {**nginx_default(origin), "X-Forwarded-Host": browser_host, "X-Forwarded-Proto": "https",
+            "X-Forwarded-For": "192.168.1.20"}
+
+
+# Caddy's reverse_proxy: the browser's Host passed through, X-Forwarded-For/-Proto/-Host set
+def caddy(origin, host="media.example.lan"):
+    return {**browser_headers(origin, host), "X-Forwarded-Host": host, "X-Forwarded-Proto": "https",
+            "X-Forwarded-For": "192.168.1.20", "Accept-Encoding": "gzip"}
+
+
+@pytest.mark.parametrize("proxy,config,headers", [
+    ("nginx default proxy_pass, public_url", {"public_url": PUBLIC}, nginx_default(PUBLIC)),
+    ("nginx snippet, public_url", {"public_url": PUBLIC}, nginx_snippet(PUBLIC)),
+    ("nginx snippet, trusted_proxies", {"trusted_proxies": ["127.0.0.1"]}, nginx_snippet(PUBLIC)),
+    ("nginx on another host", {"trusted_proxies": ["192.168.1.0/24"], "public_url": ""},
+     nginx_snippet(PUBLIC)),
+    ("caddy, public_url", {"public_url": PUBLIC}, caddy(PUBLIC)),
+    ("caddy, trusted_proxies", {"trusted_proxies": ["127.0.0.1"]}, caddy(PUBLIC)),
+    ("caddy, nothing configured", {}, caddy(PUBLIC)),  # it passes Host through: the old rule holds
+    ("caddy on a port", {"public_url": PUBLIC + ":8443"},
+     caddy(PUBLIC + ":8443", "media.example.lan:8443")),
+    ("default port spelt out", {"public_url": PUBLIC + ":443/"}, nginx_default(PUBLIC)),
+])
+def test_retry_works_behind_a_tls_proxy(tmp_path, proxy, config, headers):
+    remote = "192.168.1.5" if proxy == "nginx on another host" else "127.0.0.1"
+    svc, app, job_id = proxied_app(tmp_path, **config)
+    status, body, hdrs = retry_via(app, job_id, headers, remote)
+    assert status == 303, f"{proxy}: {body}"
+    assert hdrs["Location"] == f"/?retried={job_id}"  # relative: the browser stays on the proxy's address
+    assert svc.store.get(job_id).state == "queued"
+
+
+@pytest.mark.parametrize("case,config,headers,remote,says", [
+    ("nginx default without public_url", {}, nginx_default(PUBLIC), "127.0.0.1", "set public_url"),
+    ("another site", {"public_url": PUBLIC}, nginx_default("https://evil.example"), "127.0.0.1",
+     "https://evil.example:443"),
+    ("plain http", {"public_url": PUBLIC}, nginx_default("http://media.example.lan"), "127.0.0.1",
+     "'https://media.example.lan:443'"),
+    ("another port", {"public_url": PUBLIC}, nginx_default(PUBLIC + ":8443"), "127.0.0.1", "8443"),
+    ("null origin", {"public_url": PUBLIC}, {**nginx_default("null"), "Referer": ""}, "127.0.0.1", "'null'"),
+    ("forwarded headers from an untrusted peer", {"trusted_proxies": ["127.0.0.1"]},
+     nginx_snippet(PUBLIC), "192.168.1.66", "cross-site"),
+    ("forwarded headers with nothing trusted", {}, nginx_snippet(PUBLIC), "127.0.0.1", "cross-site"),
+    ("another site through the trusted proxy", {"trusted_proxies": ["127.0.0.1"]},
+     nginx_snippet("https://evil.example", "media.example.lan"), "127.0.0.1", "evil.example"),
+])
+def test_retry_behind_a_proxy_still_refuses_other_origins(tmp_path, case, config, headers, remote, says):
+    svc, app, job_id = proxied_app(tmp_path, **config)
+    status, body, _ = retry_via(app, job_id, headers, remote)
+    assert status == 403 and "cross-site request refused" in body and says in body, f"{case}: {body}"
+    assert svc.store.get(job_id).state == "failed"
+
+
+def test_referer_alone_is_checked_against_public_url(tmp_path):
+    svc, app, job_id = proxied_app(tmp_path, public_url=PUBLIC)
+    headers = {k: v for k, v in nginx_default(PUBLIC).items() if k != "Origin"}
+    assert retry_via(app, job_id, {**headers, "Referer": "https://evil.example/"})[0] == 403
+    assert retry_via(app, job_id, {**headers, "Referer": PUBLIC + "/?retried=9"})[0] == 303
+    assert svc.store.get(job_id).state == "queued"
+
+
+def test_page_shows_a_missing_pool(page, tmp_path):
+    svc, base, _ = page()
+    os.rmdir(tmp_path / "movies")
+    svc.check_pool()
+    html = get(base + "/")[1]
+    assert 'id="pool"' in html and "not mounted" in html and str(tmp_path / "movies") in html
+    assert json.loads(get(base + "/api/status")[1])["pool_missing"] == [
+        {"dir": "movies", "path": str(tmp_path / "movies")}]
+    os.mkdir(tmp_path / "movies")
+    svc.check_pool()
+    assert 'id="pool"' not in get(base + "/")[1]
