@@ -91,7 +91,9 @@ _EXAMPLES = {
     "metrics_bind": '"127.0.0.1" (or "0.0.0.0" to be scraped from another host)', "metrics_textfile": '"/var/lib/media-pipeline/metrics.prom" ("" = off)',
     "db": '"/var/lib/media-pipeline/jobs.sqlite3"',
     # media-rip (RipConfig)
-    "device": '"/dev/sr0"', "min_length": "600 (seconds)", "makemkvcon": '"makemkvcon"',
+    "device": '"/dev/sr0" (a fixed node; "" = look the drive up by "drive" at each poll)',
+    "drive": '"auto" (the first drive) or one drive\'s /dev/disk/by-id name, model or serial',
+    "min_length": "600 (seconds)", "makemkvcon": '"makemkvcon"',
     "auto_rip": "true", "eject": "true", "eject_command": '"" (the CDROMEJECT ioctl) or "eject"',
     "web_port": "8480 (0 = off)", "web_bind": '"127.0.0.1" (or "0.0.0.0" with web_password set)',
     "web_password": '"a long random string" (ct-install-pipeline.sh --web-password-stdin)',
@@ -386,7 +388,10 @@ RIP_ENV_VAR = "MEDIA_RIP_CONFIG"
 @dataclass(frozen=True)
 class RipConfig:
     staging: str = "/mnt/storage/staging"
-    device: str = "/dev/sr0"
+    # The drive: `device` fixes its node (e.g. /dev/sr0); "" looks `drive` up at each poll, as the node's
+    # hookscript does (auto, or a /dev/disk/by-id name, model or serial): sr numbers change across reboots.
+    device: str = ""
+    drive: str = "auto"
     min_length: int = 600  # seconds: shorter titles (menus, trailers, extras) are not ripped
     makemkvcon: str = "makemkvcon"
     auto_rip: bool = True  # false: `run` only watches and records; rip with `media-rip once`
@@ -418,12 +423,20 @@ def rip_from_dict(raw: dict, where: str = "config") -> RipConfig:
         if key in ("staging", "device", "db", "makemkvcon", "eject_command", "metrics_bind", "metrics_textfile",
                    "status_file"):
             if not isinstance(value, str) or (not value and key not in ("metrics_textfile", "eject_command",
-                                                                        "status_file")):
+                                                                        "status_file", "device")):
                 raise _bad(key, f"must be a non-empty string (got {value!r})", where)
-            if key in ("staging", "device", "db") and not os.path.isabs(value):
+            if key in ("staging", "device", "db") and value and not os.path.isabs(value):
                 raise _bad(key, f"must be an absolute path (got {value!r})", where)
             if key in ("metrics_textfile", "status_file") and value and not os.path.isabs(value):
                 raise _bad(key, f"must be an absolute path or \"\" (got {value!r})", where)
+            values[key] = value
+        elif key == "drive":
+            # the rule of components/config.py's devices.opticalDrive, which the installer passes through
+            name = value.removeprefix("/dev/disk/by-id/") if isinstance(value, str) else ""
+            if not (value == "auto" or (0 < len(name) <= 128 and name[0].isalnum() and value == value.strip() and
+                                        all(c.isascii() and (c.isalnum() or c in " ._:+-") for c in name))):
+                raise _bad(key, f"must be auto or one drive's /dev/disk/by-id name, model or serial "
+                                f"(`ls -l /dev/disk/by-id` on the node; got {value!r})", where)
             values[key] = value
         elif key == "min_length":
             values[key] = _as_int(key, value, where, 0, 86400)

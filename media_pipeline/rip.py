@@ -1,6 +1,7 @@
 """media-rip: rip the disc in the optical drive into staging with MakeMKV, hands-free.
 
-  media-rip once [--device /dev/srN] [--staging DIR] [--min-length SECONDS] [--makemkvcon PATH]
+  media-rip once [--device /dev/srN | --drive SELECTOR] [--staging DIR] [--min-length SECONDS]
+                 [--makemkvcon PATH]
                          rip the disc in the drive now
   media-rip run          the service: poll the drive, rip each new disc once, eject it
   media-rip status [--json]   the rips recorded (state, titles, sizes, time, failure reason)
@@ -9,6 +10,12 @@ Every title at least --min-length seconds long is ripped into a hidden working f
 STAGING/.rip-N/; only when every title is saved is the folder published, whole, as
 STAGING/<disc name>/ (a second disc with the same name gets "<disc name> (2)/"), each file
 with its .done marker, so media-pipeline takes it at once. A failed title publishes nothing.
+A complete rip that cannot be published yet (a full pool, a read-only staging) is kept in its
+working folder and published by `media-rip run` (at its start, then every minute).
+
+The drive is `device` when set (a fixed node such as /dev/sr0), else the one `drive` names
+(auto: the first; or a /dev/disk/by-id name, model or serial), found again at each poll as the
+node's hookscript finds it: sr numbers follow the order the kernel found the drives at boot.
 
 Exit codes of `once`:
   0  ripped and published
@@ -18,6 +25,8 @@ Exit codes of `once`:
   4  a title failed (nothing published; the reason is in `status`)
   5  no title is at least --min-length long (nothing ripped)
   6  MakeMKV refuses to work: its beta key expired / version too old (nothing ripped)
+  7  ripped, but not published yet (kept in STAGING/.rip-N; `media-rip run` publishes it)
+  8  MakeMKV's disc scan failed or was cut short (nothing recorded; scan it again)
 
 MakeMKV is driven in robot mode (`makemkvcon -r`): docs/adr/0007-media-rip-makemkv-robot-mode.md.
 """
@@ -35,6 +44,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -53,12 +63,16 @@ from .service import MARKER, InstanceLock, _setup_logging, _when
 from .transcode import _PREEXEC, fmt_time
 
 EXIT_OK, EXIT_START, EXIT_USAGE, EXIT_NO_DISC, EXIT_FAILED, EXIT_NO_TITLE, EXIT_KEY = 0, 1, 2, 3, 4, 5, 6
+EXIT_PUBLISH, EXIT_SCAN = 7, 8
 EXIT_NAMES = {EXIT_OK: "ripped", EXIT_START: "cannot start", EXIT_USAGE: "usage", EXIT_NO_DISC: "no disc",
-              EXIT_FAILED: "title failed", EXIT_NO_TITLE: "no title long enough", EXIT_KEY: "key expired"}
+              EXIT_FAILED: "title failed", EXIT_NO_TITLE: "no title long enough", EXIT_KEY: "key expired",
+              EXIT_PUBLISH: "not published yet", EXIT_SCAN: "scan failed"}
 WORK_PREFIX = ".rip-"
 CDROMEJECT = 0x5309  # linux/cdrom.h
 PROGRESS_LOG_SECONDS = 30.0
 INFO_TIMEOUT = 600  # a scratched Blu-ray can take minutes to scan
+RETRY_SECONDS = 60.0  # a failed publish or disc scan is tried again this often (the pool and drive are not hammered)
+STOP_GRACE_SECONDS = 5.0  # a makemkvcon still running this long after SIGTERM is killed
 STATUS_HEARTBEAT_SECONDS = 30.0  # the status file is rewritten at least this often (and every poll)
 
 log = logging.getLogger("media-rip")
@@ -136,6 +150,7 @@ class Scan:
     titles: list[Title] = field(default_factory=list)
     messages: list[tuple[int, str]] = field(default_factory=list)
     version: str = ""
+    tcount: int | None = None  # TCOUNT: a disc scan prints it once it has the titles; None: cut short
 
     def drive(self, device: str) -> Drive | None:
         real = os.path.realpath(device)
@@ -168,6 +183,8 @@ def parse_info(text: str) -> Scan:
         try:
             if kind == "DRV" and len(f) >= 7:
                 scan.drives.append(Drive(int(f[0]), int(f[1]), f[4], f[5], f[6]))
+            elif kind == "TCOUNT" and f:
+                scan.tcount = int(f[0])
             elif kind == "CINFO" and len(f) >= 3:
                 code = int(f[0])
                 if code == AP_NAME:
@@ -195,6 +212,40 @@ def parse_info(text: str) -> Scan:
             continue  # a line we do not understand is not a reason to stop reading
     scan.titles = [titles[k] for k in sorted(titles)]
     return scan
+
+
+def scan_problem(source: str, scan: Scan, rc: int, stderr: str = "") -> str:
+    """Why this `makemkvcon -r info SOURCE` output cannot be trusted, or '' when it can.
+
+    A killed run (negative status), a failed disc scan (exit status not 0) or one cut short (no
+    TCOUNT line, fewer titles than TCOUNT) says nothing about the disc: it must not be taken for
+    "no title long enough", nor start a rip. The drive list (disc:9999) is whole when its DRV
+    lines are there (MakeMKV documents no exit status for it; a killed run is caught first).
+    """
+    last = (scan.messages[-1][1] if scan.messages else "") or stderr.strip()[-200:]
+    detail = f" (last message: {last})" if last else ""
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        return f"makemkvcon info {source} was killed by {name} before it finished{detail}"
+    if scan.key_expired():
+        return ""  # the refusal is reported as such (exit 6, homelab-media:makemkvKey)
+    if source == "disc:9999":
+        if not scan.drives:
+            return f"makemkvcon info disc:9999 listed no drive (exit status {rc}){detail}"
+        return ""
+    if not scan.titles and any(c == MSG_OPEN_FAILED for c, _ in scan.messages):
+        return ""  # no disc to read: told as such (exit 3)
+    if rc != 0:
+        return f"makemkvcon info {source} failed with exit status {rc}{detail}"
+    if scan.tcount is None:
+        return f"makemkvcon info {source} ended without its TCOUNT line: the scan was cut short{detail}"
+    if scan.tcount != len(scan.titles):
+        return (f"makemkvcon info {source} announced {scan.tcount} title(s) but described {len(scan.titles)}: "
+                f"the scan was cut short{detail}")
+    return ""
 
 
 @dataclass
@@ -241,6 +292,126 @@ def safe_name(name: str) -> str:
 
 def disc_title(scan: Scan) -> str:
     return safe_name(scan.disc_name or scan.label)
+
+
+# --- which drive ----------------------------------------------------------------------------
+
+def _natural(name: str) -> list:
+    """sg2 before sg10 (the hookscript lists scsi_generic devices with sort -V)."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _squeeze(text: str) -> str:
+    return " ".join(text.split())
+
+
+class DriveFinder:
+    """The /dev/srN of the configured drive now, chosen as the node's hookscript chooses it
+    (scripts/lib-devices.sh find_optical): `auto` is the first /dev/sr* block device; any other
+    selector is one drive's /dev/disk/by-id name, model or serial, looked up in sysfs. A
+    privileged container sees the node's sysfs; its /dev holds the drive the hookscript passed.
+    sysfs and dev are the roots (tests point them at fake trees)."""
+
+    def __init__(self, selector: str = "auto", sysfs: str = "/sys", dev: str = "/dev"):
+        self.selector, self.sysfs, self.dev = selector or "auto", sysfs, dev
+
+    def _read(self, sg: str, attr: str) -> bytes:
+        try:
+            with open(os.path.join(self.sysfs, "class/scsi_generic", sg, "device", attr), "rb") as fh:
+                return fh.read()
+        except OSError:
+            return b""
+
+    def _is_block(self, name: str) -> bool:
+        # a node that is not a block device (e.g. the empty file of a bind whose source was missing) is no drive
+        try:
+            return stat.S_ISBLK(os.stat(os.path.join(self.dev, name)).st_mode)
+        except OSError:
+            return False
+
+    def drives(self) -> list[tuple[str, str]]:
+        """(sg, sr or '') of each optical drive: scsi_generic devices of type 5, in sg order."""
+        base = os.path.join(self.sysfs, "class/scsi_generic")
+        try:
+            names = sorted((n for n in os.listdir(base) if n.startswith("sg")), key=_natural)
+        except OSError:
+            return []
+        out = []
+        for sg in names:
+            if self._read(sg, "type").strip() != b"5":
+                continue
+            try:
+                block = sorted(n for n in os.listdir(os.path.join(base, sg, "device", "block")) if n.startswith("sr"))
+            except OSError:
+                block = []
+            out.append((sg, block[0] if block else ""))
+        return out
+
+    def model(self, sg: str) -> str:
+        return _squeeze(self._read(sg, "model").decode("utf-8", "replace"))
+
+    def serial(self, sg: str) -> str:
+        """The unit serial number (VPD page 0x80 after its 4-byte header), printable part."""
+        return re.sub(r"[^A-Za-z0-9._-]", "", self._read(sg, "vpd_pg80")[4:].decode("ascii", "replace"))
+
+    def by_id(self, sg: str, sr: str) -> list[str]:
+        """The /dev/disk/by-id names that point at this drive's sr or sg node."""
+        base = os.path.join(self.dev, "disk", "by-id")
+        try:
+            links = sorted(os.listdir(base))
+        except OSError:
+            return []
+        out = []
+        for name in links:
+            try:
+                target = os.path.basename(os.readlink(os.path.join(base, name)))
+            except OSError:
+                continue
+            if target in (sg, sr) and target:
+                out.append(name)
+        return out
+
+    def matches(self, sg: str, sr: str) -> bool:
+        want = self.selector.removeprefix("/dev/disk/by-id/")
+        ids = self.by_id(sg, sr)
+        model, serial = self.model(sg), self.serial(sg)
+        if want in ids or (model and model.lower() == _squeeze(want.lower())) or (serial and serial == want):
+            return True
+        if any(i.endswith("_" + want) for i in ids):  # a by-id name ends in _SERIAL even without vpd_pg80
+            return True
+        # without udev's links (a container's /dev has none), a by-id name still ends in _SERIAL[-LUN]
+        return bool(serial) and not os.path.isdir(os.path.join(self.dev, "disk", "by-id")) and \
+            re.sub(r"-\d+:\d+$", "", want).endswith("_" + serial)
+
+    def find(self) -> tuple[str, str]:
+        """(the drive's device path, '') or ('', why there is none and the fix)."""
+        if self.selector == "auto":
+            try:
+                nodes = sorted(n for n in os.listdir(self.dev) if re.fullmatch(r"sr\d+", n))
+            except OSError:
+                nodes = []
+            for n in nodes:
+                if self._is_block(n):
+                    return os.path.join(self.dev, n), ""
+            return "", (f"no optical drive: no {self.dev}/sr* block device in this container (drive \"auto\"); "
+                        f"connect the drive and restart the container (pct reboot), the node's hookscript passes "
+                        f"the drive at each start")
+        seen = []
+        for sg, sr in self.drives():
+            if not self.matches(sg, sr):
+                seen.append(f"{sg}/{sr or '-'} '{self.model(sg)}' serial '{self.serial(sg)}' "
+                            f"by-id: {','.join(self.by_id(sg, sr)) or '-'}")
+                continue
+            if not sr:
+                return "", f"the drive {self.selector!r} ({sg}) has no sr block device in {self.sysfs}"
+            if not self._is_block(sr):
+                return "", (f"the drive {self.selector!r} is {sr} now, but {self.dev}/{sr} is not in this container: "
+                            f"restart the container (pct reboot) so the node's hookscript passes it")
+            return os.path.join(self.dev, sr), ""
+        return "", (f"no optical drive matches drive {self.selector!r} (drives here: {'; '.join(seen) or 'none'}); "
+                    f"fix: set \"drive\" in media-rip's config ({config_mod.RIP_DEFAULT_PATH}; "
+                    f"homelab-media:devices.opticalDrive) to auto or to one drive's /dev/disk/by-id name, model "
+                    f"or serial")
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -366,43 +537,81 @@ def _row(row: sqlite3.Row) -> dict:
 class Ripper:
     """One drive, one staging folder, one store: scan, rip, publish."""
 
-    def __init__(self, cfg: config_mod.RipConfig, store: RipStore | None, notifier: Notifier | None = None):
+    def __init__(self, cfg: config_mod.RipConfig, store: RipStore | None, notifier: Notifier | None = None,
+                 sysfs: str = "/sys", dev: str = "/dev"):
         self.cfg = cfg
         self.store = store
-        self.notifier = notifier or Notifier((), log.warning)
+        self.notifier = notifier if notifier is not None else Notifier((), log.warning)
         self.current: dict | None = None  # {"id", "name", "progress", "eta"} while ripping
         self.cancel = threading.Event()
         self.on_change = None  # called after every change of a rip in the store (the status file)
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | None = None  # the running makemkvcon (a scan or a rip): stop() ends it
+        self.finder = DriveFinder(cfg.drive, sysfs, dev)
+        self.device = cfg.device  # the drive's node now: fixed by `device`, else found again at each poll
 
     def _dev(self) -> str:
-        return f"dev:{self.cfg.device}"
+        return f"dev:{self.device}"
 
-    def _run_info(self, source: str, minlength: int | None) -> str:
+    def find_device(self) -> str:
+        """Find the drive now (a reboot may have renamed sr0/sr1): '' when found, else why not."""
+        if self.cfg.device:
+            self.device = self.cfg.device
+            return ""
+        path, problem = self.finder.find()
+        if path != self.device:
+            if path and self.device:
+                log.warning("drive %r is %s now (was %s)", self.finder.selector, path, self.device)
+            elif path:
+                log.info("drive %r is %s", self.finder.selector, path)
+            self.device = path
+        return problem
+
+    def _started(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        if self.cancel.is_set():  # a stop request that came before the process existed
+            self.stop()
+
+    def _run_info(self, source: str, minlength: int | None) -> Scan:
+        """`makemkvcon -r info SOURCE`, judged: a killed, failed or cut-short run raises RipError(EXIT_SCAN)."""
         argv = [self.cfg.makemkvcon, "-r", "--cache=1"]
         if minlength is not None:
             argv.append(f"--minlength={minlength}")
         argv += ["info", source]
+        if self.cancel.is_set():
+            raise RipError(EXIT_SCAN, f"makemkvcon info {source} not started: media-rip is stopping")
         try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  errors="replace", timeout=INFO_TIMEOUT, check=False, preexec_fn=_PREEXEC)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, errors="replace", preexec_fn=_PREEXEC)
         except FileNotFoundError:
             raise RipError(EXIT_START, f"{self.cfg.makemkvcon} not found: install MakeMKV "
                                        f"(ct-bootstrap-ripper.sh builds it) or pass --makemkvcon") from None
+        self._started(proc)
+        try:
+            out, err = proc.communicate(timeout=INFO_TIMEOUT)
         except subprocess.TimeoutExpired:
-            raise RipError(EXIT_FAILED, f"makemkvcon info {source} did not finish in {INFO_TIMEOUT} s") from None
-        return proc.stdout
+            proc.kill()
+            proc.communicate()
+            raise RipError(EXIT_SCAN, f"makemkvcon info {source} did not finish in {INFO_TIMEOUT} s") from None
+        finally:
+            self.proc = None
+        scan = parse_info(out)
+        if self.cancel.is_set():
+            raise RipError(EXIT_SCAN, f"makemkvcon info {source} stopped: media-rip is stopping")
+        problem = scan_problem(source, scan, proc.returncode, err)
+        if problem:
+            raise RipError(EXIT_SCAN, f"{problem}; nothing recorded, the disc is scanned again")
+        return scan
 
     def drive_state(self) -> tuple[int, str, Scan]:
         """(state, disc label, scan) of the configured drive, from the cheap drive list (no disc scan)."""
-        scan = parse_info(self._run_info("disc:9999", None))
-        drive = scan.drive(self.cfg.device)
+        scan = self._run_info("disc:9999", None)
+        drive = scan.drive(self.device) if self.device else None
         if drive is None:
             return DRIVE_NONE, "", scan
         return drive.state, drive.label, scan
 
     def scan_disc(self) -> Scan:
-        return parse_info(self._run_info(self._dev(), self.cfg.min_length))
+        return self._run_info(self._dev(), self.cfg.min_length)
 
     def key_state(self, scan: Scan) -> str:
         if scan.key_expired():
@@ -421,15 +630,18 @@ class Ripper:
         """Rip the disc in the drive (a fresh scan unless given). Returns an exit code."""
         cfg = self.cfg
         if scan is None:
+            problem = self.find_device()
+            if problem:
+                raise RipError(EXIT_NO_DISC, problem)
             state, _label, drives = self.drive_state()
             expired = drives.key_expired()
             if expired:
                 raise RipError(EXIT_KEY, key_refusal(expired))
             if state == DRIVE_NONE:
                 devices = ", ".join(d.device for d in drives.drives if d.device) or "none"
-                raise RipError(EXIT_NO_DISC, f"no drive {cfg.device} in MakeMKV's drive list (drives: {devices})")
+                raise RipError(EXIT_NO_DISC, f"no drive {self.device} in MakeMKV's drive list (drives: {devices})")
             if state in (DRIVE_EMPTY, DRIVE_OPEN):
-                raise RipError(EXIT_NO_DISC, f"no disc in {cfg.device}: " +
+                raise RipError(EXIT_NO_DISC, f"no disc in {self.device}: " +
                                ("the tray is open" if state == DRIVE_OPEN else "the drive is empty"))
             scan = self.scan_disc()
         name = disc_title(scan)
@@ -442,7 +654,7 @@ class Ripper:
             self._record(fp, scan, name, "failed", reason, EXIT_KEY)
             raise RipError(EXIT_KEY, reason)
         if not scan.titles and any(c == MSG_OPEN_FAILED for c, _ in scan.messages):
-            raise RipError(EXIT_NO_DISC, f"MakeMKV could not open the disc in {cfg.device} "
+            raise RipError(EXIT_NO_DISC, f"MakeMKV could not open the disc in {self.device} "
                                          f"({'; '.join(t for _, t in scan.messages[-2:])})")
         wanted = [t for t in scan.titles if t.duration >= cfg.min_length]
         log.info("disc %r (label %r): %d title(s), %d at least %s long", name, scan.label, len(scan.titles),
@@ -463,48 +675,75 @@ class Ripper:
                 self.store.restart(rip_id)
             else:
                 rip_id = self.store.start(fp, scan.label, name, wanted)
-        workdir = os.path.join(cfg.staging, f"{WORK_PREFIX}{rip_id or os.getpid()}")
+        # without a store, a name recover() never takes for an orphan of the database (it may hold a whole rip)
+        workdir = os.path.join(cfg.staging, f"{WORK_PREFIX}{rip_id}" if rip_id is not None else
+                               f"{WORK_PREFIX}nodb-{os.getpid()}")
         _remove_workdir(workdir, cfg.staging)
-        os.makedirs(workdir)
+        os.mkdir(workdir)  # never makedirs: staging itself must exist (an unmounted pool is not recreated)
         if self.store is not None:
             self.store.update(rip_id, workdir=workdir)
         self.current = {"id": rip_id, "name": name, "progress": 0.0, "eta": 0.0}
         self._changed()
         started = time.monotonic()
         try:
-            result, rc = self._mkv(workdir, name)
-            expected = [os.path.join(workdir, t.file) if t.file else "" for t in wanted]
-            problem = _judge(result, rc, wanted, expected, workdir)
-            if self.cancel.is_set():
-                problem = "interrupted by shutdown"
+            try:
+                result, rc = self._mkv(workdir, name)
+                expected = [os.path.join(workdir, t.file) if t.file else "" for t in wanted]
+                problem = _judge(result, rc, wanted, expected, workdir)
+            except OSError as exc:  # makemkvcon could not run, or its output cannot be read: not a whole rip
+                problem = f"output problem: {exc}"
             if problem:
-                _remove_workdir(workdir, cfg.staging)
+                if self.cancel.is_set():
+                    problem = "interrupted by shutdown"
+                try:
+                    _remove_workdir(workdir, cfg.staging)  # MakeMKV's own failure: the only case a rip is removed
+                except OSError as exc:
+                    problem += f"; the partial rip {workdir} could not be removed: {exc}"
                 self._finish(rip_id, "failed", problem, EXIT_FAILED)
                 raise RipError(EXIT_FAILED, problem)
-            files = sorted(os.listdir(workdir))
-            for f in files:  # markers first: the folder appears in staging complete and marked
-                with open(os.path.join(workdir, f + MARKER), "w"):
-                    pass
-            total = sum(os.path.getsize(os.path.join(workdir, f)) for f in files)
+            # A whole rip from here on: a file error below keeps it (state publishing) for a later publish.
             if self.store is not None:
-                self.store.update(rip_id, state="publishing", bytes=total)
-                self._changed()
-            folder = publish(workdir, cfg.staging, name)
-        except RipError:
-            raise
-        except OSError as exc:
-            _remove_workdir(workdir, cfg.staging)
-            reason = f"output problem: {exc}"
-            self._finish(rip_id, "failed", reason, EXIT_FAILED)
-            raise RipError(EXIT_FAILED, reason) from None
+                self.store.update(rip_id, state="publishing", reason="")
+            folder, count, total = self.publish_rip(rip_id, workdir, name)
         finally:
             self.current = None
-        self._finish(rip_id, "done", "", EXIT_OK, folder=folder)
         elapsed = time.monotonic() - started
-        log.info("published %s: %d file(s), %.1f MB in %s", folder, len(files), total / 1e6, fmt_time(elapsed))
-        self.notifier.send("Rip finished", f"{name}\n{folder}\n{len(files)} title(s), {total / 1e9:.2f} GB "
+        log.info("published %s: %d file(s), %.1f MB in %s", folder, count, total / 1e6, fmt_time(elapsed))
+        self.notifier.send("Rip finished", f"{name}\n{folder}\n{count} title(s), {total / 1e9:.2f} GB "
                                            f"in {fmt_time(elapsed)}")
         return EXIT_OK
+
+    def publish_rip(self, rip_id: int | None, workdir: str, name: str, reported: str = "") -> tuple[str, int, int]:
+        """Mark the whole rip in workdir and publish it as STAGING/<name>/: (folder, files, bytes).
+
+        A file error (ENOSPC from a full mergerfs branch, EIO, a read-only staging) keeps the rip where
+        it is, state publishing with the reason, and raises RipError(EXIT_PUBLISH); the notifier is told
+        once (when nothing was `reported` before). MakeMKV's work is never thrown away for it.
+        """
+        step, total = "reading the rip", 0
+        try:
+            files = sorted(f for f in os.listdir(workdir) if not f.endswith(MARKER))
+            total = sum(os.path.getsize(os.path.join(workdir, f)) for f in files)
+            step = "writing the .done markers"
+            _mark(workdir, files)
+            step = "moving it into staging"
+            folder = publish(workdir, self.cfg.staging, name)
+        except OSError as exc:
+            where = (f"`media-rip run` publishes it (at its start, then every {RETRY_SECONDS:.0f} s)"
+                     if self.store is not None and rip_id is not None else
+                     f"no database to retry from: move it by hand to {os.path.join(self.cfg.staging, name)} "
+                     f"with an empty <file>{MARKER} next to each file")
+            reason = (f"ripped, not published yet: {step} failed: {exc}; the whole rip is kept in {workdir} and "
+                      f"{where}; fix: free space in {self.cfg.staging} (a mergerfs branch under minfreespace "
+                      f"refuses new files) or its permissions")
+            if self.store is not None and rip_id is not None:
+                self.store.update(rip_id, state="publishing", reason=reason, bytes=total)
+                self._changed()
+            if not reported:
+                self.notifier.send("Rip not published yet", f"{name}\n{reason}")
+            raise RipError(EXIT_PUBLISH, reason) from None
+        self._finish(rip_id, "done", "", EXIT_OK, folder=folder, nbytes=total)
+        return folder, len(files), total
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -515,12 +754,15 @@ class Ripper:
             self.store.record(fp, scan.label, name, state, reason, code, scan.titles)
             self._changed()
 
-    def _finish(self, rip_id: int | None, state: str, reason: str, code: int, folder: str = "") -> None:
+    def _finish(self, rip_id: int | None, state: str, reason: str, code: int, folder: str = "",
+                nbytes: int | None = None) -> None:
         if self.store is None or rip_id is None:
             return
         fields = {"state": state, "reason": reason, "exit_code": code, "finished": time.time()}
         if folder:
             fields.update(folder=folder, progress=1.0)
+        if nbytes is not None:
+            fields["bytes"] = nbytes
         self.store.update(rip_id, **fields)
         self._changed()
 
@@ -531,15 +773,16 @@ class Ripper:
         log.info("ripping %r: %s", name, " ".join(argv))
         lines: list[str] = []
         try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-                                         preexec_fn=_PREEXEC)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+                                    preexec_fn=_PREEXEC)
         except FileNotFoundError:
             raise RipError(EXIT_START, f"{self.cfg.makemkvcon} not found") from None
+        self._started(proc)
         t0 = time.monotonic()
         next_log = t0
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+        assert proc.stdout is not None
+        for line in proc.stdout:
             line = line.rstrip("\n")
             lines.append(line)
             if line.startswith("PRGV:"):
@@ -560,40 +803,49 @@ class Ripper:
                 parsed = parse_line(line)
                 if parsed and len(parsed[1]) >= 4:
                     log.info("makemkv: %s", parsed[1][3])
-        rc = self.proc.wait()
+        rc = proc.wait()
         self.proc = None
         return read_copy_result(lines), rc
 
     def stop(self) -> None:
+        """Stop request (SIGTERM): end the running scan or rip now; no new one starts."""
         self.cancel.set()
         proc = self.proc
         if proc is not None and proc.poll() is None:
             proc.terminate()
+            # a makemkvcon that ignores SIGTERM is killed: the service must stop within seconds
+            timer = threading.Timer(STOP_GRACE_SECONDS, _kill_if_running, (proc,))
+            timer.daemon = True
+            timer.start()
 
     def eject(self) -> bool:
         """Open the tray: the CDROMEJECT ioctl (what eject(1) does), or eject_command when set."""
+        device = self.device
+        if not device:
+            log.warning("could not eject: no drive found (drive %r)", self.finder.selector)
+            return False
         if not self.cfg.eject_command:
             try:
-                fd = os.open(self.cfg.device, os.O_RDONLY | os.O_NONBLOCK)
+                fd = os.open(device, os.O_RDONLY | os.O_NONBLOCK)
                 try:
                     fcntl.ioctl(fd, CDROMEJECT)
                 finally:
                     os.close(fd)
             except OSError as exc:
-                log.warning("could not eject %s: %s", self.cfg.device, exc.strerror or exc)
+                log.warning("could not eject %s: %s", device, exc.strerror or exc)
                 return False
-            log.info("ejected %s", self.cfg.device)
+            log.info("ejected %s", device)
             return True
         try:
-            res = subprocess.run([self.cfg.eject_command, self.cfg.device], stdin=subprocess.DEVNULL,
+            res = subprocess.run([self.cfg.eject_command, device], stdin=subprocess.DEVNULL,
                                  capture_output=True, text=True, timeout=60, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            log.warning("could not eject %s: %s", self.cfg.device, exc)
+            log.warning("could not eject %s: %s", device, exc)
             return False
         if res.returncode != 0:
-            log.warning("could not eject %s: %s", self.cfg.device, (res.stderr or res.stdout).strip()[-200:])
+            log.warning("could not eject %s: %s", device, (res.stderr or res.stdout).strip()[-200:])
             return False
-        log.info("ejected %s", self.cfg.device)
+        log.info("ejected %s", device)
         return True
 
 
@@ -622,6 +874,17 @@ def _judge(result: CopyResult, rc: int, wanted: list[Title], expected: list[str]
     if not any(n.lower().endswith(".mkv") for n in os.listdir(workdir)):
         return "MakeMKV reported success but wrote no .mkv file"
     return ""
+
+
+def _kill_if_running(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+
+
+def _mark(workdir: str, files: list[str]) -> None:
+    """An empty FILE.done next to each file (media-pipeline takes a marked file at once); kept when there."""
+    for f in files:
+        os.close(os.open(os.path.join(workdir, f + MARKER), os.O_WRONLY | os.O_CREAT, 0o644))
 
 
 def publish(workdir: str, staging: str, name: str) -> str:
@@ -669,8 +932,9 @@ def key_refusal(message: str) -> str:
 class Service:
     """Poll the drive; rip each newly inserted disc once; eject; record everything."""
 
-    def __init__(self, cfg: config_mod.RipConfig):
+    def __init__(self, cfg: config_mod.RipConfig, sysfs: str = "/sys", dev: str = "/dev"):
         self.cfg = cfg
+        self.sysfs, self.dev = sysfs, dev  # where the drive is looked up (tests: fake trees)
         self.stop = threading.Event()
         self.store: RipStore | None = None
         self.ripper: Ripper | None = None
@@ -679,7 +943,11 @@ class Service:
         self.last_poll = 0.0
         self.drive_state_now = -1
         self.resume: dict[str, dict] = {}  # fingerprint -> a rip interrupted by a restart
-        self.last_error = ""
+        self.last_error = ""  # what keeps media-rip from ripping now (pool, drive); the status file shows it
+        self.scan_error = ""
+        self.retry_seconds = RETRY_SECONDS
+        self.rescan_at: float | None = None  # monotonic time to scan again the disc whose scan failed
+        self.next_publish = 0.0  # monotonic time of the next try of the rips a file error held back
         self.status = StatusFile(cfg)
         # media-rip's own registry: a collector that reads the rip store at each scrape
         self.registry = new_registry(RipCollector(self.metrics_families))
@@ -691,12 +959,12 @@ class Service:
 
     def run(self) -> int:
         cfg = self.cfg
-        os.makedirs(os.path.dirname(cfg.db), exist_ok=True)
+        os.makedirs(os.path.dirname(cfg.db), exist_ok=True)  # the container's own disk, never the pool
         lock = InstanceLock(cfg.db, "media-rip")
         lock.acquire()
         self.store = RipStore(cfg.db)
         notifier = Notifier(cfg.apprise_urls, log.warning)
-        self.ripper = Ripper(cfg, self.store, notifier)
+        self.ripper = Ripper(cfg, self.store, notifier, self.sysfs, self.dev)
         self.ripper.on_change = self.publish_status
         server = None
         heartbeat = threading.Thread(target=self._heartbeat, daemon=True, name="status-file")
@@ -705,14 +973,15 @@ class Service:
                 server = serve(self.registry, cfg.metrics_bind, cfg.metrics_port)
                 log.info("metrics on http://%s:%d/metrics", cfg.metrics_bind, server.port)
             log.info("media-rip %s: drive %s, staging %s, min length %s, auto-rip %s, eject %s, %s",
-                     __version__, cfg.device, cfg.staging, fmt_time(cfg.min_length), cfg.auto_rip, cfg.eject,
-                     notifier.describe())
+                     __version__, cfg.device or f"{cfg.drive!r} (looked up at each poll)", cfg.staging,
+                     fmt_time(cfg.min_length), cfg.auto_rip, cfg.eject, notifier.describe())
             self.recover()
             if cfg.status_file:
                 heartbeat.start()
                 log.info("status file %s (the status page reads it)", cfg.status_file)
             while not self.stop.is_set():
                 self.poll()
+                self.retry_publishing()
                 self.publish_metrics()
                 self.publish_status()
                 self.stop.wait(cfg.poll_seconds)
@@ -728,20 +997,15 @@ class Service:
         return 0
 
     def recover(self) -> None:
-        """After a crash: no partial rip stays in staging; a finished folder whose publish was cut
-        short is published; an interrupted rip is ripped again when its disc is still there."""
+        """After a crash: no partial rip stays in staging; a whole rip whose publish failed or was cut
+        short is published (or kept for the next try); an interrupted rip is ripped again when its disc
+        is still there."""
         assert self.store is not None
         for rip in self.store.unfinished():
+            if rip["state"] == "publishing":
+                self.publish_pending(rip, at_start=True)
+                continue
             work = rip["workdir"]
-            if rip["state"] == "publishing" and work and os.path.isdir(work):
-                folder = publish(work, self.cfg.staging, rip["name"])
-                self.store.update(rip["id"], state="done", folder=folder, progress=1.0, finished=time.time(),
-                                  exit_code=EXIT_OK)
-                log.info("[rip %d] finished the publish cut short by a restart: %s", rip["id"], folder)
-                continue
-            if rip["state"] == "publishing":  # the rename happened: the folder is published
-                self.store.update(rip["id"], state="done", finished=time.time(), exit_code=EXIT_OK)
-                continue
             if work:
                 _remove_workdir(work, self.cfg.staging)
             self.store.update(rip["id"], state="failed", reason="interrupted (service restarted); partial files "
@@ -749,6 +1013,7 @@ class Service:
                               exit_code=EXIT_FAILED, finished=time.time())
             log.warning("[rip %d] %r was interrupted by a restart: partial files removed", rip["id"], rip["name"])
             self.resume[rip["fingerprint"]] = rip
+        self.next_publish = time.monotonic() + self.retry_seconds
         # Stray working folders no row points at (a database restored from backup, a manual run).
         for entry in os.listdir(self.cfg.staging) if os.path.isdir(self.cfg.staging) else ():
             if entry.startswith(WORK_PREFIX) and entry[len(WORK_PREFIX):].isdigit():
@@ -756,29 +1021,83 @@ class Service:
                 if row is None or row["state"] not in ("ripping", "publishing"):
                     _remove_workdir(os.path.join(self.cfg.staging, entry), self.cfg.staging)
 
+    def publish_pending(self, rip: dict, at_start: bool = False) -> None:
+        """Publish a whole rip whose publish failed or was cut short; a file error keeps it for the next try."""
+        assert self.ripper is not None and self.store is not None
+        work = rip["workdir"]
+        if not os.path.isdir(self.cfg.staging):
+            return  # the pool is not mounted (poll() says so): its rip waits with it
+        if not work or not os.path.isdir(work):  # the rename happened before a restart: it is published
+            self.store.update(rip["id"], state="done", reason="", finished=time.time(), exit_code=EXIT_OK)
+            return
+        try:
+            folder, count, total = self.ripper.publish_rip(rip["id"], work, rip["name"], reported=rip["reason"])
+        except RipError as exc:
+            if exc.reason != rip["reason"] or at_start:  # once per problem (and once per start), not per try
+                log.error("[rip %d] %r: %s", rip["id"], rip["name"], exc.reason)
+            return
+        waited = f"it waited: {rip['reason']}" if rip["reason"] else "its publish was cut short by a restart"
+        log.info("[rip %d] published %s: %d file(s), %.1f MB (%s)", rip["id"], folder, count, total / 1e6, waited)
+        if rip["reason"]:  # the notifier was told it waits: tell it the wait is over
+            self.ripper.notifier.send("Rip published", f"{rip['name']}\n{folder}\n{count} title(s), "
+                                                       f"{total / 1e9:.2f} GB, kept until staging took it")
+
+    def retry_publishing(self) -> None:
+        """Every retry_seconds while the service runs: publish the whole rips a file error held back."""
+        assert self.store is not None
+        now = time.monotonic()
+        if now < self.next_publish:
+            return
+        self.next_publish = now + self.retry_seconds
+        for rip in self.store.unfinished():
+            if rip["state"] == "publishing":
+                self.publish_pending(rip)
+
+    def _report(self, problem: str) -> None:
+        """What keeps media-rip from ripping now: logged when it starts and when it ends, not at every poll."""
+        if problem and problem != self.last_error:
+            log.error("%s", problem)
+        elif not problem and self.last_error:
+            log.info("problem gone: %s", self.last_error)
+        self.last_error = problem
+
     def poll(self) -> None:
         assert self.ripper is not None and self.store is not None
         self.last_poll = time.time()
-        try:
-            state, label, _ = self.ripper.drive_state()
-        except RipError as exc:
-            if exc.reason != self.last_error:  # once per problem, not once per poll
-                log.error("%s", exc.reason)
-            self.last_error, self.drive_state_now, self.last_state = exc.reason, -1, None
+        problem = "" if os.path.isdir(self.cfg.staging) else (
+            f"staging {self.cfg.staging} does not exist: is the pool mounted? media-rip waits and rips nothing "
+            f"until it appears (it never creates it: a rip would fill the container's root disk); fix: mount the "
+            f"pool in the ripper container, or set \"staging\" in media-rip's config ({config_mod.RIP_DEFAULT_PATH})")
+        before = self.ripper.device
+        state, label = DRIVE_NONE, ""
+        if not problem:
+            problem = self.ripper.find_device()
+        if not problem:
+            try:
+                state, label, _ = self.ripper.drive_state()
+            except RipError as exc:
+                problem = exc.reason
+        if problem:
+            if not self.stop.is_set():  # a drive list killed by the stop request is no problem
+                self._report(problem)
+            self.drive_state_now, self.last_state = -1, None
             return
-        self.last_error = ""
+        self._report("")
+        if self.ripper.device != before:  # another node now: what is in it was not handled under this name
+            self.last_state = None
         self.drive_state_now = state
         if state != self.last_state:
-            log.info("drive %s: %s%s", self.cfg.device, _STATE_NAMES.get(state, str(state)),
+            log.info("drive %s: %s%s", self.ripper.device, _STATE_NAMES.get(state, str(state)),
                      f" ({label})" if label else "")
         changed = state != self.last_state
         self.last_state = state
         if state != DRIVE_INSERTED:
-            self.handled_present = False
+            self.handled_present, self.rescan_at = False, None
             return
-        if not changed and self.handled_present:
+        rescan = self.rescan_at is not None and time.monotonic() >= self.rescan_at
+        if not changed and self.handled_present and not rescan:
             return
-        self.handled_present = True
+        self.handled_present, self.rescan_at = True, None
         self.handle_disc()
 
     def handle_disc(self) -> None:
@@ -786,8 +1105,17 @@ class Service:
         try:
             scan = ripper.scan_disc()
         except RipError as exc:
-            log.error("%s", exc.reason)
+            if self.stop.is_set():
+                log.info("scan of the disc in %s interrupted by shutdown: nothing recorded, scanned again at the "
+                         "next start", ripper.device)
+                return
+            if exc.reason != self.scan_error:  # once per problem, not once per try
+                log.error("%s", exc.reason)
+            self.scan_error = exc.reason
+            if exc.code == EXIT_SCAN:  # unrecorded: scanned again, not at every poll
+                self.rescan_at = time.monotonic() + self.retry_seconds
             return
+        self.scan_error = ""
         fp, name = scan.fingerprint(), disc_title(scan)
         latest = store.latest(fp)
         resume = self.resume.pop(fp, None)
@@ -796,19 +1124,27 @@ class Service:
                      latest["folder"])
             self.maybe_eject()
             return
+        if latest is not None and latest["state"] == "publishing":
+            log.info("disc %r was ripped already (rip %d, kept in %s until it is published): not ripping it twice",
+                     name, latest["id"], latest["workdir"])
+            self.maybe_eject()
+            return
         if not cfg.auto_rip:
             log.info("disc %r is in the drive; auto_rip is off: rip it with `media-rip once`", name)
             return
         try:
             ripper.rip_disc(scan, resume=resume)
         except RipError as exc:
-            if self.stop.is_set():
+            if exc.code == EXIT_PUBLISH:
+                log.error("rip of %r: %s", name, exc.reason)
+            elif self.stop.is_set():
                 log.info("rip of %r interrupted by shutdown; partial files removed, ripped again at the next start",
                          name)
                 return
-            log.error("rip of %r failed (%s): %s", name, EXIT_NAMES.get(exc.code, exc.code), exc.reason)
-            if exc.code in (EXIT_FAILED, EXIT_KEY):
-                ripper.notifier.send("Rip failed", f"{name}\n{exc.reason}")
+            else:
+                log.error("rip of %r failed (%s): %s", name, EXIT_NAMES.get(exc.code, exc.code), exc.reason)
+                if exc.code in (EXIT_FAILED, EXIT_KEY):
+                    ripper.notifier.send("Rip failed", f"{name}\n{exc.reason}")
         self.maybe_eject()
 
     def maybe_eject(self) -> None:
@@ -835,7 +1171,7 @@ class Service:
     # -- the status file (the transcoder's status page reads it; media_pipeline/rips.py) ------
 
     def drive_status(self) -> dict:
-        return {"device": self.cfg.device, "state": self.drive_state_now,
+        return {"device": self.ripper.device if self.ripper else self.cfg.device, "state": self.drive_state_now,
                 "state_name": _STATE_NAMES.get(self.drive_state_now, "unknown"), "error": self.last_error,
                 "last_poll": round(self.last_poll, 3), "current": self.ripper.current if self.ripper else None}
 
@@ -967,8 +1303,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     once = sub.add_parser("once", help="rip the disc in the drive now (exit codes: see media-rip --help)",
                           epilog="exit codes: 0 ripped, 1 cannot start, 2 usage, 3 no disc, 4 a title failed, "
-                                 "5 no title long enough, 6 MakeMKV key expired")
-    once.add_argument("--device", help="the drive, e.g. /dev/sr0 (default from the config)")
+                                 "5 no title long enough, 6 MakeMKV key expired, 7 ripped but not published yet, "
+                                 "8 the disc scan failed")
+    drive = once.add_mutually_exclusive_group()
+    drive.add_argument("--device", help="the drive's node, e.g. /dev/sr0 (default from the config)")
+    drive.add_argument("--drive", metavar="SELECTOR",
+                       help="the drive: auto (the first), or a /dev/disk/by-id name, model or serial")
     once.add_argument("--staging", help="where the rip is published")
     once.add_argument("--min-length", type=int, metavar="SECONDS", help="shortest title to rip")
     once.add_argument("--makemkvcon", metavar="PATH", help="the makemkvcon program")
@@ -990,6 +1330,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "once":
             over = {k: v for k, v in (("device", args.device), ("staging", args.staging),
                                       ("min_length", args.min_length), ("makemkvcon", args.makemkvcon)) if v is not None}
+            if args.drive is not None:  # a drive by name: looked up, not the config's fixed node
+                over.update(drive=args.drive, device="")
             if over:
                 cfg = config_mod.rip_from_dict({**cfg.to_json(), **over}, where="arguments")
     except config_mod.ConfigError as exc:
@@ -1019,15 +1361,15 @@ def _once(cfg: config_mod.RipConfig, eject: bool) -> int:
         store = RipStore(cfg.db)
     except RuntimeError:
         log.error("media-rip run is watching %s and rips new discs itself; to rip by hand, stop it first "
-                  "(systemctl stop media-rip)", cfg.device)
+                  "(systemctl stop media-rip)", cfg.device or f"drive {cfg.drive!r}")
         return EXIT_START
     except (OSError, sqlite3.Error) as exc:
         log.warning("not recording this rip (%s: %s)", cfg.db, exc)
     ripper = Ripper(cfg, store, Notifier(cfg.apprise_urls, log.warning))
     if store is not None:  # the page sees a rip by hand too (drive state: unknown, the service is stopped)
         status = StatusFile(cfg)
-        drive = {"device": cfg.device, "state": -1, "state_name": "unknown", "error": "", "last_poll": 0.0}
-        ripper.on_change = lambda: status.publish(store, {**drive, "current": ripper.current})
+        drive = {"state": -1, "state_name": "unknown", "error": "", "last_poll": 0.0}
+        ripper.on_change = lambda: status.publish(store, {**drive, "device": ripper.device, "current": ripper.current})
     signal.signal(signal.SIGTERM, lambda *_: ripper.stop())
     try:
         code = ripper.rip_disc()
@@ -1038,7 +1380,7 @@ def _once(cfg: config_mod.RipConfig, eject: bool) -> int:
         if store is not None:
             store.close()
         lock.release()
-    if eject and code in (EXIT_OK, EXIT_FAILED, EXIT_NO_TITLE):
+    if eject and code in (EXIT_OK, EXIT_FAILED, EXIT_NO_TITLE, EXIT_PUBLISH):
         ripper.eject()
     return code
 

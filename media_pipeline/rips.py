@@ -73,9 +73,16 @@ def snapshot(rows: list[dict], drive: dict, now: float | None = None, version: s
 
 def write_status(path: str, data: dict) -> None:
     """Replace `path` with `data` as JSON, atomically: a temp file in the same directory, fsync,
-    rename(2). Creates the directory. Raises OSError (the caller logs it)."""
+    rename(2). Creates that directory only, never its parents: STAGING/.media-rip is made when
+    STAGING exists; an unmounted pool's staging is not recreated on the container's root disk
+    (media-rip's "pool mounted" check would pass, and rips would fill that disk). Raises OSError
+    (the caller logs it)."""
     directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.mkdir(directory)
+    except FileExistsError:
+        if not os.path.isdir(directory):
+            raise
     fd, tmp = tempfile.mkstemp(prefix=".status-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -7,9 +7,14 @@ progress, and a partial file left behind when a title fails.
 The disc file is named by $FAKE_MAKEMKV_DISC:
   {"drive_state": 2, "device": "/dev/sr0", "disc_name": "Big Buck Bunny", "label": "BIG_BUCK_BUNNY",
    "titles": [{"duration": "1:30:00", "source": "/abs/file.mkv", "file": "title_t00.mkv", "fail": false}],
-   "expired": false, "chunks": 8, "chunk_delay": 0.0, "calls": "/abs/calls.log"}
+   "expired": false, "chunks": 8, "chunk_delay": 0.0, "calls": "/abs/calls.log",
+   "scan_delay": 0.0, "scan_end": "full", "scan_exit": 0}
 drive_state: 0 empty, 1 tray open, 2 disc inserted (MakeMKV's DRV states). Invoked as `eject`
 (a symlink), it sets drive_state to 1, like a real tray opening.
+A disc scan (`info dev:...`) prints the title list after the per-title messages and before TCOUNT,
+as the real one does after reading the disc: scan_delay seconds pass there (a slow Blu-ray scan);
+scan_end "killed" dies of SIGTERM there, "cut" exits there (no TCOUNT, no CINFO/TINFO); scan_exit
+is the scan's exit status.
 
 Where the transcript lines come from (formats, codes, wording; values are made up):
 - MakeMKV's robot-mode documentation, https://www.makemkv.com/developers/usage.txt
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -108,6 +114,11 @@ def info(disc: dict, minlength: int, source: str) -> int:
     out('MSG:5085,0,0,"Loaded content hash table, will verify integrity of M2TS files.",'
         '"Loaded content hash table, will verify integrity of M2TS files."')
     kept = titles_for(disc, minlength)
+    time.sleep(float(disc.get("scan_delay", 0.0)))
+    if disc.get("scan_end") == "killed":
+        os.kill(os.getpid(), signal.SIGTERM)
+    if disc.get("scan_end") == "cut":
+        return int(disc.get("scan_exit", 0))
     out(f"TCOUNT:{len(kept)}")
     out('CINFO:1,6209,"Blu-ray disc"')
     out(f'CINFO:2,0,{q(disc.get("disc_name", ""))}')
@@ -131,7 +142,7 @@ def info(disc: dict, minlength: int, source: str) -> int:
         out(f'SINFO:{i},0,5,0,"V_MPEG4/ISO/AVC"')
         out(f'SINFO:{i},1,1,6202,"Audio"')
         out(f'SINFO:{i},1,3,0,"eng"')
-    return 0
+    return int(disc.get("scan_exit", 0))
 
 
 def mkv(disc: dict, minlength: int, which: str, outdir: str) -> int:

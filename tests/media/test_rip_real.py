@@ -6,11 +6,18 @@ What this proves and what it cannot: docs/adr/0007-media-rip-makemkv-robot-mode.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
+import sqlite3
+import threading
+import time
 
 import pytest
 
+from media_pipeline import config as config_mod
+from media_pipeline import rip
 from tests.media.helpers import Pipeline, kill, make_rip, processes_with, streams, wait_for
 from tests.media.rip_helpers import Drive
 
@@ -226,3 +233,130 @@ def test_status_json_of_an_empty_store(tmp_path):
     assert drive.status() == []
     assert drive.rip("status").stdout.strip() == "no rips yet"
     assert json.loads(drive.rip("status", "--json").stdout) == []
+
+
+def test_sigterm_during_a_long_scan_stops_the_service_at_once_and_records_nothing(titles, tmp_path):
+    drive = Drive(tmp_path)
+    drive.insert("Heat", [(FEATURE, titles["main"])], scan_delay=120)  # a slow Blu-ray scan
+    svc = drive.start()
+    try:
+        wait_for(lambda: any("dev:/dev/sr0" in c for c in drive.calls()), timeout=30, what="the disc scan")
+        time.sleep(0.3)
+        started = time.monotonic()
+        svc.send_signal(signal.SIGTERM)
+        svc.wait(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        kill(svc)
+    assert svc.returncode == 0 and took < 5, took
+    assert "interrupted by shutdown: nothing recorded" in svc.stderr.read()
+    assert not processes_with(str(drive.bin / "makemkvcon"))  # the scan ended with the service
+    assert drive.status() == [] and drive.mkv_calls() == 0 and drive.published() == {}
+    # the next start scans the disc again and rips it
+    drive.set(scan_delay=0)
+    svc = drive.start()
+    try:
+        wait_for(lambda: "Heat" in drive.published(), timeout=60, what="the rip after the restart")
+    finally:
+        kill(svc, signal.SIGTERM)
+    assert [(r["name"], r["state"]) for r in drive.status()] == [("Heat", "done")]
+
+
+@pytest.mark.parametrize("scan,why", [({"scan_end": "killed"}, "killed by SIGTERM"),
+                                      ({"scan_exit": 1}, "failed with exit status 1"),
+                                      ({"scan_end": "cut"}, "without its TCOUNT line")])
+def test_once_refuses_a_scan_that_failed_or_was_cut_short(titles, tmp_path, scan, why):
+    drive = Drive(tmp_path)
+    drive.insert("Heat", [(FEATURE, titles["main"])], **scan)
+    run = drive.once()
+    assert run.returncode == 8 and why in run.stderr, run.stderr
+    assert drive.status() == [] and drive.mkv_calls() == 0 and drive.published() == {}
+
+
+def test_the_service_waits_for_a_missing_staging_and_never_creates_it(titles, tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    staging = pool / "staging"
+    drive = Drive(tmp_path / "ct", staging=str(staging))
+    drive.insert("Heat", [(FEATURE, titles["main"])])
+    svc = drive.start()
+    try:
+        wait_for(lambda: (tmp_path / "ct" / "state" / "rip.prom").exists(), timeout=30, what="the first poll")
+        time.sleep(1.0)  # ten more polls at poll_seconds 0.1
+        assert list(pool.iterdir()) == []  # not staging, not its .media-rip folder
+        assert drive.calls() == []  # the drive is not even asked while the pool is missing
+        staging.mkdir()  # the pool is mounted
+        wait_for(lambda: (staging / "Heat" / "title_t00.mkv.done").exists(), timeout=60, what="the rip")
+    finally:
+        kill(svc, signal.SIGTERM)
+    log = svc.stderr.read()
+    said = [line for line in log.splitlines() if f"ERROR staging {staging} does not exist: is the pool mounted" in line]
+    assert len(said) == 1, log  # once, not once per poll
+    assert "INFO problem gone: staging" in log
+    assert (staging / "Heat" / "title_t00.mkv").read_bytes() == titles["main"].read_bytes()
+
+
+def test_a_full_pool_keeps_the_rip_until_the_running_service_or_a_restart_publishes_it(titles, tmp_path,
+                                                                                          monkeypatch):
+    """In-process (a fault can only be injected here): the service's own loop in a thread, and
+    the publish's rename failing with ENOSPC until space returns; then the real process."""
+    drive = Drive(tmp_path)
+    monkeypatch.setenv("FAKE_MAKEMKV_DISC", str(drive.disc_file))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    full = {"on": True}
+    real_rename = os.rename
+
+    def rename(src, dst, *a, **k):
+        if full["on"] and os.path.basename(str(src)).startswith(".rip-"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
+        return real_rename(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "rename", rename)
+
+    def service():
+        svc = rip.Service(config_mod.load_rip(str(drive.config)))
+        svc.retry_seconds = 0.3
+        thread = threading.Thread(target=svc.run)
+        thread.start()
+        return svc, thread
+
+    def row(name):
+        try:  # the service may not have created its database yet
+            store = rip.RipStore(str(drive.db), readonly=True)
+            try:
+                return next((r for r in store.list() if r["name"] == name), None)
+            finally:
+                store.close()
+        except sqlite3.Error:
+            return None
+
+    drive.insert("Heat", [(FEATURE, titles["main"])])
+    svc, thread = service()
+    try:
+        wait_for(lambda: (r := row("Heat")) and r["state"] == "publishing", timeout=60, what="the publish error")
+        time.sleep(1.0)  # a few tries of the timer, all failing
+        [work] = drive.staging.glob(".rip-*")
+        assert (work / "title_t00.mkv").read_bytes() == titles["main"].read_bytes()
+        assert "No space left on device" in row("Heat")["reason"] and drive.status_file()["rips"][0]["state"] == \
+            "publishing"
+        full["on"] = False  # space returns: the running service's timer publishes it
+        wait_for(lambda: row("Heat")["state"] == "done", timeout=30, what="the publish by the timer")
+        # a second disc, and the pool full again: kept over a restart of the real service
+        full["on"] = True
+        drive.insert("Ronin", [(FEATURE, titles["other"])])
+        wait_for(lambda: (r := row("Ronin")) and r["state"] == "publishing", timeout=60, what="the second error")
+    finally:
+        svc.request_stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    full["on"] = False
+    proc = drive.start()
+    try:
+        wait_for(lambda: row("Ronin")["state"] == "done", timeout=60, what="the publish at the start")
+    finally:
+        kill(proc, signal.SIGTERM)
+    assert drive.published() == {"Heat": ["title_t00.mkv", "title_t00.mkv.done"],
+                                 "Ronin": ["title_t00.mkv", "title_t00.mkv.done"]}
+    assert (drive.staging / "Heat" / "title_t00.mkv").read_bytes() == titles["main"].read_bytes()
+    assert (drive.staging / "Ronin" / "title_t00.mkv").read_bytes() == titles["other"].read_bytes()
+    assert drive.mkv_calls() == 2  # each disc ripped once

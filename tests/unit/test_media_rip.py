@@ -175,8 +175,15 @@ def test_metrics_use_their_own_names():
 def test_rip_config_validation_names_the_key():
     cfg = config_mod.rip_from_dict({"min_length": 900, "eject": False, "device": "/dev/sr1"})
     assert (cfg.min_length, cfg.eject, cfg.device, cfg.auto_rip) == (900, False, "/dev/sr1", True)
+    # no fixed node by default: the drive is looked up at each poll, as the node's hookscript does
+    assert (config_mod.rip_from_dict({}).device, config_mod.rip_from_dict({}).drive) == ("", "auto")
+    for selector in ("BD-RE WH16NS60", "KLZK1234", "/dev/disk/by-id/ata-HL-DT-ST_BD-RE_WH16NS60_KLZK1234",
+                     "usb-ASUS_BW-16D1X-U_1234-0:0"):
+        assert config_mod.rip_from_dict({"drive": selector, "device": ""}).drive == selector
     for raw, key in (({"min_length": "long"}, "min_length"), ({"device": "sr0"}, "device"),
-                     ({"eject": "yes"}, "eject"), ({"minlength": 5}, "did you mean 'min_length'")):
+                     ({"eject": "yes"}, "eject"), ({"minlength": 5}, "did you mean 'min_length'"),
+                     ({"drive": "/dev/sr0"}, "key 'drive' must be auto or one drive's"),
+                     ({"drive": " BD-RE"}, "drive"), ({"drive": ""}, "drive"), ({"drive": 0}, "drive")):
         with pytest.raises(config_mod.ConfigError, match=key):
             config_mod.rip_from_dict(raw)
 
@@ -208,6 +215,7 @@ def _service(tmp_path):
     cfg = config_mod.rip_from_dict({"staging": str(staging), "db": str(tmp_path / "r.sqlite3"), "metrics_textfile": ""})
     svc = rip.Service(cfg)
     svc.store = rip.RipStore(cfg.db)
+    svc.ripper = rip.Ripper(cfg, svc.store)
     return svc, staging
 
 

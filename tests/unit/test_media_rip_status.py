@@ -50,7 +50,7 @@ def test_default_path_follows_staging_on_both_sides():
 
 
 def test_the_service_writes_the_newest_rips_and_the_drive(tmp_path):
-    svc, staging = _service(tmp_path)
+    svc, staging = _service(tmp_path, device="/dev/sr0")
     _rips_in(svc, n_done=rips.STATUS_RIPS + 4)
     svc.drive_state_now, svc.last_poll = rip.DRIVE_INSERTED, time.time()
     before = time.time()
