@@ -402,6 +402,41 @@ class PipelineConfig(_Model):
     web_port: int = Field(8480, ge=0, le=65535, description="the status page; 0 turns it off")
     # beyond loopback only with the secret statusPassword (HTTP basic auth)
     web_bind: str = "127.0.0.1"
+    public_url: str | None = Field(
+        None, description="the status page's address behind a TLS reverse proxy, e.g. https://media.example.lan "
+        "(Retry checks the browser's Origin against it; docs/reverse-proxy.md)",
+    )
+    trusted_proxies: list[str] = Field(
+        [], description="addresses/networks of reverse proxies whose X-Forwarded-Host/-Proto are believed",
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - a bad port raises
+        except ValueError as exc:
+            raise ValueError(f"is not an address ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("needs http:// or https:// and a host name, e.g. https://media.example.lan")
+        if parts.username is not None or parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must be scheme://host[:port] only (the page is served at the root of its own host)")
+        return v.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network, e.g. 192.168.1.10 or 10.0.0.0/24") from None
+        return v
 
     @model_validator(mode="after")
     def _ports(self) -> "PipelineConfig":

@@ -81,6 +81,8 @@ class TranscoderCT(pulumi.ComponentResource):
                 "--web-bind", cfg.pipeline.web_bind,
                 "--gpu-proof", GPU_PROOF,
                 "--rip-status", st.rip_status_path,  # media-rip (the ripper) writes it on the pool
+                *(["--public-url", cfg.pipeline.public_url] if cfg.pipeline.public_url else []),
+                *(["--trusted-proxies", ",".join(cfg.pipeline.trusted_proxies)] if cfg.pipeline.trusted_proxies else []),
                 # the page's password travels like makemkvKey: secret stdin, never argv
                 *(["--web-password-stdin"] if status_password is not None else []),
             ],

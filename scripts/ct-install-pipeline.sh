@@ -41,6 +41,11 @@ container. A second run with the same inputs changes nothing.
                         beyond loopback needs a password (--web-password-stdin)
   --web-password-stdin  read the status page's password from stdin (first line; HTTP basic
                         auth, any user name); never pass it as an argument
+  --public-url URL      the status page's address behind a TLS reverse proxy, scheme://host[:port]
+                        (Retry checks the browser's Origin against it; default: the Host header)
+  --trusted-proxies LIST
+                        comma-separated addresses/networks of reverse proxies whose
+                        X-Forwarded-Host/-Proto are believed (default: none)
   --gpu-proof FILE      where verify-gpu.sh --save keeps the last GPU proof for the page
                         (default /var/lib/media-pipeline/gpu-proof.json)
   --rip-status FILE     media-rip's status file on the pool, the same path in both roles: the
@@ -70,7 +75,7 @@ tarball="" user=media pool="" staging="" movies="" tv="" languages=eng encoder=l
 preset=slow crf=18 qsv_device="" keep_source=true metrics_port="" metrics_bind=127.0.0.1 root=""
 role=transcoder device=/dev/sr0 min_length=600 auto_rip=true eject=true drive_gid=""
 web_port=8480 web_bind=127.0.0.1 web_password_stdin=false gpu_proof=/var/lib/media-pipeline/gpu-proof.json
-rip_status=""
+rip_status="" public_url="" trusted_proxies=""
 PY_PACKAGES=(python3-jinja2 python3-prometheus-client)
 
 while [[ $# -gt 0 ]]; do
@@ -80,7 +85,7 @@ while [[ $# -gt 0 ]]; do
     --tarball | --user | --pool | --staging | --movies | --tv | --languages | --encoder | \
       --preset | --crf | --qsv-device | --keep-source | --metrics-port | --metrics-bind | --root | \
       --role | --device | --min-length | --auto-rip | --eject | --drive-gid | --web-port | --web-bind | --gpu-proof | \
-      --rip-status)
+      --rip-status | --public-url | --trusted-proxies)
       [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)" 2
       case $1 in
         --tarball) tarball=$2 ;;
@@ -108,6 +113,8 @@ while [[ $# -gt 0 ]]; do
         --web-bind) web_bind=$2 ;;
         --gpu-proof) gpu_proof=$2 ;;
         --rip-status) rip_status=$2 ;;
+        --public-url) public_url=$2 ;;
+        --trusted-proxies) trusted_proxies=$2 ;;
       esac
       shift 2
       ;;
@@ -302,7 +309,7 @@ else
     "staging=$staging" "movies=$movies" "tv=$tv" "languages=$languages" "encoder=$encoder" \
     "preset=$preset" "crf=$crf" "qsv_device=$qsv_device" "keep_source=$keep_source" "metrics_port=$metrics_port" \
     "metrics_bind=$metrics_bind" "web_port=$web_port" "web_bind=$web_bind" "gpu_proof_file=$gpu_proof" \
-    "rip_status_file=$rip_status") ||
+    "rip_status_file=$rip_status" "public_url=$public_url" "trusted_proxies=$trusted_proxies") ||
     die "the settings above are not a valid config" 2
 fi
 # It may hold notification tokens: root writes it, the service user's group reads it.

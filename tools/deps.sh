@@ -5,7 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib-exec.sh"
 
 PACKAGES=(python3-venv shellcheck ffmpeg debootstrap openssh-client openssl procps iproute2 util-linux curl jq
-  chromium chromium-driver python3-jinja2 python3-prometheus-client prometheus)
+  chromium chromium-driver python3-jinja2 python3-prometheus-client prometheus nginx-light caddy)
 
 usage() {
   cat <<'USAGE'
@@ -15,7 +15,8 @@ Installs, with apt-get, the Debian packages that the test suite and the local la
   python3-venv shellcheck ffmpeg debootstrap openssh-client openssl procps iproute2 util-linux curl jq
   chromium chromium-driver (the status page in a real browser), python3-jinja2
   python3-prometheus-client (media-pipeline on Debian's python3, as in the container),
-  prometheus (promtool: checks and unit-tests monitoring/prometheus/alerts.yml)
+  prometheus (promtool: checks and unit-tests monitoring/prometheus/alerts.yml),
+  nginx-light caddy (the status page behind docs/reverse-proxy.md's TLS proxy snippets)
 Only missing packages are installed; a second run changes nothing.
   --check   list what is missing and exit 1 if anything is
 USAGE

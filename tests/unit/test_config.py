@@ -200,6 +200,11 @@ def test_all_stack_files_in_the_repo_validate():
         ("network", {"dns": ["dns.example"]}, "'dns.example' is not an IP address"),
         ("network", {"gateway": "10.0.0"}, "must be an IPv4 address"),
         ("encoding", {"qsvDevice": "/dev/sg0"}, "must be a render node"),
+        ("pipeline", {"publicUrl": "media.example.lan"}, "homelab-media:pipeline.publicUrl = 'media.example.lan' is refused: "
+                                                          "needs http:// or https://"),
+        ("pipeline", {"publicUrl": "https://media.example.lan/status"}, "must be scheme://host[:port] only"),
+        ("pipeline", {"trustedProxies": ["proxy.lan"]}, "'proxy.lan' is not an IP address or network"),
+        ("transcoder", {"allowRecreate": "maybe"}, "homelab-media:transcoder.allowRecreate = 'maybe' is refused"),
     ],
 )
 def test_more_bad_values(section, values, expect):
@@ -376,3 +381,11 @@ def test_qsv_device_refuses_anything_else_naming_the_key_and_the_forms(value):
     assert "must be a render node" in mine[0]
     assert "/dev/dri/by-path/pci-0000:03:00.0-render" in mine[0] and "/dev/dri/renderD129" in mine[0]
     assert "ls -l /dev/dri/by-path" in mine[0]
+
+
+def test_the_status_page_behind_a_proxy_reaches_media_pipeline():
+    raw = homelab_raw()
+    raw["pipeline"] = {"publicUrl": "https://media.example.lan/", "trustedProxies": ["192.168.1.10", "10.0.0.0/24"]}
+    cfg = parse(raw, ALL_SECRETS)
+    assert cfg.pipeline.public_url == "https://media.example.lan"
+    assert cfg.pipeline.trusted_proxies == ["192.168.1.10", "10.0.0.0/24"]

@@ -368,3 +368,13 @@ def test_rip_status_file_is_the_same_path_for_writer_and_reader(root, tmp_path):
     for run in (install(root, tarball, "--rip-status", "status.json", check=False),
                 install_ripper(root, tarball, "--rip-status", "rel/status.json", check=False)):
         assert run.returncode == 2 and "--rip-status must be an absolute path" in run.stderr
+
+
+def test_public_url_and_trusted_proxies_reach_the_config(root, tmp_path):
+    tarball = make_tarball(tmp_path / "a.tar.gz")
+    install(root, tarball, "--public-url", "https://media.example.lan", "--trusted-proxies", "192.168.1.10,10.0.0.0/24")
+    cfg = json.loads((root / "etc/media-pipeline/config.json").read_text())
+    assert cfg["public_url"] == "https://media.example.lan"
+    assert cfg["trusted_proxies"] == ["192.168.1.10", "10.0.0.0/24"]
+    bad = install(root, tarball, "--public-url", "media.example.lan", check=False)
+    assert bad.returncode != 0 and "public_url" in bad.stderr

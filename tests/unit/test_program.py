@@ -307,6 +307,19 @@ def test_bootstrap_carries_users_groups_and_never_the_whole_pool(program):
         pipe = r["transcoder-pipeline"].inputs["stdin"]
         assert "--keep-source true --metrics-port 9464 --metrics-bind 127.0.0.1" in pipe
         assert "--languages eng,bul" in pipe and "--crf 18" in pipe and "media-pipeline.tar.gz" in pipe
+        assert "--public-url http" not in pipe and "--trusted-proxies " not in pipe.split("__HOMELAB_EOF__")[-1]  # unset: the Host rule
+
+    return done(g).apply(check)
+
+
+@pulumi.runtime.test
+def test_the_status_pages_proxy_settings_reach_the_installer(program):
+    pipeline = {"publicUrl": "https://media.example.lan", "trustedProxies": ["192.168.1.10"]}
+    mocks, g = program(homelab_config(**{f"{NS}:pipeline": json.dumps(pipeline)}))
+
+    def check(_):
+        pipe = mocks.resources["transcoder-pipeline"].inputs["stdin"]
+        assert "--public-url https://media.example.lan --trusted-proxies 192.168.1.10" in pipe
 
     return done(g).apply(check)
 
