@@ -72,7 +72,9 @@ class RipperCT(pulumi.ComponentResource):
         self.drive = self.verify.stdout.apply(lambda s: render.parse_json_output(s, "drive verification"))
 
         # media-rip: the same package and installer as media-pipeline in the transcoder (docs/adr/0007)
-        device = host.discovery.apply(lambda d: render.rip_device(d, ct.device))
+        # media-rip looks the drive up at every poll by the hook's rule (devices.opticalDrive): a
+        # reboot that swaps sr0/sr1 changes nothing; ripper.device pins a fixed node instead
+        discovered = host.discovery.apply(lambda d: render.rip_device(d, None))
         self.install_rip = run_script(
             f"{name}-media-rip",
             node,
@@ -82,7 +84,8 @@ class RipperCT(pulumi.ComponentResource):
                 "--tarball", render.PIPELINE_TARBALL,
                 "--user", m.user,
                 "--staging", cfg.storage.staging_path,
-                "--device", device,
+                "--drive", cfg.devices.optical_drive,
+                *(["--device", ct.device] if ct.device else []),
                 "--min-length", str(ct.min_length),
                 "--auto-rip", "true" if ct.auto_rip else "false",
                 "--eject", "true" if ct.eject else "false",
@@ -98,7 +101,8 @@ class RipperCT(pulumi.ComponentResource):
             replace_with=[self.container],
         )
         settings = {"minLength": ct.min_length, "autoRip": ct.auto_rip, "eject": ct.eject}
-        self.rip = pulumi.Output.all(self.install_rip.stdout, device).apply(
-            lambda v: {**render.parse_json_output(v[0], "media-rip install"), "device": v[1], **settings}
+        self.rip = pulumi.Output.all(self.install_rip.stdout, discovered).apply(
+            lambda v: {**render.parse_json_output(v[0], "media-rip install"), "drive": cfg.devices.optical_drive,
+                       "device": ct.device, "discovered": v[1], **settings}
         )
         self.register_outputs({"vmId": ct.vm_id, "rawLines": self.raw_lines, "drive": self.drive, "rip": self.rip})

@@ -53,7 +53,10 @@ container. A second run with the same inputs changes nothing.
                         STAGING/.media-rip/status.json: hidden, media-pipeline skips it)
   --root DIR            install under DIR instead of / (tests, image building); never starts
 ripper options:
-  --device PATH         the optical drive (default /dev/sr0)
+  --drive SELECTOR      which drive media-rip watches, looked up at every poll as the node's
+                        hookscript does: auto (the first optical drive; default), or a
+                        /dev/disk/by-id name, model or serial (devices.opticalDrive)
+  --device PATH         a fixed drive node instead (e.g. /dev/sr0); default none: --drive decides
   --min-length SECONDS  shortest title to rip (default 600)
   --auto-rip BOOL       rip every new disc (default true; false: only record it)
   --eject BOOL          eject the disc when done (default true)
@@ -73,7 +76,7 @@ EOF
 
 tarball="" user=media pool="" staging="" movies="" tv="" languages=eng encoder=libx265
 preset=slow crf=18 qsv_device="" keep_source=true metrics_port="" metrics_bind=127.0.0.1 root=""
-role=transcoder device=/dev/sr0 min_length=600 auto_rip=true eject=true drive_gid=""
+role=transcoder device="" drive=auto min_length=600 auto_rip=true eject=true drive_gid=""
 web_port=8480 web_bind=127.0.0.1 web_password_stdin=false gpu_proof=/var/lib/media-pipeline/gpu-proof.json
 rip_status="" public_url="" trusted_proxies=""
 PY_PACKAGES=(python3-jinja2 python3-prometheus-client)
@@ -85,7 +88,7 @@ while [[ $# -gt 0 ]]; do
     --tarball | --user | --pool | --staging | --movies | --tv | --languages | --encoder | \
       --preset | --crf | --qsv-device | --keep-source | --metrics-port | --metrics-bind | --root | \
       --role | --device | --min-length | --auto-rip | --eject | --drive-gid | --web-port | --web-bind | --gpu-proof | \
-      --rip-status | --public-url | --trusted-proxies)
+      --rip-status | --public-url | --trusted-proxies | --drive)
       [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)" 2
       case $1 in
         --tarball) tarball=$2 ;;
@@ -105,6 +108,7 @@ while [[ $# -gt 0 ]]; do
         --root) root=$2 ;;
         --role) role=$2 ;;
         --device) device=$2 ;;
+        --drive) drive=$2 ;;
         --min-length) min_length=$2 ;;
         --auto-rip) auto_rip=$2 ;;
         --eject) eject=$2 ;;
@@ -132,7 +136,8 @@ fi
 [[ $role == transcoder || $role == ripper ]] || die "--role must be transcoder or ripper (got $role)" 2
 if [[ $role == ripper ]]; then
   needed=("staging:$staging")
-  [[ $device =~ ^/dev/[A-Za-z0-9/_-]+$ ]] || die "--device must be a device path such as /dev/sr0 (got $device)" 2
+  [[ -z $device || $device =~ ^/dev/[A-Za-z0-9/_-]+$ ]] || die "--device must be a device path such as /dev/sr0 (got $device)" 2
+  [[ $drive =~ ^[A-Za-z0-9._:+/-]+$ ]] || die "--drive must be auto, a /dev/disk/by-id name, a model or a serial (got $drive)" 2
   [[ $min_length =~ ^[0-9]+$ ]] || die "--min-length must be a number of seconds (got $min_length)" 2
   [[ $auto_rip == true || $auto_rip == false ]] || die "--auto-rip must be true or false (got $auto_rip)" 2
   [[ $eject == true || $eject == false ]] || die "--eject must be true or false (got $eject)" 2
@@ -298,7 +303,7 @@ step "Writing /etc/$etc_dir/config.json"
 config=$root/etc/$etc_dir/config.json
 if [[ $role == ripper ]]; then
   rendered=$(PYTHONPATH=$base/$release python3 -m media_pipeline.config render --rip --base "$config" \
-    "staging=$staging" "device=$device" "min_length=$min_length" "auto_rip=$auto_rip" "eject=$eject" \
+    "staging=$staging" "device=$device" "drive=$drive" "min_length=$min_length" "auto_rip=$auto_rip" "eject=$eject" \
     "metrics_port=$metrics_port" "metrics_bind=$metrics_bind" "status_file=$rip_status") ||
     die "the settings above are not a valid media-rip config" 2
 else
@@ -334,7 +339,7 @@ unit_changed=false
 if [[ $role == ripper ]]; then
   if write_file "$unit" 0644 <<EOF; then unit_changed=true; fi
 [Unit]
-Description=Media rip: rip each new disc in $device into staging with MakeMKV
+Description=Media rip: rip each new disc in ${device:-drive $drive} into staging with MakeMKV
 After=local-fs.target
 
 [Service]

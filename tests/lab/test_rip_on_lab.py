@@ -32,7 +32,9 @@ def test_the_ripper_is_deployed_with_media_rip(lab, first_up):
     out = first_up["out"]["outputs"]
     rip = out["rip"]
     assert rip["unit"] == "/etc/systemd/system/media-rip.service" and rip["config"] == "/etc/media-rip/config.json"
-    assert (rip["minLength"], rip["autoRip"], rip["eject"], rip["device"]) == (600, True, True, "/dev/sr0")
+    assert (rip["minLength"], rip["autoRip"], rip["eject"]) == (600, True, True)
+    # no fixed node: media-rip looks the drive up at every poll (devices.opticalDrive)
+    assert (rip["drive"], rip["device"], rip["discovered"]) == ("auto", None, "/dev/sr0")
     root = lab.ct_dir / "202" / "rootfs"
     cfg = json.loads((root / "etc/media-rip/config.json").read_text())
     assert (cfg["staging"], cfg["min_length"], cfg["auto_rip"], cfg["eject"]) == ("/mnt/storage/staging", 600, True, True)

@@ -378,3 +378,15 @@ def test_public_url_and_trusted_proxies_reach_the_config(root, tmp_path):
     assert cfg["trusted_proxies"] == ["192.168.1.10", "10.0.0.0/24"]
     bad = install(root, tarball, "--public-url", "media.example.lan", check=False)
     assert bad.returncode != 0 and "public_url" in bad.stderr
+
+
+def test_ripper_without_a_fixed_device_follows_the_drive_selector(root, tmp_path):
+    tarball = make_tarball(tmp_path / "media_pipeline.tar.gz")
+    install_ripper(root, tarball, "--device", "/dev/sr0")  # an older install pinned the node
+    install_ripper(root, tarball, "--drive", "BW-16D1HT")  # this release: looked up at every poll
+    cfg = json.loads((root / "etc/media-rip/config.json").read_text())
+    assert (cfg["drive"], cfg["device"]) == ("BW-16D1HT", "")
+    unit = (root / "etc/systemd/system/media-rip.service").read_text()
+    assert "Description=Media rip: rip each new disc in drive BW-16D1HT" in unit
+    bad = install_ripper(root, tarball, "--drive", "a b", check=False)
+    assert bad.returncode == 2 and "--drive must be auto" in bad.stderr

@@ -136,8 +136,9 @@ def _media_rip_writes(tmp_path) -> str:
     from media_pipeline import rip
 
     cfg = cfgmod.rip_from_dict({"staging": str(tmp_path / "pool"), "db": str(tmp_path / "rip-state" / "r.sqlite3"),
-                                "metrics_textfile": ""})
+                                "metrics_textfile": "", "device": "/dev/sr0"})
     (tmp_path / "rip-state").mkdir()
+    (tmp_path / "pool").mkdir()  # staging exists: media-rip never creates it (the pool would be missing)
     svc = rip.Service(cfg)
     svc.store = rip.RipStore(cfg.db)
     r1 = svc.store.start("fp1", "BLADE_RUNNER", "Blade Runner", [rip.Title(0, 7000, 1000, "t0.mkv")] * 2)

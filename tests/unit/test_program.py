@@ -508,11 +508,14 @@ def test_media_rip_is_installed_in_the_ripper_with_the_stack_settings(program):
         assert g["ripper"].bootstrap in DEPENDS_ON["ripper-media-rip"]  # python3 and the media user first
         stdin = step.inputs["stdin"]
         assert _script_of(stdin) == "ct-install-pipeline.sh" and "media-pipeline.tar.gz" in stdin
+        # no frozen /dev/srN: media-rip looks the drive up at every poll, by the hook's rule
         assert ("--role ripper --tarball media-pipeline.tar.gz --user media --staging /mnt/storage/staging "
-                "--device /dev/sr0 --min-length 600 --auto-rip true --eject true --drive-gid 24") in stdin
+                "--drive auto --min-length 600 --auto-rip true --eject true --drive-gid 24") in stdin
+        assert "--device" not in stdin.split("__HOMELAB_EOF__")[-1]
         rip = values[-1]
         assert rip["minLength"] == 600 and rip["autoRip"] is True and rip["eject"] is True
-        assert rip["device"] == "/dev/sr0" and rip["installed"] is True
+        assert rip["drive"] == "auto" and rip["device"] is None and rip["discovered"] == "/dev/sr0"
+        assert rip["installed"] is True
 
     return done(g).apply(check)
 
@@ -525,7 +528,7 @@ def test_ripper_settings_reach_media_rip(program):
 
     def check(values):
         stdin = mocks.resources["ripper-media-rip"].inputs["stdin"]
-        assert "--device /dev/sr1 --min-length 1800 --auto-rip false --eject false" in stdin
+        assert "--drive auto --device /dev/sr1 --min-length 1800 --auto-rip false --eject false" in stdin
         assert "--metrics-port 9465" in stdin
         assert {k: values[-1][k] for k in ("minLength", "autoRip", "eject", "device")} == \
             {"minLength": 1800, "autoRip": False, "eject": False, "device": "/dev/sr1"}
