@@ -136,7 +136,8 @@ def test_up_from_empty_builds_the_pipeline(lab, first_up):
     assert any("makemkvcon" in r for r in drive["reasons"])
     assert out["devices"]["optical"]["sg"]["path"] == "/dev/sg1"
     assert out["pipeline"]["version"]
-    assert out["transcoder"]["rawLines"][-1].startswith("lxc.mount.entry: /dev/dri")
+    assert out["transcoder"]["rawLines"][-2].startswith("lxc.mount.entry: /dev/dri")
+    assert out["transcoder"]["rawLines"][-1] == "lxc.hook.pre-start: /var/lib/homelab-media/hook/homelab-media-lxc-hook.sh"
     # no secret in the outputs or the log
     password = lab.password
     assert password not in json.dumps(first_up["out"]) and password not in first_up["stderr"]
@@ -179,7 +180,7 @@ def test_second_up_runs_nothing_remote(lab, first_up):
     out, _ = program("up")
     after = lab.counters()
     assert out["commands_ran"] == []
-    assert len(out["commands_unchanged"]) == 14  # 10 steps + the hookscript install + 2 vm id guards + media-rip's install
+    assert len(out["commands_unchanged"]) == 15  # 10 steps + the hookscript install + 2 vm id guards + media-rip's install + the recreate guard
     assert after["ssh"] == before["ssh"] and after["pct"] == before["pct"] and after["events"] == before["events"]
 
 
@@ -191,7 +192,7 @@ def test_scripts_are_idempotent_when_run_again(lab, first_up):
     STATE.write_text(json.dumps(state))
     starts = {v: lab.starts(v) for v in (201, 202)}
     out, proc = program("up")
-    assert len(out["commands_ran"]) == 14  # 10 steps + the hookscript install + 2 vm id guards + media-rip's install
+    assert len(out["commands_ran"]) == 15  # 10 steps + the hookscript install + 2 vm id guards + media-rip's install + the recreate guard
     assert out["outputs"]["mediaUser"]["changed"] == []
     assert "unchanged" in proc.stderr or "already" in proc.stderr
     assert {v: lab.starts(v) for v in (201, 202)} == starts  # raw lines unchanged: no restart
