@@ -310,12 +310,18 @@ class WSGIThreadServer:
         self._stopping = threading.Event()
 
     def _serve(self) -> None:
-        while not self._stopping.is_set():
+        # serve_forever runs at least once, even when stop() came first: shutdown() waits for it to
+        # run and return (it returns at once when the shutdown was already asked for)
+        while True:
             try:
                 self.httpd.serve_forever()
             except Exception:  # noqa: BLE001 - the page or /metrics may stop, the service must not
                 _server_log.exception("%s: server loop failed; restarting it in 1 s", self.httpd.name)
-                self._stopping.wait(1)
+                if self._stopping.wait(1):
+                    return
+                continue
+            if self._stopping.is_set():
+                return
 
     def start(self) -> "WSGIThreadServer":
         self.thread.start()
@@ -323,7 +329,8 @@ class WSGIThreadServer:
 
     def stop(self) -> None:
         self._stopping.set()
-        self.httpd.shutdown()
+        if self.thread.is_alive():  # never started: nothing to wait for (shutdown() would wait for ever)
+            self.httpd.shutdown()
         self.httpd.server_close()
 
 
