@@ -22,7 +22,7 @@ from .config import ContainerConfig, StackConfig
 from .remote import Node, run_script
 
 
-MANAGED_MARKER = "managed by the homelab-media Pulumi program"
+MANAGED_MARKER = render.MANAGED_MARKER
 # vm ids (comma-separated) tools/adopt-containers.sh is importing: their guard accepts them
 ADOPT_ENV = "HOMELAB_MEDIA_ADOPT"
 

@@ -34,8 +34,9 @@ class MediaHost(pulumi.ComponentResource):
             f"{name}-recreate-guard",
             node,
             "host-ct-recreate-guard.sh",
-            ["--pool", st.pool, *[a for key, ct in (("transcoder", cfg.transcoder), ("ripper", cfg.ripper))
-                                  for a in ("--ct", render.recreate_spec(key, ct))]],
+            ["--pool", st.pool, "--node", cfg.proxmox.node, "--marker", render.MANAGED_MARKER,
+             *[a for key, ct in (("transcoder", cfg.transcoder), ("ripper", cfg.ripper))
+               for a in ("--ct", render.recreate_spec(key, ct))]],
             parent=self,
         )
 

@@ -130,9 +130,13 @@ def hookscript_volume(storage: str) -> str:
     return f"{storage}:snippets/{HOOK_SNIPPET}"
 
 
+# the containers' description is "<hostname>: MANAGED_MARKER": how the node's guards recognise them
+MANAGED_MARKER = "managed by the homelab-media Pulumi program"
+
+
 def recreate_spec(key: str, ct) -> str:
-    """host-ct-recreate-guard.sh's --ct VMID:KEY:DATASTORE:DISK_GB:ALLOW for one container's config."""
-    return f"{ct.vm_id}:{key}:{ct.datastore}:{ct.disk_gb}:{int(ct.allow_recreate)}"
+    """host-ct-recreate-guard.sh's --ct VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW for one container's config."""
+    return f"{ct.vm_id}:{key}:{ct.hostname}:{ct.datastore}:{ct.disk_gb}:{int(ct.allow_recreate)}"
 
 
 def _dev_entry(path: str) -> str:

@@ -6,7 +6,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
 
 usage() {
   cat <<'USAGE'
-Usage: host-ct-recreate-guard.sh --pool PATH --ct VMID:KEY:DATASTORE:DISK_GB:ALLOW [--ct ...] [--pve-dir DIR]
+Usage: host-ct-recreate-guard.sh --pool PATH --node NAME --marker TEXT
+         --ct VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW [--ct ...] [--pve-dir DIR]
 
 Runs on the Proxmox node at the start of every `pulumi up` whose container settings changed,
 before any container is touched. bpg's provider can change some container settings only by
@@ -14,27 +15,33 @@ deleting the container and creating it anew (delete_before_replace: the old one 
 which loses its disk: the job database, media-rip's database (the fingerprints that stop a
 disc being ripped twice) and MakeMKV's settings. For each existing container this compares
 its conf with what the stack now declares and refuses (exit 1), naming the key, when the
-change is one of those:
+change is one of those (bpg's ContainerLegacy schema: ForceNew, or a ForceNewIf):
   - its mount point (mp0: the pool, storage.pool)
   - its root disk's storage (KEY.datastore)
   - a smaller root disk (KEY.diskGb; growing it is done in place)
+  - its node (proxmox.node): the conf is under another node
+  - its vm id (KEY.vmId): this stack's container (description "HOSTNAME: TEXT") has another id
 unless ALLOW is 1 (homelab-media:KEY.allowRecreate: true). A container that does not exist yet
 passes. Nothing is changed either way.
 
   --pool PATH     the pool the stack binds into every container (mp0: PATH,mp=PATH)
-  --ct SPEC       VMID:KEY:DATASTORE:DISK_GB:ALLOW, e.g. 201:transcoder:local-lvm:20:0
+  --node NAME     the node the stack puts the containers on (proxmox.node)
+  --marker TEXT   the text of the program's container descriptions ("HOSTNAME: TEXT")
+  --ct SPEC       VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW, e.g. 201:transcoder:transcoder:local-lvm:20:0
   --pve-dir DIR   pmxcfs mount (default /etc/pve)
 
 stdout: JSON [{"vmid","key","exists":bool,"recreate":[reasons],"allowed":bool}, ...]
 USAGE
 }
 
-pool="" pve=/etc/pve
+pool="" pve=/etc/pve node="" marker=""
 cts=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h | --help) usage; exit 0 ;;
     --pool) need_arg "$@"; pool=$2; shift 2 ;;
+    --node) need_arg "$@"; node=$2; shift 2 ;;
+    --marker) need_arg "$@"; marker=$2; shift 2 ;;
     --ct) need_arg "$@"; cts+=("$2"); shift 2 ;;
     --pve-dir) need_arg "$@"; pve=$2; shift 2 ;;
     *) die "unknown argument '$1' (see --help)" ;;
@@ -42,6 +49,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $pool == /* ]] || die "--pool must be an absolute path (see --help)"
 [[ ${#cts[@]} -gt 0 ]] || die "at least one --ct is required (see --help)"
+[[ -n $node && -n $marker ]] || die "--node and --marker are required (see --help)"
 
 # conf_main FILE: the container's own settings (before the first [snapshot] or [pve:pending]).
 conf_main() { sed -n '/^\[/q; p' "$1"; }
@@ -55,14 +63,17 @@ bytes() {
     printf "%.0f\n", n }'
 }
 
+# description FILE: the conf's description (its leading `#` lines, PVE's percent-encoding of ':' and '%' undone).
+description() { sed -n '/^\[/q; s/^#//p' "$1" | sed 's/%3A/:/g; s/%25/%/g'; }
+
 # option VALUE NAME: one `name=value` option of a conf value such as `local-lvm:vm-201-disk-0,size=8G`.
 option() { tr ',' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n 1; }
 
 step "Would this up recreate a container?"
 results=() refused=()
 for spec in "${cts[@]}"; do
-  IFS=: read -r vmid key datastore disk allow extra <<<"$spec"
-  [[ -z ${extra:-} && -n $key && -n $datastore ]] || die "--ct '$spec' must be VMID:KEY:DATASTORE:DISK_GB:ALLOW"
+  IFS=: read -r vmid key hostname datastore disk allow extra <<<"$spec"
+  [[ -z ${extra:-} && -n $key && -n $hostname && -n $datastore ]] || die "--ct '$spec' must be VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW"
   need_int "--ct $spec: VMID" "$vmid"
   need_int "--ct $spec: DISK_GB" "$disk"
   [[ $allow == 0 || $allow == 1 ]] || die "--ct '$spec': ALLOW must be 0 or 1"
@@ -71,7 +82,20 @@ for spec in "${cts[@]}"; do
     [[ -f $f ]] && conf=$f && break
   done
   reasons=()
+  # this stack's container under another vm id: a new KEY.vmId makes the provider delete it
+  for f in "$pve"/nodes/*/lxc/*.conf; do
+    [[ -f $f && $f != "$conf" ]] || continue
+    if description "$f" | grep -qxF -- "$hostname: $marker"; then
+      other=$(basename "$f" .conf)
+      reasons+=("$key.vmId: this stack's $hostname is CT $other and the stack now says $vmid: the provider deletes CT $other and creates CT $vmid")
+    fi
+  done
   if [[ -n $conf ]]; then
+    at=${conf#"$pve"/nodes/}
+    at=${at%%/*}
+    if [[ $at != "$node" ]]; then
+      reasons+=("proxmox.node: CT $vmid is on node $at and the stack now says $node: the provider moves it only by recreating it")
+    fi
     main=$(conf_main "$conf")
     mp0=$(sed -n 's/^mp0:[[:space:]]*//p' <<<"$main" | head -n 1)
     rootfs=$(sed -n 's/^rootfs:[[:space:]]*//p' <<<"$main" | head -n 1)

@@ -11,7 +11,8 @@ import pytest
 
 from .conftest import run
 
-CONF = """#transcoder: managed by the homelab-media Pulumi program
+MARKER = "managed by the homelab-media Pulumi program"
+CONF = """#transcoder%3A managed by the homelab-media Pulumi program
 arch: amd64
 cores: 2
 hostname: transcoder
@@ -32,15 +33,15 @@ def pve(tmp_path):
     return tmp_path
 
 
-def guard(pve, *cts, pool="/mnt/storage"):
-    args = ["--pool", pool, "--pve-dir", str(pve)]
+def guard(pve, *cts, pool="/mnt/storage", node="pve1"):
+    args = ["--pool", pool, "--node", node, "--marker", MARKER, "--pve-dir", str(pve)]
     for ct in cts:
         args += ["--ct", ct]
     return run("host-ct-recreate-guard.sh", *args)
 
 
 def test_unchanged_settings_and_a_new_container_pass(pve):
-    r = guard(pve, "201:transcoder:local-lvm:8:0", "202:ripper:local-lvm:8:0")
+    r = guard(pve, "201:transcoder:transcoder:local-lvm:8:0", "202:ripper:ripper:local-lvm:8:0")
     assert r.rc == 0, r.err
     got = json.loads(r.out)
     assert got == [
@@ -50,15 +51,15 @@ def test_unchanged_settings_and_a_new_container_pass(pve):
 
 
 def test_a_bigger_disk_is_a_resize_and_passes(pve):
-    r = guard(pve, "201:transcoder:local-lvm:20:0")
+    r = guard(pve, "201:transcoder:transcoder:local-lvm:20:0")
     assert r.rc == 0, r.err
     assert json.loads(r.out)[0]["recreate"] == []
 
 
 @pytest.mark.parametrize("pool,spec,key", [
-    ("/mnt/pool", "201:transcoder:local-lvm:8:0", "storage.pool"),
-    ("/mnt/storage", "201:transcoder:zfs-fast:8:0", "transcoder.datastore"),
-    ("/mnt/storage", "201:transcoder:local-lvm:4:0", "transcoder.diskGb"),
+    ("/mnt/pool", "201:transcoder:transcoder:local-lvm:8:0", "storage.pool"),
+    ("/mnt/storage", "201:transcoder:transcoder:zfs-fast:8:0", "transcoder.datastore"),
+    ("/mnt/storage", "201:transcoder:transcoder:local-lvm:4:0", "transcoder.diskGb"),
 ])
 def test_a_change_that_recreates_is_refused_naming_the_key_and_the_opt_in(pve, pool, spec, key):
     before = (pve / "nodes/pve1/lxc/201.conf").read_bytes()
@@ -73,7 +74,7 @@ def test_a_change_that_recreates_is_refused_naming_the_key_and_the_opt_in(pve, p
 
 
 def test_allow_recreate_lets_it_through_and_says_so(pve):
-    r = guard(pve, "201:transcoder:zfs-fast:4:1", pool="/mnt/pool")
+    r = guard(pve, "201:transcoder:transcoder:zfs-fast:4:1", pool="/mnt/pool")
     assert r.rc == 0, r.err
     got = json.loads(r.out)[0]
     assert got["allowed"] is True and len(got["recreate"]) == 3
@@ -84,13 +85,26 @@ def test_sizes_in_other_units_and_snapshots_are_read_as_pve_means_them(pve):
     # 8192M is 8G (not smaller); the snapshot section's values are not the container's
     conf = CONF.replace("size=8G", "size=8192M")
     (pve / "nodes/pve1/lxc/201.conf").write_text(conf)
-    assert guard(pve, "201:transcoder:local-lvm:8:0").rc == 0
+    assert guard(pve, "201:transcoder:transcoder:local-lvm:8:0").rc == 0
     (pve / "nodes/pve1/lxc/201.conf").write_text(CONF.replace("size=8G", "size=0.5T"))
-    r = guard(pve, "201:transcoder:local-lvm:100:0")
+    r = guard(pve, "201:transcoder:transcoder:local-lvm:100:0")
     assert r.rc == 1 and "transcoder.diskGb" in r.err
 
 
-@pytest.mark.parametrize("spec", ["201:transcoder:local-lvm:8", "x:transcoder:local-lvm:8:0", "201:t:l:8:2"])
+@pytest.mark.parametrize("spec", ["201:transcoder:transcoder:local-lvm:8", "x:transcoder:local-lvm:8:0", "201:t:l:8:2"])
 def test_a_malformed_spec_is_refused(pve, spec):
     r = guard(pve, spec)
     assert r.rc != 0 and "--ct" in r.err
+
+
+def test_a_new_vm_id_or_node_is_refused_too(pve):
+    """vm_id and node_name are ForceNew in bpg's ContainerLegacy: the old container would be deleted."""
+    r = guard(pve, "211:transcoder:transcoder:local-lvm:8:0")
+    assert r.rc == 1
+    assert "transcoder.vmId: this stack's transcoder is CT 201 and the stack now says 211" in r.err
+    (pve / "nodes/pve2/lxc").mkdir(parents=True)
+    r = guard(pve, "201:transcoder:transcoder:local-lvm:8:0", node="pve2")
+    assert r.rc == 1 and "proxmox.node: CT 201 is on node pve1 and the stack now says pve2" in r.err
+    # another stack's or a hand-made container with that hostname is not this stack's
+    (pve / "nodes/pve1/lxc/300.conf").write_text("#transcoder%3A my own\narch: amd64\n")
+    assert guard(pve, "201:transcoder:transcoder:local-lvm:8:0").rc == 0

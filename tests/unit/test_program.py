@@ -281,7 +281,8 @@ def test_a_change_that_recreates_a_container_is_checked_first(program):
         guard = mocks.resources["media-host-recreate-guard"].inputs
         assert guard["create"] == "bash -s"
         assert "host-ct-recreate-guard.sh" in guard["stdin"]
-        assert "--pool /mnt/storage --ct 201:transcoder:local-lvm:20:0 --ct 202:ripper:local-lvm:20:1" in guard["stdin"]
+        assert ("--pool /mnt/storage --node pve --marker 'managed by the homelab-media Pulumi program' "
+                "--ct 201:transcoder:transcoder:local-lvm:20:0 --ct 202:ripper:ripper:local-lvm:20:1") in guard["stdin"]
         host_guard = g["host"].recreate_guard
         for name in ("media-host-pool-check", "transcoder", "ripper"):
             assert host_guard in DEPENDS_ON[name], f"{name} does not wait for the recreate guard"
