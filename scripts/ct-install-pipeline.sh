@@ -137,7 +137,7 @@ fi
 if [[ $role == ripper ]]; then
   needed=("staging:$staging")
   [[ -z $device || $device =~ ^/dev/[A-Za-z0-9/_-]+$ ]] || die "--device must be a device path such as /dev/sr0 (got $device)" 2
-  [[ $drive =~ ^[A-Za-z0-9._:+/-]+$ ]] || die "--drive must be auto, a /dev/disk/by-id name, a model or a serial (got $drive)" 2
+  [[ $drive =~ ^[A-Za-z0-9][A-Za-z0-9\ ._:+/-]*$ ]] || die "--drive must be auto, a /dev/disk/by-id name, a model or a serial (got $drive)" 2
   [[ $min_length =~ ^[0-9]+$ ]] || die "--min-length must be a number of seconds (got $min_length)" 2
   [[ $auto_rip == true || $auto_rip == false ]] || die "--auto-rip must be true or false (got $auto_rip)" 2
   [[ $eject == true || $eject == false ]] || die "--eject must be true or false (got $eject)" 2

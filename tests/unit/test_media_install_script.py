@@ -388,5 +388,7 @@ def test_ripper_without_a_fixed_device_follows_the_drive_selector(root, tmp_path
     assert (cfg["drive"], cfg["device"]) == ("BW-16D1HT", "")
     unit = (root / "etc/systemd/system/media-rip.service").read_text()
     assert "Description=Media rip: rip each new disc in drive BW-16D1HT" in unit
-    bad = install_ripper(root, tarball, "--drive", "a b", check=False)
+    install_ripper(root, tarball, "--drive", "BD-RE WH16NS60")  # a model name has spaces
+    assert json.loads((root / "etc/media-rip/config.json").read_text())["drive"] == "BD-RE WH16NS60"
+    bad = install_ripper(root, tarball, "--drive", "$(reboot)", check=False)
     assert bad.returncode == 2 and "--drive must be auto" in bad.stderr
