@@ -28,6 +28,22 @@ def ct(lab, vmid: int, command: str, timeout: float = 300, check: bool = True):
     return lab.ssh(f"pct exec {vmid} -- bash -c {shlex.quote(command)}", timeout=timeout, check=check)
 
 
+def insert_disc(lab, tmp_path, name: str, device: str, durations: list[str], seconds: int) -> None:
+    """The stand-in drive in the ripper (fake makemkvcon replaying robot mode): a disc called `name`
+    in `device`, one title per duration, each a real MKV of `seconds` made by ffmpeg here."""
+    drive = lab.ct_dir / "202" / "rootfs" / DRIVE_DIR.lstrip("/")
+    drive.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FAKE, drive / "makemkvcon")
+    (drive / "makemkvcon").chmod(0o755)
+    make_rip(tmp_path / "main.mkv", duration=seconds, audio=(("eng", "aac"),))
+    shutil.copy(tmp_path / "main.mkv", drive / "main.mkv")
+    (drive / "main.mkv").chmod(0o644)
+    (drive / "disc.json").write_text(json.dumps({
+        "drive_state": 2, "device": device, "disc_name": name, "label": name.upper().replace(" ", "_"),
+        "titles": [{"duration": d, "source": f"{DRIVE_DIR}/main.mkv"} for d in durations]}))
+    (drive / "disc.json").chmod(0o644)
+
+
 def test_the_ripper_is_deployed_with_media_rip(lab, first_up):
     out = first_up["out"]["outputs"]
     rip = out["rip"]
@@ -45,19 +61,7 @@ def test_the_ripper_is_deployed_with_media_rip(lab, first_up):
 
 def test_a_disc_ripped_in_the_ripper_becomes_a_library_file_in_the_transcoder(lab, first_up, tmp_path):
     name = f"Lab Disc {os.getpid()}"
-    root = lab.ct_dir / "202" / "rootfs"
-    drive = root / DRIVE_DIR.lstrip("/")
-    drive.mkdir(parents=True, exist_ok=True)
-    shutil.copy(FAKE, drive / "makemkvcon")
-    (drive / "makemkvcon").chmod(0o755)
-    make_rip(tmp_path / "main.mkv", duration=2, audio=(("eng", "aac"),))
-    shutil.copy(tmp_path / "main.mkv", drive / "main.mkv")
-    (drive / "main.mkv").chmod(0o644)
-    (drive / "disc.json").write_text(json.dumps({
-        "drive_state": 2, "device": "/dev/sr0", "disc_name": name, "label": name.upper().replace(" ", "_"),
-        "titles": [{"duration": "1:45:00", "source": f"{DRIVE_DIR}/main.mkv"},
-                   {"duration": "0:02:00", "source": f"{DRIVE_DIR}/main.mkv"}]}))
-    (drive / "disc.json").chmod(0o644)
+    insert_disc(lab, tmp_path, name, "/dev/sr0", ["1:45:00", "0:02:00"], seconds=2)
 
     # by hand, so the deployed service (watching a drive with no MakeMKV here) steps aside
     ct(lab, 202, "systemctl stop media-rip.service 2>/dev/null || true")
@@ -162,18 +166,7 @@ def test_after_a_reboot_swaps_sr_and_dri_names_the_drive_and_the_gpu_are_still_t
         assert "b 11:0 rwm" not in conf  # the other drive is not given to the ripper
 
         # media-rip, as configured by the last up, finds the chosen drive as /dev/sr1
-        root = lab.ct_dir / "202" / "rootfs"
-        drive = root / DRIVE_DIR.lstrip("/")
-        drive.mkdir(parents=True, exist_ok=True)
-        shutil.copy(FAKE, drive / "makemkvcon")
-        (drive / "makemkvcon").chmod(0o755)
-        make_rip(tmp_path / "main.mkv", duration=1, audio=(("eng", "aac"),))
-        shutil.copy(tmp_path / "main.mkv", drive / "main.mkv")
-        (drive / "main.mkv").chmod(0o644)
-        (drive / "disc.json").write_text(json.dumps({
-            "drive_state": 2, "device": "/dev/sr1", "disc_name": name, "label": "SWAPPED",
-            "titles": [{"duration": "1:45:00", "source": f"{DRIVE_DIR}/main.mkv"}]}))
-        (drive / "disc.json").chmod(0o644)
+        insert_disc(lab, tmp_path, name, "/dev/sr1", ["1:45:00"], seconds=1)  # MakeMKV lists it only there
         rip = ct(lab, 202, f"runuser -u media -- env FAKE_MAKEMKV_DISC={DRIVE_DIR}/disc.json "
                            f"media-rip once --makemkvcon {DRIVE_DIR}/makemkvcon", check=False)
         assert rip.returncode == 0, rip.stderr[-3000:]  # MakeMKV lists the disc only under /dev/sr1
