@@ -19,7 +19,7 @@ node's hookscript finds it: sr numbers follow the order the kernel found the dri
 
 Exit codes of `once`:
   0  ripped and published
-  1  cannot start (makemkvcon missing, database, staging missing)
+  1  cannot start (makemkvcon missing, database, staging missing, full or read-only)
   2  usage or config error
   3  no disc (the drive is empty or its tray is open)
   4  a title failed (nothing published; the reason is in `status`)
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import fcntl
 import hashlib
 import json
@@ -314,6 +315,7 @@ class DriveFinder:
 
     def __init__(self, selector: str = "auto", sysfs: str = "/sys", dev: str = "/dev"):
         self.selector, self.sysfs, self.dev = selector or "auto", sysfs, dev
+        self._said = ""  # the fallback to the container's only drive, logged once
 
     def _read(self, sg: str, attr: str) -> bytes:
         try:
@@ -383,16 +385,19 @@ class DriveFinder:
         return bool(serial) and not os.path.isdir(os.path.join(self.dev, "disk", "by-id")) and \
             re.sub(r"-\d+:\d+$", "", want).endswith("_" + serial)
 
+    def _nodes(self) -> list[str]:
+        """The /dev/srN block devices in this container, in sr order."""
+        try:
+            nodes = sorted((n for n in os.listdir(self.dev) if re.fullmatch(r"sr\d+", n)), key=_natural)
+        except OSError:
+            nodes = []
+        return [n for n in nodes if self._is_block(n)]
+
     def find(self) -> tuple[str, str]:
         """(the drive's device path, '') or ('', why there is none and the fix)."""
         if self.selector == "auto":
-            try:
-                nodes = sorted(n for n in os.listdir(self.dev) if re.fullmatch(r"sr\d+", n))
-            except OSError:
-                nodes = []
-            for n in nodes:
-                if self._is_block(n):
-                    return os.path.join(self.dev, n), ""
+            for n in self._nodes():
+                return os.path.join(self.dev, n), ""
             return "", (f"no optical drive: no {self.dev}/sr* block device in this container (drive \"auto\"); "
                         f"connect the drive and restart the container (pct reboot), the node's hookscript passes "
                         f"the drive at each start")
@@ -408,6 +413,18 @@ class DriveFinder:
                 return "", (f"the drive {self.selector!r} is {sr} now, but {self.dev}/{sr} is not in this container: "
                             f"restart the container (pct reboot) so the node's hookscript passes it")
             return os.path.join(self.dev, sr), ""
+        nodes = self._nodes()
+        if len(nodes) == 1:
+            # The node's hookscript passes only the chosen drive into the container, and the selector may not
+            # match what this container can read (no /dev/disk/by-id here; a USB bridge's serial in sysfs).
+            path = os.path.join(self.dev, nodes[0])
+            said = (f"drive {self.selector!r} matches no drive in {self.sysfs} (drives there: "
+                    f"{'; '.join(seen) or 'none'}); {path} is the only optical drive in this container (the node's "
+                    f"hookscript passes the chosen drive only): using it")
+            if said != self._said:
+                log.warning("%s", said)
+            self._said = said
+            return path, ""
         return "", (f"no optical drive matches drive {self.selector!r} (drives here: {'; '.join(seen) or 'none'}); "
                     f"fix: set \"drive\" in media-rip's config ({config_mod.RIP_DEFAULT_PATH}; "
                     f"homelab-media:devices.opticalDrive) to auto or to one drive's /dev/disk/by-id name, model "
@@ -581,7 +598,7 @@ class Ripper:
             raise RipError(EXIT_SCAN, f"makemkvcon info {source} not started: media-rip is stopping")
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True, errors="replace", preexec_fn=_PREEXEC)
+                                    text=True, errors="replace", preexec_fn=_PREEXEC, start_new_session=True)
         except FileNotFoundError:
             raise RipError(EXIT_START, f"{self.cfg.makemkvcon} not found: install MakeMKV "
                                        f"(ct-bootstrap-ripper.sh builds it) or pass --makemkvcon") from None
@@ -589,7 +606,7 @@ class Ripper:
         try:
             out, err = proc.communicate(timeout=INFO_TIMEOUT)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal_group(proc, signal.SIGKILL)  # with any child that holds its output
             proc.communicate()
             raise RipError(EXIT_SCAN, f"makemkvcon info {source} did not finish in {INFO_TIMEOUT} s") from None
         finally:
@@ -675,23 +692,26 @@ class Ripper:
                 self.store.restart(rip_id)
             else:
                 rip_id = self.store.start(fp, scan.label, name, wanted)
-        # without a store, a name recover() never takes for an orphan of the database (it may hold a whole rip)
-        workdir = os.path.join(cfg.staging, f"{WORK_PREFIX}{rip_id}" if rip_id is not None else
-                               f"{WORK_PREFIX}nodb-{os.getpid()}")
-        _remove_workdir(workdir, cfg.staging)
-        os.mkdir(workdir)  # never makedirs: staging itself must exist (an unmounted pool is not recreated)
+        # without a store, a name no row ever claims (it may hold a whole rip: recover() only warns of it)
+        base = f"{WORK_PREFIX}{rip_id}" if rip_id is not None else f"{WORK_PREFIX}nodb-{os.getpid()}"
+        try:
+            workdir = _make_workdir(cfg.staging, base)
+        except OSError as exc:
+            reason = workdir_refusal(cfg.staging, exc)
+            self._finish(rip_id, "failed", reason, EXIT_START)
+            raise RipError(EXIT_START, reason, retry=True) from None
         if self.store is not None:
-            self.store.update(rip_id, workdir=workdir)
+            self.store.update(rip_id, workdir=workdir)  # the row's workdir is the truth: recover() reads it
         self.current = {"id": rip_id, "name": name, "progress": 0.0, "eta": 0.0}
         self._changed()
         started = time.monotonic()
         try:
             try:
                 result, rc = self._mkv(workdir, name)
-                expected = [os.path.join(workdir, t.file) if t.file else "" for t in wanted]
-                problem = _judge(result, rc, wanted, expected, workdir)
-            except OSError as exc:  # makemkvcon could not run, or its output cannot be read: not a whole rip
-                problem = f"output problem: {exc}"
+                problem = _judge(result, rc, wanted)
+            except OSError as exc:  # makemkvcon could not run, or its output cannot be read: no verdict
+                result, rc = CopyResult(), None
+                problem = f"makemkvcon could not run or its output could not be read: {exc}"
             if problem:
                 if self.cancel.is_set():
                     problem = "interrupted by shutdown"
@@ -699,6 +719,24 @@ class Ripper:
                     _remove_workdir(workdir, cfg.staging)  # MakeMKV's own failure: the only case a rip is removed
                 except OSError as exc:
                     problem += f"; the partial rip {workdir} could not be removed: {exc}"
+                self._finish(rip_id, "failed", problem, EXIT_FAILED)
+                raise RipError(EXIT_FAILED, problem)
+            # MakeMKV saved every title it was asked for: from here on the folder is never removed.
+            if rc != 0:
+                log.warning("makemkvcon exit status %s after 'Copy complete. %d title(s) saved.' with no failure%s: "
+                            "the rip is whole, publishing it", rc, result.saved,
+                            " (the stop request came after its copy)" if self.cancel.is_set() else "")
+            try:
+                missing = _missing_files([os.path.join(workdir, t.file) if t.file else "" for t in wanted], workdir)
+            except OSError as exc:  # the disk cannot say (EIO, a branch offline): MakeMKV's word stands
+                missing = ""
+                log.warning("cannot check the files MakeMKV wrote in %s (%s): it reported every title saved, so the "
+                            "rip is kept and published (a file error keeps it for a later publish)", workdir, exc)
+            if missing:
+                problem = (f"MakeMKV reported every title saved, but {missing}: nothing published; the files are "
+                           f"kept in {workdir} (never deleted): look at them, then move them to "
+                           f"{os.path.join(cfg.staging, name)}/ with an empty <file>{MARKER} next to each file to "
+                           f"publish them by hand, or delete them")
                 self._finish(rip_id, "failed", problem, EXIT_FAILED)
                 raise RipError(EXIT_FAILED, problem)
             # A whole rip from here on: a file error below keeps it (state publishing) for a later publish.
@@ -775,7 +813,7 @@ class Ripper:
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-                                    preexec_fn=_PREEXEC)
+                                    preexec_fn=_PREEXEC, start_new_session=True)
         except FileNotFoundError:
             raise RipError(EXIT_START, f"{self.cfg.makemkvcon} not found") from None
         self._started(proc)
@@ -808,15 +846,22 @@ class Ripper:
         return read_copy_result(lines), rc
 
     def stop(self) -> None:
-        """Stop request (SIGTERM): end the running scan or rip now; no new one starts."""
+        """Stop request (SIGTERM): end the running scan or rip now; no new one starts.
+
+        makemkvcon runs in its own session: the signal goes to its whole process group, so a child
+        that inherited its output cannot keep the read loop waiting after makemkvcon itself ended."""
         self.cancel.set()
         proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
+        if proc is not None:
+            _signal_group(proc, signal.SIGTERM)
             # a makemkvcon that ignores SIGTERM is killed: the service must stop within seconds
-            timer = threading.Timer(STOP_GRACE_SECONDS, _kill_if_running, (proc,))
+            timer = threading.Timer(STOP_GRACE_SECONDS, self._kill_group, (proc,))
             timer.daemon = True
             timer.start()
+
+    def _kill_group(self, proc: subprocess.Popen) -> None:
+        if self.proc is proc:  # still read from: makemkvcon or a child holding its output is there
+            _signal_group(proc, signal.SIGKILL)
 
     def eject(self) -> bool:
         """Open the tray: the CDROMEJECT ioctl (what eject(1) does), or eject_command when set."""
@@ -850,13 +895,16 @@ class Ripper:
 
 
 class RipError(Exception):
-    def __init__(self, code: int, reason: str):
+    def __init__(self, code: int, reason: str, retry: bool = False):
         super().__init__(reason)
         self.code, self.reason = code, reason
+        self.retry = retry  # nothing was ripped for a passing cause (the pool refused the working folder): try later
 
 
-def _judge(result: CopyResult, rc: int, wanted: list[Title], expected: list[str], workdir: str) -> str:
-    """Why this rip must not be published, or '' when every wanted title is saved."""
+def _judge(result: CopyResult, rc: int | None, wanted: list[Title]) -> str:
+    """MakeMKV's own verdict: why it failed this rip, or '' when it reported every wanted title saved
+    ('Copy complete', the count asked for, no failure). Only this verdict may discard a working folder;
+    an exit status after such a success (a stop request after the copy) is no failure of the rip."""
     if result.failures:
         return "; ".join(result.failures)
     if result.failed:
@@ -866,19 +914,41 @@ def _judge(result: CopyResult, rc: int, wanted: list[Title], expected: list[str]
         return f"makemkvcon ended without 'Copy complete' ({last})"
     if result.saved != len(wanted):
         return f"MakeMKV saved {result.saved} title(s), {len(wanted)} were asked for"
-    if rc != 0:
-        return f"makemkvcon exit status {rc} after 'Copy complete'"
-    for path in expected:
-        if path and not (os.path.isfile(path) and os.path.getsize(path) > 0):
-            return f"MakeMKV reported success but {os.path.basename(path)} is missing or empty"
-    if not any(n.lower().endswith(".mkv") for n in os.listdir(workdir)):
-        return "MakeMKV reported success but wrote no .mkv file"
     return ""
 
 
-def _kill_if_running(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
+def _missing_files(expected: list[str], workdir: str) -> str:
+    """After MakeMKV's success: which expected file is missing or empty ('' when none). A file that
+    cannot be looked at (EIO, EACCES, ENOTCONN) raises OSError: it is not known to be missing."""
+    bad = []
+    for path in expected:
+        if not path:
+            continue
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            bad.append(f"{os.path.basename(path)} is missing")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            bad.append(f"{os.path.basename(path)} is not a file")
+        elif st.st_size == 0:
+            bad.append(f"{os.path.basename(path)} is empty")
+    if bad:
+        return "; ".join(bad)
+    if not any(n.lower().endswith(".mkv") for n in os.listdir(workdir)):
+        return "no .mkv file was written"
+    return ""
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """sig to makemkvcon's process group: its own session (start_new_session), so makemkvcon and
+    every child that inherited its output; its group id is its pid, kept while a member lives."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass  # the whole group is gone already
+    except PermissionError:
+        pass  # never fatal for a stop
 
 
 def _mark(workdir: str, files: list[str]) -> None:
@@ -910,6 +980,35 @@ def publish(workdir: str, staging: str, name: str) -> str:
             raise
         return folder
     raise OSError(f"{staging}: 999 folders named {name!r} already")
+
+
+# A working folder's name: .rip-ID, .rip-ID-N when that was taken (never removed to make room),
+# .rip-nodb-PID for a rip without a database.
+_WORKDIR_NAME = re.compile(re.escape(WORK_PREFIX) + r"(?:nodb-)?\d+(?:-\d+)?")
+
+
+def _make_workdir(staging: str, base: str) -> str:
+    """Create STAGING/BASE, or BASE-2, BASE-3... when taken: an existing folder is never removed to make
+    room (it may hold a whole rip of an earlier database). mkdir, never makedirs: an unmounted pool's
+    staging is not recreated. Any other error (ENOSPC, EROFS, EACCES) is raised."""
+    for n in range(1, 1000):
+        path = os.path.join(staging, base if n == 1 else f"{base}-{n}")
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        return path
+    raise OSError(errno.EEXIST, f"999 working folders named {base}* already", staging)
+
+
+def workdir_refusal(staging: str, exc: OSError) -> str:
+    """Why no working folder could be made in staging, and the fix."""
+    why = {errno.ENOSPC: "the pool is full", errno.EDQUOT: "the pool is full (quota)",
+           errno.EROFS: "staging is read-only", errno.EACCES: "staging is not writable",
+           errno.EPERM: "staging is not writable"}.get(exc.errno, "staging refused it")
+    return (f"cannot create a working folder in {staging}: {exc.strerror or exc} ({why}); nothing was ripped and "
+            f"the disc stays in the drive: `media-rip run` tries it again every {RETRY_SECONDS:.0f} s; fix: free "
+            f"space in {staging} (a mergerfs branch under minfreespace refuses new folders) or make it writable")
 
 
 def _remove_workdir(workdir: str, staging: str) -> None:
@@ -947,6 +1046,8 @@ class Service:
         self.scan_error = ""
         self.retry_seconds = RETRY_SECONDS
         self.rescan_at: float | None = None  # monotonic time to scan again the disc whose scan failed
+        self.retry_scan: Scan | None = None  # the disc whose rip could not start (pool full): retried, not rescanned
+        self.rip_error = ""  # why that rip could not start, said (and notified) once
         self.next_publish = 0.0  # monotonic time of the next try of the rips a file error held back
         self.status = StatusFile(cfg)
         # media-rip's own registry: a collector that reads the rip store at each scrape
@@ -999,27 +1100,52 @@ class Service:
     def recover(self) -> None:
         """After a crash: no partial rip stays in staging; a whole rip whose publish failed or was cut
         short is published (or kept for the next try); an interrupted rip is ripped again when its disc
-        is still there."""
+        is still there. A working folder no row claims is never removed: it is reported, once per start."""
         assert self.store is not None
         for rip in self.store.unfinished():
             if rip["state"] == "publishing":
                 self.publish_pending(rip, at_start=True)
                 continue
-            work = rip["workdir"]
+            work, removed = rip["workdir"], "partial files removed"
             if work:
-                _remove_workdir(work, self.cfg.staging)
-            self.store.update(rip["id"], state="failed", reason="interrupted (service restarted); partial files "
-                              "removed; the disc is ripped again if it is still in the drive",
+                try:
+                    _remove_workdir(work, self.cfg.staging)  # the interrupted rip's own partial folder
+                except OSError as exc:
+                    removed = f"its partial folder {work} could not be removed ({exc}): delete it"
+            self.store.update(rip["id"], state="failed", reason=f"interrupted (service restarted); {removed}; the "
+                              "disc is ripped again if it is still in the drive",
                               exit_code=EXIT_FAILED, finished=time.time())
-            log.warning("[rip %d] %r was interrupted by a restart: partial files removed", rip["id"], rip["name"])
+            log.warning("[rip %d] %r was interrupted by a restart: %s", rip["id"], rip["name"], removed)
             self.resume[rip["fingerprint"]] = rip
         self.next_publish = time.monotonic() + self.retry_seconds
-        # Stray working folders no row points at (a database restored from backup, a manual run).
-        for entry in os.listdir(self.cfg.staging) if os.path.isdir(self.cfg.staging) else ():
-            if entry.startswith(WORK_PREFIX) and entry[len(WORK_PREFIX):].isdigit():
-                row = self.store.get(int(entry[len(WORK_PREFIX):]))
-                if row is None or row["state"] not in ("ripping", "publishing"):
-                    _remove_workdir(os.path.join(self.cfg.staging, entry), self.cfg.staging)
+        self.report_strays()
+
+    def report_strays(self) -> None:
+        """Working folders no row claims (a fresh or restored database, a rip by hand without one): they
+        may hold whole rips, so they are left as they are and named in the log, once per start. A row's
+        workdir column says which folder is its own (a failed rip's kept files stay with its reason)."""
+        assert self.store is not None
+        try:
+            entries = sorted((e for e in os.listdir(self.cfg.staging) if _WORKDIR_NAME.fullmatch(e)), key=_natural)
+        except OSError:
+            return  # staging missing or unreadable: poll() says so
+        # a done row's folder was renamed away: what is at its old workdir path now is not its own
+        claimed = {os.path.abspath(r["workdir"]) for r in self.store.list()
+                   if r["workdir"] and r["state"] in ("ripping", "publishing", "failed")}
+        for entry in entries:
+            path = os.path.join(self.cfg.staging, entry)
+            if os.path.abspath(path) not in claimed:
+                log.warning("%s: not in media-rip's database: left as it is; move it to %s/<name>/ to publish it, "
+                            "or delete it", path, self.cfg.staging)
+
+    def _held(self, rip: dict, reason: str, at_start: bool) -> None:
+        """A whole rip that cannot be published now: kept (state publishing) with the reason, said once."""
+        assert self.store is not None
+        if reason != rip["reason"]:
+            self.store.update(rip["id"], state="publishing", reason=reason)
+            self.publish_status()
+        if reason != rip["reason"] or at_start:  # once per problem (and once per start), not per try
+            log.error("[rip %d] %r: %s", rip["id"], rip["name"], reason)
 
     def publish_pending(self, rip: dict, at_start: bool = False) -> None:
         """Publish a whole rip whose publish failed or was cut short; a file error keeps it for the next try."""
@@ -1027,8 +1153,18 @@ class Service:
         work = rip["workdir"]
         if not os.path.isdir(self.cfg.staging):
             return  # the pool is not mounted (poll() says so): its rip waits with it
-        if not work or not os.path.isdir(work):  # the rename happened before a restart: it is published
-            self.store.update(rip["id"], state="done", reason="", finished=time.time(), exit_code=EXIT_OK)
+        try:
+            if not work:
+                raise FileNotFoundError(errno.ENOENT, "no working folder recorded")
+            os.stat(work)
+        except FileNotFoundError:
+            self._published_before(rip, at_start)  # gone: the rename happened before a restart, or not
+            return
+        except OSError as exc:  # EACCES, EIO, ENOTCONN (a mergerfs branch offline): there, not readable now
+            self._held(rip, f"ripped, not published yet: its working folder {work} cannot be read now: {exc}; the "
+                            f"whole rip is kept and `media-rip run` publishes it (at its start, then every "
+                            f"{RETRY_SECONDS:.0f} s); fix: bring the pool's disk back (is a mergerfs branch offline?)",
+                       at_start)
             return
         try:
             folder, count, total = self.ripper.publish_rip(rip["id"], work, rip["name"], reported=rip["reason"])
@@ -1041,6 +1177,46 @@ class Service:
         if rip["reason"]:  # the notifier was told it waits: tell it the wait is over
             self.ripper.notifier.send("Rip published", f"{rip['name']}\n{folder}\n{count} title(s), "
                                                        f"{total / 1e9:.2f} GB, kept until staging took it")
+
+    def _published_before(self, rip: dict, at_start: bool) -> None:
+        """A publishing row whose working folder is gone: done only when STAGING/<name> or '<name> (N)'
+        holds its files (and no other row claims that folder); else failed, saying so, never done."""
+        assert self.ripper is not None and self.store is not None
+        staging, name, work = self.cfg.staging, rip["name"], rip["workdir"]
+        files = [t["file"] for t in rip["titles"] if t.get("file")]
+        try:
+            entries = os.listdir(staging)
+        except OSError as exc:
+            self._held(rip, f"ripped, not published yet: staging {staging} cannot be read now: {exc}; `media-rip "
+                            f"run` tries again every {RETRY_SECONDS:.0f} s", at_start)
+            return
+        others = {os.path.abspath(r["folder"]) for r in self.store.list() if r["folder"] and r["id"] != rip["id"]}
+        pattern = re.compile(re.escape(name) + r"(?: \((\d+)\))?")
+        found = []
+        for entry in entries:
+            m = pattern.fullmatch(entry)
+            folder = os.path.join(staging, entry)
+            if not m or os.path.abspath(folder) in others or not os.path.isdir(folder):
+                continue
+            if all(os.path.isfile(os.path.join(folder, f)) for f in files):
+                found.append((int(m[1] or 1), folder))
+        if found:
+            folder = max(found)[1]  # several: the newest name (publish takes the first free one)
+            try:
+                total = sum(os.path.getsize(os.path.join(folder, f)) for f in files)
+            except OSError:
+                total = rip["bytes"]
+            self.ripper._finish(rip["id"], "done", "", EXIT_OK, folder=folder, nbytes=total)
+            log.info("[rip %d] %r was published before a restart: %s", rip["id"], name, folder)
+            return
+        reason = (f"its working folder {work or '(none recorded)'} is gone and no folder "
+                  f"{os.path.join(staging, name)} (or '{name} (N)') holds its files "
+                  f"({', '.join(files) or 'none named'}): "
+                  f"it was moved or deleted outside media-rip (or media-pipeline took it already); nothing is left "
+                  f"to publish: put the disc in again to rip it again")
+        self.ripper._finish(rip["id"], "failed", reason, EXIT_FAILED)
+        log.error("[rip %d] %r: %s", rip["id"], name, reason)
+        self.ripper.notifier.send("Rip lost", f"{name}\n{reason}")
 
     def retry_publishing(self) -> None:
         """Every retry_seconds while the service runs: publish the whole rips a file error held back."""
@@ -1092,18 +1268,20 @@ class Service:
         changed = state != self.last_state
         self.last_state = state
         if state != DRIVE_INSERTED:
-            self.handled_present, self.rescan_at = False, None
+            self.handled_present, self.rescan_at, self.retry_scan = False, None, None
             return
         rescan = self.rescan_at is not None and time.monotonic() >= self.rescan_at
         if not changed and self.handled_present and not rescan:
             return
-        self.handled_present, self.rescan_at = True, None
-        self.handle_disc()
+        retry = None if changed else self.retry_scan  # another disc (or node) is scanned afresh
+        self.handled_present, self.rescan_at, self.retry_scan = True, None, None
+        self.handle_disc(retry)
 
-    def handle_disc(self) -> None:
+    def handle_disc(self, retry: Scan | None = None) -> None:
+        """The disc in the drive: scanned (or `retry`, the scan of the disc whose rip could not start), ripped."""
         ripper, store, cfg = self.ripper, self.store, self.cfg
         try:
-            scan = ripper.scan_disc()
+            scan = retry if retry is not None else ripper.scan_disc()
         except RipError as exc:
             if self.stop.is_set():
                 log.info("scan of the disc in %s interrupted by shutdown: nothing recorded, scanned again at the "
@@ -1135,6 +1313,19 @@ class Service:
         try:
             ripper.rip_disc(scan, resume=resume)
         except RipError as exc:
+            if exc.retry:
+                # nothing ripped (the pool refused the working folder): the disc stays in, its row is
+                # taken up again at the next try (RETRY_SECONDS), said and notified once per problem
+                if exc.reason != self.rip_error:
+                    log.error("rip of %r not started: %s", name, exc.reason)
+                    ripper.notifier.send("Rip not started", f"{name}\n{exc.reason}")
+                self.rip_error = exc.reason
+                failed = store.latest(fp)
+                if failed is not None and failed["state"] == "failed":
+                    self.resume[fp] = failed
+                self.retry_scan, self.rescan_at = scan, time.monotonic() + self.retry_seconds
+                return
+            self.rip_error = ""
             if exc.code == EXIT_PUBLISH:
                 log.error("rip of %r: %s", name, exc.reason)
             elif self.stop.is_set():
@@ -1145,6 +1336,8 @@ class Service:
                 log.error("rip of %r failed (%s): %s", name, EXIT_NAMES.get(exc.code, exc.code), exc.reason)
                 if exc.code in (EXIT_FAILED, EXIT_KEY):
                     ripper.notifier.send("Rip failed", f"{name}\n{exc.reason}")
+        else:
+            self.rip_error = ""
         self.maybe_eject()
 
     def maybe_eject(self) -> None:

@@ -8,13 +8,18 @@ The disc file is named by $FAKE_MAKEMKV_DISC:
   {"drive_state": 2, "device": "/dev/sr0", "disc_name": "Big Buck Bunny", "label": "BIG_BUCK_BUNNY",
    "titles": [{"duration": "1:30:00", "source": "/abs/file.mkv", "file": "title_t00.mkv", "fail": false}],
    "expired": false, "chunks": 8, "chunk_delay": 0.0, "calls": "/abs/calls.log",
-   "scan_delay": 0.0, "scan_end": "full", "scan_exit": 0}
+   "scan_delay": 0.0, "scan_end": "full", "scan_exit": 0,
+   "mkv_exit": 0, "copied_flag": "/abs/flag", "after_copy_delay": 0.0}
 drive_state: 0 empty, 1 tray open, 2 disc inserted (MakeMKV's DRV states). Invoked as `eject`
 (a symlink), it sets drive_state to 1, like a real tray opening.
 A disc scan (`info dev:...`) prints the title list after the per-title messages and before TCOUNT,
 as the real one does after reading the disc: scan_delay seconds pass there (a slow Blu-ray scan);
 scan_end "killed" dies of SIGTERM there, "cut" exits there (no TCOUNT, no CINFO/TINFO); scan_exit
 is the scan's exit status.
+A rip (`mkv`) exits with mkv_exit after its "Copy complete" line; before that it creates the
+file copied_flag names (when set) and waits after_copy_delay seconds (a stop request can land
+there). A title's "write" of "missing" or "empty" counts it saved but leaves its file out or
+empty (what a filesystem losing a file after MakeMKV's success looks like).
 
 Where the transcript lines come from (formats, codes, wording; values are made up):
 - MakeMKV's robot-mode documentation, https://www.makemkv.com/developers/usage.txt
@@ -168,6 +173,12 @@ def mkv(disc: dict, minlength: int, which: str, outdir: str) -> int:
             data = src.read()
         step = max(1, len(data) // chunks)
         stop_at = len(data) // 2 if t.get("fail") else len(data)
+        if t.get("write") in ("missing", "empty"):
+            if t["write"] == "empty":
+                open(dest, "wb").close()
+            out(f"PRGV:65536,{int(65536 * done_bytes / total_bytes)},65536")
+            saved += 1
+            continue
         with open(dest, "wb") as fh:
             for pos in range(0, stop_at, step):
                 piece = data[pos:min(pos + step, stop_at)]
@@ -194,7 +205,10 @@ def mkv(disc: dict, minlength: int, which: str, outdir: str) -> int:
             f'saved, %2 failed.","{saved}","{failed}"')
     else:
         out(f'MSG:5036,516,1,"Copy complete. {saved} titles saved.","Copy complete. %1 titles saved.","{saved}"')
-    return 0  # like the real program: a failed title does not change the exit status
+    if disc.get("copied_flag"):
+        open(disc["copied_flag"], "w").close()
+    time.sleep(float(disc.get("after_copy_delay", 0.0)))
+    return int(disc.get("mkv_exit", 0))  # like the real program: a failed title does not change the exit status
 
 
 def main(argv: list[str]) -> int:

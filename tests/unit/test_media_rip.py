@@ -96,18 +96,30 @@ def test_copy_result_success_and_failure():
     assert rip.read_copy_result(["MSG:5010,0,0,\"Failed to open disc\",\"x\""]).saved is None
 
 
-def test_judge_refuses_anything_but_every_title_saved(tmp_path):
+def test_judge_discards_only_for_makemkvs_own_failure(tmp_path):
     titles = [rip.Title(0, 6000, 10, "title_t00.mkv")]
-    (tmp_path / "title_t00.mkv").write_bytes(b"x" * 10)
     good = rip.read_copy_result(SUCCESS)
-    path = [str(tmp_path / "title_t00.mkv")]
-    assert rip._judge(good, 0, titles, path, str(tmp_path)) == ""
-    assert "Failed to save title" in rip._judge(rip.read_copy_result(FAILED), 0, titles, path, str(tmp_path))
-    assert "without 'Copy complete'" in rip._judge(rip.read_copy_result([]), 0, titles, path, str(tmp_path))
-    assert "exit status 1" in rip._judge(good, 1, titles, path, str(tmp_path))
-    assert "2 were asked for" in rip._judge(good, 0, titles * 2, path * 2, str(tmp_path))
+    assert rip._judge(good, 0, titles) == ""
+    assert "Failed to save title" in rip._judge(rip.read_copy_result(FAILED), 0, titles)
+    assert "without 'Copy complete'" in rip._judge(rip.read_copy_result([]), 0, titles)
+    assert "exit status -15" in rip._judge(rip.read_copy_result([]), -15, titles)
+    assert "2 were asked for" in rip._judge(good, 0, titles * 2)
+    # MakeMKV said every title is saved: an exit status is no reason to throw the rip away
+    assert rip._judge(good, 1, titles) == "" and rip._judge(good, -15, titles) == ""
+
+
+def test_missing_files_after_makemkvs_success(tmp_path):
+    path = str(tmp_path / "title_t00.mkv")
+    assert rip._missing_files([path], str(tmp_path)) == "title_t00.mkv is missing"
     (tmp_path / "title_t00.mkv").write_bytes(b"")
-    assert "missing or empty" in rip._judge(good, 0, titles, path, str(tmp_path))
+    assert rip._missing_files([path], str(tmp_path)) == "title_t00.mkv is empty"
+    (tmp_path / "title_t00.mkv").write_bytes(b"x" * 10)
+    assert rip._missing_files([path], str(tmp_path)) == ""
+    assert rip._missing_files([""], str(tmp_path)) == ""  # no file name: what is in the folder counts
+    (tmp_path / "nothing").mkdir()
+    assert rip._missing_files([""], str(tmp_path / "nothing")) == "no .mkv file was written"
+    with pytest.raises(OSError):  # cannot be looked at: not known to be missing
+        rip._missing_files([""], str(tmp_path / "unreadable"))
 
 
 @pytest.mark.parametrize("raw,safe", [
@@ -244,7 +256,8 @@ def test_recover_removes_an_interrupted_rip_and_remembers_its_disc(tmp_path):
     mine = staging / ".something-else"
     mine.mkdir()
     svc.recover()
-    assert not work.exists() and not stray.exists() and mine.exists()
+    assert not work.exists() and mine.exists()
+    assert stray.exists()  # no row claims it (a database restored from backup): it may hold a whole rip
     row = svc.store.get(rid)
     assert row["state"] == "failed" and "interrupted" in row["reason"] and "fp" in svc.resume
 

@@ -1,7 +1,10 @@
 """media-rip's service against the stand-in drive (tests/media/fake_makemkvcon.py), in-process:
 a publish error keeps the whole rip and publishes it later; a failed, killed or cut-short scan
 records nothing; a stop request ends a scan or a rip at once; a missing staging is waited for,
-never created; the drive is looked up again at each poll (a reboot renames sr0/sr1)."""
+never created; the drive is looked up again at each poll (a reboot renames sr0/sr1); a whole
+rip is never lost (an unreadable or vanished working folder, old folders of another database, an
+exit status or a stop after "Copy complete", a file missing after MakeMKV's success); a staging
+that refuses the working folder is retried without a crash; a stop ends makemkvcon's process group."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import stat
 import sys
 import threading
@@ -197,9 +201,11 @@ def test_only_makemkvs_own_failure_removes_the_working_folder(tmp_path, monkeypa
 def test_a_failed_or_cut_short_scan_records_nothing_and_rips_nothing(tmp_path, monkeypatch, caplog, scan):
     svc, drive, sent = _live(tmp_path, monkeypatch)
     drive.insert("Heat", [(FEATURE, _source(tmp_path, "f.mkv"))], **scan)
-    svc.retry_seconds = 0.5
+    svc.retry_seconds = 3600.0  # no retry falls due by itself, however slow this machine is
+    before = time.monotonic()
     svc.poll()
     svc.poll()  # not scanned again at every poll
+    assert svc.rescan_at is not None and svc.rescan_at >= before + 3600.0  # the next scan is an hour away
     scans = [c for c in drive.calls() if "info" in c and "dev:/dev/sr0" in c]
     assert len(scans) == 1 and drive.mkv_calls() == 0
     assert svc.store.list() == [] and drive.published() == {}  # no "skipped", no rip: the disc is unknown
@@ -209,8 +215,10 @@ def test_a_failed_or_cut_short_scan_records_nothing_and_rips_nothing(tmp_path, m
     assert drive.disc()["drive_state"] == 2 and sent == []  # not ejected: it waits for a good scan
 
     drive.set(scan_end="full", scan_exit=0)
-    time.sleep(0.6)
-    svc.poll()  # scanned again later, and ripped
+    svc.poll()
+    assert len([c for c in drive.calls() if "info" in c and "dev:/dev/sr0" in c]) == 1  # not before its time
+    svc.rescan_at = time.monotonic()  # the retry time has come
+    svc.poll()  # scanned again, and ripped
     assert [(r["name"], r["state"]) for r in svc.store.list()] == [("Heat", "done")]
 
 
@@ -249,22 +257,39 @@ def test_stop_ends_a_running_scan_at_once(tmp_path, monkeypatch):
     assert got["error"].code == rip.EXIT_SCAN and "stopping" in got["error"].reason
 
 
-def test_a_makemkvcon_that_ignores_sigterm_is_killed(tmp_path, monkeypatch):
+def test_a_makemkvcon_that_ignores_sigterm_is_killed(tmp_path):
+    ready = tmp_path / "ready"
     stubborn = tmp_path / "makemkvcon"
-    stubborn.write_text(f"#!{sys.executable}\nimport signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    stubborn.write_text(f"#!{sys.executable}\nimport os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                        # SIGTERM is ignored from here on; the line appears whole (a rename)
+                        f"open({str(ready)!r} + '.tmp', 'w').write('ready')\nos.replace({str(ready)!r} + '.tmp', "
+                        f"{str(ready)!r})\n"
                         "print('MSG:1005,0,1,\"MakeMKV v1.18.4 started\",\"x\"', flush=True)\ntime.sleep(60)\n")
     stubborn.chmod(0o755)
-    monkeypatch.setattr(rip, "STOP_GRACE_SECONDS", 0.5)
     ripper = rip.Ripper(config_mod.rip_from_dict({"makemkvcon": str(stubborn), "device": "/dev/sr0"}), None)
-    t = threading.Thread(target=lambda: pytest.raises(rip.RipError, ripper.scan_disc))
+    got = {}
+
+    def scan():
+        try:
+            ripper.scan_disc()
+        except rip.RipError as exc:
+            got["error"] = exc
+
+    t = threading.Thread(target=scan)
     t.start()
     deadline = time.monotonic() + 30
-    while ripper.proc is None and time.monotonic() < deadline:
+    while not (ripper.proc is not None and ready.exists()) and time.monotonic() < deadline:
         time.sleep(0.02)
+    proc = ripper.proc
+    assert proc is not None and ready.read_text() == "ready"
     started = time.monotonic()
     ripper.stop()
-    t.join(timeout=10)
-    assert not t.is_alive() and time.monotonic() - started < 3
+    t.join(timeout=30)
+    took = time.monotonic() - started
+    assert not t.is_alive()
+    assert proc.returncode == -9  # SIGTERM did nothing: it was killed, after the grace time
+    assert rip.STOP_GRACE_SECONDS - 0.5 <= took < 20, took
+    assert got["error"].code == rip.EXIT_SCAN and "stopping" in got["error"].reason
 
 
 def test_a_stop_request_before_makemkvcon_starts_ends_the_rip(tmp_path, monkeypatch, caplog):
@@ -380,6 +405,7 @@ def test_drive_lookup_problems_name_the_fix(tmp_path):
     assert finder("usb-HL-DT-ST_BD-RE_WH16NS60_KLZK1234-0:0") == (str(node.dev / "sr1"), "")
     path, why = finder(DVD[0])  # in sysfs, not passed into this container
     assert path == "" and "sr0 now" in why and "pct reboot" in why
+    node.drive("sg2", "sr2", "DVD-ROM", "CCC333")  # two drives in the container: no guess
     path, why = finder("NoSuchDrive")
     assert path == "" and "no optical drive matches drive 'NoSuchDrive'" in why and "'BD-RE WH16NS60'" in why
     assert 'set "drive" in media-rip\'s config' in why
@@ -421,3 +447,311 @@ def test_a_fixed_device_is_not_looked_up(tmp_path):
     ripper = rip.Ripper(config_mod.rip_from_dict({"device": "/dev/sr7", "drive": BD[0]}), None,
                         sysfs=str(tmp_path / "none"), dev=str(tmp_path / "none"))
     assert ripper.find_device() == "" and ripper.device == "/dev/sr7"
+
+
+# --- 5. a whole rip is never lost: a working folder is only removed for MakeMKV's own failure ----
+
+def _stat_fault(monkeypatch, match, err: int) -> dict:
+    """os.stat (and so os.path.isdir/isfile/getsize) fails with `err` for the paths match() accepts
+    while fault["on"]: an unreadable disk, a mergerfs branch gone offline."""
+    fault = {"on": True, "hits": 0}
+    real_stat = os.stat
+
+    def fake_stat(path, *a, **k):
+        if fault["on"] and isinstance(path, (str, os.PathLike)) and match(os.fspath(path)):
+            fault["hits"] += 1
+            raise OSError(err, os.strerror(err), os.fspath(path))
+        return real_stat(path, *a, **k)
+
+    monkeypatch.setattr(os, "stat", fake_stat)
+    return fault
+
+
+def _publishing_rip(svc: rip.Service, staging: Path, name: str, data: bytes = b"mkv") -> tuple[int, Path]:
+    """A whole rip whose publish is pending (as a file error or a restart leaves it)."""
+    rid = svc.store.start(f"fp-{name}", name.upper(), name, [rip.Title(0, 6000, len(data), "title_t00.mkv")])
+    work = staging / f".rip-{rid}"
+    work.mkdir()
+    (work / "title_t00.mkv").write_bytes(data)
+    svc.store.update(rid, state="publishing", workdir=str(work))
+    return rid, work
+
+
+def _plain_service(tmp_path: Path) -> tuple[rip.Service, Path, Sent]:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    svc, sent = _service(config_mod.rip_from_dict({"staging": str(staging), "db": str(tmp_path / "db" / "r.sqlite3"),
+                                                   "metrics_textfile": ""}))
+    return svc, staging, sent
+
+
+@pytest.mark.parametrize("err", [errno.ENOTCONN, errno.EIO, errno.EACCES])
+def test_a_working_folder_that_cannot_be_read_keeps_its_rip(tmp_path, monkeypatch, caplog, err):
+    svc, staging, sent = _plain_service(tmp_path)
+    rid, work = _publishing_rip(svc, staging, "Heat")
+    fault = _stat_fault(monkeypatch, lambda p: p == str(work), err)
+    svc.recover()  # a branch of the pool is offline: the folder is there, it cannot be read
+    row = svc.store.get(rid)
+    assert row["state"] == "publishing" and row["folder"] == "" and fault["hits"] >= 1
+    assert os.strerror(err) in row["reason"] and str(work) in row["reason"]
+    svc.retry_seconds = 0.0
+    for _ in range(3):
+        svc.retry_publishing()
+    assert svc.store.get(rid)["state"] == "publishing"
+    assert len(_errors(caplog, str(work))) == 1  # said once, not at every try
+    svc.store.close()
+    svc, sent = _service(svc.cfg)
+    svc.recover()  # a restart: nothing claims it is gone, nothing removes it
+    assert (work / "title_t00.mkv").read_bytes() == b"mkv" and svc.store.get(rid)["state"] == "publishing"
+    fault["on"] = False  # the branch is back
+    svc.next_publish = 0.0
+    svc.retry_publishing()
+    done = svc.store.get(rid)
+    assert done["state"] == "done" and done["folder"] == str(staging / "Heat")
+    assert (staging / "Heat" / "title_t00.mkv").read_bytes() == b"mkv"
+
+
+def test_a_gone_working_folder_is_done_only_when_its_published_folder_is_there(tmp_path, caplog):
+    svc, staging, sent = _plain_service(tmp_path)
+    earlier = svc.store.start("fp-old", "HEAT", "Heat", [rip.Title(0, 6000, 3, "title_t00.mkv")])
+    (staging / "Heat").mkdir()  # an earlier disc of the same name, published and recorded
+    (staging / "Heat" / "title_t00.mkv").write_text("old")
+    svc.store.update(earlier, state="done", folder=str(staging / "Heat"))
+    heat, work = _publishing_rip(svc, staging, "Heat")
+    os.rename(work, staging / "Heat (2)")  # the rename happened, the restart came before the row said so
+    ronin, gone = _publishing_rip(svc, staging, "Ronin")
+    shutil.rmtree(gone)  # gone, and published nowhere
+    svc.recover()
+    done = svc.store.get(heat)
+    assert done["state"] == "done" and done["folder"] == str(staging / "Heat (2)") and done["reason"] == ""
+    lost = svc.store.get(ronin)
+    assert lost["state"] == "failed" and lost["folder"] == ""
+    assert str(gone) in lost["reason"] and "Ronin" in lost["reason"] and "gone" in lost["reason"]
+    assert len(_errors(caplog, str(gone))) == 1
+    assert (staging / "Heat" / "title_t00.mkv").read_text() == "old"
+
+
+def test_recover_leaves_working_folders_no_row_claims(tmp_path, caplog):
+    """A fresh or restored database: old working folders hold whole rips media-rip knows nothing of."""
+    svc, staging, sent = _plain_service(tmp_path)
+    kept = {}
+    for name in (".rip-1", ".rip-7", ".rip-3-2", ".rip-nodb-77"):
+        (staging / name).mkdir()
+        (staging / name / "title_t00.mkv").write_text(name)
+        kept[name] = name
+    failed = svc.store.start("fp-f", "F", "Failed", [])  # row 1: a new rip that reused the id 1
+    svc.store.update(failed, state="failed", workdir=str(staging / ".rip-1-2"), reason="files kept")
+    (staging / ".rip-1-2").mkdir()
+    (staging / ".rip-1-2" / "title_t00.mkv").write_text("kept")
+    kept[".rip-1-2"] = "kept"
+    done = svc.store.start("fp-d", "D", "Done", [])  # published long ago from .rip-7: not its folder now
+    svc.store.update(done, state="done", workdir=str(staging / ".rip-7"), folder=str(staging / "Done"))
+    svc.recover()
+    svc.recover()  # a second start
+    for name, text in kept.items():
+        assert (staging / name / "title_t00.mkv").read_text() == text, name
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+              and "not in media-rip's database" in r.getMessage()]
+    for name in (".rip-1", ".rip-7", ".rip-3-2", ".rip-nodb-77"):
+        said = [w for w in warned if str(staging / name) + ":" in w]
+        assert len(said) == 2, (name, warned)  # once per start
+        assert "left as it is" in said[0] and f"move it to {staging}/<name>/ to publish it, or delete it" in said[0]
+    assert not any(str(staging / ".rip-1-2") in w for w in warned)  # its row says why it is kept
+
+
+def test_a_new_rip_never_removes_an_existing_working_folder(tmp_path, monkeypatch):
+    svc, drive, sent = _live(tmp_path, monkeypatch)
+    old = drive.staging / ".rip-1"  # left by an earlier database: row 1 is a new rip now
+    old.mkdir()
+    (old / "title_t00.mkv").write_text("a whole rip of another disc")
+    src = _source(tmp_path, "f.mkv")
+    drive.insert("Heat", [(FEATURE, src)])
+    svc.poll()
+    [row] = svc.store.list()
+    assert row["id"] == 1 and row["state"] == "done" and row["workdir"] == str(drive.staging / ".rip-1-2")
+    assert (old / "title_t00.mkv").read_text() == "a whole rip of another disc"
+    assert (drive.staging / "Heat" / "title_t00.mkv").read_bytes() == src.read_bytes()
+    svc.store.close()
+    svc, sent = _service(svc.cfg)
+    svc.recover()
+    assert (old / "title_t00.mkv").read_text() == "a whole rip of another disc"
+
+
+def test_a_nonzero_exit_after_copy_complete_publishes_the_rip(tmp_path, monkeypatch, caplog):
+    svc, drive, sent = _live(tmp_path, monkeypatch)
+    src = _source(tmp_path, "f.mkv")
+    drive.insert("Heat", [(FEATURE, src)], mkv_exit=2)
+    svc.poll()
+    [row] = svc.store.list()
+    assert row["state"] == "done" and (drive.staging / "Heat" / "title_t00.mkv").read_bytes() == src.read_bytes()
+    assert any(r.levelno == logging.WARNING and "exit status 2 after 'Copy complete" in r.getMessage()
+               for r in caplog.records)
+    assert [t for t, _ in sent] == ["Rip finished"]
+
+
+def test_a_stop_request_after_copy_complete_publishes_the_rip(tmp_path, monkeypatch, caplog):
+    svc, drive, sent = _live(tmp_path, monkeypatch)
+    src = _source(tmp_path, "f.mkv")
+    flag = tmp_path / "copied"
+    drive.insert("Heat", [(FEATURE, src)], copied_flag=str(flag), after_copy_delay=60)
+    scan = svc.ripper.scan_disc()
+    got = {}
+
+    def run():
+        try:
+            got["code"] = svc.ripper.rip_disc(scan)
+        except rip.RipError as exc:
+            got["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 60
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert flag.exists()
+    svc.request_stop()  # SIGTERM lands after 'Copy complete': makemkvcon ends with -15
+    t.join(timeout=30)
+    assert not t.is_alive() and got == {"code": rip.EXIT_OK}, got
+    [row] = svc.store.list()
+    assert row["state"] == "done" and (drive.staging / "Heat" / "title_t00.mkv").read_bytes() == src.read_bytes()
+    assert any("exit status -15 after 'Copy complete" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("write", ["missing", "empty"])
+def test_a_file_missing_after_reported_success_is_kept_not_deleted(tmp_path, monkeypatch, caplog, write):
+    svc, drive, sent = _live(tmp_path, monkeypatch)
+    src = _source(tmp_path, "a.mkv")
+    drive.insert("Heat", [(FEATURE, src), ("1:40:00", _source(tmp_path, "b.mkv"), False)])
+    disc = drive.disc()
+    disc["titles"][1]["write"] = write
+    drive.set(titles=disc["titles"])
+    svc.poll()
+    [row] = svc.store.list()
+    work = Path(row["workdir"])
+    assert row["state"] == "failed" and row["exit_code"] == rip.EXIT_FAILED
+    assert f"title_t01.mkv is {write}" in row["reason"] and f"kept in {work}" in row["reason"]
+    assert "never deleted" in row["reason"]
+    assert (work / "title_t00.mkv").read_bytes() == src.read_bytes()  # MakeMKV's work stays
+    assert set(drive.published()) == {work.name}  # nothing published, nothing removed
+    assert [t for t, _ in sent] == ["Rip failed"]
+    svc.store.close()
+    svc, sent = _service(svc.cfg)
+    svc.recover()  # a restart keeps it too
+    assert (work / "title_t00.mkv").read_bytes() == src.read_bytes()
+
+
+def test_a_file_check_error_keeps_the_rip_for_a_later_publish(tmp_path, monkeypatch, caplog):
+    svc, drive, sent = _live(tmp_path, monkeypatch)
+    src = _source(tmp_path, "f.mkv")
+    drive.insert("Heat", [(FEATURE, src)])
+    fault = _stat_fault(monkeypatch, lambda p: p.endswith("title_t00.mkv") and "/.rip-" in p, errno.EIO)
+    svc.poll()  # MakeMKV says every title is saved; the disk cannot say what is there
+    [row] = svc.store.list()
+    work = Path(row["workdir"])
+    assert row["state"] == "publishing" and fault["hits"] >= 1 and os.strerror(errno.EIO) in row["reason"]
+    fault["on"] = False
+    assert (work / "title_t00.mkv").read_bytes() == src.read_bytes()
+    svc.next_publish = 0.0
+    svc.retry_publishing()
+    assert svc.store.get(row["id"])["state"] == "done"
+    assert (drive.staging / "Heat" / "title_t00.mkv").read_bytes() == src.read_bytes()
+
+
+# --- 6. a pool that refuses the working folder: no crash, tried again later -----------------
+
+@pytest.mark.parametrize("err,why", [(errno.ENOSPC, "full"), (errno.EROFS, "read-only")])
+def test_a_working_folder_that_cannot_be_made_fails_the_rip_without_a_crash(tmp_path, monkeypatch, caplog, err, why):
+    svc, drive, sent = _live(tmp_path, monkeypatch)
+    src = _source(tmp_path, "f.mkv")
+    drive.insert("Heat", [(FEATURE, src)])
+    fault = {"on": True}
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *a, **k):
+        if fault["on"] and os.path.basename(str(path)).startswith(rip.WORK_PREFIX):
+            raise OSError(err, os.strerror(err), str(path))
+        return real_mkdir(path, *a, **k)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    svc.retry_seconds = 3600.0
+    svc.poll()  # no exception: the service goes on
+    [row] = svc.store.list()
+    assert row["state"] == "failed" and os.strerror(err) in row["reason"] and why in row["reason"]
+    assert drive.mkv_calls() == 0 and drive.disc()["drive_state"] == 2  # not ejected: tried again later
+    assert [t for t, _ in sent] == ["Rip not started"]
+    for _ in range(3):
+        svc.poll()  # not before its time
+    svc.rescan_at = time.monotonic()
+    svc.poll()  # tried again, still refused: the same row, no second notice, no second error line
+    [row] = svc.store.list()
+    assert row["state"] == "failed" and row["attempts"] == 2 and len(sent) == 1
+    assert len(_errors(caplog, os.strerror(err))) == 1
+    fault["on"] = False  # space returns
+    svc.rescan_at = time.monotonic()
+    svc.poll()
+    [row] = svc.store.list()
+    assert row["state"] == "done" and (drive.staging / "Heat" / "title_t00.mkv").read_bytes() == src.read_bytes()
+    assert drive.mkv_calls() == 1 and len([c for c in drive.calls() if "dev:/dev/sr0" in c and "info" in c]) == 1
+
+
+# --- 7. a stop request ends makemkvcon's whole process group -------------------------------
+
+@pytest.mark.parametrize("what", ["scan", "rip"])
+def test_stop_ends_a_child_that_holds_makemkvcons_output(tmp_path, what):
+    pidfile = tmp_path / "child.pid"
+    stub = tmp_path / "makemkvcon"
+    stub.write_text(f"#!{sys.executable}\nimport subprocess, sys, time\n"
+                    f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+                    f"open({str(pidfile)!r} + '.tmp', 'w').write(str(child.pid))\n"
+                    f"import os; os.replace({str(pidfile)!r} + '.tmp', {str(pidfile)!r})\n"
+                    "print('MSG:1005,0,1,\"MakeMKV v1.18.4 started\",\"x\"', flush=True)\ntime.sleep(60)\n")
+    stub.chmod(0o755)
+    ripper = rip.Ripper(config_mod.rip_from_dict({"makemkvcon": str(stub), "device": "/dev/sr0"}), None)
+    got = {}
+
+    def run():
+        try:
+            got["result"] = ripper.scan_disc() if what == "scan" else ripper._mkv(str(tmp_path), "x")
+        except rip.RipError as exc:
+            got["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (ripper.proc is not None and pidfile.exists()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        started = time.monotonic()
+        ripper.stop()
+        t.join(timeout=15)
+        assert not t.is_alive() and time.monotonic() - started < 3  # the read loop is not held by the child
+        if what == "scan":
+            assert got["error"].code == rip.EXIT_SCAN and "stopping" in got["error"].reason
+        else:
+            assert got["result"][1] == -signal.SIGTERM
+    finally:
+        try:
+            os.kill(int(pidfile.read_text()), 9)
+        except (OSError, ValueError):
+            pass
+
+
+# --- 8. the drive the hookscript passed, when the selector names it otherwise --------------
+
+@needs_root
+def test_a_selector_matching_nothing_uses_the_only_drive_in_the_container(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="media-rip")
+    node = Node(tmp_path)
+    # a USB enclosure: the bridge's serial in sysfs, no /dev/disk/by-id in the container
+    node.drive("sg0", "sr0", "BD-RE BU40N", "BRIDGE0001")
+    selector = "usb-ASUS_BW-16D1X-U_E5D0CL123456-0:0"
+    finder = rip.DriveFinder(selector, str(node.sys), str(node.dev))
+    assert finder.find() == (str(node.dev / "sr0"), "")
+    assert finder.find() == (str(node.dev / "sr0"), "")
+    said = [r.getMessage() for r in caplog.records if "the only optical drive in this container" in r.getMessage()]
+    assert len(said) == 1 and selector in said[0] and str(node.dev / "sr0") in said[0]
+    # no sysfs at all (an unprivileged view): the same
+    assert rip.DriveFinder(selector, str(tmp_path / "nosys"), str(node.dev)).find() == (str(node.dev / "sr0"), "")
+    node.drive("sg1", "sr1", *DVD)  # two drives, neither matches: which one is meant is unknown
+    path, why = rip.DriveFinder(selector, str(node.sys), str(node.dev)).find()
+    assert path == "" and f"no optical drive matches drive {selector!r}" in why
