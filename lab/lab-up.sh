@@ -133,8 +133,9 @@ fake_sysfs() {
   ln -sfn "../../$pci/0000:00:17.0/ata2/host1/target1:0:0/1:0:0:0/block/sr0" "$s/class/block/sr0"
   ln -sfn "../../$pci/0000:03:00.0/drm/card0" "$s/class/drm/card0"
   ln -sfn "../../$pci/0000:03:00.0/drm/renderD128" "$s/class/drm/renderD128"
-  ln -sfn ../../.. "$d/drm/card0/device"
-  ln -sfn ../../.. "$d/drm/renderD128/device"
+  # as the kernel links it (class/drm/renderD128/device -> ../../../0000:03:00.0): readlink names the PCI address
+  ln -sfn ../../../0000:03:00.0 "$d/drm/card0/device"
+  ln -sfn ../../../0000:03:00.0 "$d/drm/renderD128/device"
 }
 
 step "Configuring the node tree $node"

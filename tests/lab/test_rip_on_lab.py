@@ -127,7 +127,7 @@ def _name_gpu(s, dev: str, card: int, render: int) -> None:
     for name, minor in ((f"card{card}", card), (f"renderD{render}", render)):
         (d / "drm" / name).mkdir(parents=True)
         (d / "drm" / name / "dev").write_text(f"226:{minor}\n")
-        (d / "drm" / name / "device").symlink_to("../../..")
+        (d / "drm" / name / "device").symlink_to(f"../../../{d.name}")  # as the kernel links it
         link = s / "class/drm" / name
         link.unlink(missing_ok=True)
         link.symlink_to(f"../../{dev}/drm/{name}")
