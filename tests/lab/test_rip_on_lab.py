@@ -122,6 +122,7 @@ def _name_gpu(s, dev: str, card: int, render: int) -> None:
     d = s / dev
     if (d / "drm").exists():
         shutil.rmtree(d / "drm")
+    d.mkdir(parents=True, exist_ok=True)
     (d / "vendor").write_text("0x8086\n")
     (d / "device").write_text("0x56a0\n")
     for name, minor in ((f"card{card}", card), (f"renderD{render}", render)):
