@@ -964,22 +964,29 @@ def publish(workdir: str, staging: str, name: str) -> str:
     replaces that empty reservation with the working folder in one step: media-pipeline sees
     either nothing or the whole folder with its markers.
     """
-    for n in range(1, 1000):
-        folder = os.path.join(staging, name if n == 1 else f"{name} ({n})")
+    folder = _reserve(staging, [name if n == 1 else f"{name} ({n})" for n in range(1, 1000)])
+    try:
+        os.rename(workdir, folder)
+    except OSError:
         try:
-            os.mkdir(folder)
+            os.rmdir(folder)
+        except OSError:
+            pass
+        raise
+    return folder
+
+
+def _reserve(staging: str, names: list[str]) -> str:
+    """mkdir the first of STAGING/<names> that is free (an existing folder is never touched); mkdir,
+    never makedirs: an unmounted pool's staging is not recreated. Other errors (ENOSPC...) are raised."""
+    for name in names:
+        path = os.path.join(staging, name)
+        try:
+            os.mkdir(path)
         except FileExistsError:
             continue
-        try:
-            os.rename(workdir, folder)
-        except OSError:
-            try:
-                os.rmdir(folder)
-            except OSError:
-                pass
-            raise
-        return folder
-    raise OSError(f"{staging}: 999 folders named {name!r} already")
+        return path
+    raise OSError(errno.EEXIST, f"{len(names)} folders named {names[0]!r}... already", staging)
 
 
 # A working folder's name: .rip-ID, .rip-ID-N when that was taken (never removed to make room),
@@ -991,14 +998,7 @@ def _make_workdir(staging: str, base: str) -> str:
     """Create STAGING/BASE, or BASE-2, BASE-3... when taken: an existing folder is never removed to make
     room (it may hold a whole rip of an earlier database). mkdir, never makedirs: an unmounted pool's
     staging is not recreated. Any other error (ENOSPC, EROFS, EACCES) is raised."""
-    for n in range(1, 1000):
-        path = os.path.join(staging, base if n == 1 else f"{base}-{n}")
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            continue
-        return path
-    raise OSError(errno.EEXIST, f"999 working folders named {base}* already", staging)
+    return _reserve(staging, [base if n == 1 else f"{base}-{n}" for n in range(1, 1000)])
 
 
 def workdir_refusal(staging: str, exc: OSError) -> str:
