@@ -257,16 +257,22 @@ def test_stop_ends_a_running_scan_at_once(tmp_path, monkeypatch):
     assert got["error"].code == rip.EXIT_SCAN and "stopping" in got["error"].reason
 
 
+def _hanging_makemkvcon(tmp_path, setup: str, value: str):
+    """A makemkvcon that runs `setup`, then writes `value` (a Python expression) to a mark file whole
+    (a rename: the test waits for it), says it started and hangs. Returns (ripper, mark)."""
+    mark = tmp_path / "mark"
+    stub = tmp_path / "makemkvcon"
+    stub.write_text(f"#!{sys.executable}\nimport os, signal, subprocess, sys, time\n{setup}\n"
+                    f"open({str(mark)!r} + '.tmp', 'w').write({value})\n"
+                    f"os.replace({str(mark)!r} + '.tmp', {str(mark)!r})\n"
+                    "print('MSG:1005,0,1,\"MakeMKV v1.18.4 started\",\"x\"', flush=True)\ntime.sleep(60)\n")
+    stub.chmod(0o755)
+    return rip.Ripper(config_mod.rip_from_dict({"makemkvcon": str(stub), "device": "/dev/sr0"}), None), mark
+
+
 def test_a_makemkvcon_that_ignores_sigterm_is_killed(tmp_path):
-    ready = tmp_path / "ready"
-    stubborn = tmp_path / "makemkvcon"
-    stubborn.write_text(f"#!{sys.executable}\nimport os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                        # SIGTERM is ignored from here on; the line appears whole (a rename)
-                        f"open({str(ready)!r} + '.tmp', 'w').write('ready')\nos.replace({str(ready)!r} + '.tmp', "
-                        f"{str(ready)!r})\n"
-                        "print('MSG:1005,0,1,\"MakeMKV v1.18.4 started\",\"x\"', flush=True)\ntime.sleep(60)\n")
-    stubborn.chmod(0o755)
-    ripper = rip.Ripper(config_mod.rip_from_dict({"makemkvcon": str(stubborn), "device": "/dev/sr0"}), None)
+    # SIGTERM is ignored from the mark on
+    ripper, ready = _hanging_makemkvcon(tmp_path, "signal.signal(signal.SIGTERM, signal.SIG_IGN)", "'ready'")
     got = {}
 
     def scan():
@@ -698,15 +704,9 @@ def test_a_working_folder_that_cannot_be_made_fails_the_rip_without_a_crash(tmp_
 
 @pytest.mark.parametrize("what", ["scan", "rip"])
 def test_stop_ends_a_child_that_holds_makemkvcons_output(tmp_path, what):
-    pidfile = tmp_path / "child.pid"
-    stub = tmp_path / "makemkvcon"
-    stub.write_text(f"#!{sys.executable}\nimport subprocess, sys, time\n"
-                    f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-                    f"open({str(pidfile)!r} + '.tmp', 'w').write(str(child.pid))\n"
-                    f"import os; os.replace({str(pidfile)!r} + '.tmp', {str(pidfile)!r})\n"
-                    "print('MSG:1005,0,1,\"MakeMKV v1.18.4 started\",\"x\"', flush=True)\ntime.sleep(60)\n")
-    stub.chmod(0o755)
-    ripper = rip.Ripper(config_mod.rip_from_dict({"makemkvcon": str(stub), "device": "/dev/sr0"}), None)
+    # a child that inherits makemkvcon's output; the mark holds its pid
+    ripper, pidfile = _hanging_makemkvcon(
+        tmp_path, "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])", "str(child.pid)")
     got = {}
 
     def run():
