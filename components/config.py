@@ -415,17 +415,11 @@ class PipelineConfig(_Model):
     def _public_url(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        from urllib.parse import urlsplit
+        from media_pipeline.config import public_url_problem  # the rule media-pipeline applies to it
 
-        try:
-            parts = urlsplit(v)
-            parts.port  # noqa: B018 - a bad port raises
-        except ValueError as exc:
-            raise ValueError(f"is not an address ({exc})") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("needs http:// or https:// and a host name, e.g. https://media.example.lan")
-        if parts.username is not None or parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError("must be scheme://host[:port] only (the page is served at the root of its own host)")
+        problem = public_url_problem(v)
+        if problem:
+            raise ValueError(f"{problem}, e.g. https://media.example.lan")
         return v.rstrip("/")
 
     @field_validator("trusted_proxies")

@@ -144,23 +144,27 @@ def _as_str_list(key, value, where) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _as_public_url(key, value, where) -> str:
-    """scheme://host[:port] and nothing else: the origin a browser puts in Origin."""
-    if not isinstance(value, str):
-        raise _bad(key, f"must be a string (got {value!r})", where)
-    if not value:
-        return value
-    problem = ""
+def public_url_problem(value: str) -> str:
+    """Why `value` is no scheme://host[:port] (the origin a browser puts in Origin), or ''. The stack's
+    pipeline.publicUrl is checked by the same rule (components/config.py)."""
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
-        problem = str(exc)
-    else:
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            problem = "needs http:// or https:// and a host name"
-        elif parts.username is not None or parts.path not in ("", "/") or parts.query or parts.fragment:
-            problem = "must be scheme://host[:port] only: the page is served at the root of its own host"
+        return str(exc)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "needs http:// or https:// and a host name"
+    if parts.username is not None or parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "must be scheme://host[:port] only: the page is served at the root of its own host"
+    return ""
+
+
+def _as_public_url(key, value, where) -> str:
+    if not isinstance(value, str):
+        raise _bad(key, f"must be a string (got {value!r})", where)
+    if not value:
+        return value
+    problem = public_url_problem(value)
     if problem:
         raise _bad(key, f"is not a usable address ({problem}; got {value!r})", where)
     return value.rstrip("/")
