@@ -52,6 +52,17 @@ need_int() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 must be a number, got '$2'"; }
 need_name() { [[ $2 =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "$1 must be a user/group name (lowercase, digits, '_' or '-'), got '$2'"; }
 
 # ---------------------------------------------------------------------------
+# PVE container confs.
+
+# conf_device_lines CONF: the raw device lines (lxc.cgroup2.devices.allow, lxc.mount.entry) of a PVE
+# conf's main section, as "key: value" with single blanks, in file order.
+conf_device_lines() {
+  awk '/^\[/ { exit } /^lxc\.(cgroup2\.devices\.allow|mount\.entry)[[:space:]]*:/ {
+         k = $0; sub(/[[:space:]]*:.*/, "", k); v = $0; sub(/^[^:]*:[[:space:]]*/, "", v)
+         gsub(/[[:space:]]+/, " ", v); sub(/ $/, "", v); print k ": " v }' "$1"
+}
+
+# ---------------------------------------------------------------------------
 # Changes made by a script, for its "changed" output.
 
 CHANGED=()

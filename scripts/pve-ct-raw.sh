@@ -102,12 +102,8 @@ ok "$conf is ready"
 
 lxc_raw="$(dirname "${BASH_SOURCE[0]}")/pve-lxc-raw.sh"
 
-# device_lines CONF: the main section's device lines (what a reboot is for), sorted, "key: value".
-device_lines() {
-  awk '/^\[/ { exit } /^lxc\.(cgroup2\.devices\.allow|mount\.entry)[[:space:]]*:/ {
-         k = $0; sub(/[[:space:]]*:.*/, "", k); v = $0; sub(/^[^:]*:[[:space:]]*/, "", v)
-         gsub(/[[:space:]]+/, " ", v); sub(/ $/, "", v); print k ": " v }' "$1" | sort
-}
+# device_lines CONF: the main section's device lines (what a reboot is for), sorted.
+device_lines() { conf_device_lines "$1" | sort; }
 
 # would_change: true if applying the lines would change the config's device lines (tried on
 # a copy under a non-numeric name, so PVE's config lock is not taken for it).

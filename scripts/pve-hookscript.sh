@@ -127,16 +127,9 @@ if [[ $phase == lines ]]; then
   exit 0
 fi
 
-# managed_lines FILE: the raw device lines of a PVE conf's main section, as "key: value".
-managed_lines() {
-  awk '/^\[/ { exit } /^lxc\.(cgroup2\.devices\.allow|mount\.entry)[[:space:]]*:/ {
-         k = $0; sub(/[[:space:]]*:.*/, "", k); v = $0; sub(/^[^:]*:[[:space:]]*/, "", v)
-         gsub(/[[:space:]]+/, " ", v); sub(/ $/, "", v); print k ": " v }' "$1"
-}
-
 conf="$conf_dir/$vmid.conf"
 [[ -f $conf ]] || refuse "$conf does not exist"
-before=$(managed_lines "$conf")
+before=$(conf_device_lines "$conf")
 
 if [[ $phase == lxc-pre-start ]]; then
   trap - ERR
