@@ -7,8 +7,10 @@ usage() {
   cat <<'USAGE'
 Usage: lab/lab-down.sh [--keep]
 
-Stops the lab's processes (fakepve, the node's sshd and every process whose root
-is inside the node tree: sessions, pct exec), makes sure nothing is mounted under
+Stops the lab's processes: everything in the lab's cgroup at once (cgroup.kill: the
+node's init and sshd, sessions, pct, LXC's monitors and containers, slirp4netns), then
+fakepve and anything else the pid files or the node's mount namespace name; removes the
+lab's cgroups; makes sure nothing is mounted under
 .lab/ (unmounting recursively if something is, and verifying), keeps apt's
 downloaded packages in the shared cache, then removes .lab/. Safe to run twice.
 The cached Debian trees (~/.cache/homelab-media) and the Pulumi state
@@ -132,7 +134,26 @@ alive() {
   return 0
 }
 
-step "Stopping the lab's processes"
+step "Ending everything in the lab's cgroup"
+cgroup=$(cat "$lab/run/node.cgroup" 2>/dev/null || true)
+if [[ -n $cgroup && $cgroup == */homelab-lab-* && -d $cgroup ]]; then
+  if grep -q '^populated 1' "$cgroup/cgroup.events"; then
+    echo 1 >"$cgroup/cgroup.kill"
+    for _ in $(seq 100); do
+      grep -q '^populated 1' "$cgroup/cgroup.events" || break
+      sleep 0.1
+    done
+    ! grep -q '^populated 1' "$cgroup/cgroup.events" || die "processes in $cgroup survived cgroup.kill: $(tr '\n' ' ' <"$cgroup/cgroup.procs")"
+  fi
+  find "$cgroup" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  [[ ! -d $cgroup ]] || die "could not remove the cgroup $cgroup (find $cgroup -name cgroup.procs -size +0)"
+  ok "ended; cgroup $cgroup removed"
+else
+  ok "no lab cgroup"
+fi
+rm -f "$lab/run/node.cgroup"
+
+step "Stopping the lab's other processes"
 remember
 mapfile -t pids < <(alive)
 if [[ ${#pids[@]} -gt 0 ]]; then
@@ -158,7 +179,7 @@ if [[ ${#pids[@]} -gt 0 ]]; then
 else
   ok "nothing running"
 fi
-rm -f "$lab/run/pve.pid" "$lab/run/node.pid" "$lab/run/node.ns"
+rm -f "$lab/run/pve.pid" "$lab/run/node.pid" "$lab/run/node.ns" "$lab/run/slirp.pid" "$lab/run/slirp.sock"
 
 # The node's mounts live in its own namespace and went with its processes; check that
 # nothing under .lab/ is mounted here (a lab started by hand could have leaked one).

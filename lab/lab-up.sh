@@ -9,14 +9,22 @@ usage() {
 Usage: lab/lab-up.sh [--no-secrets]
 
 Builds (once) and starts the local lab under .lab/ in the project; safe to run
-again (it only does what is missing). As root. Everything listens on loopback:
+again (it only does what is missing; a half-dead lab left by a killed run is ended
+first, by the pid files and the cgroup it wrote). As root.
   https://127.0.0.1:18006/   the Proxmox API: fakepve (lab/pve-lab.py) as
                              node "pve1", root@pam with a random password; keeps
-                             /etc/pve/lxc/<id>.conf of the node tree in step
+                             /etc/pve/lxc/<id>.conf of the node tree in step and
+                             starts and stops the containers with real LXC
   ssh root@127.0.0.1 -p 12222  the node: a real OpenSSH server, key only, whose
-                             sessions run in .lab/node, a Debian 12 tree of its own
-                             (private mount namespace: /mnt/storage is a mount,
-                             fake /dev/dri, /dev/sr0, /dev/sg*, fake sysfs, pct shim)
+                             sessions run in .lab/node, a Debian 12 tree of its own with
+                             Debian's lxc (own mount, PID, UTS, cgroup and network
+                             namespaces: /mnt/storage is a mount, fake /dev/dri, /dev/sr0,
+                             /dev/sg*, fake sysfs, pct; bridge vmbr0 10.99.0.1/24 with NAT)
+The node lives in its own cgroup (<cgroup2 mount>/homelab-lab-<hash of .lab>), the
+root of its cgroup namespace: its containers' cgroups go there, and lab-down.sh ends
+everything in it at once (cgroup.kill). slirp4netns links the node's network to this
+machine's: the way out for apt, 10.0.2.2 for the node to reach the API, and the
+forward of 127.0.0.1:12222 to the node's sshd.
 Writes .lab/env (endpoint, node, ssh host/port/key, paths; shell syntax) and, when
 the Pulumi CLI is in .tools/, the lab stack's secrets (proxmoxPassword,
 sshPrivateKey) into the local backend .pulumi-state/ (passphrase "lab").
@@ -50,16 +58,20 @@ host=127.0.0.1
 pve_port=18006
 ssh_port=12222
 # The node: a PVE host's sshd. Containers: close to Proxmox's debian-12-standard template.
-node_packages="openssh-server"
+# lxc without recommends: no uidmap, so LXC writes an unprivileged container's ID maps
+# itself from /etc/subuid and /etc/subgid (docs/research/real-lxc-spike.md section 4).
+node_packages="openssh-server lxc"
 ct_packages="systemd systemd-sysv ifupdown iputils-ping curl wget less vim-tiny locales cron apt-utils"
 ssh_opts=(-i "$lab/id_ed25519" -p "$ssh_port" -o BatchMode=yes -o StrictHostKeyChecking=no
   -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=5)
 
 step "Checking what the lab needs"
-for c in unshare chroot openssl ssh ssh-keygen curl flock setsid mknod debootstrap; do
-  command -v "$c" >/dev/null || die "$c is missing (make deps, or apt-get install openssh-client openssl curl util-linux debootstrap)"
+for c in unshare nsenter chroot openssl ssh ssh-keygen curl flock setsid mknod debootstrap ip nft slirp4netns; do
+  command -v "$c" >/dev/null || die "$c is missing (make deps, or apt-get install openssh-client openssl curl util-linux debootstrap iproute2 nftables slirp4netns)"
 done
 [[ -x $python ]] || die "$python is missing (make setup)"
+cgroot=$(findmnt -n -t cgroup2 -o TARGET | head -n1)
+[[ -n $cgroot ]] || die "no cgroup2 mount on this machine (findmnt -t cgroup2); the lab's LXC needs one"
 "$python" -c 'import fakepve' 2>/dev/null || die "fakepve is not installed in .venv (make setup)"
 mkdir -p "$lab/log" "$lab/run" "$lab/pve"
 chmod 0700 "$lab"
@@ -75,7 +87,46 @@ alive() {
 # port_busy PORT: true if something listens on 127.0.0.1:PORT.
 port_busy() { (exec 3<>"/dev/tcp/$host/$1") 2>/dev/null; }
 
+# The lab's cgroup: one per lab directory, so that two labs never share one.
+cgroup=$cgroot/homelab-lab-$(printf '%s' "$lab" | sha256sum | cut -c1-12)
+populated() { grep -q '^populated 1' "$1/cgroup.events" 2>/dev/null; }
+
+# end_previous: a lab whose API or node died (a killed test run) is ended as a whole: the
+# API by its pid file, the node and all it holds (sshd, sessions, containers, slirp4netns)
+# by its cgroup; then the empty cgroups go.
+end_previous() {
+  local pid
+  if alive "$lab/run/pve.pid" pve-lab.py; then
+    pid=$(cat "$lab/run/pve.pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    retry 50 0.1 bash -c "! kill -0 $pid 2>/dev/null" || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  if [[ -d $cgroup ]]; then
+    if populated "$cgroup"; then
+      echo 1 >"$cgroup/cgroup.kill"
+      retry 100 0.1 bash -c "! grep -q '^populated 1' '$cgroup/cgroup.events'" || die "processes in $cgroup survived cgroup.kill"
+    fi
+    find "$cgroup" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    [[ ! -d $cgroup ]] || die "could not remove the cgroup $cgroup"
+  fi
+  rm -f "$lab/run/pve.pid" "$lab/run/node.pid" "$lab/run/node.ns" "$lab/run/slirp.pid" "$lab/run/slirp.sock"
+}
+
+step "A previous lab here"
+if alive "$lab/run/pve.pid" pve-lab.py && alive "$lab/run/node.pid" node-boot.sh && populated "$cgroup" &&
+  alive "$lab/run/slirp.pid" slirp4netns; then
+  ok "running (API pid $(cat "$lab/run/pve.pid"), node pid $(cat "$lab/run/node.pid")): kept"
+elif [[ -e $lab/run/pve.pid || -e $lab/run/node.pid || -d $cgroup ]]; then
+  end_previous
+  ok "a half-dead lab (a killed run?) ended: its processes and cgroup $cgroup are gone"
+else
+  ok "none"
+fi
+
 step "Debian 12 trees for the node and the containers (cached in $cache)"
+if [[ -d $node && ! -x $node/usr/bin/lxc-start ]]; then
+  die "the node tree $node predates the lab's real LXC; remove the old lab first: make lab-down"
+fi
 "$here/debian-rootfs.sh" --variant ct --packages "$ct_packages"
 "$here/debian-rootfs.sh" --variant node --packages "$node_packages" "$node"
 ok "trees ready"
@@ -141,7 +192,11 @@ fake_sysfs() {
 step "Configuring the node tree $node"
 printf '%s\n' "$node_name" >"$node/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 %s.lab %s\n::1 localhost ip6-localhost ip6-loopback\n' "$node_name" "$node_name" >"$node/etc/hosts"
-cp -L /etc/resolv.conf "$node/etc/resolv.conf"
+# slirp4netns's DNS forwarder: the node and its containers resolve through this machine's resolver
+printf 'nameserver 10.0.2.3\n' >"$node/etc/resolv.conf"
+# as on a PVE node: root may map 100000-165535 for unprivileged containers
+printf 'root:100000:65536\n' >"$node/etc/subuid"
+printf 'root:100000:65536\n' >"$node/etc/subgid"
 if ! grep -q '^render:' "$node/etc/group"; then
   holder=$(awk -F: '$3 == 104 { print $1 }' "$node/etc/group")
   [[ -z $holder ]] || die "gid 104 is taken by group '$holder' in the node tree; a PVE 8 node has render=104 (rm -rf $node and retry)"
@@ -161,16 +216,22 @@ ln -sfn "nodes/$node_name/lxc" "$node/etc/pve/lxc"
 ln -sfn "nodes/$node_name" "$node/etc/pve/local"
 install -m 0755 "$here/pct.py" "$node/usr/sbin/pct"
 install -m 0755 "$here/lab-session.sh" "$node/usr/local/sbin/lab-session"
+install -m 0755 "$here/lxc-netaddbr.sh" "$node/usr/local/sbin/lab-lxcnetaddbr"
+install -m 0755 "$here/lxc-poststop.sh" "$node/usr/local/sbin/lab-lxc-poststop"
+install -m 0755 "$here/lxc-start.sh" "$node/usr/local/sbin/lab-lxc-start"
+install -m 0755 "$here/lxc-setup.sh" "$node/usr/local/sbin/lab-lxc-setup"
+mkdir -p "$node/var/log/lxc"
 install -d -m 0700 "$node/etc/pve-lab"
-(umask 077 && printf '{"url": "https://%s:%s/", "node": "%s", "username": "root@pam", "password": "%s"}\n' \
-  "$host" "$pve_port" "$node_name" "$password" >"$node/etc/pve-lab/api.json")
+(umask 077 && printf '{"url": "https://10.0.2.2:%s/", "node": "%s", "username": "root@pam", "password": "%s"}\n' \
+  "$pve_port" "$node_name" "$password" >"$node/etc/pve-lab/api.json")
 install -d -m 0700 "$node/root/.ssh"
 install -m 0600 "$lab/id_ed25519.pub" "$node/root/.ssh/authorized_keys"
 [[ -f $node/etc/ssh/ssh_host_ed25519_key ]] || ssh-keygen -q -t ed25519 -N '' -C "root@$node_name" -f "$node/etc/ssh/ssh_host_ed25519_key"
 cat >"$node/etc/ssh/sshd_config" <<EOF
-# The lab node's sshd (written by lab/lab-up.sh). Key only, loopback only.
+# The lab node's sshd (written by lab/lab-up.sh). Key only; in the node's own network
+# namespace, reached from this machine through slirp4netns's forward of $host:$ssh_port.
 Port $ssh_port
-ListenAddress $host
+ListenAddress 0.0.0.0
 HostKey /etc/ssh/ssh_host_ed25519_key
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
@@ -215,18 +276,47 @@ fi
 curl -skf -o /dev/null --data-urlencode "username=root@pam" --data-urlencode "password=$password" \
   "https://$host:$pve_port/api2/json/access/ticket" || die "fakepve refuses the lab's root@pam password; run lab/lab-down.sh, then lab-up.sh"
 
-step "Node sshd on $host:$ssh_port (own mount namespace, chrooted in $node)"
+step "Node on $host:$ssh_port (own namespaces and cgroup $cgroup, pivoted into $node)"
 if alive "$lab/run/node.pid" node-boot.sh; then
   ok "already running (pid $(cat "$lab/run/node.pid"))"
 else
   port_busy "$ssh_port" && die "port $ssh_port is in use by another program (ss -ltnp 'sport = :$ssh_port'); the lab needs it"
-  setsid unshare --mount --uts --pid --fork --kill-child=SIGTERM --propagation private -- \
+  mkdir -p "$cgroup/init.scope"
+  # started in the lab's cgroup, so that it is the root of the node's cgroup namespace
+  # shellcheck disable=SC2016  # expanded by the inner bash
+  setsid bash -c 'echo $$ >"$1/cgroup.procs"; shift; exec "$@"' lab-node "$cgroup" \
+    unshare --mount --uts --pid --cgroup --net --fork --kill-child=SIGTERM --propagation private -- \
     "$here/node-boot.sh" "$node" "$cache/bookworm-ct" >>"$lab/log/node.log" 2>&1 </dev/null &
   echo $! >"$lab/run/node.pid"
-  retry 100 0.1 port_busy "$ssh_port" || die "the node's sshd did not start; see $lab/log/node.log"
-  readlink "/proc/$(cat "$lab/run/node.pid")/ns/mnt" >"$lab/run/node.ns"
-  ok "started (pid $(cat "$lab/run/node.pid"), log $lab/log/node.log)"
+  node_init() { cat "/proc/$(cat "$lab/run/node.pid")/task/$(cat "$lab/run/node.pid")/children" 2>/dev/null | awk '{ print $1 }'; }
+  node_ready() { [[ -n $(node_init) ]] && grep -qx "$(node_init)" "$cgroup/init.scope/cgroup.procs"; }
+  retry 100 0.1 node_ready || die "the node did not boot; see $lab/log/node.log"
+  # unshare itself leaves the namespace's root cgroup too (LXC enables controllers there)
+  cat "$lab/run/node.pid" >"$cgroup/init.scope/cgroup.procs"
+  readlink "/proc/$(node_init)/ns/mnt" >"$lab/run/node.ns"
+  rm -f "$lab/run/slirp.sock"
+  # shellcheck disable=SC2016  # expanded by the inner bash
+  setsid bash -c 'echo $$ >"$1/init.scope/cgroup.procs"; shift; exec "$@"' lab-slirp "$cgroup" \
+    slirp4netns --configure --mtu=65520 --api-socket "$lab/run/slirp.sock" "$(node_init)" tap0 \
+    >>"$lab/log/slirp.log" 2>&1 </dev/null &
+  echo $! >"$lab/run/slirp.pid"
+  retry 100 0.1 test -S "$lab/run/slirp.sock" || die "slirp4netns did not start; see $lab/log/slirp.log"
+  "$python" - "$lab/run/slirp.sock" "$host" "$ssh_port" <<'PY' || die "slirp4netns refused the forward of $host:$ssh_port; see $lab/log/slirp.log"
+import json, socket, sys
+sock, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_UNIX)
+s.connect(sock)
+s.sendall(json.dumps({"execute": "add_hostfwd", "arguments": {
+    "proto": "tcp", "host_addr": host, "host_port": port, "guest_port": port}}).encode())
+got = json.loads(s.recv(4096) or b"{}")
+if "return" not in got:
+    sys.exit(f"slirp4netns: {got}")
+PY
+  ok "started (pid $(cat "$lab/run/node.pid"), log $lab/log/node.log; slirp4netns pid $(cat "$lab/run/slirp.pid"))"
 fi
+printf '%s\n' "$cgroup" >"$lab/run/node.cgroup"
+node_login() { ssh "${ssh_opts[@]}" "root@$host" true 2>/dev/null; }
+retry 100 0.2 node_login || true
 got=$(ssh "${ssh_opts[@]}" "root@$host" 'hostname; findmnt -n -o TARGET /mnt/storage') ||
   die "cannot log in to the node with $lab/id_ed25519; see $lab/log/node.log"
 [[ $got == "$node_name"$'\n'/mnt/storage ]] || die "the node answered '$got', expected its name and the pool mount"
@@ -255,6 +345,7 @@ LAB_SSH_LOG=$node/var/log/ssh-commands.log
 LAB_EVENTS_LOG=$node/var/log/lxc-events.log
 LAB_PVE_PID=$(cat "$lab/run/pve.pid")
 LAB_NODE_PID=$(cat "$lab/run/node.pid")
+LAB_CGROUP=$cgroup
 EOF
 ok "$lab/env"
 

@@ -5,19 +5,29 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 usage() {
   cat <<'USAGE'
-Usage: unshare --mount --uts --pid --fork --kill-child=SIGTERM --propagation private -- \
+Usage: unshare --mount --uts --pid --cgroup --net --fork --kill-child=SIGTERM --propagation private -- \
          lab/node-boot.sh NODE_ROOT CT_TEMPLATE
 
-Run by lab/lab-up.sh as PID 1 of the node's own PID namespace, in its own mount
-namespace (never this machine's) and with its own hostname (the tree's /etc/hostname): nothing mounted here is visible outside, and everything
-goes when this init ends, and so does every process of the node and its containers
-(the kernel kills a PID namespace with its init).
+Run by lab/lab-up.sh as PID 1 of the node's own PID namespace, in its own mount, UTS,
+cgroup and network namespaces (never this machine's), with its own hostname (the tree's
+/etc/hostname): nothing mounted here is visible outside, and everything goes when this
+init ends, and so does every process of the node and its containers (the kernel kills a
+PID namespace with its init). lab-up.sh starts it inside the lab's own cgroup, which is
+the root of the node's cgroup namespace.
   NODE_ROOT    the node's Debian 12 tree (.lab/node)
   CT_TEMPLATE  the cached container tree, bound read-only at /var/lib/lab/ct-template
-Mounts in the node: /proc, a devpts at /dev/pts, tmpfs /run, the pool
-/mnt/storage as a bind mount of itself (a real mount point; `umount /mnt/storage`
-in the node makes it "not mounted"). Then pivots into the tree, starts its sshd and stays
-as the node's init: reaps orphans, ends on SIGTERM (unshare's --kill-child) with sshd.
+Network (this machine's ip and nft, before the pivot): lo up; the bridge vmbr0 with
+10.99.0.1/24, the containers' gateway as on the lab stack; forwarding and a masquerade
+of 10.99.0.0/24 out of tap0, the slirp4netns link lab-up.sh adds for the way out; the
+containers may not reach this machine's loopback (10.0.2.2), only the node may.
+Mounts in the node: /proc, a devpts at /dev/pts, tmpfs /run, cgroup2 at /sys/fs/cgroup
+(its root is the lab's cgroup: LXC makes lxc/<id> there and enforces
+lxc.cgroup2.devices.* rules through BPF), a full sysfs at /run/lab-sysfs (0700; the
+kernel lets an unprivileged container mount sysfs only when one is fully visible), the
+pool /mnt/storage as a bind mount of itself (a real mount point; `umount /mnt/storage`
+in the node makes it "not mounted"). Then pivots into the tree, moves itself into the
+cgroup /init.scope, starts its sshd and stays as the node's init: reaps orphans (lxc-start's
+monitors among them), ends on SIGTERM (unshare's --kill-child) with sshd.
 USAGE
 }
 
@@ -31,7 +41,22 @@ template=$(realpath "$2")
 [[ $(readlink /proc/self/ns/uts) != $(readlink /proc/1/ns/uts) ]] || die "run me under unshare --mount --uts (see --help)"
 [[ $$ -eq 1 ]] || die "run me as PID 1 of a new PID namespace: unshare --pid --fork (see --help)"
 
+[[ $(readlink /proc/self/ns/net) != $(readlink /proc/1/ns/net) ]] || die "run me under unshare --net (see --help)"
+[[ $(readlink /proc/self/ns/cgroup) != $(readlink /proc/1/ns/cgroup) ]] || die "run me under unshare --cgroup (see --help)"
+
 hostname "$(cat "$root/etc/hostname")"
+
+ip link set lo up
+ip link add vmbr0 type bridge
+ip addr add 10.99.0.1/24 dev vmbr0
+ip link set vmbr0 up
+echo 1 >/proc/sys/net/ipv4/ip_forward
+nft -f - <<'NFT'
+table ip lab {
+  chain postrouting { type nat hook postrouting priority srcnat; ip saddr 10.99.0.0/24 oifname "tap0" masquerade; }
+  chain forward { type filter hook forward priority filter; iifname "vmbr0" ip daddr 10.0.2.2 drop; }
+}
+NFT
 
 mount --make-rprivate /
 # The tree becomes the node's root filesystem (pivot_root, not chroot: / is a mount there,
@@ -42,6 +67,11 @@ mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$root/dev/p
 mount -t tmpfs -o mode=0755,size=64m run "$root/run"
 mkdir -p "$root/run/sshd" "$root/run/lock"
 chmod 0755 "$root/run/sshd"
+mkdir -p "$root/sys/fs/cgroup"
+mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$root/sys/fs/cgroup"
+mkdir -p "$root/sys/fs/cgroup/init.scope"
+mkdir -p -m 0700 "$root/run/lab-sysfs"
+mount -t sysfs -o nosuid,nodev,noexec sysfs "$root/run/lab-sysfs"
 mount --bind "$root/mnt/storage" "$root/mnt/storage"
 mount --bind "$template" "$root/var/lib/lab/ct-template"
 mount -o remount,bind,ro "$root/var/lib/lab/ct-template"
@@ -50,6 +80,8 @@ cd "$root"
 pivot_root . .old-root
 umount -l /.old-root
 rmdir /.old-root
+# out of the namespace's root cgroup, so that LXC may enable controllers below it
+echo $$ >/sys/fs/cgroup/init.scope/cgroup.procs
 ok "node mounts ready in namespace $(readlink /proc/self/ns/mnt)"
 trap - ERR
 /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config &

@@ -3,8 +3,8 @@
 
 Installed as /usr/sbin/pct in the node tree by lab/lab-up.sh; runs there (python3 of
 the node's Debian 12). Power state lives in fakepve, reached through its API with a root@pam
-ticket (credentials in /etc/pve-lab/api.json, root-only). A container's "rootfs" is a Debian 12
-tree at /var/lib/lxc/<id>/rootfs, copied from the cached template on first use.
+ticket (credentials in /etc/pve-lab/api.json, root-only). Containers are real LXC containers
+(the lab's API starts them with lxc-start; their trees are /var/lib/lxc/<id>/rootfs).
 
     pct list
     pct status <id> [--verbose]
@@ -14,37 +14,25 @@ tree at /var/lib/lxc/<id>/rootfs, copied from the cached template on first use.
     pct unlock <id>
     pct exec <id> [--keep-env 0|1] [--] <command> [args...]
 
-`pct exec` runs the command chrooted in the container's tree, in new mount, UTS, IPC and PID
-namespaces (a small init reaps and passes signals on; when `pct exec` dies, the init and
-everything the command started go with it), with what LXC would give it at start, read
-from /var/lib/lxc/<id>/config (the main section as it was at the container's last start;
-the lab's fakepve launcher writes it):
-  - /proc, a tmpfs /dev with the usual nodes and a devpts, the node's fake sysfs at /sys
-    (with this machine's real /sys/devices/system: CPUs and NUMA nodes);
-  - mpN mount points (a bind mount of a host path at mp=; a storage volume is a directory
-    under /var/lib/lxc/<id>/volumes/);
-  - lxc.mount.entry lines (bind, create=file|dir, optional, ro). A device node is bound
-    only if an lxc.cgroup2.devices.allow line allows its type:major:minor; otherwise the
-    target is left an empty file, as unusable as LXC's device cgroup makes it;
-  - hostname from the config, /etc/resolv.conf from the node.
-stdin, stdout and stderr are the caller's; the exit code is the command's. With keep-env 1
-(PVE 8's default) the caller's environment is kept, minus the lab's SYSFS_ROOT/DEV_ROOT.
-apt's downloaded packages are shared between container trees through /var/cache/lab-apt
-(hard links in before the command, new ones back after it).
+`pct exec` is PVE's (pve-container src/PVE/CLI/pct.pm, exec): the container must be running,
+SSL_CERT_FILE and SSL_CERT_DIR are dropped (clean_environment), then `lxc-attach -n <id>
+--keep-env|--clear-env -- <command>` (keep-env 1 is PVE 8's default). So stdin, stdout,
+stderr, the exit code and signals are lxc-attach's; the command runs in the container's
+namespaces beside its systemd, and outlives a killed `pct exec`, as on PVE. Lab only: the
+node's SYSFS_ROOT/DEV_ROOT are dropped too, and apt's downloaded packages are shared between
+container trees through /var/cache/lab-apt (hard links in before the command, new ones
+back after it).
 
 Every call is logged to /var/log/pct.log: `<time> <pid> pct <args>` when it starts and
 `<time> <pid> exit <code> <seconds>s` when it ends. Errors print PVE's message and exit 255.
 """
 
-import fcntl
 import json
 import os
 import re
 import shlex
 import shutil
-import signal
 import ssl
-import stat
 import subprocess
 import sys
 import time
@@ -56,11 +44,10 @@ API_FILE = '/etc/pve-lab/api.json'
 LOG = '/var/log/pct.log'
 LXC = '/var/lib/lxc'
 CONF_DIR = '/etc/pve/lxc'
-TEMPLATE = '/var/lib/lab/ct-template'
 APT_SHARED = '/var/cache/lab-apt'
-SYSFS = '/opt/lab/sysfs'
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 LAB_ONLY_ENV = ('SYSFS_ROOT', 'DEV_ROOT')
+CLEANED_ENV = ('SSL_CERT_FILE', 'SSL_CERT_DIR')  # pct.pm clean_environment
 
 
 class Die(Exception):
@@ -164,19 +151,6 @@ def main_section(path):
                     out.append(line)
     except FileNotFoundError:
         return None
-    return out
-
-
-def pairs(lines):
-    out = []
-    for line in lines:
-        m = re.match(r'^(lxc\.[\w.]+)\s*=\s*(.*)$', line)  # the runtime config's raw lines (LXC's own syntax)
-        if m:
-            out.append((m.group(1), m.group(2).strip()))
-            continue
-        key, sep, value = line.partition(':')
-        if sep:
-            out.append((key.strip(), value.strip()))
     return out
 
 
@@ -293,33 +267,6 @@ def link_debs(src, dst):
     return n
 
 
-def ensure_rootfs(vmid):
-    """The container's tree, copied from the template the first time (under a lock)."""
-    d = os.path.join(LXC, str(vmid))
-    rootfs = os.path.join(d, 'rootfs')
-    if os.path.isdir(rootfs):
-        return rootfs
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, '.lock'), 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.isdir(rootfs):
-            return rootfs
-        if not os.path.isfile(os.path.join(TEMPLATE, 'etc/debian_version')):
-            raise Die('the container template is not mounted at {0} (lab node not started by lab-up.sh?)'.format(
-                TEMPLATE))
-        partial = rootfs + '.partial'
-        if os.path.lexists(partial):
-            subprocess.run(['rm', '-rf', '--one-file-system', partial], check=True)
-        subprocess.run(['cp', '-a', TEMPLATE, partial], check=True)
-        for junk in ('.complete',):
-            try:
-                os.unlink(os.path.join(partial, junk))
-            except FileNotFoundError:
-                pass
-        os.rename(partial, rootfs)
-    return rootfs
-
-
 def cmd_exec(api, args):
     if not args:
         raise Die('400 not enough arguments\npct exec <vmid> [<extra-args>] [OPTIONS]')
@@ -339,225 +286,18 @@ def cmd_exec(api, args):
     st = api.ct(vmid, '/status/current')
     if st.get('status') != 'running':
         raise Die('CT {0} not running'.format(vmid))
-    rootfs = ensure_rootfs(vmid)
-    conf = os.path.join(LXC, str(vmid), 'config')
-    if not os.path.isfile(conf):
-        conf = os.path.join(CONF_DIR, '{0}.conf'.format(vmid))
+    rootfs = os.path.join(LXC, str(vmid), 'rootfs')
     archives = os.path.join(rootfs, 'var/cache/apt/archives')
-    os.makedirs(archives, exist_ok=True)
-    link_debs(APT_SHARED, archives)
-    if keep_env:
-        env = dict((k, v) for k, v in os.environ.items() if k not in LAB_ONLY_ENV)
-    else:
-        env = {'PATH': DEFAULT_PATH}
-        if os.environ.get('TERM'):
-            env['TERM'] = os.environ['TERM']
-    env['container'] = 'lxc'
-    env.setdefault('PATH', DEFAULT_PATH)
-    cmd = ['unshare', '--mount', '--uts', '--ipc', '--pid', '--fork', '--kill-child=SIGUSR2',
-           '--propagation', 'private', '--', sys.executable, os.path.abspath(__file__), '__attach',
-           str(vmid), rootfs, conf, '--'] + rest
+    if os.path.isdir(archives):
+        link_debs(APT_SHARED, archives)
+    env = dict((k, v) for k, v in os.environ.items() if k not in LAB_ONLY_ENV + CLEANED_ENV)
+    cmd = ['lxc-attach', '-n', str(vmid), '--keep-env' if keep_env else '--clear-env', '--'] + rest
     try:
         rc = subprocess.call(cmd, env=env)
     finally:
         if os.path.isdir(archives):
             link_debs(archives, APT_SHARED)
     return rc if rc >= 0 else 128 - rc
-
-
-def run(*argv):
-    subprocess.run(list(argv), check=True, stdout=subprocess.DEVNULL)
-
-
-def device_rule_allows(rules, kind, major, minor):
-    for rule in rules:
-        words = rule.split()
-        if not words:
-            continue
-        if words[0] == 'a':
-            return True
-        if len(words) < 2 or words[0] not in (kind, 'a'):
-            continue
-        maj, _, mino = words[1].partition(':')
-        if maj in ('*', str(major)) and mino in ('*', str(minor)):
-            return True
-    return False
-
-
-def device_allowed(rules, src, st, vmid, warn):
-    kind = 'c' if stat.S_ISCHR(st.st_mode) else 'b'
-    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
-    if device_rule_allows(rules, kind, major, minor):
-        return True
-    warn.append('CT {0}: {1} ({2} {3}:{4}) has no lxc.cgroup2.devices.allow rule: not usable'.format(
-        vmid, src, kind, major, minor))
-    return False
-
-
-def copy_device_dir(src, dst, rules, vmid, warn):
-    """Fill dst (a fresh tmpfs) with src's entries: allowed device nodes bound in, the others
-    left as empty files (LXC's device cgroup would refuse to open them), symlinks copied."""
-    for name in sorted(os.listdir(src)):
-        s, d = os.path.join(src, name), os.path.join(dst, name)
-        if os.path.islink(s):
-            os.symlink(os.readlink(s), d)
-            continue
-        st = os.stat(s)
-        if stat.S_ISDIR(st.st_mode):
-            os.mkdir(d, 0o755)
-            copy_device_dir(s, d, rules, vmid, warn)
-            continue
-        open(d, 'a').close()
-        if (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) and device_allowed(rules, s, st, vmid, warn):
-            run('mount', '--bind', s, d)
-
-
-def attach(vmid, rootfs, conf, argv):
-    """Stage two of exec, as PID 1 of fresh namespaces: mount the container's view, chroot, exec."""
-    cfg = pairs(main_section(conf) or [])
-    warn = []
-
-    def under(path):
-        full = os.path.normpath(os.path.join(rootfs, path.lstrip('/')))
-        if full != rootfs and not full.startswith(rootfs + '/'):
-            raise Die('mount target {0} escapes the container root'.format(path))
-        return full
-
-    def target(path, kind):
-        full = under(path)
-        if kind == 'dir':
-            os.makedirs(full, exist_ok=True)
-        elif not os.path.lexists(full):
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            open(full, 'a').close()
-        return full
-
-    run('mount', '--make-rprivate', '/')
-    run('mount', '-t', 'proc', 'proc', target('/proc', 'dir'))
-    dev = target('/dev', 'dir')
-    run('mount', '-t', 'tmpfs', '-o', 'mode=0755,size=4m', 'lxc-dev', dev)
-    for name in ('null', 'zero', 'full', 'random', 'urandom', 'tty'):
-        run('mount', '--bind', '/dev/' + name, target('/dev/' + name, 'file'))
-    run('mount', '-t', 'devpts', '-o', 'newinstance,ptmxmode=0666,mode=0620,gid=5', 'devpts',
-        target('/dev/pts', 'dir'))
-    os.symlink('pts/ptmx', under('/dev/ptmx'))
-    for i, name in enumerate(('stdin', 'stdout', 'stderr')):
-        os.symlink('/proc/self/fd/{0}'.format(i), under('/dev/' + name))
-    os.symlink('/proc/self/fd', under('/dev/fd'))
-    run('mount', '-t', 'tmpfs', '-o', 'mode=1777', 'shm', target('/dev/shm', 'dir'))
-    if os.path.isdir(SYSFS):
-        run('mount', '--bind', SYSFS, target('/sys', 'dir'))
-        # The machine's real CPU and NUMA topology under the fake devices (libnuma, x265's
-        # thread pool and friends read /sys/devices/system): from a sysfs of our own.
-        real = under('/dev/.lab-sysfs')  # in this exec's own /dev tmpfs: no other exec sees it
-        os.makedirs(real)
-        run('mount', '-t', 'sysfs', 'sysfs', real)
-        system = target('/sys/devices/system', 'dir')
-        run('mount', '--bind', os.path.join(real, 'devices/system'), system)
-        run('mount', '-o', 'remount,bind,ro', system)
-        run('umount', '-l', real)
-        os.rmdir(real)
-        run('mount', '-o', 'remount,bind,ro', under('/sys'))
-    rules = [v for k, v in cfg if k == 'lxc.cgroup2.devices.allow']
-
-    # mount points: mpN = volume,mp=/path[,ro=1]
-    for key, value in cfg:
-        if not re.fullmatch(r'mp\d+', key):
-            continue
-        parts = value.split(',')
-        opts = dict(p.split('=', 1) for p in parts[1:] if '=' in p)
-        src, mp = parts[0], opts.get('mp')
-        if not mp:
-            continue
-        if not src.startswith('/'):
-            src = os.path.join(LXC, str(vmid), 'volumes', key)
-            os.makedirs(src, exist_ok=True)
-        dst = target(mp, 'dir')
-        run('mount', '--bind', src, dst)
-        if opts.get('ro') in ('1', 'true'):
-            run('mount', '-o', 'remount,bind,ro', dst)
-
-    # raw mount entries: SRC DST TYPE OPTIONS
-    for key, value in cfg:
-        if key != 'lxc.mount.entry':
-            continue
-        fields = value.split()
-        if len(fields) < 4:
-            warn.append('ignored malformed lxc.mount.entry: ' + value)
-            continue
-        src, dst, _fstype, mopts = fields[:4]
-        mo = mopts.split(',')
-        if 'bind' not in mo and 'rbind' not in mo:
-            warn.append('ignored non-bind lxc.mount.entry: ' + value)
-            continue
-        kind = 'dir' if 'create=dir' in mo else 'file'
-        if not os.path.exists(src):
-            if 'optional' in mo:
-                continue
-            raise Die('lxc.mount.entry source {0} does not exist (and the entry is not optional)'.format(src))
-        if os.path.isdir(src):
-            if src == '/dev' or src.startswith('/dev/'):
-                # A device directory (/dev/dri): the device cgroup still decides, node by node.
-                full = target(dst, 'dir')
-                run('mount', '-t', 'tmpfs', '-o', 'mode=0755,size=1m', 'lxc-devdir', full)
-                copy_device_dir(src, full, rules, vmid, warn)
-                if 'ro' in mo:
-                    run('mount', '-o', 'remount,ro', full)
-                continue
-            kind = 'dir'
-        full = target(dst, kind)
-        st = os.stat(src)
-        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            if not device_allowed(rules, src, st, vmid, warn):
-                continue
-        run('mount', '--rbind' if 'rbind' in mo else '--bind', src, full)
-        if 'ro' in mo:
-            run('mount', '-o', 'remount,bind,ro', full)
-    for w in warn:
-        logline('warning ' + w)
-
-    hostname = dict(cfg).get('hostname') or 'CT{0}'.format(vmid)
-    subprocess.run(['hostname', hostname], check=False)
-    try:
-        shutil.copyfile('/etc/resolv.conf', under('/etc/resolv.conf'))
-    except OSError:
-        pass
-    os.chroot(rootfs)
-    os.chdir('/root' if os.path.isdir('/root') else '/')
-    return run_as_init(vmid, argv)
-
-
-def run_as_init(vmid, argv):
-    """Be PID 1 of the container's PID namespace: run the command as a child, pass signals on,
-    reap orphans, exit with the command's status. A PID-namespace init ignores signals it has
-    no handler for (even the parent-death SIGKILL), so the death of `pct exec` arrives as
-    SIGUSR2 (unshare --kill-child=SIGUSR2) and ends the init: the kernel then kills every
-    process left in the namespace."""
-    child = os.fork()
-    if child == 0:
-        try:
-            os.execvp(argv[0], argv)
-        except OSError as e:
-            print('lxc-attach: {0}: failed to exec "{1}": {2}'.format(vmid, argv[0], e.strerror), file=sys.stderr)
-            os._exit(127)
-
-    def forward(sig, _frame):
-        try:
-            os.kill(child, sig)
-        except ProcessLookupError:
-            pass
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(sig, forward)
-    signal.signal(signal.SIGUSR2, lambda _s, _f: os._exit(137))
-    while True:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            return 1
-        if pid == child:
-            rc = os.waitstatus_to_exitcode(status)
-            return rc if rc >= 0 else 128 - rc
 
 
 COMMANDS = {
@@ -568,13 +308,6 @@ COMMANDS = {
 
 
 def main(argv):
-    if argv[:1] == ['__attach']:
-        vmid, rootfs, conf = argv[1], argv[2], argv[3]
-        try:
-            return attach(vmid, rootfs, conf, argv[5:])
-        except (Die, subprocess.CalledProcessError, OSError) as e:
-            print('lxc-attach: {0}: {1}'.format(vmid, e), file=sys.stderr)
-            return 1
     if not argv or argv[0] in ('help', '-h', '--help'):
         print(__doc__.split('\n\n')[1] if argv else __doc__)
         return 0 if argv else 255
