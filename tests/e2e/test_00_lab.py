@@ -1,9 +1,11 @@
-"""The lab itself, without the program: the node, its fake hardware, the pmxcfs stand-in, pct.
+"""The lab itself, without the program: the node, its fake hardware, the pmxcfs stand-in, real LXC, pct.
 Needs root only (not the Pulumi toolchain), so it also checks a lab by hand: LAB_KEEP=1.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 import time
 import urllib.error
 
@@ -94,20 +96,110 @@ def test_conf_file_follows_the_api_and_keeps_raw_lines(lab, ct):
     assert "cores: 2" in conf
     assert [line for line in conf.splitlines() if line.startswith("lxc.")] == raw, "raw lines must survive"
     assert lab.ct_config(ct)["lxc"] == [line.split(": ", 1) for line in raw]
-    # raw lines take effect at the next start only
+    # raw lines take effect at the next start only: LXC reads them then
     assert lab.ssh(f"pct exec {ct} -- test -e /dev/dri/renderD128", check=False).returncode != 0
     starts = lab.starts(ct)
     lab.ssh(f"pct reboot {ct}")
     assert lab.starts(ct) == starts + 1
-    lab.ssh(f"pct exec {ct} -- test -c /dev/dri/renderD128")
-    # card0 has no allow rule, and `c 11:0` does not allow the block device sr0
-    assert lab.ssh(f"pct exec {ct} -- test -c /dev/dri/card0", check=False).returncode == 1
-    assert lab.ssh(f"pct exec {ct} -- test -b /dev/sr0", check=False).returncode == 1
-    assert "has no lxc.cgroup2.devices.allow rule" in (lab.node_root / "var/log/pct.log").read_text()
+    generated = (lab.ct_dir / str(ct) / "config").read_text().splitlines()
+    assert [line for line in generated if line.startswith(("lxc.cgroup2.devices", "lxc.mount.entry = /dev"))] == [
+        line.replace(": ", " = ", 1) for line in raw]
+    # LXC's device cgroup (BPF) decides: an allowed node opens (ENXIO: no driver behind the
+    # stand-in node), card0 in the same bound directory has no rule, and `c 11:0` does not
+    # allow the block device sr0
+    assert open_errors(lab, ct, "/dev/dri/renderD128", "/dev/dri/card0", "/dev/sr0", "/dev/null") == {
+        "/dev/dri/renderD128": "ENXIO", "/dev/dri/card0": "EPERM", "/dev/sr0": "EPERM", "/dev/null": "OK"}
     destroy_ct(lab)
     assert not (lab.conf_dir / f"{ct}.conf").exists()
     wait_for(lambda: not (lab.ct_dir / str(ct)).exists() and not list(lab.ct_dir.glob(f".destroyed-{ct}-*")), 60,
              what="the container tree to go")
+
+
+def open_errors(lab, vmid, *paths):
+    """What open(O_RDWR) of each path gives inside the container: "OK" or the errno's name."""
+    code = ("import errno, os, sys\n"
+            "for p in sys.argv[1:]:\n"
+            "    try:\n"
+            "        os.close(os.open(p, os.O_RDWR)); print(p, 'OK')\n"
+            "    except OSError as e:\n"
+            "        print(p, errno.errorcode[e.errno])\n")
+    got = lab.ssh(f"pct exec {vmid} -- python3 -c {shlex.quote(code)} {' '.join(paths)}").stdout
+    return dict(line.split(" ", 1) for line in got.splitlines())
+
+
+def node_pid(lab, vmid):
+    """The container init's pid in the node (what fakepve reports, from lxc-info)."""
+    return int(lab.containers()[vmid]["pid"])
+
+
+def test_a_container_boots_systemd_under_lxc(lab, ct):
+    assert create_ct(lab)["exitstatus"] == "OK"
+    pid = node_pid(lab, ct)
+    assert lab.ssh(f"lxc-info -n {ct} -s -H; lxc-info -n {ct} -p -H").stdout.split() == ["RUNNING", str(pid)]
+    assert lab.ssh(f"cat /proc/{pid}/comm").stdout.strip() == "systemd"
+    got = lab.ssh(f"pct exec {ct} -- bash -c 'cat /proc/1/comm; systemd-detect-virt; "
+                  "systemctl is-system-running --wait; hostname; ip -4 -o addr show dev eth0'").stdout.split("\n")
+    assert got[:4] == ["systemd", "lxc", "running", "labtest"], got
+    assert "10.99.0.99/24" in got[4]
+    # its network: the node's bridge, and apt's way out through the node's NAT
+    lab.ssh(f"pct exec {ct} -- ping -c1 -W5 10.99.0.1")
+    lab.ssh(f"pct exec {ct} -- getent hosts deb.debian.org")
+    # a clean shutdown is systemd's; the container is stopped for PVE and for LXC
+    lab.ssh(f"pct shutdown {ct} --timeout 60")
+    assert lab.containers()[ct]["status"] == "stopped"
+    assert lab.ssh(f"lxc-info -n {ct} -s -H").stdout.strip() == "STOPPED"
+    # powered off from inside: the API sees it stopped within the mirror's half second
+    lab.ssh(f"pct start {ct}")
+    lab.ssh(f"pct exec {ct} -- systemctl poweroff", check=False)
+    wait_for(lambda: lab.containers()[ct]["status"] == "stopped", 30, what="the API to see the power-off")
+
+
+def test_a_reboot_from_inside_rereads_the_conf(lab, ct):
+    """As on PVE (lxc-pve-poststop-hook): LXC stops the container, and it starts again from a
+    config generated again from the conf, so a line added meanwhile takes effect."""
+    create_ct(lab)
+    lab.ssh(f"cat >> /etc/pve/lxc/{ct}.conf", input="lxc.environment: LAB_PROBE=rebooted\n")
+    starts = lab.starts(ct)
+    lab.ssh(f"pct exec {ct} -- systemctl reboot", check=False)
+    wait_for(lambda: lab.starts(ct) == starts + 1 and lab.containers()[ct]["status"] == "running", 60,
+             what="the container to come back")
+    assert (ct, "stop (reboot from inside)") in lab.events(ct)
+    pid = node_pid(lab, ct)
+    assert "LAB_PROBE=rebooted" in lab.ssh(f"tr '\\0' '\\n' < /proc/{pid}/environ").stdout
+
+
+def test_a_line_lxc_refuses_fails_the_start(lab, ct):
+    assert create_ct(lab, start=0)["exitstatus"] == "OK"
+    lab.ssh(f"cat >> /etc/pve/lxc/{ct}.conf", input="lxc.mount.entry: /nonexistent/lab dev/lab none bind,create=file 0 0\n")
+    upid = lab.api("POST", f"/nodes/{lab.node}/lxc/{ct}/status/start")
+    status = lab.api("GET", f"/nodes/{lab.node}/tasks/{upid}/status")
+    assert status["exitstatus"].startswith(f"startup for container '{ct}' failed"), status
+    assert 'Failed to mount "/nonexistent/lab"' in status["exitstatus"]
+    assert lab.containers()[ct]["status"] == "stopped"
+    assert lab.ssh(f"lxc-info -n {ct} -s -H").stdout.strip() == "STOPPED"
+
+
+def test_an_unprivileged_container_is_really_unprivileged(lab, ct):
+    probe = lab.pool / ".lab-unpriv-probe"
+    probe.write_text("x")
+    os.chown(probe, 1000, 1000)
+    try:
+        assert create_ct(lab, unprivileged=1)["exitstatus"] == "OK"
+        pid = node_pid(lab, ct)
+        # root inside is 100000 outside
+        assert lab.ssh(f"stat -c %u:%g /proc/{pid}").stdout.strip() == "100000:100000"
+        got = lab.ssh(f"pct exec {ct} -- bash -c 'id -u; cat /proc/self/uid_map; "
+                      "stat -c %U:%G /mnt/storage/.lab-unpriv-probe; touch /mnt/storage/.lab-unpriv-probe'",
+                      check=False)
+        lines = got.stdout.splitlines()
+        assert lines[0] == "0" and lines[1].split() == ["0", "100000", "65536"]
+        assert lines[2] == "nobody:nogroup"
+        assert got.returncode != 0 and "Permission denied" in got.stderr
+        # and it boots systemd (degraded at most: no debugfs for an unprivileged container)
+        state = lab.ssh(f"pct exec {ct} -- systemctl is-system-running --wait", check=False).stdout.strip()
+        assert state in ("running", "degraded"), state
+    finally:
+        probe.unlink()
 
 
 def test_pct_exec_forwards_stdin_and_exit_code(lab, ct):
@@ -116,6 +208,14 @@ def test_pct_exec_forwards_stdin_and_exit_code(lab, ct):
                   input="hello\n", check=False)
     assert got.returncode == 7
     assert got.stdout.splitlines() == ["HELLO", "labtest", "/mnt/storage"]
+    # lxc-attach's codes: a missing command is 127, a signal 128+N; keep-env keeps the caller's
+    # variables, minus the lab node's own
+    assert lab.ssh(f"pct exec {ct} -- /nonexistent", check=False).returncode == 127
+    assert lab.ssh(f"pct exec {ct} -- sh -c 'kill -TERM $$'", check=False).returncode == 143
+    env = lab.ssh(f"LAB_X=1 pct exec {ct} -- env").stdout.splitlines()
+    assert "LAB_X=1" in env and "container=lxc" in env and not [e for e in env if e.startswith("SYSFS_ROOT=")]
+    env = lab.ssh(f"LAB_X=1 pct exec {ct} --keep-env 0 -- env").stdout.splitlines()
+    assert "LAB_X=1" not in env
     # a file written in the container is on the node's pool
     lab.ssh(f"pct exec {ct} -- bash -c 'echo from-ct > /mnt/storage/.lab-probe'")
     try:
