@@ -14,7 +14,10 @@ Starts the local lab (lab-up.sh), empties the lab stack, then measures, in order
   destroy         pulumi destroy
 For each: wall time, SSH commands run on the node (ssh-commands.log), pct calls and
 pct exec calls (pct.log), container starts (lxc-events.log) and Proxmox API requests
-(fakepve). Also the time of lab-up itself. Writes JSON (default bench-results/lab.json).
+(fakepve). Also the time of lab-up itself, and for one plain container (CT 298, made and
+removed here): its start through the API to `systemctl is-system-running` = running
+(real LXC, systemd as init), and its idle memory after 5 s (PSS and RSS summed over the
+container's processes, from smaps_rollup; its LXC monitor apart). Writes JSON (default bench-results/lab.json).
 As root. With the toolchain incomplete (docs/adr/0002) the program runs without the
 engine (lab/run-program.py, docs/adr/0006; no preview step); the JSON says which
 driver ran. The lab is left running.
@@ -81,6 +84,71 @@ measure() {
   ok "$name: ${s%.*}s, $((b[0] - a[0])) SSH commands, $((b[2] - a[2])) pct exec"
 }
 
+step "One container: boot to is-system-running, idle memory"
+ct_probe=$("$project/.venv/bin/python" - "$LAB_ENDPOINT" "$LAB_PVE_PASSWORD_FILE" "$LAB_NODE" "$LAB_CGROUP" \
+  "$LAB_SSH_KEY" "$LAB_SSH_PORT" <<'PY'
+import json, os, ssl, subprocess, sys, time, urllib.parse, urllib.request
+endpoint, pwfile, node, cgroup, key, port = sys.argv[1:7]
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+def req(method, path, data=None, ticket=None):
+    body = urllib.parse.urlencode(data or {}).encode() if method != "GET" else None
+    r = urllib.request.Request(endpoint.rstrip("/") + "/api2/json" + path, data=body, method=method)
+    if ticket:
+        r.add_header("Cookie", "PVEAuthCookie=" + ticket[0]); r.add_header("CSRFPreventionToken", ticket[1])
+    with urllib.request.urlopen(r, context=ctx, timeout=120) as resp:
+        return json.load(resp)["data"]
+t = req("POST", "/access/ticket", {"username": "root@pam", "password": open(pwfile).read().strip()})
+ticket = (t["ticket"], t["CSRFPreventionToken"])
+def task(upid):
+    st = req("GET", f"/nodes/{node}/tasks/{upid}/status", ticket=ticket)
+    if st.get("exitstatus") != "OK":
+        sys.exit(f"task {upid}: {st.get('exitstatus')}")
+def ssh(cmd):
+    return subprocess.run(["ssh", "-i", key, "-p", port, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                           "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1", cmd],
+                          capture_output=True, text=True, timeout=300)
+def mem(group):
+    pss = rss = n = 0
+    for root, _dirs, files in os.walk(group):
+        for pid in open(os.path.join(root, "cgroup.procs")).read().split():
+            try:
+                for line in open(f"/proc/{pid}/smaps_rollup"):
+                    if line.startswith("Pss:"): pss += int(line.split()[1])
+                    if line.startswith("Rss:"): rss += int(line.split()[1])
+                n += 1
+            except OSError:
+                pass
+    return {"processes": n, "pss_mb": round(pss / 1024, 1), "rss_mb": round(rss / 1024, 1)}
+vmid = 298
+if any(int(c["vmid"]) == vmid for c in req("GET", f"/nodes/{node}/lxc", ticket=ticket)):
+    sys.exit(f"CT {vmid} exists in the lab; remove it first")
+task(req("POST", f"/nodes/{node}/lxc", {"vmid": vmid, "ostemplate": "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst",
+     "hostname": "bench", "rootfs": "local-lvm:4", "memory": 512, "unprivileged": 0,
+     "net0": "name=eth0,bridge=vmbr0,ip=10.99.0.98/24,gw=10.99.0.1"}, ticket=ticket))
+try:
+    out = {}
+    for run in range(3):
+        t0 = time.monotonic()
+        task(req("POST", f"/nodes/{node}/lxc/{vmid}/status/start", ticket=ticket))
+        t1 = time.monotonic()
+        r = ssh(f"pct exec {vmid} -- systemctl is-system-running --wait")
+        t2 = time.monotonic()
+        if r.stdout.strip() != "running":
+            sys.exit(f"CT {vmid}: is-system-running said {r.stdout.strip()!r} {r.stderr.strip()}")
+        out.setdefault("start_task_seconds", []).append(round(t1 - t0, 2))
+        out.setdefault("boot_to_running_seconds", []).append(round(t2 - t0, 2))
+        if run == 0:
+            time.sleep(5)
+            out["idle_container"] = mem(os.path.join(cgroup, "lxc", str(vmid)))
+            out["idle_monitor"] = mem(os.path.join(cgroup, "lxc.monitor", str(vmid)))
+        task(req("POST", f"/nodes/{node}/lxc/{vmid}/status/stop", ticket=ticket))
+    print(json.dumps(out))
+finally:
+    req("DELETE", f"/nodes/{node}/lxc/{vmid}", ticket=ticket)
+PY
+)
+ok "container: $ct_probe"
+
 step "Emptying the lab stack"
 if [[ $driver == engine ]]; then
   if [[ $(pulumi stack export --stack lab | jq '[.deployment.resources // [] | .[] | select(.type != "pulumi:pulumi:Stack")] | length') -gt 0 ]]; then
@@ -106,8 +174,8 @@ fi
 mkdir -p "$(dirname "$out")"
 jq -n --argjson steps "$results" --argjson lab_up "$lab_up" \
   --arg date "$(date -u +%FT%TZ)" --arg cpus "$(nproc)" --arg kernel "$(uname -r)" \
-  --arg pulumi "$(pulumi version 2>/dev/null || echo none)" --arg driver "$driver" \
+  --arg pulumi "$(pulumi version 2>/dev/null || echo none)" --arg driver "$driver" --argjson ct "$ct_probe" \
   '{date: $date, machine: {cpus: ($cpus | tonumber), kernel: $kernel}, pulumi: $pulumi, driver: $driver,
-    lab_up_seconds: ($lab_up * 10 | round / 10), steps: $steps}' >"$out"
+    lab_up_seconds: ($lab_up * 10 | round / 10), container: $ct, steps: $steps}' >"$out"
 ok "results in $out"
 cat "$out"

@@ -288,7 +288,7 @@ else
     unshare --mount --uts --pid --cgroup --net --fork --kill-child=SIGTERM --propagation private -- \
     "$here/node-boot.sh" "$node" "$cache/bookworm-ct" >>"$lab/log/node.log" 2>&1 </dev/null &
   echo $! >"$lab/run/node.pid"
-  node_init() { cat "/proc/$(cat "$lab/run/node.pid")/task/$(cat "$lab/run/node.pid")/children" 2>/dev/null | awk '{ print $1 }'; }
+  node_init() { awk '{ print $1 }' "/proc/$(cat "$lab/run/node.pid")/task/$(cat "$lab/run/node.pid")/children" 2>/dev/null; }
   node_ready() { [[ -n $(node_init) ]] && grep -qx "$(node_init)" "$cgroup/init.scope/cgroup.procs"; }
   retry 100 0.1 node_ready || die "the node did not boot; see $lab/log/node.log"
   # unshare itself leaves the namespace's root cgroup too (LXC enables controllers there)

@@ -84,6 +84,7 @@ for f in hostname hosts resolv interfaces; do
     interfaces) target=/etc/network/interfaces ;;
     *) target=/etc/$f ;;
   esac
+  # shellcheck disable=SC2016  # expanded by the chroot's sh
   chroot "$dir/rootfs" /bin/sh -c 'mkdir -p "$(dirname "$1")" && rm -f "$1" && cat >"$1"' sh "$target" <"$dir/.$f"
   rm -f "$dir/.$f"
 done
