@@ -12,8 +12,9 @@ Installed as /usr/local/sbin/lab-lxc-start in the lab node by lab/lab-up.sh; the
 hookscript's pre-start passed. As PVE's pve-container@.service does, it runs
 `lxc-start -F -n VMID` (Debian's LXC, reading that config: hooks, mounts, device rules,
 ID maps), in the background, with its output in /var/log/lxc/VMID.out (the journal of a
-real node) and LXC's log in /var/log/lxc/VMID.log. It waits until LXC says RUNNING and
-prints the container init's pid (in the node's PID namespace).
+real node) and LXC's log in /var/log/lxc/VMID.log. It waits until LXC says RUNNING, prints
+that output so far (what the hooks said) and, last, the container init's pid (in the
+node's PID namespace).
 If lxc-start ends first (a hook failed, a mount entry or config line was refused), it
 prints LXC's ERROR lines and the output (a hook's messages), and exits 1: the container
 stays stopped. Empty cgroups of an earlier failed start are removed first (LXC refuses to
@@ -39,6 +40,11 @@ if [[ $state == RUNNING ]]; then
 fi
 for d in "/sys/fs/cgroup/lxc/$vmid" "/sys/fs/cgroup/lxc.monitor/$vmid"; do
   [[ -d $d ]] || continue
+  # a monitor that is still running the post-stop hooks of the last stop: give it time
+  for _ in $(seq 200); do
+    grep -q '^populated 1' "$d/cgroup.events" || break
+    sleep 0.05
+  done
   if grep -q '^populated 1' "$d/cgroup.events"; then
     echo "processes of container $vmid are still running in $d" >&2
     exit 1
@@ -64,6 +70,7 @@ while ((SECONDS < deadline)); do
     exit 1
   fi
   if [[ $(lxc-info -n "$vmid" -s -H 2>/dev/null || true) == RUNNING ]]; then
+    grep -v '^$' "$out" || true
     lxc-info -n "$vmid" -p -H
     exit 0
   fi

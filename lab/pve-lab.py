@@ -65,8 +65,9 @@ Control API (not PVE's; header `Authorization: Lab <password>`), JSON in and out
                                   reboot into a stop, as src/lxc-pve-poststop-hook does) and it is
                                   started again from a regenerated config, without vm_start and so
                                   without the hookscript; LXC runs its lxc.hook.pre-start lines.
-                                  Answers {"started": true} or {"started": false, "error": ...}
-                                  (a failing hook leaves it stopped)
+                                  Answers {"started": true, "log": [what LXC's hooks printed]} or
+                                  {"started": false, "error": ..., "log": [...]} (a failing hook
+                                  leaves it stopped)
 """
 
 from __future__ import annotations
@@ -372,6 +373,7 @@ class LabPve(FakePve):
         self._lab_ours = {}         # vmid -> sections the mirror wrote
         self._lab_pids = {}         # vmid -> pid seen at the last sync (None: stopped)
         self._busy = set()          # vmids being started or stopped right now (the mirror keeps off)
+        self.lxc_output = {}        # vmid -> what the last lxc-start printed (its hooks' output)
         self.lab_dir = os.path.dirname(self.node_root)
         os.makedirs(self.conf_dir, exist_ok=True)
         os.makedirs(self.lxc_dir, exist_ok=True)
@@ -485,8 +487,8 @@ class LabPve(FakePve):
         """fakepve's power state against LXC's: a container that powered off by itself is
         stopped; one whose post-stop hook asked for a reboot is started again (no hookscript,
         as pve-container@<id>'s restart); one fakepve stopped another way is killed."""
-        real = self.lxc_running(ct.vmid)
-        if ct.status == 'running' and not real:
+        state = self.lxc_state(ct.vmid)
+        if ct.status == 'running' and state == 'stopped':
             reboot = os.path.join(self.lxc_dir, str(ct.vmid), 'reboot')
             ct.status, ct.pid = 'stopped', None
             if os.path.exists(reboot):
@@ -499,7 +501,7 @@ class LabPve(FakePve):
             else:
                 self.event(ct.vmid, 'stop (powered off inside)')
                 self._lab_pids[ct.vmid] = None
-        elif ct.status != 'running' and real:
+        elif ct.status != 'running' and state == 'running':
             self.lxc_stop(ct.vmid)
 
     def lxc_config_text(self, vmid):
@@ -552,14 +554,21 @@ class LabPve(FakePve):
             raise TaskError('the lab node is not running (no cgroup in {0}/run/node.cgroup)'.format(self.lab_dir))
         return path.strip()
 
-    def lxc_running(self, vmid):
-        """Whether LXC runs the container: its cgroup lxc/<vmid> holds processes (no exec)."""
+    def lxc_state(self, vmid):
+        """LXC's view, read from the cgroups (no exec): 'running' while the container's cgroup
+        lxc/<vmid> holds processes, 'stopping' while only its monitor (lxc.monitor/<vmid>, which
+        runs the post-stop hooks) is left, else 'stopped'."""
         try:
             cg = self.cgroup()
         except TaskError:
-            return False
-        events = read_text(os.path.join(cg, 'lxc', str(vmid), 'cgroup.events')) or ''
-        return 'populated 1' in events
+            return 'stopped'
+        for sub, state in (('lxc', 'running'), ('lxc.monitor', 'stopping')):
+            if 'populated 1' in (read_text(os.path.join(cg, sub, str(vmid), 'cgroup.events')) or ''):
+                return state
+        return 'stopped'
+
+    def lxc_running(self, vmid):
+        return self.lxc_state(vmid) == 'running'
 
     def _node_run(self, argv, timeout=120, env=None, input=None):
         """Run argv in the node: all its namespaces, its root and the cgroup /init.scope (LXC
@@ -585,11 +594,15 @@ class LabPve(FakePve):
         if rc != 0:
             self.event(ct.vmid, 'lxc-start failed exit={0}'.format(rc))
             self._append_task_log(vmid, lines)
+            self.lxc_output[ct.vmid] = lines
             raise TaskError("startup for container '{0}' failed: {1}".format(vmid, ' | '.join(lines)[-1500:]))
         try:
-            return int(lines[-1])
+            pid = int(lines[-1])
         except (IndexError, ValueError):
             raise TaskError("startup for container '{0}' failed: no pid from lxc-info ({1})".format(vmid, out)) from None
+        self._append_task_log(vmid, lines[:-1])
+        self.lxc_output[ct.vmid] = lines[:-1]
+        return pid
 
     def lxc_stop(self, vmid, timeout=None):
         """lxc-stop: a clean shutdown within timeout seconds (True if it stopped), or a kill."""
@@ -697,11 +710,14 @@ class LabPve(FakePve):
         self._busy.add(ct.vmid)
         try:
             # its exit code is lost when systemd ends the container under it: the stop decides
-            rc, out = self._node_run(['lxc-attach', '-n', str(vmid), '--', 'systemctl', 'reboot'], timeout=60)
+            # as someone typing it would: once systemd answers (a container just started may not yet)
+            boot = ('for i in $(seq 300); do [ -S /run/systemd/private ] && break; sleep 0.1; done; '
+                    'systemctl is-system-running --wait >/dev/null 2>&1; exec systemctl reboot')
+            rc, out = self._node_run(['lxc-attach', '-n', str(vmid), '--', '/bin/sh', '-c', boot], timeout=90)
             deadline = time.time() + 60
-            while self.lxc_running(vmid) and time.time() < deadline:
+            while self.lxc_state(vmid) != 'stopped' and time.time() < deadline:
                 time.sleep(0.05)
-            if self.lxc_running(vmid):
+            if self.lxc_state(vmid) != 'stopped':
                 raise ValueError('CT {0} did not stop within 60 s of its reboot (systemctl reboot: exit {1}, {2})'.format(
                     vmid, rc, out.strip()))
             if not os.path.exists(os.path.join(self.lxc_dir, str(vmid), 'reboot')):
@@ -714,8 +730,8 @@ class LabPve(FakePve):
         try:
             self._restart_after_reboot(ct)
         except TaskError as e:
-            return {'started': False, 'error': str(e)}
-        return {'started': True}
+            return {'started': False, 'error': str(e), 'log': self.lxc_output.get(ct.vmid, [])[-20:]}
+        return {'started': True, 'log': self.lxc_output.get(ct.vmid, [])[-20:]}
 
     async def _start_steps(self, ct, user, skiplock=False):
         """vm_start: pending changes applied, the config generated from the conf, the rootfs

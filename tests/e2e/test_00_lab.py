@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import time
 import urllib.error
+from pathlib import Path
 
 import pytest
 
-from .lab import wait_for
+from .lab import LAB_DIR, ROOT, run, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -247,3 +249,53 @@ def test_fail_injects_pves_own_errors(lab, ct):
         create_ct(lab)
     assert err.value.code == 500
     assert "Only root can pass arbitrary filesystem paths" in err.value.read().decode()
+
+
+def lab_processes(lab) -> list[str]:
+    """Processes of this lab still alive (as `pid cmdline`): anything in the lab's cgroup (the
+    node, its sshd, LXC's monitors, containers, slirp4netns), any lxc-start or lxc-attach, the API."""
+    out = []
+    name = Path(lab.env["LAB_CGROUP"]).name
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            cgroups = (p / "cgroup").read_text()
+        except OSError:
+            continue
+        if f"/{name}" in cgroups or cmd.startswith(("lxc-start", "lxc-attach", "slirp4netns")) \
+                or "lab/pve-lab.py" in cmd or "node-boot.sh" in cmd:
+            out.append(f"{p.name} {cmd}")
+    return out
+
+
+def test_a_killed_run_and_lab_down_leave_nothing_behind(lab, ct):
+    """A test run killed halfway leaves the API or the node running alone: the next lab-up ends
+    that half-dead lab by its pid files and cgroup, containers included; lab-down then leaves no
+    process, container or cgroup. (Runs last here: it restarts the lab.)"""
+    assert create_ct(lab)["exitstatus"] == "OK"
+    cgroup = Path(lab.env["LAB_CGROUP"])
+    old = {int(x) for x in (cgroup / "lxc" / str(ct) / "cgroup.procs").read_text().split()} | \
+        {int(x) for x in (cgroup / "init.scope" / "cgroup.procs").read_text().split()}
+    assert old and all(Path(f"/proc/{pid}").exists() for pid in old)
+    pve = int((LAB_DIR / "run" / "pve.pid").read_text())
+    os.kill(pve, signal.SIGKILL)  # what a killed run can leave: the node without its API
+    wait_for(lambda: not Path(f"/proc/{pve}/cmdline").exists() or not Path(f"/proc/{pve}/cmdline").read_bytes(),
+             10, what="the API to die")
+    try:
+        run(["bash", str(ROOT / "lab/lab-up.sh")], timeout=600)
+        lab._ticket = None  # a new API: new tickets
+        assert not [pid for pid in old if Path(f"/proc/{pid}/cmdline").exists() and Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert ct not in lab.containers()  # the new API starts empty, and LXC runs nothing of the old one
+        assert not (cgroup / "lxc" / str(ct)).exists()
+        assert lab.ssh("hostname").stdout.strip() == "pve1"
+        # lab-down (keeping .lab to look at): nothing of the lab runs, no cgroup is left
+        assert create_ct(lab)["exitstatus"] == "OK"
+        run(["bash", str(ROOT / "lab/lab-down.sh"), "--keep"], timeout=300)
+        assert lab_processes(lab) == []
+        assert not cgroup.exists()
+    finally:
+        run(["bash", str(ROOT / "lab/lab-up.sh")], timeout=600)
+        lab._ticket = None
+    assert lab.ssh("hostname").stdout.strip() == "pve1"

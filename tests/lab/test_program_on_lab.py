@@ -262,10 +262,12 @@ def raw_of(conf: str) -> list[str]:
 
 
 def runtime_raw(lab, vmid) -> list[str]:
-    """The device lines of the config LXC read at the last start (the lab's own lines after
-    `# lab only` left out: pve-lab.py's lxc_config)."""
-    text = (lab.ct_dir / str(vmid) / "config").read_text().split("\n# lab only")[0]
-    return [x for x in text.splitlines() if x.startswith(("lxc.cgroup2.devices.allow", "lxc.mount.entry"))]
+    """The device lines of the config LXC read at the last start, without the lab's own mount
+    entries (pve-lab.py's lxc_config: the pool's mp0 and the fake sysfs, what PVE mounts elsewhere)."""
+    text = (lab.ct_dir / str(vmid) / "config").read_text()
+    lab_only = ("lxc.mount.entry = /mnt/storage mnt/storage ", "lxc.mount.entry = /opt/lab/")
+    return [x for x in text.splitlines()
+            if x.startswith(("lxc.cgroup2.devices.allow", "lxc.mount.entry")) and not x.startswith(lab_only)]
 
 
 def drive_verification(lab) -> dict:
