@@ -101,6 +101,13 @@ end_previous() {
     kill -TERM "$pid" 2>/dev/null || true
     retry 50 0.1 bash -c "! kill -0 $pid 2>/dev/null" || kill -KILL "$pid" 2>/dev/null || true
   fi
+  if alive "$lab/run/node.pid" node-boot.sh; then
+    # SIGKILL of unshare: its --kill-child ends the node's init, and the kernel its PID namespace
+    # (unshare ignores SIGTERM); a node of an older lab may have no cgroup of its own
+    pid=$(cat "$lab/run/node.pid")
+    kill -KILL "$pid" 2>/dev/null || true
+    retry 50 0.1 bash -c "! kill -0 $pid 2>/dev/null" || die "the old node (pid $pid) did not end"
+  fi
   if [[ -d $cgroup ]]; then
     if populated "$cgroup"; then
       echo 1 >"$cgroup/cgroup.kill"

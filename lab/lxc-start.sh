@@ -12,8 +12,9 @@ Installed as /usr/local/sbin/lab-lxc-start in the lab node by lab/lab-up.sh; the
 hookscript's pre-start passed. As PVE's pve-container@.service does, it runs
 `lxc-start -F -n VMID` (Debian's LXC, reading that config: hooks, mounts, device rules,
 ID maps), in the background, with its output in /var/log/lxc/VMID.out (the journal of a
-real node) and LXC's log in /var/log/lxc/VMID.log. It waits until LXC says RUNNING, prints
-that output so far (what the hooks said) and, last, the container init's pid (in the
+real node) and LXC's log in /var/log/lxc/VMID.log (level DEBUG: the level at which LXC
+logs what a hook printed). It waits until LXC says RUNNING, prints what the hooks said and
+that output so far and, last, the container init's pid (in the
 node's PID namespace).
 If lxc-start ends first (a hook failed, a mount entry or config line was refused), it
 prints LXC's ERROR lines and the output (a hook's messages), and exits 1: the container
@@ -57,7 +58,9 @@ mkdir -p /var/log/lxc
 : >"$log"
 : >"$out"
 rm -f "/var/lib/lxc/$vmid/reboot"
-setsid lxc-start -F -n "$vmid" -o "$log" -l INFO >"$out" 2>&1 </dev/null &
+# hook_output: what the hooks printed; LXC logs a hook's stdout at DEBUG (and drops its stderr)
+hook_output() { sed -n 's/^.* produced output: //p' "$log"; }
+setsid lxc-start -F -n "$vmid" -o "$log" -l DEBUG >"$out" 2>&1 </dev/null &
 lxc=$!
 deadline=$((SECONDS + timeout))
 while ((SECONDS < deadline)); do
@@ -65,11 +68,13 @@ while ((SECONDS < deadline)); do
     rc=0
     wait "$lxc" || rc=$?
     echo "lxc-start -F -n $vmid ended (exit code $rc):" >&2
+    hook_output >&2
     grep -E ' (ERROR|CRIT|FATAL) ' "$log" | sed -E 's/^.* (ERROR|CRIT|FATAL) +//' >&2 || true
     grep -v '^$' "$out" >&2 || true
     exit 1
   fi
   if [[ $(lxc-info -n "$vmid" -s -H 2>/dev/null || true) == RUNNING ]]; then
+    hook_output
     grep -v '^$' "$out" || true
     lxc-info -n "$vmid" -p -H
     exit 0

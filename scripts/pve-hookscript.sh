@@ -69,9 +69,16 @@ case $phase in
   *) warn "CT $vmid: unknown hook phase '$phase', nothing done"; exit 0 ;;
 esac
 
+# say LINE: the hook's one line of output. PVE puts a hookscript's stdout and stderr in the start's
+# task log; LXC keeps only an lxc.hook's stdout (in its log: "Script exec ... produced output: ...")
+# and drops its stderr (seen with Debian's lxc 5.0.2 in the lab, docs/adr/0012), so for LXC it is stdout.
+say() {
+  if [[ $phase == lxc-pre-start ]]; then printf '%s\n' "$1"; else printf '%s\n' "$1" >&2; fi
+}
+
 # refuse REASON: the one line PVE shows for the failed start (LXC: its log and the journal), then exit 1.
 refuse() {
-  printf 'homelab-media: CT %s not started: %s\n' "$vmid" "$1" >&2
+  say "homelab-media: CT $vmid not started: $1"
   if [[ $phase == lxc-pre-start ]] && command -v logger >/dev/null; then
     logger -t homelab-media -- "CT $vmid not started: $1" || true
   fi
@@ -137,7 +144,7 @@ if [[ $phase == lxc-pre-start ]]; then
   if [[ $(sort <<<"$before" | sed '/^$/d') != "$(sort <<<"$lines" | sed '/^$/d')" ]]; then
     refuse "its devices changed since it was last started by PVE (conf: $(sed '/^$/d' <<<"$before" | paste -sd, -); today: $(sed '/^$/d' <<<"$lines" | paste -sd, -)); start it from the node (pct start $vmid), which gives it today's devices"
   fi
-  printf 'homelab-media: CT %s lxc pre-start: pool ok, devices as in the conf\n' "$vmid" >&2
+  say "homelab-media: CT $vmid lxc pre-start: pool ok, devices as in the conf"
   exit 0
 fi
 

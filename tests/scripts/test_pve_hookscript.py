@@ -308,7 +308,10 @@ def test_a_reboot_from_inside_with_the_pool_unmounted_is_refused_by_lxcs_hook(no
     before = node.conf(202)
     r = lxc_start(node, 202)  # the pool went away: no PVE hookscript on this path, LXC's hook holds
     assert r.rc == 1
-    assert f"CT 202 not started: the pool {pool} is not mounted" in r.err
+    # on stdout: LXC logs a hook's stdout and drops its stderr
+    assert r.out.splitlines() == [f"homelab-media: CT 202 not started: the pool {pool} is not mounted (the container "
+                                  "would bind the empty directory and write to the node's root disk); mount it "
+                                  f"(mount {pool}), then start the container again"]
     assert node.conf(202) == before
 
 
@@ -323,5 +326,5 @@ def test_lxcs_hook_refuses_devices_that_changed_since_pve_started_it(node):
     node.hw.scsi_generic("sg3", 5, "sr0")
     before = node.conf(202)
     r = lxc_start(node, 202)
-    assert r.rc == 1 and "devices changed since it was last started by PVE" in r.err
-    assert "pct start 202" in r.err and node.conf(202) == before
+    assert r.rc == 1 and "devices changed since it was last started by PVE" in r.out
+    assert "pct start 202" in r.out and node.conf(202) == before and r.err == ""
