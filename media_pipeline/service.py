@@ -10,9 +10,7 @@ Exit codes: 0 ok, 1 cannot start (another instance, staging missing, database), 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -25,18 +23,18 @@ import traceback
 
 from . import __version__, naming
 from . import config as config_mod
+from .common import MARKER, InstanceLock, fmt_time, fmt_when, setup_logging
 from .jobs import Job, JobStore
 from .metrics import (JobEvents, PipelineCollector, Snapshot, disk_usage, new_registry, publish_textfile,
                       serve)
 from .notify import Notifier
 from .transcode import (
     EXIT_ENCODE, EXIT_INTERRUPTED, EXIT_NAMES, EXIT_OUTPUT, Progress, TranscodeError,
-    file_stamp, fmt_time, format_progress, publish, stamp_of, temp_path, transcode,
+    file_stamp, format_progress, publish, stamp_of, temp_path, transcode,
 )
 
 VIDEO_EXTENSIONS = {".mkv", ".m2ts", ".mts", ".ts", ".mp4", ".m4v", ".avi", ".mov", ".webm",
                     ".mpg", ".mpeg", ".vob"}
-MARKER = ".done"
 PROGRESS_LOG_SECONDS = 60.0
 PROGRESS_DB_SECONDS = 5.0
 # Failures worth another try: the encoder or the output (disk full, NFS hiccup), not the input.
@@ -109,34 +107,6 @@ def scan(staging: str, stable_seconds: float, require_marker: bool,
             if marked or (not require_marker and now - st.st_mtime >= stable_seconds):
                 ready.append((path, st.st_size, st.st_mtime_ns))
     return ready
-
-
-class InstanceLock:
-    """One `run` per database: a second one would reset the first one's running jobs."""
-
-    def __init__(self, db_path: str, program: str = "media-pipeline"):
-        self.path = db_path + ".lock"
-        self.program = program
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
-                os.close(self.fd)
-                self.fd = None
-                raise RuntimeError(f"another {self.program} run (pid {holder}) uses {self.path[:-5]}") from None
-            raise
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 class Service:
@@ -535,7 +505,7 @@ class _JobProgress:
 
 
 def _kill_orphan(pid: int, tmp: str) -> None:
-    """An ffmpeg left behind by a killed service (normally it dies with us; see transcode)."""
+    """An ffmpeg left behind by a killed service (normally it dies with us: common.DIE_WITH_PARENT)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             cmdline = fh.read()
@@ -550,10 +520,6 @@ def _kill_orphan(pid: int, tmp: str) -> None:
 
 
 # --- status ----------------------------------------------------------------------------
-
-def _when(ts: float | None) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
-
 
 def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1):]
@@ -579,7 +545,7 @@ def status_table(jobs: list[Job], cfg: config_mod.Config) -> str:
             result = rel(j.dest) + (" (source removed)" if j.source_removed else "")
         else:
             result = j.reason
-        rows.append((str(j.id), j.state, f"{j.attempts}/{cfg.max_attempts}", _when(j.updated),
+        rows.append((str(j.id), j.state, f"{j.attempts}/{cfg.max_attempts}", fmt_when(j.updated),
                      _shorten(rel(j.source), 48), result))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5] for r in rows]
@@ -592,13 +558,6 @@ def status_table(jobs: list[Job], cfg: config_mod.Config) -> str:
 
 
 # --- command line ----------------------------------------------------------------------
-
-def _setup_logging(verbose: bool) -> None:
-    # journald stamps each line already
-    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else \
-        "%(asctime)s %(levelname)s %(message)s"
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, stream=sys.stderr)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="media-pipeline", description=__doc__.split("\n\n")[0])
@@ -629,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "retry":
         return _retry(cfg, args.ids)
 
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     service = Service(cfg, once=args.once)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, service.request_stop)

@@ -31,6 +31,7 @@ from typing import Callable
 
 from . import __version__, ffargs, gpu
 from . import config as config_mod
+from .common import DIE_WITH_PARENT, fmt_time
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_ENCODE, EXIT_OUTPUT = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
@@ -78,13 +79,6 @@ def temp_path(dst: str) -> str:
     """Hidden, same directory (so the final rename is atomic), not a video extension."""
     head, name = os.path.split(os.path.abspath(dst))
     return os.path.join(head, f".{name}.partial")
-
-
-def fmt_time(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "?"
-    s = int(seconds + 0.5)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 # --- probing ---------------------------------------------------------------------------
@@ -237,23 +231,6 @@ def format_progress(p: Progress) -> str:
 
 # --- running ffmpeg --------------------------------------------------------------------
 
-def _die_with_parent_fn():
-    """preexec_fn making ffmpeg die with us (PR_SET_PDEATHSIG), so a killed service leaves no encoder."""
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    sigkill = int(signal.SIGKILL)
-
-    def _set() -> None:
-        prctl(1, sigkill, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-
-    return _set
-
-
-_PREEXEC = _die_with_parent_fn() if sys.platform.startswith("linux") else None
 _DISK_FULL = ("no space left on device", "disk quota exceeded", "file too large")
 _NOT_WRITABLE = ("permission denied", "read-only file system")
 
@@ -392,7 +369,7 @@ def transcode(
     try:
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, preexec_fn=_PREEXEC)
+                                    stderr=subprocess.PIPE, preexec_fn=DIE_WITH_PARENT)
         except FileNotFoundError:
             raise TranscodeError(EXIT_ENCODE, f"{opts.ffmpeg} not found: install ffmpeg") from None
         if on_start:

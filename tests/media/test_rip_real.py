@@ -17,7 +17,7 @@ import time
 import pytest
 
 from media_pipeline import config as config_mod
-from media_pipeline import rip
+from media_pipeline import rip_service, rip_store
 from tests.media.helpers import Pipeline, kill, make_rip, processes_with, streams, wait_for
 from tests.media.rip_helpers import Drive
 
@@ -314,7 +314,7 @@ def test_a_full_pool_keeps_the_rip_until_the_running_service_or_a_restart_publis
     monkeypatch.setattr(os, "rename", rename)
 
     def service():
-        svc = rip.Service(config_mod.load_rip(str(drive.config)))
+        svc = rip_service.Service(config_mod.load_rip(str(drive.config)))
         svc.retry_seconds = 0.3
         thread = threading.Thread(target=svc.run)
         thread.start()
@@ -322,7 +322,7 @@ def test_a_full_pool_keeps_the_rip_until_the_running_service_or_a_restart_publis
 
     def row(name):
         try:  # the service may not have created its database yet
-            store = rip.RipStore(str(drive.db), readonly=True)
+            store = rip_store.RipStore(str(drive.db), readonly=True)
             try:
                 return next((r for r in store.list() if r["name"] == name), None)
             finally:

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from media_pipeline import config as config_mod
-from media_pipeline import rip
+from media_pipeline import rip, rip_robot, rip_service, rip_store, ripper
 
 # DRV lines as ARM issue #720 shows them: a drive with a disc, then absent indexes (state 256).
 INFO = r'''MSG:1005,0,1,"MakeMKV v1.18.4 linux(x64-release) started","%1 started","MakeMKV v1.18.4 linux(x64-release)"
@@ -37,7 +37,7 @@ SINFO:0,0,1,6201,"Video"
 
 
 def test_parse_info_reads_drive_disc_and_titles():
-    scan = rip.parse_info(INFO)
+    scan = rip_robot.parse_info(INFO)
     assert scan.version == "1.18.4"
     drive = scan.drive("/dev/sr0")
     assert (drive.state, drive.label, drive.name) == (2, "BIG_BUCK_BUNNY", "BD-RE HL-DT-ST BD-RE WH16NS60 1.02")
@@ -50,20 +50,20 @@ def test_parse_info_reads_drive_disc_and_titles():
 
 
 def test_fields_keep_commas_inside_quotes():
-    assert rip.split_fields('0,2,999,12,"Drive, with comma","LABEL","/dev/sr0"')[4] == "Drive, with comma"
-    assert rip.parse_line("not robot output") is None
-    assert rip.parse_line("PRGV:1,2,65536") == ("PRGV", ["1", "2", "65536"])
+    assert rip_robot.split_fields('0,2,999,12,"Drive, with comma","LABEL","/dev/sr0"')[4] == "Drive, with comma"
+    assert rip_robot.parse_line("not robot output") is None
+    assert rip_robot.parse_line("PRGV:1,2,65536") == ("PRGV", ["1", "2", "65536"])
 
 
 @pytest.mark.parametrize("text,secs", [("1:52:10", 6730), ("0:00:59", 59), ("12:03", 723), ("", 0), ("x:y", 0)])
 def test_duration(text, secs):
-    assert rip.duration_seconds(text) == secs
+    assert rip_robot.duration_seconds(text) == secs
 
 
 def test_fingerprint_tells_discs_apart_and_is_stable():
-    a, b = rip.parse_info(INFO), rip.parse_info(INFO)
+    a, b = rip_robot.parse_info(INFO), rip_robot.parse_info(INFO)
     assert a.fingerprint() == b.fingerprint()
-    other = rip.parse_info(INFO.replace('"33715453952"', '"33715453953"'))
+    other = rip_robot.parse_info(INFO.replace('"33715453952"', '"33715453953"'))
     assert other.fingerprint() != a.fingerprint()
 
 
@@ -72,7 +72,7 @@ def test_fingerprint_tells_discs_apart_and_is_stable():
     'MSG:5055,0,0,"Evaluation period has expired. Please purchase an activation key","x"',
 ])
 def test_expired_key_is_recognised(line):
-    assert rip.parse_info(line).key_expired()
+    assert rip_robot.parse_info(line).key_expired()
 
 
 SUCCESS = [
@@ -88,38 +88,38 @@ FAILED = [
 
 
 def test_copy_result_success_and_failure():
-    ok = rip.read_copy_result(SUCCESS)
+    ok = rip_robot.read_copy_result(SUCCESS)
     assert (ok.saved, ok.failed, ok.failures) == (1, 0, []) and ok.ok(1)
-    bad = rip.read_copy_result(FAILED)
+    bad = rip_robot.read_copy_result(FAILED)
     assert (bad.saved, bad.failed) == (1, 1) and bad.failures == ["Failed to save title 1 to file /x/title_t01.mkv"]
     assert not bad.ok(2)
-    assert rip.read_copy_result(["MSG:5010,0,0,\"Failed to open disc\",\"x\""]).saved is None
+    assert rip_robot.read_copy_result(["MSG:5010,0,0,\"Failed to open disc\",\"x\""]).saved is None
 
 
 def test_judge_discards_only_for_makemkvs_own_failure(tmp_path):
-    titles = [rip.Title(0, 6000, 10, "title_t00.mkv")]
-    good = rip.read_copy_result(SUCCESS)
-    assert rip._judge(good, 0, titles) == ""
-    assert "Failed to save title" in rip._judge(rip.read_copy_result(FAILED), 0, titles)
-    assert "without 'Copy complete'" in rip._judge(rip.read_copy_result([]), 0, titles)
-    assert "exit status -15" in rip._judge(rip.read_copy_result([]), -15, titles)
-    assert "2 were asked for" in rip._judge(good, 0, titles * 2)
+    titles = [rip_robot.Title(0, 6000, 10, "title_t00.mkv")]
+    good = rip_robot.read_copy_result(SUCCESS)
+    assert ripper._judge(good, 0, titles) == ""
+    assert "Failed to save title" in ripper._judge(rip_robot.read_copy_result(FAILED), 0, titles)
+    assert "without 'Copy complete'" in ripper._judge(rip_robot.read_copy_result([]), 0, titles)
+    assert "exit status -15" in ripper._judge(rip_robot.read_copy_result([]), -15, titles)
+    assert "2 were asked for" in ripper._judge(good, 0, titles * 2)
     # MakeMKV said every title is saved: an exit status is no reason to throw the rip away
-    assert rip._judge(good, 1, titles) == "" and rip._judge(good, -15, titles) == ""
+    assert ripper._judge(good, 1, titles) == "" and ripper._judge(good, -15, titles) == ""
 
 
 def test_missing_files_after_makemkvs_success(tmp_path):
     path = str(tmp_path / "title_t00.mkv")
-    assert rip._missing_files([path], str(tmp_path)) == "title_t00.mkv is missing"
+    assert ripper._missing_files([path], str(tmp_path)) == "title_t00.mkv is missing"
     (tmp_path / "title_t00.mkv").write_bytes(b"")
-    assert rip._missing_files([path], str(tmp_path)) == "title_t00.mkv is empty"
+    assert ripper._missing_files([path], str(tmp_path)) == "title_t00.mkv is empty"
     (tmp_path / "title_t00.mkv").write_bytes(b"x" * 10)
-    assert rip._missing_files([path], str(tmp_path)) == ""
-    assert rip._missing_files([""], str(tmp_path)) == ""  # no file name: what is in the folder counts
+    assert ripper._missing_files([path], str(tmp_path)) == ""
+    assert ripper._missing_files([""], str(tmp_path)) == ""  # no file name: what is in the folder counts
     (tmp_path / "nothing").mkdir()
-    assert rip._missing_files([""], str(tmp_path / "nothing")) == "no .mkv file was written"
+    assert ripper._missing_files([""], str(tmp_path / "nothing")) == "no .mkv file was written"
     with pytest.raises(OSError):  # cannot be looked at: not known to be missing
-        rip._missing_files([""], str(tmp_path / "unreadable"))
+        ripper._missing_files([""], str(tmp_path / "unreadable"))
 
 
 @pytest.mark.parametrize("raw,safe", [
@@ -128,8 +128,8 @@ def test_missing_files_after_makemkvs_success(tmp_path):
     ("x" * 300, "x" * 100), ('Con: "A*B?"', "Con A B"),
 ])
 def test_safe_name(raw, safe):
-    assert rip.safe_name(raw) == safe
-    assert "/" not in rip.safe_name(raw) and not rip.safe_name(raw).startswith(".")
+    assert ripper.safe_name(raw) == safe
+    assert "/" not in ripper.safe_name(raw) and not ripper.safe_name(raw).startswith(".")
 
 
 def test_publish_never_touches_an_existing_folder(tmp_path):
@@ -140,7 +140,7 @@ def test_publish_never_touches_an_existing_folder(tmp_path):
     work = staging / ".rip-7"
     work.mkdir()
     (work / "title_t00.mkv").write_text("second")
-    folder = rip.publish(str(work), str(staging), "Heat")
+    folder = ripper.publish(str(work), str(staging), "Heat")
     assert folder == str(staging / "Heat (3)")
     assert (staging / "Heat" / "keep.mkv").read_text() == "first disc"
     assert list((staging / "Heat (2)").iterdir()) == [] and not work.exists()
@@ -149,20 +149,20 @@ def test_publish_never_touches_an_existing_folder(tmp_path):
 def test_remove_workdir_refuses_anything_else(tmp_path):
     (tmp_path / "Heat").mkdir()
     with pytest.raises(ValueError):
-        rip._remove_workdir(str(tmp_path / "Heat"), str(tmp_path))
+        ripper.remove_workdir(str(tmp_path / "Heat"), str(tmp_path))
     with pytest.raises(ValueError):
-        rip._remove_workdir(str(tmp_path / "x" / ".rip-1"), str(tmp_path))
+        ripper.remove_workdir(str(tmp_path / "x" / ".rip-1"), str(tmp_path))
     assert (tmp_path / "Heat").exists()
 
 
 def test_store_records_and_lists(tmp_path):
-    store = rip.RipStore(str(tmp_path / "r.sqlite3"))
-    rid = store.start("fp", "LABEL", "Name", [rip.Title(0, 6000, 10, "t.mkv")])
+    store = rip_store.RipStore(str(tmp_path / "r.sqlite3"))
+    rid = store.start("fp", "LABEL", "Name", [rip_robot.Title(0, 6000, 10, "t.mkv")])
     assert store.unfinished()[0]["id"] == rid
     store.update(rid, state="done", folder="/s/Name", bytes=10, finished=store.get(rid)["started"] + 5)
     assert store.latest("fp")["state"] == "done" and store.counts()["done"] == 1
     assert store.totals() == {"bytes": 10.0, "seconds": 5.0}
-    store.record("fp2", "L2", "Other", "skipped", "too short", rip.EXIT_NO_TITLE)
+    store.record("fp2", "L2", "Other", "skipped", "too short", ripper.EXIT_NO_TITLE)
     assert [r["state"] for r in store.list()] == ["done", "skipped"]
     assert "Name" in rip.status_table(store.list())
     with pytest.raises(ValueError):
@@ -172,7 +172,7 @@ def test_store_records_and_lists(tmp_path):
 def test_metrics_use_their_own_names():
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = rip.render_metrics({"done": 2, "failed": 1}, {"bytes": 1e9, "seconds": 60.0},
+    text = rip_service.render_metrics({"done": 2, "failed": 1}, {"bytes": 1e9, "seconds": 60.0},
                               {"name": 'A "B"', "progress": 0.5}, 2, 0)
     assert 'media_rip_rips{state="done"} 2.0' in text
     assert 'media_rip_progress_ratio{disc="A \\"B\\""} 0.5' in text and "media_rip_drive_state 2.0" in text
@@ -225,15 +225,15 @@ def _service(tmp_path):
     staging = tmp_path / "staging"
     staging.mkdir()
     cfg = config_mod.rip_from_dict({"staging": str(staging), "db": str(tmp_path / "r.sqlite3"), "metrics_textfile": ""})
-    svc = rip.Service(cfg)
-    svc.store = rip.RipStore(cfg.db)
-    svc.ripper = rip.Ripper(cfg, svc.store)
+    svc = rip_service.Service(cfg)
+    svc.store = rip_store.RipStore(cfg.db)
+    svc.ripper = ripper.Ripper(cfg, svc.store)
     return svc, staging
 
 
 def test_recover_finishes_a_publish_cut_short(tmp_path):
     svc, staging = _service(tmp_path)
-    rid = svc.store.start("fp", "HEAT", "Heat", [rip.Title(0, 6000, 3, "title_t00.mkv")])
+    rid = svc.store.start("fp", "HEAT", "Heat", [rip_robot.Title(0, 6000, 3, "title_t00.mkv")])
     work = staging / f".rip-{rid}"
     work.mkdir()
     (work / "title_t00.mkv").write_text("mkv")
@@ -264,5 +264,5 @@ def test_recover_removes_an_interrupted_rip_and_remembers_its_disc(tmp_path):
 
 def test_eject_failure_is_reported_not_raised(tmp_path, caplog):
     cfg = config_mod.rip_from_dict({"device": "/dev/null"})
-    assert rip.Ripper(cfg, None).eject() is False  # CDROMEJECT on a non-drive
+    assert ripper.Ripper(cfg, None).eject() is False  # CDROMEJECT on a non-drive
     assert "could not eject /dev/null" in caplog.text

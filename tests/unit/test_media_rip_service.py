@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from media_pipeline import config as config_mod
-from media_pipeline import rip
+from media_pipeline import rip_robot, rip_service, rip_store
+from media_pipeline import ripper as ripper_mod  # `ripper` is a Ripper in these tests
 from tests.media.rip_helpers import Drive
 
 FEATURE = "1:52:10"
@@ -40,18 +41,18 @@ class Sent(list):
         return "test notifier"
 
 
-def _service(cfg: config_mod.RipConfig, **roots) -> tuple[rip.Service, Sent]:
+def _service(cfg: config_mod.RipConfig, **roots) -> tuple[rip_service.Service, Sent]:
     """A Service set up as run() sets it up (store, ripper, status file), without its loop."""
-    svc = rip.Service(cfg, **roots)
+    svc = rip_service.Service(cfg, **roots)
     os.makedirs(os.path.dirname(cfg.db), exist_ok=True)
-    svc.store = rip.RipStore(cfg.db)
+    svc.store = rip_store.RipStore(cfg.db)
     sent = Sent()
-    svc.ripper = rip.Ripper(cfg, svc.store, sent, **roots)
+    svc.ripper = ripper_mod.Ripper(cfg, svc.store, sent, **roots)
     svc.ripper.on_change = svc.publish_status
     return svc, sent
 
 
-def _live(tmp_path: Path, monkeypatch, roots=None, **config) -> tuple[rip.Service, Drive, Sent]:
+def _live(tmp_path: Path, monkeypatch, roots=None, **config) -> tuple[rip_service.Service, Drive, Sent]:
     drive = Drive(tmp_path, **config)
     monkeypatch.setenv("FAKE_MAKEMKV_DISC", str(drive.disc_file))
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -102,7 +103,7 @@ def _fail_publish(monkeypatch, step: str, err: int, staging: Path) -> dict:
         return real_mkdir(path, *a, **k)
 
     def fake_rename(src, dst, *a, **k):
-        if fault["on"] and step == "rename" and os.path.basename(str(src)).startswith(rip.WORK_PREFIX):
+        if fault["on"] and step == "rename" and os.path.basename(str(src)).startswith(ripper_mod.WORK_PREFIX):
             hit(src)
         return real_rename(src, dst, *a, **k)
 
@@ -223,15 +224,15 @@ def test_a_failed_or_cut_short_scan_records_nothing_and_rips_nothing(tmp_path, m
 
 
 def test_scan_problem_reads_a_whole_scan_as_whole():
-    whole = rip.parse_info('TCOUNT:1\nTINFO:0,9,0,"1:00:00"\nTINFO:0,27,0,"t.mkv"\n')
-    assert rip.scan_problem("dev:/dev/sr0", whole, 0) == ""
-    short = rip.parse_info('TCOUNT:2\nTINFO:0,9,0,"1:00:00"\n')
-    assert "announced 2 title(s) but described 1" in rip.scan_problem("dev:/dev/sr0", short, 0)
-    assert rip.scan_problem("dev:/dev/sr0", rip.parse_info("TCOUNT:0\n"), 0) == ""  # a disc of short titles
-    no_disc = rip.parse_info('MSG:5010,0,0,"Failed to open disc","x"\nTCOUNT:0\n')
-    assert rip.scan_problem("dev:/dev/sr0", no_disc, 1) == ""  # told as "no disc", exit 3
-    assert "listed no drive" in rip.scan_problem("disc:9999", rip.parse_info(""), 0)
-    assert "killed by SIGKILL" in rip.scan_problem("disc:9999", rip.parse_info('DRV:0,2,999,1,"a","b","/dev/sr0"'), -9)
+    whole = rip_robot.parse_info('TCOUNT:1\nTINFO:0,9,0,"1:00:00"\nTINFO:0,27,0,"t.mkv"\n')
+    assert rip_robot.scan_problem("dev:/dev/sr0", whole, 0) == ""
+    short = rip_robot.parse_info('TCOUNT:2\nTINFO:0,9,0,"1:00:00"\n')
+    assert "announced 2 title(s) but described 1" in rip_robot.scan_problem("dev:/dev/sr0", short, 0)
+    assert rip_robot.scan_problem("dev:/dev/sr0", rip_robot.parse_info("TCOUNT:0\n"), 0) == ""  # a disc of short titles
+    no_disc = rip_robot.parse_info('MSG:5010,0,0,"Failed to open disc","x"\nTCOUNT:0\n')
+    assert rip_robot.scan_problem("dev:/dev/sr0", no_disc, 1) == ""  # told as "no disc", exit 3
+    assert "listed no drive" in rip_robot.scan_problem("disc:9999", rip_robot.parse_info(""), 0)
+    assert "killed by SIGKILL" in rip_robot.scan_problem("disc:9999", rip_robot.parse_info('DRV:0,2,999,1,"a","b","/dev/sr0"'), -9)
 
 
 def test_stop_ends_a_running_scan_at_once(tmp_path, monkeypatch):
@@ -242,7 +243,7 @@ def test_stop_ends_a_running_scan_at_once(tmp_path, monkeypatch):
     def scan():
         try:
             svc.ripper.scan_disc()
-        except rip.RipError as exc:
+        except ripper_mod.RipError as exc:
             got["error"] = exc
 
     t = threading.Thread(target=scan)
@@ -254,7 +255,7 @@ def test_stop_ends_a_running_scan_at_once(tmp_path, monkeypatch):
     svc.request_stop()
     t.join(timeout=10)
     assert not t.is_alive() and time.monotonic() - started < 3
-    assert got["error"].code == rip.EXIT_SCAN and "stopping" in got["error"].reason
+    assert got["error"].code == ripper_mod.EXIT_SCAN and "stopping" in got["error"].reason
 
 
 def _hanging_makemkvcon(tmp_path, setup: str, value: str):
@@ -267,7 +268,7 @@ def _hanging_makemkvcon(tmp_path, setup: str, value: str):
                     f"os.replace({str(mark)!r} + '.tmp', {str(mark)!r})\n"
                     "print('MSG:1005,0,1,\"MakeMKV v1.18.4 started\",\"x\"', flush=True)\ntime.sleep(60)\n")
     stub.chmod(0o755)
-    return rip.Ripper(config_mod.rip_from_dict({"makemkvcon": str(stub), "device": "/dev/sr0"}), None), mark
+    return ripper_mod.Ripper(config_mod.rip_from_dict({"makemkvcon": str(stub), "device": "/dev/sr0"}), None), mark
 
 
 def test_a_makemkvcon_that_ignores_sigterm_is_killed(tmp_path):
@@ -278,7 +279,7 @@ def test_a_makemkvcon_that_ignores_sigterm_is_killed(tmp_path):
     def scan():
         try:
             ripper.scan_disc()
-        except rip.RipError as exc:
+        except ripper_mod.RipError as exc:
             got["error"] = exc
 
     t = threading.Thread(target=scan)
@@ -294,8 +295,8 @@ def test_a_makemkvcon_that_ignores_sigterm_is_killed(tmp_path):
     took = time.monotonic() - started
     assert not t.is_alive()
     assert proc.returncode == -9  # SIGTERM did nothing: it was killed, after the grace time
-    assert rip.STOP_GRACE_SECONDS - 0.5 <= took < 20, took
-    assert got["error"].code == rip.EXIT_SCAN and "stopping" in got["error"].reason
+    assert ripper_mod.STOP_GRACE_SECONDS - 0.5 <= took < 20, took
+    assert got["error"].code == ripper_mod.EXIT_SCAN and "stopping" in got["error"].reason
 
 
 def test_a_stop_request_before_makemkvcon_starts_ends_the_rip(tmp_path, monkeypatch, caplog):
@@ -304,7 +305,7 @@ def test_a_stop_request_before_makemkvcon_starts_ends_the_rip(tmp_path, monkeypa
     scan = svc.ripper.scan_disc()
     svc.request_stop()  # SIGTERM between the scan and the rip
     started = time.monotonic()
-    with pytest.raises(rip.RipError) as exc:
+    with pytest.raises(ripper_mod.RipError) as exc:
         svc.ripper.rip_disc(scan)
     assert time.monotonic() - started < 3 and exc.value.reason == "interrupted by shutdown"
     [row] = svc.store.list()
@@ -394,8 +395,8 @@ def test_a_selector_finds_its_drive_as_the_hookscript_does(tmp_path, selector):
     node.disk("sg0")
     node.drive("sg1", "sr0", *DVD)
     node.drive("sg2", "sr1", *BD)
-    assert rip.DriveFinder(selector, str(node.sys), str(node.dev)).find() == (str(node.dev / "sr1"), "")
-    assert rip.DriveFinder("auto", str(node.sys), str(node.dev)).find() == (str(node.dev / "sr0"), "")
+    assert ripper_mod.DriveFinder(selector, str(node.sys), str(node.dev)).find() == (str(node.dev / "sr1"), "")
+    assert ripper_mod.DriveFinder("auto", str(node.sys), str(node.dev)).find() == (str(node.dev / "sr0"), "")
 
 
 @needs_root
@@ -404,7 +405,7 @@ def test_drive_lookup_problems_name_the_fix(tmp_path):
     node.drive("sg0", "sr0", *DVD[:2], node=False)
     (node.dev / "sr0").write_text("")  # a bind whose source was missing leaves an empty file
     node.drive("sg1", "sr1", *BD[:2])
-    finder = lambda sel: rip.DriveFinder(sel, str(node.sys), str(node.dev)).find()  # noqa: E731
+    finder = lambda sel: ripper_mod.DriveFinder(sel, str(node.sys), str(node.dev)).find()  # noqa: E731
     assert finder("auto") == (str(node.dev / "sr1"), "")  # the first block device, not the file
     # a container's /dev has no udev links: a by-id name still finds its drive by its serial
     assert finder(BD[2]) == (str(node.dev / "sr1"), "")
@@ -416,7 +417,7 @@ def test_drive_lookup_problems_name_the_fix(tmp_path):
     assert path == "" and "no optical drive matches drive 'NoSuchDrive'" in why and "'BD-RE WH16NS60'" in why
     assert 'set "drive" in media-rip\'s config' in why
     empty = Node(tmp_path / "empty")
-    path, why = rip.DriveFinder("auto", str(empty.sys), str(empty.dev)).find()
+    path, why = ripper_mod.DriveFinder("auto", str(empty.sys), str(empty.dev)).find()
     assert path == "" and "no optical drive" in why and "pct reboot" in why
 
 
@@ -450,7 +451,7 @@ def test_the_drive_is_followed_when_a_reboot_renames_it(tmp_path, monkeypatch, c
 
 
 def test_a_fixed_device_is_not_looked_up(tmp_path):
-    ripper = rip.Ripper(config_mod.rip_from_dict({"device": "/dev/sr7", "drive": BD[0]}), None,
+    ripper = ripper_mod.Ripper(config_mod.rip_from_dict({"device": "/dev/sr7", "drive": BD[0]}), None,
                         sysfs=str(tmp_path / "none"), dev=str(tmp_path / "none"))
     assert ripper.find_device() == "" and ripper.device == "/dev/sr7"
 
@@ -473,9 +474,9 @@ def _stat_fault(monkeypatch, match, err: int) -> dict:
     return fault
 
 
-def _publishing_rip(svc: rip.Service, staging: Path, name: str, data: bytes = b"mkv") -> tuple[int, Path]:
+def _publishing_rip(svc: rip_service.Service, staging: Path, name: str, data: bytes = b"mkv") -> tuple[int, Path]:
     """A whole rip whose publish is pending (as a file error or a restart leaves it)."""
-    rid = svc.store.start(f"fp-{name}", name.upper(), name, [rip.Title(0, 6000, len(data), "title_t00.mkv")])
+    rid = svc.store.start(f"fp-{name}", name.upper(), name, [rip_robot.Title(0, 6000, len(data), "title_t00.mkv")])
     work = staging / f".rip-{rid}"
     work.mkdir()
     (work / "title_t00.mkv").write_bytes(data)
@@ -483,7 +484,7 @@ def _publishing_rip(svc: rip.Service, staging: Path, name: str, data: bytes = b"
     return rid, work
 
 
-def _plain_service(tmp_path: Path) -> tuple[rip.Service, Path, Sent]:
+def _plain_service(tmp_path: Path) -> tuple[rip_service.Service, Path, Sent]:
     staging = tmp_path / "staging"
     staging.mkdir()
     svc, sent = _service(config_mod.rip_from_dict({"staging": str(staging), "db": str(tmp_path / "db" / "r.sqlite3"),
@@ -519,7 +520,7 @@ def test_a_working_folder_that_cannot_be_read_keeps_its_rip(tmp_path, monkeypatc
 
 def test_a_gone_working_folder_is_done_only_when_its_published_folder_is_there(tmp_path, caplog):
     svc, staging, sent = _plain_service(tmp_path)
-    earlier = svc.store.start("fp-old", "HEAT", "Heat", [rip.Title(0, 6000, 3, "title_t00.mkv")])
+    earlier = svc.store.start("fp-old", "HEAT", "Heat", [rip_robot.Title(0, 6000, 3, "title_t00.mkv")])
     (staging / "Heat").mkdir()  # an earlier disc of the same name, published and recorded
     (staging / "Heat" / "title_t00.mkv").write_text("old")
     svc.store.update(earlier, state="done", folder=str(staging / "Heat"))
@@ -606,7 +607,7 @@ def test_a_stop_request_after_copy_complete_publishes_the_rip(tmp_path, monkeypa
     def run():
         try:
             got["code"] = svc.ripper.rip_disc(scan)
-        except rip.RipError as exc:
+        except ripper_mod.RipError as exc:
             got["error"] = exc
 
     t = threading.Thread(target=run)
@@ -617,7 +618,7 @@ def test_a_stop_request_after_copy_complete_publishes_the_rip(tmp_path, monkeypa
     assert flag.exists()
     svc.request_stop()  # SIGTERM lands after 'Copy complete': makemkvcon ends with -15
     t.join(timeout=30)
-    assert not t.is_alive() and got == {"code": rip.EXIT_OK}, got
+    assert not t.is_alive() and got == {"code": ripper_mod.EXIT_OK}, got
     [row] = svc.store.list()
     assert row["state"] == "done" and (drive.staging / "Heat" / "title_t00.mkv").read_bytes() == src.read_bytes()
     assert any("exit status -15 after 'Copy complete" in r.getMessage() for r in caplog.records)
@@ -634,7 +635,7 @@ def test_a_file_missing_after_reported_success_is_kept_not_deleted(tmp_path, mon
     svc.poll()
     [row] = svc.store.list()
     work = Path(row["workdir"])
-    assert row["state"] == "failed" and row["exit_code"] == rip.EXIT_FAILED
+    assert row["state"] == "failed" and row["exit_code"] == ripper_mod.EXIT_FAILED
     assert f"title_t01.mkv is {write}" in row["reason"] and f"kept in {work}" in row["reason"]
     assert "never deleted" in row["reason"]
     assert (work / "title_t00.mkv").read_bytes() == src.read_bytes()  # MakeMKV's work stays
@@ -674,7 +675,7 @@ def test_a_working_folder_that_cannot_be_made_fails_the_rip_without_a_crash(tmp_
     real_mkdir = os.mkdir
 
     def mkdir(path, *a, **k):
-        if fault["on"] and os.path.basename(str(path)).startswith(rip.WORK_PREFIX):
+        if fault["on"] and os.path.basename(str(path)).startswith(ripper_mod.WORK_PREFIX):
             raise OSError(err, os.strerror(err), str(path))
         return real_mkdir(path, *a, **k)
 
@@ -712,7 +713,7 @@ def test_stop_ends_a_child_that_holds_makemkvcons_output(tmp_path, what):
     def run():
         try:
             got["result"] = ripper.scan_disc() if what == "scan" else ripper._mkv(str(tmp_path), "x")
-        except rip.RipError as exc:
+        except ripper_mod.RipError as exc:
             got["error"] = exc
 
     t = threading.Thread(target=run, daemon=True)
@@ -726,7 +727,7 @@ def test_stop_ends_a_child_that_holds_makemkvcons_output(tmp_path, what):
         t.join(timeout=15)
         assert not t.is_alive() and time.monotonic() - started < 3  # the read loop is not held by the child
         if what == "scan":
-            assert got["error"].code == rip.EXIT_SCAN and "stopping" in got["error"].reason
+            assert got["error"].code == ripper_mod.EXIT_SCAN and "stopping" in got["error"].reason
         else:
             assert got["result"][1] == -signal.SIGTERM
     finally:
@@ -745,13 +746,13 @@ def test_a_selector_matching_nothing_uses_the_only_drive_in_the_container(tmp_pa
     # a USB enclosure: the bridge's serial in sysfs, no /dev/disk/by-id in the container
     node.drive("sg0", "sr0", "BD-RE BU40N", "BRIDGE0001")
     selector = "usb-ASUS_BW-16D1X-U_E5D0CL123456-0:0"
-    finder = rip.DriveFinder(selector, str(node.sys), str(node.dev))
+    finder = ripper_mod.DriveFinder(selector, str(node.sys), str(node.dev))
     assert finder.find() == (str(node.dev / "sr0"), "")
     assert finder.find() == (str(node.dev / "sr0"), "")
     said = [r.getMessage() for r in caplog.records if "the only optical drive in this container" in r.getMessage()]
     assert len(said) == 1 and selector in said[0] and str(node.dev / "sr0") in said[0]
     # no sysfs at all (an unprivileged view): the same
-    assert rip.DriveFinder(selector, str(tmp_path / "nosys"), str(node.dev)).find() == (str(node.dev / "sr0"), "")
+    assert ripper_mod.DriveFinder(selector, str(tmp_path / "nosys"), str(node.dev)).find() == (str(node.dev / "sr0"), "")
     node.drive("sg1", "sr1", *DVD)  # two drives, neither matches: which one is meant is unknown
-    path, why = rip.DriveFinder(selector, str(node.sys), str(node.dev)).find()
+    path, why = ripper_mod.DriveFinder(selector, str(node.sys), str(node.dev)).find()
     assert path == "" and f"no optical drive matches drive {selector!r}" in why

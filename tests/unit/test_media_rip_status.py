@@ -12,7 +12,7 @@ import time
 import pytest
 
 from media_pipeline import config as config_mod
-from media_pipeline import rip, rips
+from media_pipeline import rip, rip_robot, rip_service, rip_store, ripper, rips
 
 
 def _service(tmp_path, **over):
@@ -21,18 +21,18 @@ def _service(tmp_path, **over):
     cfg = config_mod.rip_from_dict({"staging": str(staging), "db": str(tmp_path / "state" / "r.sqlite3"),
                                     "metrics_textfile": "", **over})
     os.makedirs(tmp_path / "state", exist_ok=True)
-    svc = rip.Service(cfg)
-    svc.store = rip.RipStore(cfg.db)
+    svc = rip_service.Service(cfg)
+    svc.store = rip_store.RipStore(cfg.db)
     return svc, staging
 
 
 def _rips_in(svc, n_done=1):
     s = svc.store
     for n in range(n_done):
-        rid = s.start(f"fp{n}", f"DISC_{n}", f"Disc {n}", [rip.Title(0, 6000, 10, "t.mkv")])
+        rid = s.start(f"fp{n}", f"DISC_{n}", f"Disc {n}", [rip_robot.Title(0, 6000, 10, "t.mkv")])
         s.update(rid, state="done", folder=f"/pool/staging/Disc {n}", bytes=10 * (n + 1), progress=1.0,
                  finished=time.time(), exit_code=0)
-    s.record("fpx", "SHORT", "Short", "skipped", "no title is at least 10m00s long", rip.EXIT_NO_TITLE)
+    s.record("fpx", "SHORT", "Short", "skipped", "no title is at least 10m00s long", ripper.EXIT_NO_TITLE)
 
 
 def test_default_path_follows_staging_on_both_sides():
@@ -52,7 +52,7 @@ def test_default_path_follows_staging_on_both_sides():
 def test_the_service_writes_the_newest_rips_and_the_drive(tmp_path):
     svc, staging = _service(tmp_path, device="/dev/sr0")
     _rips_in(svc, n_done=rips.STATUS_RIPS + 4)
-    svc.drive_state_now, svc.last_poll = rip.DRIVE_INSERTED, time.time()
+    svc.drive_state_now, svc.last_poll = rip_robot.DRIVE_INSERTED, time.time()
     before = time.time()
     svc.publish_status()
     path = staging / ".media-rip" / "status.json"
@@ -86,8 +86,8 @@ def test_status_json_and_the_file_share_one_format(tmp_path, capsys):
 
 def test_live_progress_of_the_running_rip(tmp_path):
     svc, staging = _service(tmp_path)
-    rid = svc.store.start("fp", "HEAT", "Heat", [rip.Title(0, 6000, 3, "t.mkv")])
-    svc.ripper = rip.Ripper(svc.cfg, svc.store)
+    rid = svc.store.start("fp", "HEAT", "Heat", [rip_robot.Title(0, 6000, 3, "t.mkv")])
+    svc.ripper = ripper.Ripper(svc.cfg, svc.store)
     svc.ripper.current = {"id": rid, "name": "Heat", "progress": 0.4213, "eta": float("nan")}
     svc.publish_status()
     data = json.loads((staging / ".media-rip" / "status.json").read_text())  # strict JSON: no NaN

@@ -319,7 +319,7 @@ def test_undecodable_names_are_skipped_not_fatal(tmp_path, caplog):
 def test_publish_textfile_and_exposition_shared_by_both_services(tmp_path, caplog):
     import logging
 
-    from media_pipeline import rip
+    from media_pipeline import rip_service, rip_store
     from media_pipeline.metrics import exposition, publish_textfile
 
     registry = new_registry(PipelineCollector(lambda: Snapshot({"failed": 2})))
@@ -332,8 +332,8 @@ def test_publish_textfile_and_exposition_shared_by_both_services(tmp_path, caplo
     # media-rip goes through the same two helpers
     cfg = cfgmod.rip_from_dict({"staging": str(tmp_path), "db": str(tmp_path / "r.sqlite3"),
                                 "metrics_textfile": str(tmp_path / "rip.prom"), "status_file": ""})
-    svc = rip.Service(cfg)
-    svc.store = rip.RipStore(cfg.db)
+    svc = rip_service.Service(cfg)
+    svc.store = rip_store.RipStore(cfg.db)
     svc.publish_metrics()
     assert "media_rip_rips{state=\"done\"} 0.0" in (tmp_path / "rip.prom").read_text()
     assert "media_rip_info" in svc.metrics_text()

@@ -133,19 +133,19 @@ def test_gpu_proof_and_rips_when_present(page, tmp_path):
 
 def _media_rip_writes(tmp_path) -> str:
     """media-rip's own code writes the status file (its store, its Service.publish_status)."""
-    from media_pipeline import rip
+    from media_pipeline import rip_robot, rip_service, rip_store
 
     cfg = cfgmod.rip_from_dict({"staging": str(tmp_path / "pool"), "db": str(tmp_path / "rip-state" / "r.sqlite3"),
                                 "metrics_textfile": "", "device": "/dev/sr0"})
     (tmp_path / "rip-state").mkdir()
     (tmp_path / "pool").mkdir()  # staging exists: media-rip never creates it (the pool would be missing)
-    svc = rip.Service(cfg)
-    svc.store = rip.RipStore(cfg.db)
-    r1 = svc.store.start("fp1", "BLADE_RUNNER", "Blade Runner", [rip.Title(0, 7000, 1000, "t0.mkv")] * 2)
+    svc = rip_service.Service(cfg)
+    svc.store = rip_store.RipStore(cfg.db)
+    r1 = svc.store.start("fp1", "BLADE_RUNNER", "Blade Runner", [rip_robot.Title(0, 7000, 1000, "t0.mkv")] * 2)
     svc.store.update(r1, state="failed", reason="Failed to save title 1", finished=time.time(), exit_code=4)
-    r2 = svc.store.start("fp2", "HEAT", "Heat", [rip.Title(0, 9000, 10_000_000_000, "t0.mkv")])
+    r2 = svc.store.start("fp2", "HEAT", "Heat", [rip_robot.Title(0, 9000, 10_000_000_000, "t0.mkv")])
     svc.store.update(r2, state="done", folder="/pool/staging/Heat", bytes=10_000_000_000, finished=time.time())
-    svc.drive_state_now = rip.DRIVE_INSERTED
+    svc.drive_state_now = rip_robot.DRIVE_INSERTED
     svc.publish_status()
     svc.store.close()
     return cfg.status_file
