@@ -77,4 +77,5 @@ bench: deps .venv/.synced toolchain ## benchmarks: transcode overhead, queue thr
 	@mkdir -p bench-results
 	$(PY) bench/bench_transcode.py
 	$(PY) bench/bench_rip.py
+	$(PY) bench/bench_gpu_usage.py
 	@bash lab/bench.sh

@@ -6,6 +6,10 @@ after a restart; what happens in this process (job durations and outcomes) is co
 the client's Histogram and Counter. Served on /metrics (metrics_port; 0 = off) and written to
 metrics_textfile for node_exporter's textfile collector, so either scraping style works.
 
+GPU engine busy ratios and memory of the running encoders (gpu_usage.py) are sampled at scrape
+time too, from the encoder pids in the Snapshot; without a measurement the two families are
+declared with no sample, and the reason is on the status page.
+
 A sibling service (media-rip) reuses `new_registry`, `serve`, `exposition` and `publish_textfile` with its
 own collector and its own `media_rip_` metrics.
 """
@@ -29,6 +33,7 @@ from prometheus_client import write_to_textfile as _write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import __version__
+from .gpu_usage import EXPORTED_ENGINES, GpuSampler, GpuUsage
 from .jobs import STATES
 
 # Encodes take seconds (tests) to hours (a UHD film on x265 slow).
@@ -47,6 +52,7 @@ class Snapshot:
     last_scan: float = 0.0
     oldest_queued_age: float = 0.0
     filesystems: dict[str, tuple[int, int]] = field(default_factory=dict)  # dir -> (free, size) bytes
+    encoder_pids: list[int] = field(default_factory=list)  # the running ffmpeg encoders (GPU usage)
 
 
 def disk_usage(paths: dict[str, str]) -> dict[str, tuple[int, int]]:
@@ -64,8 +70,9 @@ def disk_usage(paths: dict[str, str]) -> dict[str, tuple[int, int]]:
 class PipelineCollector:
     """Reads a Snapshot at each scrape (the job store, free space) and turns it into metrics."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot]):
+    def __init__(self, snapshot: Callable[[], Snapshot], gpu: GpuSampler | None = None):
         self.snapshot = snapshot
+        self.gpu = gpu
 
     def describe(self):
         return []  # collected lazily: the store is read at scrape time only
@@ -113,6 +120,32 @@ class PipelineCollector:
         yield size
         yield GaugeMetricFamily("media_pipeline_last_scan_timestamp_seconds", "When staging was last scanned.",
                                 value=round(s.last_scan, 3))
+        if self.gpu is not None:
+            yield from gpu_families(sample_gpu(self.gpu, s.encoder_pids))
+
+
+def sample_gpu(sampler: GpuSampler, pids: list[int]) -> GpuUsage:
+    """sampler.sample, never raising: a bug there must not cost the scrape its other metrics."""
+    try:
+        return sampler.sample(pids)
+    except Exception as exc:  # noqa: BLE001 - said on the status page, not per scrape in the log
+        return GpuUsage(reason=f"internal error sampling the GPU usage: {exc!r}", sampled_at=time.time())
+
+
+def gpu_families(usage: GpuUsage) -> Iterable:
+    """The GPU families, declared even when there is nothing to measure (no sample then)."""
+    busy = GaugeMetricFamily("media_pipeline_gpu_engine_busy_ratio",
+                             "Share of the time the GPU engine class was busy for the running encoders (0-1), "
+                             "from DRM fdinfo, over the interval since the previous sample.", labels=["engine"])
+    for engine in EXPORTED_ENGINES:
+        if engine in usage.engines:
+            busy.add_metric([engine], round(usage.engines[engine], 4))
+    yield busy
+    memory = GaugeMetricFamily("media_pipeline_gpu_memory_bytes",
+                               "GPU memory resident for the running encoders (all regions), from DRM fdinfo.")
+    if usage.memory_bytes is not None:
+        memory.add_metric([], usage.memory_bytes)
+    yield memory
 
 
 class JobEvents:

@@ -24,9 +24,10 @@ import traceback
 from . import __version__, naming
 from . import config as config_mod
 from .common import MARKER, InstanceLock, fmt_time, fmt_when, setup_logging
+from .gpu_usage import GpuSampler, GpuUsage
 from .jobs import Job, JobStore
 from .metrics import (JobEvents, PipelineCollector, Snapshot, disk_usage, new_registry, publish_textfile,
-                      serve)
+                      sample_gpu, serve)
 from .notify import Notifier
 from .transcode import (
     EXIT_ENCODE, EXIT_INTERRUPTED, EXIT_NAMES, EXIT_OUTPUT, Progress, TranscodeError,
@@ -126,7 +127,8 @@ class Service:
         self.unusable: set[str] = set()  # names we warned about once
         self.pool_missing: list[str] = []  # POOL_DIRS keys missing at the last check (shown on the page)
         self.scan_problem = ""  # the last scan error, logged once
-        self.registry = new_registry(PipelineCollector(self.snapshot))
+        self.gpu = GpuSampler(encoder=cfg.encoder)  # sampled at scrape time (gpu_usage.py)
+        self.registry = new_registry(PipelineCollector(self.snapshot, self.gpu))
         self.events = JobEvents(self.registry)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -366,7 +368,7 @@ class Service:
                 progress=reporter, log=lambda msg: log.info("[job %d] %s", job.id, msg),
                 cancel=self.stop, max_decode_errors=cfg.max_decode_errors,
                 before_commit=lambda st: self.store.update(job.id, stage="finalizing", out_stamp=file_stamp(st)),
-                on_start=lambda pid: self.store.update(job.id, pid=pid),
+                on_start=lambda pid: self.encoder_started(job.id, pid),
             )
         except TranscodeError as exc:
             if exc.code == EXIT_INTERRUPTED:
@@ -375,6 +377,9 @@ class Service:
                 return
             self.fail(job, f"{EXIT_NAMES.get(exc.code, exc.code)}: {exc.reason}", retry=exc.code in RETRYABLE)
             return
+        finally:
+            with self._guard:  # ffmpeg was waited for: its pid may be anyone's now
+                self.running.get(job.id, {}).pop("pid", None)
         self.store.finish(job.id, result.media_seconds, result.elapsed, result.fps)
         self.events.observe("done", time.time() - job.started if job.started else result.elapsed)
         self.last_fps = result.fps
@@ -385,6 +390,15 @@ class Service:
         self.after_success(done)
         self.notifier.send("Transcode finished", f"{os.path.basename(dest)}\n{dest}\n"
                            f"{fmt_time(result.media_seconds)} in {fmt_time(result.elapsed)}")
+
+    def encoder_started(self, job_id: int, pid: int) -> None:
+        """transcode's on_start: the ffmpeg pid, in the job (crash recovery) and in the live
+        entry (the GPU usage sampler reads its fdinfo while the job runs)."""
+        self.store.update(job_id, pid=pid)
+        with self._guard:
+            entry = self.running.get(job_id)
+            if entry is not None:
+                entry["pid"] = pid
 
     def after_success(self, job: Job) -> None:
         """keep_source=false: remove the rip, but only once the library file is really the one
@@ -474,7 +488,17 @@ class Service:
         return Snapshot(self.store.counts(), totals["media_seconds"], totals["encode_seconds"],
                         last_fps, last_speed, running, self.last_scan,
                         max(0.0, time.time() - oldest) if oldest else 0.0,
-                        disk_usage({"staging": self.cfg.staging, "movies": self.cfg.movies, "tv": self.cfg.tv}))
+                        disk_usage({"staging": self.cfg.staging, "movies": self.cfg.movies, "tv": self.cfg.tv}),
+                        encoder_pids=self.encoder_pids())
+
+    def encoder_pids(self) -> list[int]:
+        """The pids of the ffmpeg encoders running now (set by encoder_started)."""
+        with self._guard:
+            return [r["pid"] for r in self.running.values() if r.get("pid")]
+
+    def gpu_usage(self) -> GpuUsage:
+        """The encoders' GPU usage for the status page (the same sampler as /metrics)."""
+        return sample_gpu(self.gpu, self.encoder_pids())
 
     def publish_metrics(self) -> None:
         if self.store is not None:

@@ -124,6 +124,7 @@ class StatusApp:
             "filesystems": filesystems, "oldest_queued_age": snap.oldest_queued_age,
             "last_scan": snap.last_scan, "max_attempts": self.cfg.max_attempts,
             "gpu_proof": self.gpu_proof(), "gpu_proof_file": self.cfg.gpu_proof_file,
+            "gpu_usage": svc.gpu_usage().to_json(),
             "rips": read_status(self.cfg.rip_status_file, now),
             "pool_missing": [{"dir": key, "path": getattr(self.cfg, key)} for key in svc.pool_missing],
         }

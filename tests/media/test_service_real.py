@@ -400,3 +400,32 @@ def test_missing_staging_is_said_once_and_the_service_waits(rips, tmp_path):
     assert service.returncode == 0
     assert err.count(f"staging {p.staging} does not exist (is the storage pool mounted?)") == 1, err[-3000:]
     assert err.count("storage pool is back") == 1
+
+
+# --- GPU engine usage: the pids sampled are the running encoder's --------------------------
+
+def test_gpu_usage_reads_the_running_ffmpeg_and_says_why_there_is_no_figure(rips, tmp_path):
+    """A real encode (libx265, no GPU here): the sampler reads the ffmpeg the service started
+    (its pid, not a stale one), the page says why there is no figure, and /metrics declares the
+    GPU families without a sample. The figures themselves: tests/unit/test_gpu_usage.py."""
+    import re
+
+    web_port, metrics_port = free_port(), free_port()
+    p = Pipeline(tmp_path, preset="slow", web_port=web_port, metrics_port=metrics_port)
+    put(rips["slow"], p.staging / "Busy (2024).mkv")
+    service = p.start()
+    try:
+        job, tmp = _wait_running(p)
+        gpu = _api(web_port)["gpu_usage"]
+        assert gpu["pids"] == processes_with(tmp) == [job["pid"]]
+        assert gpu["reason"].startswith("encodes run on the CPU (encoder libx265)"), gpu
+        assert gpu["engines"] == {} and gpu["memory_bytes"] is None and gpu["clients"] == 0
+        text = _get(f"http://127.0.0.1:{metrics_port}/metrics", 5)[1]
+        assert "# TYPE media_pipeline_gpu_engine_busy_ratio gauge" in text
+        assert "# TYPE media_pipeline_gpu_memory_bytes gauge" in text
+        assert not re.search(r"^media_pipeline_gpu_\w+(\{.*\})? ", text, re.M)  # no sample
+        wait_for(lambda: [j["state"] for j in p.jobs()] == ["done"], timeout=120, interval=0.5, what="the encode")
+        assert _api(web_port)["gpu_usage"]["reason"] == "no encode is running"
+    finally:
+        kill(service, signal.SIGTERM)
+    assert "Traceback" not in service.stderr.read()
