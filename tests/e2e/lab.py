@@ -198,6 +198,18 @@ class Lab:
         if p.exists():
             p.unlink()
 
+    def open_errors(self, vmid: int, *paths: str) -> dict[str, str]:
+        """What open(O_RDWR) of each path gives inside the container: "OK" or the errno's name
+        (LXC's device cgroup answers EPERM; an allowed stand-in node with no driver, ENXIO)."""
+        code = ("import errno, os, sys\n"
+                "for p in sys.argv[1:]:\n"
+                "    try:\n"
+                "        os.close(os.open(p, os.O_RDWR)); print(p, 'OK')\n"
+                "    except OSError as e:\n"
+                "        print(p, errno.errorcode[e.errno])\n")
+        got = self.ssh(f"pct exec {vmid} -- python3 -c {shlex.quote(code)} {' '.join(paths)}").stdout
+        return dict(line.split(" ", 1) for line in got.splitlines())
+
     def set_pool_mounted(self, mounted: bool):
         cmd = "mountpoint -q /mnt/storage || mount --bind /mnt/storage /mnt/storage" if mounted else \
             "! mountpoint -q /mnt/storage || umount /mnt/storage"

@@ -5,7 +5,6 @@ Needs root only (not the Pulumi toolchain), so it also checks a lab by hand: LAB
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import time
 import urllib.error
@@ -109,24 +108,12 @@ def test_conf_file_follows_the_api_and_keeps_raw_lines(lab, ct):
     # LXC's device cgroup (BPF) decides: an allowed node opens (ENXIO: no driver behind the
     # stand-in node), card0 in the same bound directory has no rule, and `c 11:0` does not
     # allow the block device sr0
-    assert open_errors(lab, ct, "/dev/dri/renderD128", "/dev/dri/card0", "/dev/sr0", "/dev/null") == {
+    assert lab.open_errors(ct, "/dev/dri/renderD128", "/dev/dri/card0", "/dev/sr0", "/dev/null") == {
         "/dev/dri/renderD128": "ENXIO", "/dev/dri/card0": "EPERM", "/dev/sr0": "EPERM", "/dev/null": "OK"}
     destroy_ct(lab)
     assert not (lab.conf_dir / f"{ct}.conf").exists()
     wait_for(lambda: not (lab.ct_dir / str(ct)).exists() and not list(lab.ct_dir.glob(f".destroyed-{ct}-*")), 60,
              what="the container tree to go")
-
-
-def open_errors(lab, vmid, *paths):
-    """What open(O_RDWR) of each path gives inside the container: "OK" or the errno's name."""
-    code = ("import errno, os, sys\n"
-            "for p in sys.argv[1:]:\n"
-            "    try:\n"
-            "        os.close(os.open(p, os.O_RDWR)); print(p, 'OK')\n"
-            "    except OSError as e:\n"
-            "        print(p, errno.errorcode[e.errno])\n")
-    got = lab.ssh(f"pct exec {vmid} -- python3 -c {shlex.quote(code)} {' '.join(paths)}").stdout
-    return dict(line.split(" ", 1) for line in got.splitlines())
 
 
 def node_pid(lab, vmid):

@@ -158,18 +158,6 @@ def test_the_services_run_under_systemd_in_their_containers(lab, first_up):
             assert "24" in ",".join(supp).split(","), got  # SupplementaryGroups=24 (cdrom)
 
 
-def open_errors(lab, vmid: int, *paths: str) -> dict[str, str]:
-    """open(O_RDWR) of each path inside the container, as media's root would: "OK" or the errno."""
-    code = ("import errno, os, sys\n"
-            "for p in sys.argv[1:]:\n"
-            "    try:\n"
-            "        os.close(os.open(p, os.O_RDWR)); print(p, 'OK')\n"
-            "    except OSError as e:\n"
-            "        print(p, errno.errorcode[e.errno])\n")
-    got = lab.ssh(f"pct exec {vmid} -- python3 -c {shlex.quote(code)} {' '.join(paths)}").stdout
-    return dict(line.split(" ", 1) for line in got.splitlines())
-
-
 def test_each_container_reaches_its_own_devices_and_no_other(lab, first_up):
     """LXC's device cgroup (BPF), built from the raw lines the program wrote: an allowed node
     opens as far as the stand-in allows (ENXIO: no driver behind it), any other gives EPERM,
@@ -177,9 +165,9 @@ def test_each_container_reaches_its_own_devices_and_no_other(lab, first_up):
     made = "mknod -m 0666 /tmp/lab-card0 c 226 0; mknod -m 0666 /tmp/lab-sg0 c 21 0; mknod -m 0666 /tmp/lab-sr0 b 11 0"
     for vmid in (201, 202):
         in_ct(lab, vmid, f"rm -f /tmp/lab-*; {made}", check=True)
-    assert open_errors(lab, 201, "/dev/dri/renderD128", "/dev/dri/card0", "/tmp/lab-sg0", "/tmp/lab-sr0") == {
+    assert lab.open_errors(201, "/dev/dri/renderD128", "/dev/dri/card0", "/tmp/lab-sg0", "/tmp/lab-sr0") == {
         "/dev/dri/renderD128": "ENXIO", "/dev/dri/card0": "ENXIO", "/tmp/lab-sg0": "EPERM", "/tmp/lab-sr0": "EPERM"}
-    assert open_errors(lab, 202, "/dev/sr0", "/dev/sg1", "/tmp/lab-card0", "/tmp/lab-sg0") == {
+    assert lab.open_errors(202, "/dev/sr0", "/dev/sg1", "/tmp/lab-card0", "/tmp/lab-sg0") == {
         "/dev/sr0": "ENXIO", "/dev/sg1": "ENXIO", "/tmp/lab-card0": "EPERM", "/tmp/lab-sg0": "EPERM"}
     assert in_ct(lab, 202, "test -e /dev/dri").returncode != 0  # and it is not given the GPU at all
 
@@ -335,7 +323,7 @@ def test_sg_renumbered_then_restart_gives_the_ripper_only_the_drive(lab, first_u
         assert r.stdout.strip() == "only-the-drive", r.stdout + r.stderr
         # LXC read the hook's lines in this start: the drive's new sg opens, the disk's old one does not
         in_ct(lab, 202, "rm -f /tmp/lab-sg1; mknod -m 0666 /tmp/lab-sg1 c 21 1", check=True)
-        assert open_errors(lab, 202, "/dev/sg2", "/dev/sr0", "/tmp/lab-sg1") == {
+        assert lab.open_errors(202, "/dev/sg2", "/dev/sr0", "/tmp/lab-sg1") == {
             "/dev/sg2": "ENXIO", "/dev/sr0": "ENXIO", "/tmp/lab-sg1": "EPERM"}
         assert (202, "hook pre-start exit=0") in lab.events(202)
     finally:
