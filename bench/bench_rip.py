@@ -69,7 +69,9 @@ def main() -> int:
             for d in (staging, movies, tv, state):
                 d.mkdir(parents=True)
             rip_cfg, pipe_cfg = root / "rip.json", root / "pipe.json"
+            # a fixed node: this machine has no drive for `drive: auto` to find (the stand-in lists the disc there)
             rip_cfg.write_text(json.dumps({"staging": str(staging), "makemkvcon": str(mkv), "min_length": 600,
+                                           "device": "/dev/sr0",
                                            "db": str(state / "rips.sqlite3"), "metrics_textfile": ""}))
             pipe_cfg.write_text(json.dumps({"staging": str(staging), "movies": str(movies), "tv": str(tv),
                                             "db": str(state / "jobs.sqlite3"), "metrics_textfile": "",
