@@ -192,6 +192,7 @@ def render_conf(ct, old_text, ours):
 
 # ------------------------------------------------------------------ LXC's config
 
+REBOOT_GRACE = 3.0  # seconds a container may be stopped without its reboot trigger before it counts as powered off
 NET_KEY = re.compile(r'^net(\d+)$')
 MP_KEY = re.compile(r'^mp(\d+)$')
 TRUE = ('1', 'true', 'yes', 'on')
@@ -374,6 +375,7 @@ class LabPve(FakePve):
         self._lab_pids = {}         # vmid -> pid seen at the last sync (None: stopped)
         self._busy = set()          # vmids being started or stopped right now (the mirror keeps off)
         self.lxc_output = {}        # vmid -> what the last lxc-start printed (its hooks' output)
+        self._seen_stopped = {}     # vmid -> when LXC was first seen stopped while the API said running
         self.lab_dir = os.path.dirname(self.node_root)
         os.makedirs(self.conf_dir, exist_ok=True)
         os.makedirs(self.lxc_dir, exist_ok=True)
@@ -490,6 +492,12 @@ class LabPve(FakePve):
         state = self.lxc_state(ct.vmid)
         if ct.status == 'running' and state == 'stopped':
             reboot = os.path.join(self.lxc_dir, str(ct.vmid), 'reboot')
+            # LXC may leave the monitor's cgroup before its post-stop hook has written the
+            # trigger: without one, wait a little before calling it a power-off
+            first = self._seen_stopped.setdefault(ct.vmid, time.time())
+            if not os.path.exists(reboot) and time.time() - first < REBOOT_GRACE:
+                return
+            self._seen_stopped.pop(ct.vmid, None)
             ct.status, ct.pid = 'stopped', None
             if os.path.exists(reboot):
                 self.event(ct.vmid, 'stop (reboot from inside)')
@@ -501,8 +509,10 @@ class LabPve(FakePve):
             else:
                 self.event(ct.vmid, 'stop (powered off inside)')
                 self._lab_pids[ct.vmid] = None
-        elif ct.status != 'running' and state == 'running':
-            self.lxc_stop(ct.vmid)
+        else:
+            self._seen_stopped.pop(ct.vmid, None)
+            if ct.status != 'running' and state == 'running':
+                self.lxc_stop(ct.vmid)
 
     def lxc_config_text(self, vmid):
         """update_lxc_config for this node: the conf as it is now, the node's include files,
@@ -720,7 +730,11 @@ class LabPve(FakePve):
             if self.lxc_state(vmid) != 'stopped':
                 raise ValueError('CT {0} did not stop within 60 s of its reboot (systemctl reboot: exit {1}, {2})'.format(
                     vmid, rc, out.strip()))
-            if not os.path.exists(os.path.join(self.lxc_dir, str(vmid), 'reboot')):
+            trigger = os.path.join(self.lxc_dir, str(vmid), 'reboot')
+            deadline = time.time() + REBOOT_GRACE
+            while not os.path.exists(trigger) and time.time() < deadline:
+                time.sleep(0.05)  # the post-stop hook may run after the cgroups emptied
+            if not os.path.exists(trigger):
                 raise ValueError('CT {0} stopped without its reboot trigger'.format(vmid))
             ct.status, ct.pid = 'stopped', None
             self._lab_pids[ct.vmid] = None

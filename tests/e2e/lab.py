@@ -19,6 +19,7 @@ import ssl
 import stat
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -120,8 +121,11 @@ class Lab:
 
     def control(self, method: str, path: str, body: dict | None = None):
         """The lab's own control API of fakepve (lab/pve-lab.py)."""
-        return self._request(method, f"{self.endpoint}{path}", headers={"Authorization": f"Lab {self.password}"},
-                             json_body=body if method != "GET" else None)
+        try:
+            return self._request(method, f"{self.endpoint}{path}", headers={"Authorization": f"Lab {self.password}"},
+                                 json_body=body if method != "GET" else None)
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"{method} {path} {body}: HTTP {e.code}: {e.read().decode(errors='replace')}") from None
 
     def containers(self) -> dict[int, dict]:
         return {int(c["vmid"]): c for c in self.api("GET", f"/nodes/{self.node}/lxc")}
