@@ -534,14 +534,12 @@ class LabPve(FakePve):
             raise TaskError(str(e)) from None
 
     def _bridge_mtu(self, bridge):
-        rc, out = self._node_run(['cat', '/sys/class/net/{0}/mtu'.format(bridge)], timeout=10)
-        if rc != 0:
-            rc, out = self._node_run(['ip', '-o', 'link', 'show', 'dev', str(bridge)], timeout=10)
-            m = re.search(r' mtu (\d+) ', out)
-            if rc != 0 or not m:
-                raise TaskError("bridge '{0}' does not exist".format(bridge))
-            return int(m.group(1))
-        return int(out.strip())
+        """The bridge's MTU from `ip` in the node (its /sys holds only cgroup2)."""
+        rc, out = self._node_run(['ip', '-o', 'link', 'show', 'dev', str(bridge)], timeout=10)
+        m = re.search(r' mtu (\d+) ', out)
+        if rc != 0 or not m:
+            raise TaskError("bridge '{0}' does not exist on node (netN: bridge=)".format(bridge))
+        return int(m.group(1))
 
     def _write_lxc_config(self, vmid):
         d = os.path.join(self.lxc_dir, str(vmid))
