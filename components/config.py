@@ -614,7 +614,7 @@ class GrafanaConfig(_Model):
 
 
 class MonitoringConfig(ContainerConfig):
-    """The monitoring container: Prometheus, Alertmanager (Debian 12) and Grafana (docs/adr/0013)."""
+    """The monitoring container: Prometheus, Alertmanager (Debian 12) and Grafana (docs/adr/0015)."""
 
     enabled: bool = False
     vm_id: int = Field(204, ge=100, le=999_999_999)

@@ -36,9 +36,9 @@ class MediaHost(pulumi.ComponentResource):
             node,
             "host-ct-recreate-guard.sh",
             ["--pool", st.pool, "--node", cfg.proxmox.node, "--marker", render.MANAGED_MARKER,
-             *[a for key, ct in (("transcoder", cfg.transcoder), ("ripper", cfg.ripper),
-                                 *((("monitoring", cfg.monitoring),) if cfg.monitoring.enabled else ()))
-               for a in ("--ct", render.recreate_spec(key, ct))]],
+             *[a for key, ct in (("transcoder", cfg.transcoder), ("ripper", cfg.ripper))
+               for a in ("--ct", render.recreate_spec(key, ct))],
+             *(["--ct", render.recreate_spec("monitoring", cfg.monitoring, pool=False)] if cfg.monitoring.enabled else [])],
             parent=self,
         )
 

@@ -1,4 +1,4 @@
-"""Pure rendering for the monitoring container (docs/adr/0013): who scrapes whom, Prometheus'
+"""Pure rendering for the monitoring container (docs/adr/0015): who scrapes whom, Prometheus'
 and Alertmanager's files. No resources here; components/monitoring_ct.py wires them.
 
 Formats: Prometheus 2.42 and Alertmanager 0.25, the versions Debian 12 ships

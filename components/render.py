@@ -134,9 +134,11 @@ def hookscript_volume(storage: str) -> str:
 MANAGED_MARKER = "managed by the homelab-media Pulumi program"
 
 
-def recreate_spec(key: str, ct) -> str:
-    """host-ct-recreate-guard.sh's --ct VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW for one container's config."""
-    return f"{ct.vm_id}:{key}:{ct.hostname}:{ct.datastore}:{ct.disk_gb}:{int(ct.allow_recreate)}"
+def recreate_spec(key: str, ct, pool: bool = True) -> str:
+    """host-ct-recreate-guard.sh's --ct VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW[:none] for one container's
+    config (`:none`: a container with no mount point, e.g. monitoring)."""
+    spec = f"{ct.vm_id}:{key}:{ct.hostname}:{ct.datastore}:{ct.disk_gb}:{int(ct.allow_recreate)}"
+    return spec if pool else spec + ":none"
 
 
 def _dev_entry(path: str) -> str:

@@ -38,7 +38,12 @@ case $cmd in
     mkdir -p "$state"; touch "$state/$unit.enabled" ;;
   is-enabled) if [[ -e $state/$unit.enabled ]]; then say enabled; else say disabled; exit 1; fi ;;
   is-active) if [[ -x $init ]] && "$init" status >/dev/null 2>&1; then say active; else say inactive; exit 3; fi ;;
-  start | stop | restart) [[ -x $init ]] || { echo "lab systemctl: $unit has no $init to run" >&2; exit 5; }
+  start | stop) [[ -x $init ]] || { echo "lab systemctl: $unit has no $init to run" >&2; exit 5; }
     "$init" "$cmd" >/dev/null ;;
+  # a stop then a start: Debian's init-d-script runs do_start_prepare (mkdir of the pid file's
+  # directory under /run) only on start, not on restart
+  restart) [[ -x $init ]] || { echo "lab systemctl: $unit has no $init to run" >&2; exit 5; }
+    "$init" stop >/dev/null
+    "$init" start >/dev/null ;;
   *) echo "lab systemctl: command $cmd is not emulated (lab/node-systemctl.sh)" >&2; exit 2 ;;
 esac

@@ -89,7 +89,7 @@ trap 'rm -rf "$stage"' EXIT
 cp "$prom_yml" "$stage/prometheus.yml"
 mkdir -p "$stage/rules"
 cp "$rules" "$stage/rules/media-pipeline-alerts.yml"
-mapfile -t secret_keys < <(grep -o '__SECRET_[A-Za-z0-9]*__' "$am_yml" | sort -u | sed 's/^__SECRET_//; s/__$//')
+mapfile -t secret_keys < <({ grep -o '__SECRET_[A-Za-z0-9]*__' "$am_yml" || true; } | sort -u | sed 's/^__SECRET_//; s/__$//')
 am_text=$(<"$am_yml") am_check=$am_text
 for key in "${secret_keys[@]}"; do
   [[ -n ${SECRET[$key]:-} ]] ||

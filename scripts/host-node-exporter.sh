@@ -28,7 +28,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ -n $listen ]] || die "--listen is required (see --help)" 2
-[[ $listen =~ ^[A-Za-z0-9.:_\[\]-]*:[0-9]{1,5}$ ]] || die "--listen must be ADDR:PORT or :PORT (got $listen)" 2
+listen_re='^[][A-Za-z0-9.:_-]*:[0-9]{1,5}$'
+[[ $listen =~ $listen_re ]] || die "--listen must be ADDR:PORT or :PORT (got $listen)" 2
 need_root
 
 step "prometheus-node-exporter"
