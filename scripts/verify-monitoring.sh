@@ -61,12 +61,13 @@ fi
 
 targets='[]' up=0 total=0 rules=0
 if $prom_ok; then
-  step "Waiting up to ${wait_s}s for every target's first scrape"
+  # a service the same deploy just (re)started may refuse the first scrape: wait for its next one
+  step "Waiting up to ${wait_s}s for every target to be up"
   while :; do
     targets=$(get "http://127.0.0.1:$prom_port/api/v1/targets?state=active" |
       jq -c '[.data.activeTargets[] | {job: .labels.job, instance: .labels.instance, health, lastError}]') || targets='[]'
-    unknown=$(jq '[.[] | select(.health == "unknown")] | length' <<<"$targets")
-    if ((unknown == 0)) || ((SECONDS >= deadline)); then break; fi
+    pending=$(jq '[.[] | select(.health != "up")] | length' <<<"$targets")
+    if ((pending == 0)) || ((SECONDS >= deadline)); then break; fi
     sleep 1
   done
   up=$(jq '[.[] | select(.health == "up")] | length' <<<"$targets")
