@@ -92,7 +92,7 @@ def first_up(lab, sentinels):
 def test_up_from_empty_builds_the_pipeline(lab, first_up):
     out = first_up["out"]["outputs"]
     cts = lab.containers()
-    assert set(cts) == {201, 202}
+    assert set(cts) == {201, 202, 204}  # 204: monitoring (enabled in Pulumi.lab.yaml)
     for vmid in (201, 202):
         cfg = lab.ct_config(vmid)
         assert str(cfg.get("unprivileged", 0)) == "0"
@@ -505,7 +505,7 @@ def test_unmounted_pool_stops_before_containers_bind_it(lab, first_up, tmp_path)
     finally:
         lab.set_pool_mounted(True)
     program("up")
-    assert set(lab.containers()) == {201, 202}
+    assert set(lab.containers()) == {201, 202, 204}
 
 
 def test_pve_task_failure_surfaces_pves_message_and_the_next_up_converges(lab, first_up):
@@ -536,7 +536,7 @@ def test_a_killed_up_converges_on_the_next_up(lab, first_up):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     out, _ = program("up")
-    assert set(lab.containers()) == {201, 202}
+    assert set(lab.containers()) == {201, 202, 204}
     assert out["outputs"]["pipeline"]["version"]
     again, _ = program("up")
     assert again["commands_ran"] == []
