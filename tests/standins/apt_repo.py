@@ -50,6 +50,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -321,7 +322,8 @@ class AptRepo:
             self.unknown.clear()
 
     def _handle(self, h: BaseHTTPRequestHandler, head: bool) -> None:
-        path = h.path.split("?", 1)[0].lstrip("/")
+        # percent-decoded, as any web server does: apt asks for grafana_1.0%2bx_amd64.deb
+        path = urllib.parse.unquote(h.path.split("?", 1)[0]).lstrip("/")
         with self._lock:
             data = self.files.get(path)
         req = Request(h.command, path, 200 if data is not None else 404, h.headers.get("User-Agent", ""))
