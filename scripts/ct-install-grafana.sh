@@ -182,7 +182,7 @@ colons=$(gpg --batch --quiet --show-keys --with-colons "$WORK/key" 2>"$WORK/gpg.
 # the primary keys' fingerprints: the fpr line right after each pub line (sub keys' come after sub lines)
 mapfile -t seen < <(awk -F: '$1 == "pub" { p = 1; next } $1 == "fpr" && p { print $10 } { p = 0 }' <<<"$colons")
 if [[ ${#seen[@]} -ne 1 || ${seen[0]} != "$fingerprint" ]]; then
-  die "the key at $key_url has fingerprint ${seen[*]:-(none)}, but $fingerprint is pinned. Nothing was written. If Grafana rotated its key, check the new fingerprint on https://grafana.com/docs/grafana/latest/setup-grafana/installation/debian/ and pass it with --fingerprint; otherwise --key-url serves the wrong key"
+  die "the key at $key_url has fingerprint ${seen[*]:-(none)}, but $fingerprint is pinned; no keyring, apt source or Grafana file was written. If Grafana rotated its key, check the new fingerprint on https://grafana.com/docs/grafana/latest/setup-grafana/installation/debian/ and pass it with --fingerprint; otherwise --key-url serves the wrong key"
 fi
 ok "the key's fingerprint is the pinned $fingerprint"
 
