@@ -235,7 +235,9 @@ if [[ -f $INI ]]; then
     v = $0; sub(/^[^=]*=[[:space:]]*/, "", v); sub(/^"""/, "", v); sub(/"""[[:space:]]*$/, "", v); print v; exit }' "$INI")
 fi
 # with_password: the settings on stdin with admin_password after [security]'s first line (a
-# [security] section is added at the end when they have none). printf is a builtin: no argv.
+# triple-quoted value: Grafana's configuration docs, admin_password: "If the password contains # or ;
+# you have to wrap it with triple quotes"; the password cannot hold a double quote, checked above;
+# a [security] section is added at the end when they have none). printf is a builtin: no argv.
 with_password() {
   local line done=0
   while IFS= read -r line || [[ -n $line ]]; do
