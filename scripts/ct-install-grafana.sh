@@ -299,6 +299,10 @@ if ((${#want[@]})); then printf '%s\n' "${!want[@]}" | sort; fi | put "$MANIFEST
 ((prov_changed)) || ok "provisioning files are up to date"
 
 # ---------------------------------------------------------------------------------------------
+# Grafana creates the admin user from admin_password only with its database; later it is changed with
+# `grafana-cli admin reset-admin-password` (https://grafana.com/docs/grafana/latest/cli/, "Reset admin
+# password"), whose --password-from-stdin reads one line of stdin (grafana/grafana
+# pkg/cmd/grafana-cli/commands/reset_password_command.go).
 password_reset=false
 if [[ $password != "$old_password" && -f $GRAFANA_DB ]]; then
   step "Admin password changed: Grafana keeps it in $GRAFANA_DB, so grafana-cli admin reset-admin-password sets it"
