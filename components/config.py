@@ -796,11 +796,12 @@ def _monitoring_problems(cfg: "StackConfig", require_secrets: bool) -> list[str]
             f"{NAMESPACE}:monitoring.nodeAddress 192.168.1.10`"
         )
     g = mon.grafana
-    if g.enabled and not ipaddress.ip_address(g.bind).is_loopback and not cfg.secrets.grafana_admin_password and require_secrets:
+    if g.enabled and not cfg.secrets.grafana_admin_password and require_secrets:
+        where = "beyond its container" if not ipaddress.ip_address(g.bind).is_loopback else "on loopback"
         out.append(
-            f"{NAMESPACE}:monitoring.grafana.bind = {g.bind!r} opens Grafana beyond its container, but "
-            f"{NAMESPACE}:grafanaAdminPassword is not set: set it with `pulumi config set --secret "
-            f"{NAMESPACE}:grafanaAdminPassword` (a long random string), or bind 127.0.0.1"
+            f"{NAMESPACE}:monitoring.grafana is enabled ({g.bind}, {where}) but {NAMESPACE}:grafanaAdminPassword "
+            f"is not set: set it with `pulumi config set --secret {NAMESPACE}:grafanaAdminPassword` (a long random "
+            f"string; anonymous access stays off), or set monitoring.grafana.enabled false"
         )
     needs = (("email", "alertSmtpPassword", "alert_smtp_password", lambda r: r.username is not None),
              ("telegram", "alertTelegramToken", "alert_telegram_token", lambda r: True))

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import pulumi
 
+from . import grafana_render
 from . import monitoring_render as mr
 from . import render
 from .config import StackConfig
@@ -77,6 +78,12 @@ class MonitoringCT(pulumi.ComponentResource):
         self.steps: list[pulumi.Resource] = [self.bootstrap]
 
         grafana_port: list[str] = []
+        proven = dict(files)  # what the proof proves: it is redone when one changes
+        self.grafana = None
+        if mon.grafana.enabled:
+            self.grafana, proven["grafana"] = self._grafana(name, cfg, node, secrets.get("grafanaAdminPassword"))
+            self.steps.append(self.grafana)
+            grafana_port = ["--grafana-port", str(mon.grafana.port)]
         self.verify = run_script(
             f"{name}-verify",
             node,
@@ -87,12 +94,41 @@ class MonitoringCT(pulumi.ComponentResource):
             parent=self,
             depends_on=[*self.steps, *scraped],
             # the proof is redone when what it proves changed: the files, the packages, the targets
-            triggers=[render.sha256(*(f"{k}\0{v!r}" for k, v in sorted(files.items())))],
+            triggers=[render.sha256(*(f"{k}\0{v!r}" for k, v in sorted(proven.items())))],
             replace_with=[self.container],
         )
         urls = mr.urls(cfg)
         self.monitoring = self.verify.stdout.apply(lambda s: _summary(render.parse_json_output(s, "monitoring"), urls))
         self.register_outputs({"vmId": mon.vm_id, "monitoring": self.monitoring})
+
+
+    def _grafana(self, name: str, cfg: StackConfig, node: Node, password: pulumi.Input[str] | None):
+        """Grafana from its own repository, key pinned (scripts/ct-install-grafana.sh, docs/adr/0013):
+        settings, the Prometheus data source and the dashboard as files; the password on secret stdin."""
+        mon = cfg.monitoring
+        g = mon.grafana
+        if password is None:  # config validation names it first
+            raise ValueError("monitoring.grafana needs the secret grafanaAdminPassword")
+        provisioning = grafana_render.provisioning_files(
+            f"http://127.0.0.1:{mon.prometheus_port}", "" if g.bind == "0.0.0.0" else g.bind, g.port
+        )
+        tar = "grafana-provisioning.tar.gz"
+        tar_bytes = render.tarball_of(provisioning)
+        step = run_script(
+            f"{name}-grafana",
+            node,
+            "ct-install-grafana.sh",
+            ["--admin-password-stdin", "--provisioning-tar", tar,
+             "--repo", g.repo, "--key-url", g.key_url, "--fingerprint", g.fingerprint],
+            stdin=password,
+            secret_stdin=True,
+            files={tar: tar_bytes},
+            vmid=mon.vm_id,
+            parent=self,
+            depends_on=[self.bootstrap],  # curl and the apt lists are there; one apt at a time
+            replace_with=[self.container],
+        )
+        return step, tar_bytes
 
 
 def _summary(proof: dict[str, Any], urls: dict[str, str | None]) -> dict[str, Any]:

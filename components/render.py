@@ -227,6 +227,30 @@ def deterministic_tarball(src: Path, arcname: str, exclude: Iterable[str] = ("__
     return buf.getvalue()
 
 
+def tarball_of(files: Mapping[str, str | bytes]) -> bytes:
+    """A .tar.gz of relative path -> content (files 0644, their directories 0755), whose bytes
+    depend only on the names and contents."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=9) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            dirs = sorted({str(Path(*Path(name).parts[:i])) for name in files for i in range(1, len(Path(name).parts))})
+            for name in [*dirs, *sorted(files)]:
+                if name.startswith("/") or ".." in Path(name).parts:
+                    raise ValueError(f"{name!r}: a tarball entry must be a relative path")
+                info = tarfile.TarInfo(name)
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
+                info.mtime = 0
+                if name in files:
+                    data = files[name].encode() if isinstance(files[name], str) else files[name]
+                    info.size, info.mode = len(data), 0o644
+                    tar.addfile(info, io.BytesIO(data))
+                else:
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+    return buf.getvalue()
+
+
 PIPELINE_TARBALL = "media-pipeline.tar.gz"  # what both containers unpack (ct-install-pipeline.sh --tarball)
 
 

@@ -47,6 +47,8 @@ Inside the monitoring container (Debian 12), as root:
   --admin-password-stdin  the admin password is the first line of stdin (required;
                           at least 4 characters, no double quote)
   --provisioning DIR      files to install (see 5 and 6); components/grafana_render.py renders them
+  --provisioning-tar F    the same files as a tar archive (how the stack ships them: a bundle
+                          carries plain files only); unpacked into a temporary directory
   --http-addr ADDR        the address Grafana listens on (default: empty, all addresses)
   --http-port PORT        its port (default 3000)
   --repo URL              Grafana's apt repository (default https://apt.grafana.com)
@@ -75,7 +77,7 @@ MANIFEST=/etc/grafana/.homelab-media-files
 GRAFANA_DB=/var/lib/grafana/grafana.db
 
 repo=https://apt.grafana.com suite=stable component=main key_url=https://apt.grafana.com/gpg.key
-fingerprint=$GRAFANA_FPR prov_dir="" http_addr="" http_port=3000 http_given=0 pw_stdin=0 print_settings=0
+fingerprint=$GRAFANA_FPR prov_dir="" prov_tar="" http_addr="" http_port=3000 http_given=0 pw_stdin=0 print_settings=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h | --help) usage; exit 0 ;;
@@ -85,6 +87,7 @@ while [[ $# -gt 0 ]]; do
     --key-url) need_arg "$@"; key_url=$2; shift 2 ;;
     --fingerprint) need_arg "$@"; fingerprint=$2; shift 2 ;;
     --provisioning) need_arg "$@"; prov_dir=${2%/}; shift 2 ;;
+    --provisioning-tar) need_arg "$@"; prov_tar=$2; shift 2 ;;
     --http-addr) [[ $# -ge 2 && $2 != --* ]] || die "--http-addr needs a value (see --help)"
       http_addr=$2 http_given=1; shift 2 ;;
     --http-port) need_arg "$@"; http_port=$2 http_given=1; shift 2 ;;
@@ -143,6 +146,13 @@ IFS= read -r password || [[ -n $password ]] || die "--admin-password-stdin: stdi
 [[ ${#password} -ge 4 ]] || die "the admin password on stdin is shorter than 4 characters (Grafana refuses it); pass a longer one"
 [[ $password != *'"'* && $password != *[$'\001'-$'\037']* ]] ||
   die "the admin password on stdin contains a double quote or a control character; grafana.ini cannot hold it (triple-quoted value): choose another"
+if [[ -n $prov_tar ]]; then
+  [[ -z $prov_dir ]] || die "--provisioning and --provisioning-tar exclude each other: give one"
+  [[ -f $prov_tar && -r $prov_tar ]] || die "--provisioning-tar $prov_tar: no such readable file"
+  prov_dir=$(mktemp -d)
+  trap 'rm -rf "$prov_dir"' EXIT
+  tar -xf "$prov_tar" -C "$prov_dir" --no-same-owner || die "--provisioning-tar $prov_tar: not a tar archive"
+fi
 if [[ -n $prov_dir ]]; then
   [[ -d $prov_dir ]] || die "--provisioning $prov_dir: no such directory"
   if [[ -f $prov_dir/grafana.ini ]] && ((http_given)); then
@@ -156,7 +166,7 @@ fi
 GNUPGHOME=$(mktemp -d)
 export GNUPGHOME
 WORK=$(mktemp -d)
-cleanup() { rm -rf "$GNUPGHOME" "$WORK"; }
+cleanup() { rm -rf "$GNUPGHOME" "$WORK" "${prov_tar:+$prov_dir}"; }
 trap cleanup EXIT
 
 # ---------------------------------------------------------------------------------------------

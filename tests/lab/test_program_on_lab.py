@@ -127,7 +127,9 @@ def test_up_from_empty_builds_the_pipeline(lab, first_up):
     proof = json.loads((ct / "var/lib/media-pipeline/gpu-proof.json").read_text())  # verify-gpu.sh --save
     assert proof["render_node"] == "/dev/dri/renderD128" and proof["checked_at"] > 0
     assert out["statusPage"]["url"] == "http://127.0.0.1:8480/" and "pct exec 201" in out["statusPage"]["reachable"]
-    assert out["metricsUrl"]["url"] == "http://127.0.0.1:9464/metrics"
+    # monitoring.enabled: /metrics on the transcoder's own address, for the monitoring container only
+    assert out["metricsUrl"]["url"] == "http://10.99.0.201:9464/metrics"
+    assert (mp_cfg["metrics_bind"], mp_cfg["metrics_allow"]) == ("10.99.0.201", ["10.99.0.204/32"])
     # structured, honest outputs: fake device nodes cannot encode
     gpu, drive = out["gpuVerification"], out["driveVerification"]
     assert gpu["ok"] is False and gpu["render_node"] == "/dev/dri/renderD128"

@@ -150,10 +150,11 @@ def test_a_receiver_without_its_secret_is_refused():
     assert any("monitoring.receivers.telegram" in m and "alertTelegramToken" in m for m in msgs), msgs
 
 
-def test_grafana_beyond_loopback_needs_its_password():
-    msgs = problems(stack(grafana={"enabled": True}), alert_telegram_token=True)
-    assert any("monitoring.grafana.bind" in m and "grafanaAdminPassword" in m for m in msgs), msgs
-    cfg_of(stack(grafana={"enabled": True, "bind": "127.0.0.1"}), alert_telegram_token=True)  # fine
+def test_grafana_needs_its_admin_password_on_loopback_too():
+    for bind in ("0.0.0.0", "127.0.0.1"):
+        msgs = problems(stack(grafana={"enabled": True, "bind": bind}), alert_telegram_token=True)
+        assert any("monitoring.grafana is enabled" in m and "grafanaAdminPassword" in m for m in msgs), msgs
+    cfg_of(stack(grafana={"enabled": True}), alert_telegram_token=True, grafana_admin_password=True)  # fine
 
 
 @pytest.mark.parametrize("key,value,needle", [
@@ -225,3 +226,38 @@ def test_promtool_accepts_the_rendered_prometheus_yml(tmp_path):
     (tmp_path / "p.yml").write_text(mr.prometheus_yml(cfg).replace("/etc/prometheus/rules/", "rules/"))
     run = subprocess.run(["promtool", "check", "config", "p.yml"], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pulumi.runtime.test
+def test_grafana_comes_from_its_pinned_repository_with_the_password_on_secret_stdin(program):
+    import io
+    import tarfile
+
+    mocks, g = program(stack(grafana={"enabled": True}) | {f"{NS}:grafanaAdminPassword": "graf-pass-not-real"})
+
+    def check(out):
+        step = mocks.resources["monitoring-grafana"]
+        assert step.inputs["create"] == "pct exec 204 -- bash -s"
+        raw = mocks.raw_inputs["monitoring-grafana"]["stdin"]
+        assert isinstance(raw, dict) and raw.get(SECRET_SIG)
+        stdin = step.inputs["stdin"]
+        line = _call_line(stdin)
+        assert "--fingerprint B53AE77BADB630A683046005963FA27710458545" in line
+        assert "--repo https://apt.grafana.com " in line and "--admin-password-stdin" in line
+        assert "graf-pass-not-real" not in line
+        assert stdin.split("__HOMELAB_STDIN__")[1].strip("'\n") == "graf-pass-not-real"
+        for name, a in mocks.resources.items():
+            if name != "monitoring-grafana":
+                assert "graf-pass-not-real" not in json.dumps(a.inputs, default=str), name
+        # the provisioning travels as a tarball in the bundle: the data source is this Prometheus
+        b64 = stdin.split('base64 -d > "$_d/grafana-provisioning.tar.gz" <<\'__HOMELAB_EOF__\'\n')[1].split("__HOMELAB_EOF__")[0]
+        import base64
+        tar = tarfile.open(fileobj=io.BytesIO(base64.b64decode(b64)))
+        names = set(tar.getnames())
+        assert {"grafana.ini", "provisioning/datasources/prometheus.yaml", "dashboards/media-pipeline.json"} <= names
+        ds = tar.extractfile("provisioning/datasources/prometheus.yaml").read().decode()
+        assert 'url: "http://127.0.0.1:9090"' in ds
+        assert "--grafana-port 3000" in _call_line(mocks.resources["monitoring-verify"].inputs["stdin"])
+        assert out[-1]["grafana"]["url"] == "http://192.168.1.204:3000/"
+
+    return done(g).apply(check)
