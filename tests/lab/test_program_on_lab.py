@@ -212,7 +212,9 @@ def test_second_up_runs_nothing_remote(lab, first_up):
     out, _ = program("up")
     after = lab.counters()
     assert out["commands_ran"] == []
-    assert len(out["commands_unchanged"]) == 15  # 10 steps + the hookscript install + 2 vm id guards + media-rip's install + the recreate guard
+    # 10 steps + the hookscript install + 2 vm id guards + media-rip's install + the recreate guard,
+    # + monitoring's: its vm id guard, bootstrap, proof and the node exporter on the node
+    assert len(out["commands_unchanged"]) == 19
     assert after["ssh"] == before["ssh"] and after["pct"] == before["pct"] and after["events"] == before["events"]
 
 
