@@ -35,8 +35,9 @@ class MonitoringCT(pulumi.ComponentResource):
         super().__init__("homelab:index:MonitoringCT", name, None, opts)
         mon = cfg.monitoring
         self.vm_id = mon.vm_id
+        # after the node's checks, like the other containers: a failed up creates no container
         self.container = unprivileged_container(
-            name, mon, cfg, node, host.template_file_id, parent=self, depends_on=[host.recreate_guard]
+            name, mon, cfg, node, host.template_file_id, parent=self, depends_on=[host.recreate_guard, host.pool_check]
         )
 
         files = {

@@ -224,12 +224,19 @@ def test_scripts_are_idempotent_when_run_again(lab, first_up):
     state = json.loads(saved)
     state["commands"] = {}
     STATE.write_text(json.dumps(state))
-    starts = {v: lab.starts(v) for v in (201, 202)}
+    starts = {v: lab.starts(v) for v in (201, 202, 204)}
     out, proc = program("up")
-    assert len(out["commands_ran"]) == 15  # 10 steps + the hookscript install + 2 vm id guards + media-rip's install + the recreate guard
+    # 10 steps + the hookscript install + 2 vm id guards + media-rip's install + the recreate guard
+    # + monitoring's vm id guard, bootstrap, proof and node exporter
+    assert len(out["commands_ran"]) == 19
     assert out["outputs"]["mediaUser"]["changed"] == []
     assert "unchanged" in proc.stderr or "already" in proc.stderr
-    assert {v: lab.starts(v) for v in (201, 202)} == starts  # raw lines unchanged: no restart
+    assert {v: lab.starts(v) for v in (201, 202, 204)} == starts  # raw lines unchanged: no restart
+    # monitoring's scripts again: nothing written, nothing restarted
+    boot = proc.stderr.split("==> monitoring-bootstrap:")[1].split("==> monitoring-bootstrap: done")[0]
+    assert "wrote /etc" not in boot and "restarted" not in boot, boot
+    exporter = proc.stderr.split("==> media-host-node-exporter:")[1].split("==> media-host-node-exporter: done")[0]
+    assert "restarted" not in exporter and "already installed" in exporter, exporter
 
 
 def test_cores_change_updates_in_place(lab, first_up, tmp_path):
