@@ -43,6 +43,7 @@ import email.utils
 import gzip
 import hashlib
 import io
+import json
 import lzma
 import os
 import re
@@ -71,16 +72,20 @@ MAINTAINER = "Stand-in Repository <standin@example.invalid>"
 class Signer:
     """An OpenPGP key in its own temporary GNUPGHOME (short path: gpg-agent's socket must fit)."""
 
-    def __init__(self, name: str = "Stand-in apt repository (throwaway test key)"):
+    def __init__(self, name: str = "Stand-in apt repository (throwaway test key)", secret_key: bytes | None = None):
+        """A new key, or `secret_key` (an armored secret key, e.g. lab/standin-key.asc) imported."""
         self.home = Path(tempfile.mkdtemp(prefix="standin-gpg-", dir="/tmp"))
         self.home.chmod(0o700)
-        params = (
-            "%no-protection\n"
-            "Key-Type: eddsa\nKey-Curve: ed25519\nKey-Usage: sign\n"
-            f"Name-Real: {name}\nName-Email: standin@example.invalid\n"
-            "Expire-Date: 2d\n%commit\n"
-        )
-        self._gpg("--gen-key", input=params.encode())
+        if secret_key is not None:
+            self._gpg("--import", input=secret_key)
+        else:
+            params = (
+                "%no-protection\n"
+                "Key-Type: eddsa\nKey-Curve: ed25519\nKey-Usage: sign\n"
+                f"Name-Real: {name}\nName-Email: standin@example.invalid\n"
+                "Expire-Date: 2d\n%commit\n"
+            )
+            self._gpg("--gen-key", input=params.encode())
         colons = self._gpg("--list-keys", "--with-colons").decode()
         fprs = _primary_fingerprints(colons)
         assert len(fprs) == 1, colons
@@ -220,13 +225,17 @@ class AptRepo:
 
     def __init__(self, debs: Sequence[Deb] = (), *, suite: str = "stable", component: str = "main",
                  arch: str = "amd64", key_path: str = "/gpg.key", origin: str = "Stand-in",
-                 label: str = "Stand-in test repository", codename: str | None = None):
+                 label: str = "Stand-in test repository", codename: str | None = None,
+                 signer: "Signer | None" = None, record: Path | None = None):
+        """`signer`: sign with this key (default: a new throwaway one); `record`: also append each
+        request to this file as a JSON line (a repository served by another process)."""
         self.suite, self.component, self.arch = suite, component, arch
         self.key_path = "/" + key_path.lstrip("/")
         self.origin, self.label, self.codename = origin, label, codename
         self.debs: list[Deb] = list(debs)
         self.workdir = Path(tempfile.mkdtemp(prefix="standin-apt-"))
-        self.signer = Signer()
+        self.signer = signer or Signer()
+        self.record = record
         self.fingerprint = self.signer.fingerprint
         self.served_key = self.signer.public_key
         self.files: dict[str, bytes] = {}
@@ -302,7 +311,8 @@ class AptRepo:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = self._server.server_address[0] if self._server else "127.0.0.1"
+        return f"http://{host}:{self.port}"
 
     @property
     def key_url(self) -> str:
@@ -327,10 +337,15 @@ class AptRepo:
         with self._lock:
             data = self.files.get(path)
         req = Request(h.command, path, 200 if data is not None else 404, h.headers.get("User-Agent", ""))
+        unknown = data is None and not any(t.match(path) for t in TOLERATED)
         with self._lock:
             self.requests.append(req)
-            if data is None and not any(t.match(path) for t in TOLERATED):
+            if unknown:
                 self.unknown.append(req)
+            if self.record is not None:
+                with open(self.record, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"method": req.method, "path": path, "status": req.status,
+                                         "unknown": unknown}) + "\n")
         if data is None:
             body = b"404 not found (stand-in apt repository)\n"
             h.send_response(404)
@@ -347,7 +362,7 @@ class AptRepo:
         if not head:
             h.wfile.write(data)
 
-    def start(self) -> "AptRepo":
+    def start(self, bind: str = "127.0.0.1", port: int = 0) -> "AptRepo":
         repo = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -362,7 +377,7 @@ class AptRepo:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((bind, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="standin-apt", daemon=True)
         self._thread.start()
