@@ -18,6 +18,7 @@ class StackInputs:
     ssh_private_key: pulumi.Output[str] | None
     makemkv_key: pulumi.Output[str] | None
     status_password: pulumi.Output[str] | None = None
+    jellyfin_admin_password: pulumi.Output[str] | None = None
 
 
 def load(config: pulumi.Config | None = None) -> StackInputs:
@@ -35,12 +36,14 @@ def load(config: pulumi.Config | None = None) -> StackInputs:
     ssh_key = config.get_secret("sshPrivateKey")
     mk_key = config.get_secret("makemkvKey")
     status_password = config.get_secret("statusPassword")
+    jellyfin_password = config.get_secret("jellyfinAdminPassword")
     secrets = Secrets(
         proxmox_password=password is not None,
         proxmox_api_token=token is not None,
         ssh_private_key=ssh_key is not None,
         makemkv_key=mk_key is not None,
         status_password=status_password is not None,
+        jellyfin_admin_password=jellyfin_password is not None,
     )
     problems: list[str] = []
     try:
@@ -50,7 +53,7 @@ def load(config: pulumi.Config | None = None) -> StackInputs:
     problems += environment_problems(os.environ)
     if problems:
         raise ConfigError(problems)
-    return StackInputs(cfg, password, ssh_key, mk_key, status_password)
+    return StackInputs(cfg, password, ssh_key, mk_key, status_password, jellyfin_password)
 
 
 def configured_keys() -> set[str]:
