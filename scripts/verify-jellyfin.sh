@@ -145,9 +145,9 @@ else
     else
       if [[ $hwaccel == qsv ]]; then
         enc=(-init_hw_device "vaapi=va:$node" -init_hw_device qsv=qs@va -f lavfi -i testsrc=d=1
-          -vf hwupload=extra_hw_frames=64,format=qsv -c:v h264_qsv -f null -)
+          -vf "hwupload=extra_hw_frames=64,format=qsv" -c:v h264_qsv -f null -)
       else
-        enc=(-init_hw_device "vaapi=va:$node" -f lavfi -i testsrc=d=1 -vf format=nv12,hwupload -c:v h264_vaapi -f null -)
+        enc=(-init_hw_device "vaapi=va:$node" -f lavfi -i testsrc=d=1 -vf "format=nv12,hwupload" -c:v h264_vaapi -f null -)
       fi
       if out=$(run_as "$user" timeout 120 "$FFDIR/ffmpeg" -hide_banner -nostdin -loglevel error "${enc[@]}" 2>&1); then
         encode=ok
