@@ -24,8 +24,8 @@ Inside the Jellyfin container (Debian 12), as root:
      missing; an existing render group with another gid is refused (the device
      node would belong to another group);
   2. gpg, ca-certificates and python3 from the container's own Debian mirror, if missing;
-  3. Jellyfin's signing key from --key-url, accepted only if it holds the key with
-     --fingerprint; only that key is written, to /etc/apt/keyrings/jellyfin.gpg.
+  3. Jellyfin's signing key from --key-url, accepted only if it holds exactly one key,
+     the one with --fingerprint; written to /etc/apt/keyrings/jellyfin.gpg (binary).
      A wrong fingerprint is refused before anything of Jellyfin's is written;
   4. /etc/apt/sources.list.d/jellyfin.sources (deb822, Signed-By that keyring):
      --repo, suite (default: this system's VERSION_CODENAME), component main;
@@ -116,17 +116,20 @@ if ! /usr/lib/apt/apt-helper download-file "$key_url" "$work/key" >"$work/dl.log
 fi
 export GNUPGHOME=$work/gnupg
 mkdir -m 0700 "$GNUPGHOME"
-gpg --batch --quiet --import "$work/key" >/dev/null 2>&1 || die "$key_url is not an OpenPGP key. Nothing was written."
-# the fingerprints of the primary keys the file holds (a "fpr" line right after each "pub")
-mapfile -t fprs < <(gpg --batch --with-colons --list-keys 2>/dev/null |
-  awk -F: '$1 == "pub" { p = 1; next } $1 == "fpr" && p { print $10; p = 0 }')
-found=0
-for f in "${fprs[@]}"; do [[ $f == "$fpr" ]] && found=1; done
-if ((!found)); then
-  die "the key at $key_url has fingerprint ${fprs[*]:-none}, not the pinned $fpr: refused (a changed or forged key). Nothing was written. If Jellyfin rotated its key, check the new fingerprint on jellyfin.org and pass it with --fingerprint."
+# --show-keys reads the file without importing it (no keyring, no gpg-agent needed)
+colons=$(gpg --batch --show-keys --with-colons "$work/key" 2>/dev/null) ||
+  die "$key_url is not an OpenPGP key. Nothing was written."
+# the fingerprints of the primary keys the file holds (the "fpr" line right after each "pub")
+mapfile -t fprs < <(awk -F: '$1 == "pub" { p = 1; next } $1 == "fpr" && p { print $10; p = 0 }' <<<"$colons")
+if [[ ${#fprs[@]} -ne 1 || ${fprs[0]:-} != "$fpr" ]]; then
+  die "the key at $key_url has fingerprint ${fprs[*]:-none}, not the pinned $fpr: refused (a changed or forged key, or more than one). Nothing was written. If Jellyfin rotated its key, check the new fingerprint on jellyfin.org and pass it with --fingerprint."
 fi
-[[ ${#fprs[@]} -eq 1 ]] || warn "the key file holds ${#fprs[@]} keys; only $fpr is kept"
-gpg --batch --export "$fpr" >"$work/jellyfin.gpg"
+# apt's signed-by takes a binary keyring (or an armored .asc): the key, dearmored
+if grep -q -- '-----BEGIN PGP PUBLIC KEY BLOCK-----' "$work/key"; then
+  gpg --batch --dearmor <"$work/key" >"$work/jellyfin.gpg"
+else
+  cp "$work/key" "$work/jellyfin.gpg"
+fi
 ok "fingerprint $fpr"
 mkdir -p /etc/apt/keyrings
 repo_changed=0
