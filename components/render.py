@@ -307,6 +307,12 @@ def jellyfin_mount_points(storage) -> list[dict[str, Any]]:
     ]
 
 
+def jellyfin_recreate_mps(vmid: int, storage) -> list[str]:
+    """host-ct-recreate-guard.sh's --mp specs for the Jellyfin container: its mounts, as PVE's conf has them."""
+    return [f"{vmid}:mp{i}:{m['volume']}:{m['path']}:{int(m['read_only'])}"
+            for i, m in enumerate(jellyfin_mount_points(storage))]
+
+
 def jellyfin_render_node(discovery: Mapping[str, Any], gpu: str, qsv_device: str | None) -> str | None:
     """The render node Jellyfin gets through devN, or None (gpu none, or auto with no GPU).
 

@@ -212,6 +212,19 @@ def test_the_container_waits_for_its_vm_id_guard_and_the_host(jf):
 
 
 @pulumi.runtime.test
+def test_the_recreate_guard_knows_jellyfins_own_read_only_mounts(jf):
+    """Jellyfin's database is on its disk: a change of storage.movies/tv must not recreate it silently."""
+    mocks, g = jf()
+
+    def check(_):
+        call = _call_line(mocks.resources["media-host-recreate-guard"].inputs["stdin"])
+        assert ("--ct 203:jellyfin:jellyfin:local-lvm:16:0 --mp 203:mp0:/mnt/storage/movies:/media/movies:1 "
+                "--mp 203:mp1:/mnt/storage/tv:/media/tv:1") in call
+
+    return done(g).apply(check)
+
+
+@pulumi.runtime.test
 def test_a_chosen_render_node_and_a_static_address(jf):
     discovery = {**tp.DISCOVERY, "gpu": {"nodes": [
         {"path": "/dev/dri/card0", "type": "card", "major": 226, "minor": 0},
