@@ -13,6 +13,7 @@ Inside the Jellyfin container, as root, after ct-install-jellyfin.sh. Unpacks th
 media_pipeline tarball into a temp directory and runs
   python3 -m media_pipeline.jellyfin configure --url http://127.0.0.1:PORT
       --admin-user USER --password-file F --render-node NODE --hwaccel HW --key-file KEY
+      --movies /media/movies --tv /media/tv --wait 120
 (idempotent: the first-run wizard, the libraries at /media/movies and /media/tv, hardware acceleration,
 an API key written to KEY, mode 0600). The admin password comes on stdin (one line),
 never on the command line; it is handed to the CLI as a 0600 file that is removed on exit.
@@ -39,6 +40,7 @@ done
 [[ -n $tarball && -r $tarball ]] || die "--tarball FILE is required and must be readable (see --help)"
 ((password_stdin)) || die "--password-stdin is required: the admin password never travels on the command line"
 [[ $hwaccel == none || -n $node ]] || die "--hwaccel $hwaccel needs --render-node"
+[[ $key_file == /* ]] || die "--key-file must be an absolute path, got '$key_file'"
 need_root
 
 work=$(mktemp -d)
@@ -68,9 +70,10 @@ ok "listening"
 step "Configuring Jellyfin (wizard, libraries, hardware acceleration, API key)"
 mkdir -p "$(dirname "$key_file")"
 args=(configure --url "http://127.0.0.1:$port" --admin-user "$admin" --password-file "$work/password"
-  --hwaccel "$hwaccel" --key-file "$key_file")
+  --hwaccel "$hwaccel" --movies /media/movies --tv /media/tv --key-file "$key_file" --wait 120)
 [[ -z $node ]] || args+=(--render-node "$node")
-out=$(PYTHONPATH=$work python3 -m media_pipeline.jellyfin "${args[@]}")
+# from $work: `python3 -m` puts the working directory first on sys.path
+out=$(cd "$work" && PYTHONPATH=$work python3 -m media_pipeline.jellyfin "${args[@]}")
 [[ -s $key_file ]] || die "the configure CLI wrote no API key to $key_file"
 chmod 0600 "$key_file"
 ok "configured"
