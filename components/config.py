@@ -527,7 +527,7 @@ class JellyfinConfig(ContainerConfig):
     cores: int = Field(2, ge=1, le=512)
     memory: int = Field(2048, ge=64, le=4_194_304, description="MiB")
     disk_gb: int = Field(16, ge=2, le=131_072)
-    port: int = Field(8096, ge=1, le=65535, description="Jellyfin's HTTP port (its default, 8096)")
+    port: int = Field(8096, ge=1, le=65535, description="Jellyfin's HTTP port (its default; only 8096 for now)")
     gpu: str = Field(
         "auto",
         description="auto (the transcoder's GPU: encoding.qsvDevice, else the first discovered render node), "
@@ -572,6 +572,12 @@ def jellyfin_problems(cfg: "StackConfig", require_secrets: bool) -> list[str]:
             )
         if jf.hostname == ct.hostname:
             out.append(f"{NAMESPACE}:jellyfin.hostname = {jf.hostname!r} is refused: {key}.hostname is the same; they must differ")
+    if jf.port != 8096:
+        out.append(
+            f"{NAMESPACE}:jellyfin.port = {jf.port} is refused: Jellyfin listens on 8096 until its network "
+            "configuration is changed, which this program does not do yet; keep 8096 "
+            f"(`pulumi config rm --path {NAMESPACE}:jellyfin.port`)"
+        )
     if jf.ipv4 != "dhcp" and not cfg.network.gateway:
         out.append(
             f"{NAMESPACE}:jellyfin.ipv4 is a static address but network.gateway is not set: the container would have "

@@ -407,6 +407,10 @@ def test_bad_jellyfin_values_are_refused_naming_the_key(key, value, expect):
     assert f"homelab-media:jellyfin.{key}" in text and expect in text, text
 
 
+def test_only_jellyfins_own_port_for_now():
+    assert "homelab-media:jellyfin.port = 8097 is refused: Jellyfin listens on 8096" in refused(raw(enabled=True, port=8097))
+
+
 def test_static_address_needs_the_gateway():
     assert "jellyfin.ipv4 is a static address but network.gateway is not set" in refused(
         raw(enabled=True, ipv4="192.168.1.203/24"))
