@@ -7,6 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
 usage() {
   cat <<'USAGE'
 Usage: host-template-group.sh (--volume STORAGE:vztmpl/FILE | --file PATH) [--group render] [--key KEY]
+         [--pve-dir /etc/pve]
 
 Runs on the Proxmox node. PVE's devN passthrough (dev0: /dev/dri/renderD128,gid=N) takes a
 gid as the container sees it, and the container's /etc/group is the template's when the
@@ -14,10 +15,12 @@ container is created. So the gid is read from the template's ./etc/group (tar, z
 as the name says), not assumed: Debian 12's template may have no render group at all, and
 a package that adds one later takes whatever gid is free (docs/adr/0014).
 
-  --volume VOLID   the template as PVE names it (pvesm path VOLID gives the file)
+  --volume VOLID   the template as PVE names it: `pvesm path VOLID` gives the file, or, without
+                   pvesm, a dir storage's `path` in PVE_DIR/storage.cfg + /template/cache/FILE
   --file PATH      the template file itself (tests)
   --group NAME     the group (default render)
   --key KEY        the stack key named in errors (default jellyfin.gpu)
+  --pve-dir DIR    pmxcfs mount (default /etc/pve)
 
 If the template has the group, its gid is printed ("source":"template"). If not, the gid
 `groupadd --system` would give it in that tree is printed ("source":"new": the highest free
@@ -28,7 +31,7 @@ stdout: JSON {"group":str,"gid":int,"source":"template"|"new","template":str}
 USAGE
 }
 
-volume="" file="" group=render key=jellyfin.gpu
+volume="" file="" group=render key=jellyfin.gpu pve=/etc/pve
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h | --help) usage; exit 0 ;;
@@ -36,6 +39,7 @@ while [[ $# -gt 0 ]]; do
     --file) need_arg "$@"; file=$2; shift 2 ;;
     --group) need_arg "$@"; need_name --group "$2"; group=$2; shift 2 ;;
     --key) need_arg "$@"; key=$2; shift 2 ;;
+    --pve-dir) need_arg "$@"; pve=$2; shift 2 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -43,8 +47,17 @@ done
 
 step "Finding the template"
 if [[ -z $file ]]; then
-  command -v pvesm >/dev/null || die "pvesm not found: run this on the Proxmox node (or pass --file)"
-  file=$(pvesm path "$volume") || die "pvesm path $volume failed: is the template downloaded? (MediaHost's template step)"
+  [[ $volume =~ ^([a-z][a-z0-9_.-]*):vztmpl/([^/]+)$ ]] || die "--volume '$volume' is not STORAGE:vztmpl/FILE"
+  storage=${BASH_REMATCH[1]} name=${BASH_REMATCH[2]}
+  if command -v pvesm >/dev/null; then
+    file=$(pvesm path "$volume") || die "pvesm path $volume failed: is the template downloaded? (MediaHost's template step)"
+  else
+    # a dir storage's templates are <path>/template/cache/<file> (PVE::Storage::DirPlugin)
+    dir=$(awk -v s="$storage" '/^[a-z]+: / { cur = ($2 == s) } cur && $1 == "path" { print $2; exit }' \
+      "$pve/storage.cfg" 2>/dev/null || true)
+    [[ -n $dir ]] || die "no pvesm here and storage '$storage' has no path in $pve/storage.cfg (homelab-media:template.datastore)"
+    file=$dir/template/cache/$name
+  fi
 fi
 [[ -f $file ]] || die "template $file does not exist (homelab-media:template.fileName, on homelab-media:template.datastore)"
 ok "$file"

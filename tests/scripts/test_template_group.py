@@ -65,3 +65,22 @@ def test_a_missing_template_and_bad_arguments(tmp_path):
     assert "--volume or --file is required" in run("host-template-group.sh").err
     assert "unknown argument '--x'" in run("host-template-group.sh", "--x").err
     assert run("host-template-group.sh", "--help").rc == 0
+
+
+def test_a_volume_is_found_through_storage_cfg_without_pvesm(tmp_path):
+    store = tmp_path / "vz"
+    (store / "template/cache").mkdir(parents=True)
+    tpl = template(tmp_path, BASE + "render:x:104:\n")
+    tpl.rename(store / "template/cache" / tpl.name)
+    pve = tmp_path / "pve"
+    pve.mkdir()
+    (pve / "storage.cfg").write_text(f"dir: local\n\tpath {store}\n\tcontent iso,vztmpl,backup\n\n"
+                                     "lvmthin: local-lvm\n\tthinpool data\n\tvgname pve\n")
+    r = run("host-template-group.sh", "--volume", f"local:vztmpl/{tpl.name}", "--pve-dir", str(pve),
+            env={"PATH": "/usr/bin:/bin"})
+    assert r.rc == 0, r.err
+    assert r.json["gid"] == 104 and r.json["template"] == str(store / "template/cache" / tpl.name)
+    r = run("host-template-group.sh", "--volume", f"local-lvm:vztmpl/{tpl.name}", "--pve-dir", str(pve),
+            env={"PATH": "/usr/bin:/bin"})
+    assert r.rc == 1 and "storage 'local-lvm' has no path" in r.err
+    assert "is not STORAGE:vztmpl/FILE" in run("host-template-group.sh", "--volume", "local:iso/x.iso").err
