@@ -27,7 +27,7 @@ exceptions or the command's output.
 
   python3 -m media_pipeline.jellyfin configure --url URL --admin-user NAME --password-file FILE
       [--hwaccel none|vaapi|qsv] [--render-node /dev/dri/renderD128] [--movies /media/movies]
-      [--tv /media/tv] [--key-name media-pipeline] --key-file OUT [--wait SECONDS]
+      [--tv /media/tv] [--key-name media-pipeline] --key-file OUT [--key-owner media] [--wait SECONDS]
 """
 
 from __future__ import annotations
@@ -353,6 +353,18 @@ def write_secret(path: str, value: str) -> bool:
     return True
 
 
+def give_to(path: str, user: str) -> bool:
+    """chown `path` to `user` and its primary group; False when it is theirs already."""
+    import pwd
+
+    entry = pwd.getpwnam(user)  # KeyError: no such user
+    st = os.stat(path)
+    if (st.st_uid, st.st_gid) == (entry.pw_uid, entry.pw_gid):
+        return False
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    return True
+
+
 def read_secret(path: str, what: str) -> str:
     try:
         with open(path, encoding="utf-8") as fh:
@@ -573,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--tv", default=DEFAULT_LIBRARIES[1][2], help="the Shows library's path in Jellyfin's container")
     c.add_argument("--key-name", default=DEFAULT_KEY_NAME, help="the API key's app name (default media-pipeline)")
     c.add_argument("--key-file", required=True, help="where the API key is written (mode 0600); never printed")
+    c.add_argument("--key-owner", help="user who must read the key file (the service's, e.g. media): it gets "
+                                       "the file (run as root)")
     c.add_argument("--wait", type=float, default=0.0, help="seconds to wait for Jellyfin to answer (default 0)")
     c.add_argument("--timeout", type=float, default=TIMEOUT, help="seconds per HTTP call (default 10)")
     args = parser.parse_args(argv)
@@ -593,12 +607,14 @@ def main(argv: list[str] | None = None) -> int:
         key = result.pop("api_key")
         if write_secret(args.key_file, key):
             result["changed"].append(f"key file {args.key_file} written")
+        if args.key_owner and give_to(args.key_file, args.key_owner):
+            result["changed"].append(f"key file {args.key_file} given to {args.key_owner}")
     except JellyfinError as exc:
         return fail(str(exc))
     except ValueError as exc:
         return fail(str(exc), 2)
-    except OSError as exc:
-        return fail(f"cannot write the key file {args.key_file}: {exc.strerror}")
+    except (OSError, KeyError) as exc:
+        return fail(f"cannot write the key file {args.key_file}: {getattr(exc, 'strerror', None) or exc}")
     result["apiKey"] = f"written to {args.key_file}"
     print(json.dumps(result, ensure_ascii=False))
     return 0

@@ -345,6 +345,10 @@ config_owner=""
 if $user_exists; then config_owner=0:$(id -g "$user"); fi
 if write_file "$config" 0640 "$config_owner" <<<"$rendered"; then ok "config written"; else ok "config unchanged"; fi
 
+if [[ $role == transcoder && -n $jellyfin_url && ! -f $root$jellyfin_api_key_file ]]; then
+  warn "$jellyfin_api_key_file does not exist yet: Jellyfin refreshes fail until python3 -m media_pipeline.jellyfin configure --key-file $jellyfin_api_key_file --key-owner $user writes it"
+fi
+
 state=$root/var/lib/$service_name
 if [[ ! -d $state ]]; then
   mkdir -p "$state"

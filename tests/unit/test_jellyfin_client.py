@@ -253,6 +253,16 @@ def test_refresher_off_without_url():
     assert not r.enabled and r.last is None and "off" in r.describe()
 
 
+def test_key_owner(server, tmp_path, capsys):
+    import pwd
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    rc, key_file = run_cli(tmp_path, server, "--key-owner", me)
+    assert rc == 0 and key_file.stat().st_uid == os.getuid()
+    rc, _ = run_cli(tmp_path, server, "--key-owner", "no-such-user-here")
+    assert rc == 1 and "no-such-user-here" in capsys.readouterr().err
+
+
 def test_write_secret_is_0600_and_idempotent(tmp_path):
     path = tmp_path / "k"
     old = os.umask(0)
