@@ -50,6 +50,8 @@ class Config:
     apprise_urls: tuple[str, ...] = ()
     metrics_port: int = 0
     metrics_bind: str = "127.0.0.1"  # this container only; "0.0.0.0" to be scraped from outside
+    # who may scrape /metrics beyond loopback (addresses or networks); () = anyone who reaches metrics_bind
+    metrics_allow: tuple[str, ...] = ()
     metrics_textfile: str = "/var/lib/media-pipeline/metrics.prom"
     web_port: int = 0  # the status page; 0 = off
     web_bind: str = "127.0.0.1"  # beyond loopback only with web_password set
@@ -106,6 +108,7 @@ _EXAMPLES = {
     "web_port": "8480 (0 = off)", "web_bind": '"127.0.0.1" (or "0.0.0.0" with web_password set)',
     "web_password": '"a long random string" (ct-install-pipeline.sh --web-password-stdin)',
     "public_url": '"https://media.example.lan" (scheme://host[:port] of the TLS proxy; "" = the Host header)',
+    "metrics_allow": '["192.168.1.204"] (the Prometheus that scrapes it; [] = anyone reaching metrics_bind)',
     "trusted_proxies": '["127.0.0.1"] (the reverse proxy\'s address; [] = trust no X-Forwarded-* header)',
     "gpu_proof_file": '"/var/lib/media-pipeline/gpu-proof.json" ("" = off)',
     "rip_status_file": '"/mnt/storage/staging/.media-rip/status.json" ("" = off)',
@@ -261,7 +264,7 @@ def from_dict(raw: dict, where: str = "config") -> Config:
             values[key] = _as_str_list(key, value, where)
         elif key == "public_url":
             values[key] = _as_public_url(key, value, where)
-        elif key == "trusted_proxies":
+        elif key in ("trusted_proxies", "metrics_allow"):
             values[key] = _as_networks(key, value, where)
         elif key in ("jellyfin_url", "jellyfin_api_key_file"):
             if not isinstance(value, str):
@@ -479,6 +482,7 @@ class RipConfig:
     apprise_urls: tuple[str, ...] = ()
     metrics_port: int = 0
     metrics_bind: str = "127.0.0.1"
+    metrics_allow: tuple[str, ...] = ()
     metrics_textfile: str = "/var/lib/media-rip/metrics.prom"
     # the snapshot the transcoder's status page reads (media_pipeline/rips.py); default STAGING/.media-rip/status.json
     status_file: str = "/mnt/storage/staging/.media-rip/status.json"
@@ -526,6 +530,8 @@ def rip_from_dict(raw: dict, where: str = "config") -> RipConfig:
             values[key] = _as_str_list(key, value, where)
         elif key == "metrics_port":
             values[key] = _as_int(key, value, where, 0, 65535)
+        elif key == "metrics_allow":
+            values[key] = _as_networks(key, value, where)
     if "status_file" not in values:  # follows staging: the pool both containers mount
         values["status_file"] = status_file_for(values.get("staging", RipConfig.staging))
     return RipConfig(**values)

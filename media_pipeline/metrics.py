@@ -17,6 +17,7 @@ own collector and its own `media_rip_` metrics.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import io
 import logging
 import os
@@ -25,7 +26,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, make_wsgi_app
@@ -376,11 +377,28 @@ class WSGIThreadServer:
         self.httpd.server_close()
 
 
-def serve(registry: CollectorRegistry, bind: str, port: int) -> WSGIThreadServer:
-    """GET /metrics (the client's own WSGI app) in a daemon thread."""
+def peer_allowed(addr: str, allow: Sequence[str]) -> bool:
+    """Loopback always; else a peer inside one of `allow` (addresses or networks); empty `allow` = anyone."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    if getattr(ip, "ipv4_mapped", None):
+        ip = ip.ipv4_mapped
+    if ip.is_loopback or not allow:
+        return True
+    return any(ip in ipaddress.ip_network(net, strict=False) for net in allow)
+
+
+def serve(registry: CollectorRegistry, bind: str, port: int, allow: Sequence[str] = ()) -> WSGIThreadServer:
+    """GET /metrics (the client's own WSGI app) in a daemon thread; peers outside `allow` get 403."""
     metrics_app = make_wsgi_app(registry)
 
     def app(environ, start_response):
+        peer = environ.get("REMOTE_ADDR", "")
+        if not peer_allowed(peer, allow):
+            start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"forbidden: {peer} is not in metrics_allow\n".encode()]
         if environ.get("PATH_INFO", "/") not in ("/metrics", "/"):
             start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"not found: try /metrics\n"]

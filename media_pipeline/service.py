@@ -171,7 +171,7 @@ class Service:
             self.store = JobStore(self.cfg.db)
             self.recover()
             if self.cfg.metrics_port:
-                servers.append(serve(self.registry, self.cfg.metrics_bind, self.cfg.metrics_port))
+                servers.append(serve(self.registry, self.cfg.metrics_bind, self.cfg.metrics_port, self.cfg.metrics_allow))
                 log.info("metrics on http://%s:%d/metrics", self.cfg.metrics_bind, servers[-1].port)
             if self.cfg.web_port:
                 from . import web  # jinja2 is needed only when the page is on

@@ -7,7 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
 usage() {
   cat <<'USAGE'
 Usage: host-ct-recreate-guard.sh --pool PATH --node NAME --marker TEXT
-         --ct VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW [--ct ...] [--pve-dir DIR]
+         --ct VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW[:MOUNTS] [--ct ...] [--pve-dir DIR]
 
 Runs on the Proxmox node at the start of every `pulumi up` whose container settings changed,
 before any container is touched. bpg's provider can change some container settings only by
@@ -27,7 +27,8 @@ passes. Nothing is changed either way.
   --pool PATH     the pool the stack binds into every container (mp0: PATH,mp=PATH)
   --node NAME     the node the stack puts the containers on (proxmox.node)
   --marker TEXT   the text of the program's container descriptions ("HOSTNAME: TEXT")
-  --ct SPEC       VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW, e.g. 201:transcoder:transcoder:local-lvm:20:0
+  --ct SPEC       VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW[:MOUNTS], e.g. 201:transcoder:transcoder:local-lvm:20:0;
+                  MOUNTS is pool (the default: mp0 is the pool) or none (a container with no mount point)
   --pve-dir DIR   pmxcfs mount (default /etc/pve)
 
 stdout: JSON [{"vmid","key","exists":bool,"recreate":[reasons],"allowed":bool}, ...]
@@ -72,8 +73,11 @@ option() { tr ',' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n 1; }
 step "Would this up recreate a container?"
 results=() refused=()
 for spec in "${cts[@]}"; do
-  IFS=: read -r vmid key hostname datastore disk allow extra <<<"$spec"
-  [[ -z ${extra:-} && -n $key && -n $hostname && -n $datastore ]] || die "--ct '$spec' must be VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW"
+  IFS=: read -r vmid key hostname datastore disk allow mounts extra <<<"$spec"
+  [[ -z ${extra:-} && -n $key && -n $hostname && -n $datastore ]] ||
+    die "--ct '$spec' must be VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW[:pool|none]"
+  mounts=${mounts:-pool}
+  [[ $mounts == pool || $mounts == none ]] || die "--ct '$spec': the mounts field must be pool or none"
   need_int "--ct $spec: VMID" "$vmid"
   need_int "--ct $spec: DISK_GB" "$disk"
   [[ $allow == 0 || $allow == 1 ]] || die "--ct '$spec': ALLOW must be 0 or 1"
@@ -100,7 +104,9 @@ for spec in "${cts[@]}"; do
     mp0=$(sed -n 's/^mp0:[[:space:]]*//p' <<<"$main" | head -n 1)
     rootfs=$(sed -n 's/^rootfs:[[:space:]]*//p' <<<"$main" | head -n 1)
     have_src=${mp0%%,*} have_mp=$(option "$mp0" mp)
-    if [[ $have_src != "$pool" || $have_mp != "$pool" ]]; then
+    if [[ $mounts == none && -n $mp0 ]]; then
+      reasons+=("$key: CT $vmid binds $mp0 and the stack now binds nothing: the provider changes a mount point only by recreating the container")
+    elif [[ $mounts == pool && ($have_src != "$pool" || $have_mp != "$pool") ]]; then
       reasons+=("storage.pool: CT $vmid binds ${mp0:-nothing} and the stack now binds $pool,mp=$pool: the provider changes a mount point only by recreating the container")
     fi
     vol=${rootfs%%,*}

@@ -37,6 +37,7 @@ MINE = [
     "verify-drive.sh",
     "host-hookscript.sh",
     "pve-hookscript.sh",
+    "ct-install-grafana.sh",
 ]
 
 
