@@ -13,6 +13,7 @@ import pulumi_proxmoxve as proxmoxve
 from components.config import ConfigError, page_urls
 from components.jellyfin_ct import JellyfinCT, pve_release_problem
 from components.media_host import MediaHost
+from components.monitoring_ct import MonitoringCT
 from components.preflight import ssh_problem
 from components.remote import Node
 from components.ripper_ct import RipperCT
@@ -78,6 +79,14 @@ pulumi.export("gpuVerification", transcoder.gpu)
 pulumi.export("driveVerification", ripper.drive)
 pulumi.export("pipeline", transcoder.pipeline)
 pulumi.export("rip", ripper.rip)
+if cfg.monitoring.enabled:
+    monitoring = MonitoringCT(
+        "monitoring", cfg, node, host,
+        secrets={"grafanaAdminPassword": inputs.grafana_admin_password, **inputs.alert_secrets},
+        # the proof counts targets up: after what they scrape is (re)started
+        scraped=[transcoder.install_pipeline, ripper.install_rip, *([host.node_exporter] if host.node_exporter else [])],
+    )
+    pulumi.export("monitoring", monitoring.monitoring)
 urls = page_urls(cfg)
 pulumi.export("statusPage", urls["page"])
 pulumi.export("metricsUrl", urls["metrics"])

@@ -44,10 +44,14 @@ SECTIONS = (
     "makemkv",
     "devices",
     "verify",
+    "monitoring",
     "jellyfin",
 )
-SECRETS = ("proxmoxPassword", "proxmoxApiToken", "sshPrivateKey", "makemkvKey", "statusPassword",
-           "jellyfinAdminPassword")
+SECRETS = (
+    "proxmoxPassword", "proxmoxApiToken", "sshPrivateKey", "makemkvKey", "statusPassword",
+    "grafanaAdminPassword", "alertSmtpPassword", "alertTelegramToken", "alertWebhookToken",
+    "jellyfinAdminPassword",
+)
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _HOSTNAME = re.compile(r"^(?!-)[a-zA-Z0-9-]{1,63}(?<!-)$")  # also one label of a DNS name
@@ -591,6 +595,150 @@ def jellyfin_problems(cfg: "StackConfig", require_secrets: bool) -> list[str]:
     return out
 
 
+# Prometheus' duration syntax (https://prometheus.io/docs/prometheus/2.42/configuration/configuration/#duration)
+_PROM_DURATION = re.compile(r"^(([0-9]+)(y|w|d|h|m|s|ms))+$")
+
+
+def _duration(v: str) -> str:
+    if not _PROM_DURATION.match(v):
+        raise ValueError("must be a Prometheus duration such as 30s, 5m, 4h or 30d")
+    return v
+
+
+class EmailReceiver(_Model):
+    """Alertmanager's email_config; the SMTP password is the secret alertSmtpPassword."""
+
+    to: str
+    from_: str = Field(alias="from")
+    smarthost: str = Field(description="host:port of the SMTP server, e.g. smtp.example.com:587")
+    username: str | None = None
+    require_tls: bool = True
+
+    @field_validator("to", "from_")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not re.match(r"^[^@\s]+@[^@\s]+$", v):
+            raise ValueError("must be an e-mail address such as admin@example.com")
+        return v
+
+    @field_validator("smarthost")
+    @classmethod
+    def _smarthost(cls, v: str) -> str:
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. smtp.example.com:587")
+        _host(host.strip("[]"))
+        return v
+
+
+class TelegramReceiver(_Model):
+    """Alertmanager's telegram_config; the bot token is the secret alertTelegramToken."""
+
+    chat_id: int
+
+
+class WebhookReceiver(_Model):
+    """Alertmanager's webhook_config; an optional bearer token is the secret alertWebhookToken."""
+
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+            raise ValueError("must be an http(s) URL, e.g. http://ntfy.lan/alertmanager")
+        return v
+
+
+class Receivers(_Model):
+    email: EmailReceiver | None = None
+    telegram: TelegramReceiver | None = None
+    webhook: WebhookReceiver | None = None
+
+
+class GrafanaConfig(_Model):
+    """Grafana from Grafana's own apt repository, its signing key pinned by fingerprint."""
+
+    enabled: bool = True
+    port: int = Field(3000, ge=1, le=65535)
+    bind: str = Field("0.0.0.0", description="beyond loopback only with the secret grafanaAdminPassword")
+    repo: str = "https://apt.grafana.com"
+    key_url: str = "https://apt.grafana.com/gpg.key"
+    # Grafana Labs' apt signing key (https://grafana.com/docs/grafana/latest/setup-grafana/installation/debian/)
+    fingerprint: str = "B53AE77BADB630A683046005963FA27710458545"
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError("must be an IP address: 127.0.0.1 (the container only) or 0.0.0.0") from None
+        return v
+
+    @field_validator("repo", "key_url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/")
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _fpr(cls, v: str) -> str:
+        v = v.replace(" ", "").upper()
+        if not re.match(r"^[0-9A-F]{40}$", v):
+            raise ValueError("must be the key's 40-hex-digit OpenPGP fingerprint")
+        return v
+
+
+class MonitoringConfig(ContainerConfig):
+    """The monitoring container: Prometheus, Alertmanager (Debian 12) and Grafana (docs/adr/0015)."""
+
+    enabled: bool = False
+    vm_id: int = Field(204, ge=100, le=999_999_999)
+    hostname: str = "monitoring"
+    cores: int = Field(1, ge=1, le=512)
+    memory: int = Field(1024, ge=64, le=4_194_304, description="MiB")
+    swap: int = Field(512, ge=0, le=4_194_304, description="MiB")
+    disk_gb: int = Field(8, ge=2, le=131_072)
+    node: str | None = Field(None, description="the PVE node (default: proxmox.node)")
+    retention: str = "30d"
+    scrape_interval: str = "30s"
+    evaluation_interval: str = "30s"
+    prometheus_port: int = Field(9090, ge=1, le=65535)
+    alertmanager_port: int = Field(9093, ge=1, le=65535)
+    node_exporter_port: int = Field(9100, ge=1, le=65535)
+    node_address: str | None = Field(
+        None, description="where the monitoring container reaches the node's node_exporter (default: ssh.host)"
+    )
+    group_wait: str = "30s"
+    group_interval: str = "5m"
+    repeat_interval: str = "4h"
+    receivers: Receivers = Receivers()
+    grafana: GrafanaConfig = GrafanaConfig()
+
+    _durations = field_validator(
+        "retention", "scrape_interval", "evaluation_interval", "group_wait", "group_interval", "repeat_interval"
+    )(classmethod(lambda cls, v: _duration(v)))
+
+    @field_validator("node_address")
+    @classmethod
+    def _node_address(cls, v: str | None) -> str | None:
+        return None if v is None else _host(v)
+
+    @field_validator("extra_raw_lines")
+    @classmethod
+    def _no_raw(cls, v: list[str]) -> list[str]:
+        if v:
+            raise ValueError("the monitoring container is unprivileged and takes no raw lxc lines; remove them")
+        return v
+
+    @property
+    def address(self) -> str | None:
+        return None if self.ipv4 == "dhcp" else self.ipv4.split("/")[0]
+
+
 class Secrets(_Model):
     """Which secrets are present (values stay in Pulumi; never stored here)."""
 
@@ -599,6 +747,10 @@ class Secrets(_Model):
     ssh_private_key: bool = False
     makemkv_key: bool = False
     status_password: bool = False
+    grafana_admin_password: bool = False
+    alert_smtp_password: bool = False
+    alert_telegram_token: bool = False
+    alert_webhook_token: bool = False
     jellyfin_admin_password: bool = False
 
 
@@ -618,6 +770,7 @@ class StackConfig(_Model):
     makemkv: MakeMkvConfig = MakeMkvConfig()
     devices: DevicesConfig = DevicesConfig()
     verify: VerifyConfig = VerifyConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     jellyfin: JellyfinConfig = JellyfinConfig()
     secrets: Secrets = Secrets()
 
@@ -629,7 +782,13 @@ class StackConfig(_Model):
             )
         if self.transcoder.hostname == self.ripper.hostname:
             raise ValueError("transcoder.hostname and ripper.hostname must differ")
-        static = [n for n, ct in (("transcoder", self.transcoder), ("ripper", self.ripper)) if ct.ipv4 != "dhcp"]
+        cts = [("transcoder", self.transcoder), ("ripper", self.ripper)]
+        if self.monitoring.enabled:
+            cts.append(("monitoring", self.monitoring))
+            for n, ct in cts[:2]:
+                if ct.vm_id == self.monitoring.vm_id:
+                    raise ValueError(f"monitoring.vmId and {n}.vmId are both {ct.vm_id}; give each container its own id")
+        static = [n for n, ct in cts if ct.ipv4 != "dhcp"]
         if static and not self.network.gateway:
             raise ValueError(
                 f"{' and '.join(n + '.ipv4' for n in static)} is a static address but network.gateway is not set: "
@@ -691,6 +850,61 @@ def _exposure_problems(cfg: "StackConfig") -> list[str]:
     return []
 
 
+def _monitoring_problems(cfg: "StackConfig", require_secrets: bool) -> list[str]:
+    """What monitoring.enabled needs from the rest of the stack: fixed addresses and its secrets."""
+    mon = cfg.monitoring
+    if not mon.enabled:
+        return []
+    out = []
+    for key, ct in (("monitoring", mon), ("transcoder", cfg.transcoder), ("ripper", cfg.ripper)):
+        if ct.ipv4 == "dhcp":
+            out.append(
+                f"{NAMESPACE}:{key}.ipv4 is dhcp, but monitoring.enabled needs a fixed address (Prometheus' scrape "
+                f"targets and /metrics' allow list are written at deploy): set it, e.g. `pulumi config set --path "
+                f"{NAMESPACE}:{key}.ipv4 192.168.1.{ct.vm_id % 256}/24`"
+            )
+    if mon.node is not None and mon.node != cfg.proxmox.node:
+        out.append(
+            f"{NAMESPACE}:monitoring.node = {mon.node!r} is refused: this stack deploys to one node, "
+            f"proxmox.node ({cfg.proxmox.node!r}); remove monitoring.node"
+        )
+    if not cfg.pipeline.metrics_port:
+        out.append(f"{NAMESPACE}:pipeline.metricsPort is 0 (off), but monitoring.enabled scrapes it: set a port, e.g. 9464")
+    if mon.node_address is None and ipaddress.ip_address(_ip_or(cfg.ssh.host)).is_loopback:
+        out.append(
+            f"{NAMESPACE}:monitoring.nodeAddress is not set and ssh.host ({cfg.ssh.host}) is this machine's loopback: "
+            f"set the node's address as the monitoring container reaches it, e.g. `pulumi config set --path "
+            f"{NAMESPACE}:monitoring.nodeAddress 192.168.1.10`"
+        )
+    g = mon.grafana
+    if g.enabled and not cfg.secrets.grafana_admin_password and require_secrets:
+        where = "beyond its container" if not ipaddress.ip_address(g.bind).is_loopback else "on loopback"
+        out.append(
+            f"{NAMESPACE}:monitoring.grafana is enabled ({g.bind}, {where}) but {NAMESPACE}:grafanaAdminPassword "
+            f"is not set: set it with `pulumi config set --secret {NAMESPACE}:grafanaAdminPassword` (a long random "
+            f"string; anonymous access stays off), or set monitoring.grafana.enabled false"
+        )
+    needs = (("email", "alertSmtpPassword", "alert_smtp_password", lambda r: r.username is not None),
+             ("telegram", "alertTelegramToken", "alert_telegram_token", lambda r: True))
+    for kind, secret, field, wanted in needs:
+        r = getattr(mon.receivers, kind)
+        if r is not None and wanted(r) and not getattr(cfg.secrets, field) and require_secrets:
+            out.append(
+                f"{NAMESPACE}:monitoring.receivers.{kind} is set but {NAMESPACE}:{secret} is missing: set it with "
+                f"`pulumi config set --secret {NAMESPACE}:{secret}`"
+            )
+    return out
+
+
+def _ip_or(host: str) -> str:
+    """host if it is an IP address, else a routable placeholder (a name is never loopback here)."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        return "192.0.2.1"
+
+
 def page_urls(cfg: "StackConfig") -> dict[str, Any]:
     """Where to reach the status page and /metrics (the stack output `statusPage`)."""
     p, ct = cfg.pipeline, cfg.transcoder
@@ -706,8 +920,11 @@ def page_urls(cfg: "StackConfig") -> dict[str, Any]:
         shown = host if bind in ("0.0.0.0", "::") else bind
         return {"url": f"http://{shown}:{port}{path}", "reachable": f"from the network (bind {bind})"}
 
+    from .monitoring_render import metrics_endpoints  # the bind monitoring.enabled derives
+
+    metrics = metrics_endpoints(cfg)["pipeline"]
     return {"page": {**url(p.web_bind, p.web_port, "/"), "password": cfg.secrets.status_password},
-            "metrics": url(p.metrics_bind, p.metrics_port, "/metrics")}
+            "metrics": url(metrics.bind, metrics.port, "/metrics")}
 
 
 def parse(raw: dict[str, Any], secrets: Secrets, require_secrets: bool = True) -> StackConfig:
@@ -745,6 +962,7 @@ def parse(raw: dict[str, Any], secrets: Secrets, require_secrets: bool = True) -
     problems += _auth_problems(raw, secrets, require_secrets)
     if cfg is not None:
         problems += _exposure_problems(cfg)
+        problems += _monitoring_problems(cfg, require_secrets)
         problems += jellyfin_problems(cfg, require_secrets)
     if problems:
         raise ConfigError(problems)

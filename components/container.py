@@ -36,6 +36,46 @@ def privileged_container(
     parent: pulumi.Resource,
     depends_on: Sequence[pulumi.Resource],
 ) -> proxmoxve.ContainerLegacy:
+    return _container(
+        name, ct, cfg, node, template_file_id, parent, depends_on,
+        unprivileged=False,
+        mount_points=[{"volume": cfg.storage.pool, "path": cfg.storage.pool}],
+        # pre-start checks the pool and resolves the devices at every start (scripts/pve-hookscript.sh)
+        hook_script_file_id=render.hookscript_volume(cfg.node.snippets_storage),
+    )
+
+
+def unprivileged_container(
+    name: str,
+    ct: ContainerConfig,
+    cfg: StackConfig,
+    node: Node,
+    template_file_id: pulumi.Input[str],
+    parent: pulumi.Resource,
+    depends_on: Sequence[pulumi.Resource],
+) -> proxmoxve.ContainerLegacy:
+    """An unprivileged container with no pool and no devices (monitoring): nothing for the
+    hookscript to check, so none. Nesting is on, as PVE sets it for unprivileged containers
+    with a systemd of Debian 12's age (its sandboxing needs it)."""
+    return _container(
+        name, ct, cfg, node, template_file_id, parent, depends_on,
+        unprivileged=True, mount_points=[], hook_script_file_id=None,
+    )
+
+
+def _container(
+    name: str,
+    ct: ContainerConfig,
+    cfg: StackConfig,
+    node: Node,
+    template_file_id: pulumi.Input[str],
+    parent: pulumi.Resource,
+    depends_on: Sequence[pulumi.Resource],
+    *,
+    unprivileged: bool,
+    mount_points: list[dict],
+    hook_script_file_id: str | None,
+) -> proxmoxve.ContainerLegacy:
     ip = {"address": ct.ipv4}
     if ct.ipv4 != "dhcp" and cfg.network.gateway:
         ip["gateway"] = cfg.network.gateway
@@ -61,19 +101,18 @@ def privileged_container(
         node_name=node.node_name,
         vm_id=ct.vm_id,
         description=f"{ct.hostname}: {MANAGED_MARKER}",
-        unprivileged=False,
+        unprivileged=unprivileged,
         started=True,
         start_on_boot=ct.start_on_boot,
         cpu={"cores": ct.cores},
         memory={"dedicated": ct.memory, "swap": ct.swap},
         disk={"datastore_id": ct.datastore, "size": ct.disk_gb},
         features={"nesting": True},
-        mount_points=[{"volume": cfg.storage.pool, "path": cfg.storage.pool}],
+        mount_points=mount_points,
         network_interfaces=[{"name": "eth0", "bridge": cfg.network.bridge, "firewall": False}],
         initialization=init,
         operating_system={"template_file_id": template_file_id, "type": "debian"},
-        # pre-start checks the pool and resolves the devices at every start (scripts/pve-hookscript.sh)
-        hook_script_file_id=render.hookscript_volume(cfg.node.snippets_storage),
+        hook_script_file_id=hook_script_file_id,
         opts=pulumi.ResourceOptions(
             parent=parent,
             provider=node.provider,

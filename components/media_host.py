@@ -15,6 +15,7 @@ import pulumi_proxmoxve as proxmoxve
 
 from . import render
 from .config import StackConfig
+from .monitoring_render import node_exporter_listen
 from .remote import Node, run_script
 
 
@@ -40,7 +41,8 @@ class MediaHost(pulumi.ComponentResource):
             "host-ct-recreate-guard.sh",
             ["--pool", st.pool, "--node", cfg.proxmox.node, "--marker", render.MANAGED_MARKER,
              *[a for key, ct in (("transcoder", cfg.transcoder), ("ripper", cfg.ripper))
-               for a in ("--ct", render.recreate_spec(key, ct))], *jf_args],
+               for a in ("--ct", render.recreate_spec(key, ct))], *jf_args,
+             *(["--ct", render.recreate_spec("monitoring", cfg.monitoring, pool=False)] if cfg.monitoring.enabled else [])],
             parent=self,
         )
 
@@ -95,6 +97,18 @@ class MediaHost(pulumi.ComponentResource):
             parent=self,
             depends_on=[self.pool_check],
         )
+
+        # node_exporter for the monitoring container: the node's CPU, memory and disks
+        self.node_exporter = None
+        if cfg.monitoring.enabled:
+            self.node_exporter = run_script(
+                f"{name}-node-exporter",
+                node,
+                "host-node-exporter.sh",
+                ["--listen", node_exporter_listen(cfg)],
+                parent=self,
+                depends_on=[self.pool_check],
+            )
 
         tpl = cfg.template
         self.template = proxmoxve.download.File(

@@ -134,9 +134,11 @@ def hookscript_volume(storage: str) -> str:
 MANAGED_MARKER = "managed by the homelab-media Pulumi program"
 
 
-def recreate_spec(key: str, ct) -> str:
-    """host-ct-recreate-guard.sh's --ct VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW for one container's config."""
-    return f"{ct.vm_id}:{key}:{ct.hostname}:{ct.datastore}:{ct.disk_gb}:{int(ct.allow_recreate)}"
+def recreate_spec(key: str, ct, pool: bool = True) -> str:
+    """host-ct-recreate-guard.sh's --ct VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW[:none] for one container's
+    config (`:none`: a container with no mount point, e.g. monitoring)."""
+    spec = f"{ct.vm_id}:{key}:{ct.hostname}:{ct.datastore}:{ct.disk_gb}:{int(ct.allow_recreate)}"
+    return spec if pool else spec + ":none"
 
 
 def _dev_entry(path: str) -> str:
@@ -221,6 +223,30 @@ def deterministic_tarball(src: Path, arcname: str, exclude: Iterable[str] = ("__
                     with p.open("rb") as f:
                         tar.addfile(info, f)
                 else:
+                    tar.addfile(info)
+    return buf.getvalue()
+
+
+def tarball_of(files: Mapping[str, str | bytes]) -> bytes:
+    """A .tar.gz of relative path -> content (files 0644, their directories 0755), whose bytes
+    depend only on the names and contents."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=9) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            dirs = sorted({str(Path(*Path(name).parts[:i])) for name in files for i in range(1, len(Path(name).parts))})
+            for name in [*dirs, *sorted(files)]:
+                if name.startswith("/") or ".." in Path(name).parts:
+                    raise ValueError(f"{name!r}: a tarball entry must be a relative path")
+                info = tarfile.TarInfo(name)
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
+                info.mtime = 0
+                if name in files:
+                    data = files[name].encode() if isinstance(files[name], str) else files[name]
+                    info.size, info.mode = len(data), 0o644
+                    tar.addfile(info, io.BytesIO(data))
+                else:
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
                     tar.addfile(info)
     return buf.getvalue()
 

@@ -10,6 +10,7 @@ from . import render
 from .config import StackConfig
 from .container import privileged_container, raw_lines_step, verify_step
 from .media_host import MediaHost
+from .monitoring_render import metrics_endpoints
 from .remote import Node, run_script
 
 
@@ -75,6 +76,7 @@ class RipperCT(pulumi.ComponentResource):
         # media-rip looks the drive up at every poll by the hook's rule (devices.opticalDrive): a
         # reboot that swaps sr0/sr1 changes nothing; ripper.device pins a fixed node instead
         discovered = host.discovery.apply(lambda d: render.rip_device(d, None))
+        rip_metrics = metrics_endpoints(cfg)["rip"]
         self.install_rip = run_script(
             f"{name}-media-rip",
             node,
@@ -90,8 +92,10 @@ class RipperCT(pulumi.ComponentResource):
                 "--auto-rip", "true" if ct.auto_rip else "false",
                 "--eject", "true" if ct.eject else "false",
                 "--drive-gid", str(cfg.host_groups.cdrom),
-                "--metrics-port", str(ct.metrics_port),
-                "--metrics-bind", cfg.pipeline.metrics_bind,
+                "--metrics-port", str(rip_metrics.port),
+                "--metrics-bind", rip_metrics.bind,
+                # only the monitoring container may scrape it beyond loopback (monitoring.enabled)
+                *(["--metrics-allow", ",".join(rip_metrics.allow)] if rip_metrics.allow else []),
                 "--rip-status", cfg.storage.rip_status_path,  # the transcoder's status page reads it
             ],
             files={render.PIPELINE_TARBALL: render.pipeline_tarball()},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -19,6 +19,8 @@ class StackInputs:
     makemkv_key: pulumi.Output[str] | None
     status_password: pulumi.Output[str] | None = None
     jellyfin_admin_password: pulumi.Output[str] | None = None
+    grafana_admin_password: pulumi.Output[str] | None = None
+    alert_secrets: dict[str, pulumi.Output[str] | None] = field(default_factory=dict)
 
 
 def load(config: pulumi.Config | None = None) -> StackInputs:
@@ -37,6 +39,8 @@ def load(config: pulumi.Config | None = None) -> StackInputs:
     mk_key = config.get_secret("makemkvKey")
     status_password = config.get_secret("statusPassword")
     jellyfin_password = config.get_secret("jellyfinAdminPassword")
+    grafana_password = config.get_secret("grafanaAdminPassword")
+    alert_secrets = {k: config.get_secret(k) for k in ("alertSmtpPassword", "alertTelegramToken", "alertWebhookToken")}
     secrets = Secrets(
         proxmox_password=password is not None,
         proxmox_api_token=token is not None,
@@ -44,6 +48,10 @@ def load(config: pulumi.Config | None = None) -> StackInputs:
         makemkv_key=mk_key is not None,
         status_password=status_password is not None,
         jellyfin_admin_password=jellyfin_password is not None,
+        grafana_admin_password=grafana_password is not None,
+        alert_smtp_password=alert_secrets["alertSmtpPassword"] is not None,
+        alert_telegram_token=alert_secrets["alertTelegramToken"] is not None,
+        alert_webhook_token=alert_secrets["alertWebhookToken"] is not None,
     )
     problems: list[str] = []
     try:
@@ -53,7 +61,8 @@ def load(config: pulumi.Config | None = None) -> StackInputs:
     problems += environment_problems(os.environ)
     if problems:
         raise ConfigError(problems)
-    return StackInputs(cfg, password, ssh_key, mk_key, status_password, jellyfin_password)
+    return StackInputs(cfg, password, ssh_key, mk_key, status_password, jellyfin_password, grafana_password,
+                       alert_secrets)
 
 
 def configured_keys() -> set[str]:

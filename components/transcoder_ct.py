@@ -10,6 +10,7 @@ from . import render
 from .config import StackConfig
 from .container import privileged_container, raw_lines_step, verify_step
 from .media_host import MediaHost
+from .monitoring_render import metrics_endpoints
 from .remote import Node, run_script
 
 GPU_PROOF = "/var/lib/media-pipeline/gpu-proof.json"  # verify-gpu.sh --save; the status page shows it
@@ -59,6 +60,7 @@ class TranscoderCT(pulumi.ComponentResource):
         )
 
         st, enc = cfg.storage, cfg.encoding
+        metrics = metrics_endpoints(cfg)["pipeline"]
         self.install_pipeline = run_script(
             f"{name}-pipeline",
             node,
@@ -75,8 +77,10 @@ class TranscoderCT(pulumi.ComponentResource):
                 "--crf", str(enc.crf),
                 *(["--qsv-device", enc.qsv_device] if enc.qsv_device else []),
                 "--keep-source", "true" if cfg.pipeline.keep_source else "false",
-                "--metrics-port", str(cfg.pipeline.metrics_port),
-                "--metrics-bind", cfg.pipeline.metrics_bind,
+                "--metrics-port", str(metrics.port),
+                "--metrics-bind", metrics.bind,
+                # only the monitoring container may scrape it beyond loopback (monitoring.enabled)
+                *(["--metrics-allow", ",".join(metrics.allow)] if metrics.allow else []),
                 "--web-port", str(cfg.pipeline.web_port),
                 "--web-bind", cfg.pipeline.web_bind,
                 "--gpu-proof", GPU_PROOF,

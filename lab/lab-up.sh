@@ -227,6 +227,7 @@ install -m 0755 "$here/lxc-netaddbr.sh" "$node/usr/local/sbin/lab-lxcnetaddbr"
 install -m 0755 "$here/lxc-poststop.sh" "$node/usr/local/sbin/lab-lxc-poststop"
 install -m 0755 "$here/lxc-start.sh" "$node/usr/local/sbin/lab-lxc-start"
 install -m 0755 "$here/lxc-setup.sh" "$node/usr/local/sbin/lab-lxc-setup"
+install -m 0755 "$here/node-systemctl.sh" "$node/usr/local/sbin/systemctl"
 mkdir -p "$node/var/log/lxc"
 install -d -m 0700 "$node/etc/pve-lab"
 (umask 077 && printf '{"url": "https://10.0.2.2:%s/", "node": "%s", "username": "root@pam", "password": "%s"}\n' \

@@ -17,6 +17,7 @@ own collector and its own `media_rip_` metrics.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import io
 import logging
 import os
@@ -25,7 +26,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, make_wsgi_app
@@ -39,6 +40,7 @@ from .jobs import STATES
 # Encodes take seconds (tests) to hours (a UHD film on x265 slow).
 DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, float("inf"))
 OUTCOMES = ("done", "failed", "retry")
+JELLYFIN_OUTCOMES = ("ok", "failed")
 
 
 @dataclass
@@ -158,9 +160,17 @@ class JobEvents:
         self.duration = Histogram("media_pipeline_job_duration_seconds",
                                   "Wall-clock seconds of each job attempt, by outcome.", ["outcome"],
                                   buckets=DURATION_BUCKETS, registry=registry)
+        self.jellyfin = Counter("media_pipeline_jellyfin_refreshes", "Calls telling Jellyfin about a published "
+                                "file (POST /Library/Media/Updated), by outcome: ok, or failed (refused, "
+                                "unreachable, no key; each retry is a call).", ["outcome"], registry=registry)
         for outcome in OUTCOMES:  # present from the first scrape, so rate() and alerts see 0 -> 1
             self.outcomes.labels(outcome)
             self.duration.labels(outcome)
+        for outcome in JELLYFIN_OUTCOMES:
+            self.jellyfin.labels(outcome)
+
+    def jellyfin_refresh(self, outcome: str) -> None:
+        self.jellyfin.labels(outcome).inc()
 
     def observe(self, outcome: str, seconds: float | None) -> None:
         self.outcomes.labels(outcome).inc()
@@ -367,11 +377,28 @@ class WSGIThreadServer:
         self.httpd.server_close()
 
 
-def serve(registry: CollectorRegistry, bind: str, port: int) -> WSGIThreadServer:
-    """GET /metrics (the client's own WSGI app) in a daemon thread."""
+def peer_allowed(addr: str, allow: Sequence[str]) -> bool:
+    """Loopback always; else a peer inside one of `allow` (addresses or networks); empty `allow` = anyone."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    if getattr(ip, "ipv4_mapped", None):
+        ip = ip.ipv4_mapped
+    if ip.is_loopback or not allow:
+        return True
+    return any(ip in ipaddress.ip_network(net, strict=False) for net in allow)
+
+
+def serve(registry: CollectorRegistry, bind: str, port: int, allow: Sequence[str] = ()) -> WSGIThreadServer:
+    """GET /metrics (the client's own WSGI app) in a daemon thread; peers outside `allow` get 403."""
     metrics_app = make_wsgi_app(registry)
 
     def app(environ, start_response):
+        peer = environ.get("REMOTE_ADDR", "")
+        if not peer_allowed(peer, allow):
+            start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"forbidden: {peer} is not in metrics_allow\n".encode()]
         if environ.get("PATH_INFO", "/") not in ("/metrics", "/"):
             start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"not found: try /metrics\n"]

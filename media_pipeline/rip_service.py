@@ -77,7 +77,7 @@ class Service:
         heartbeat = threading.Thread(target=self._heartbeat, daemon=True, name="status-file")
         try:
             if cfg.metrics_port:
-                server = serve(self.registry, cfg.metrics_bind, cfg.metrics_port)
+                server = serve(self.registry, cfg.metrics_bind, cfg.metrics_port, cfg.metrics_allow)
                 log.info("metrics on http://%s:%d/metrics", cfg.metrics_bind, server.port)
             log.info("media-rip %s: drive %s, staging %s, min length %s, auto-rip %s, eject %s, %s",
                      __version__, cfg.device or f"{cfg.drive!r} (looked up at each poll)", cfg.staging,

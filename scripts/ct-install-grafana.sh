@@ -47,6 +47,8 @@ Inside the monitoring container (Debian 12), as root:
   --admin-password-stdin  the admin password is the first line of stdin (required;
                           at least 4 characters, no double quote)
   --provisioning DIR      files to install (see 5 and 6); components/grafana_render.py renders them
+  --provisioning-tar F    the same files as a tar archive (how the stack ships them: a bundle
+                          carries plain files only); unpacked into a temporary directory
   --http-addr ADDR        the address Grafana listens on (default: empty, all addresses)
   --http-port PORT        its port (default 3000)
   --repo URL              Grafana's apt repository (default https://apt.grafana.com)
@@ -75,7 +77,7 @@ MANIFEST=/etc/grafana/.homelab-media-files
 GRAFANA_DB=/var/lib/grafana/grafana.db
 
 repo=https://apt.grafana.com suite=stable component=main key_url=https://apt.grafana.com/gpg.key
-fingerprint=$GRAFANA_FPR prov_dir="" http_addr="" http_port=3000 http_given=0 pw_stdin=0 print_settings=0
+fingerprint=$GRAFANA_FPR prov_dir="" prov_tar="" http_addr="" http_port=3000 http_given=0 pw_stdin=0 print_settings=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h | --help) usage; exit 0 ;;
@@ -85,6 +87,7 @@ while [[ $# -gt 0 ]]; do
     --key-url) need_arg "$@"; key_url=$2; shift 2 ;;
     --fingerprint) need_arg "$@"; fingerprint=$2; shift 2 ;;
     --provisioning) need_arg "$@"; prov_dir=${2%/}; shift 2 ;;
+    --provisioning-tar) need_arg "$@"; prov_tar=$2; shift 2 ;;
     --http-addr) [[ $# -ge 2 && $2 != --* ]] || die "--http-addr needs a value (see --help)"
       http_addr=$2 http_given=1; shift 2 ;;
     --http-port) need_arg "$@"; http_port=$2 http_given=1; shift 2 ;;
@@ -143,6 +146,13 @@ IFS= read -r password || [[ -n $password ]] || die "--admin-password-stdin: stdi
 [[ ${#password} -ge 4 ]] || die "the admin password on stdin is shorter than 4 characters (Grafana refuses it); pass a longer one"
 [[ $password != *'"'* && $password != *[$'\001'-$'\037']* ]] ||
   die "the admin password on stdin contains a double quote or a control character; grafana.ini cannot hold it (triple-quoted value): choose another"
+if [[ -n $prov_tar ]]; then
+  [[ -z $prov_dir ]] || die "--provisioning and --provisioning-tar exclude each other: give one"
+  [[ -f $prov_tar && -r $prov_tar ]] || die "--provisioning-tar $prov_tar: no such readable file"
+  prov_dir=$(mktemp -d)
+  trap 'rm -rf "$prov_dir"' EXIT
+  tar -xf "$prov_tar" -C "$prov_dir" --no-same-owner || die "--provisioning-tar $prov_tar: not a tar archive"
+fi
 if [[ -n $prov_dir ]]; then
   [[ -d $prov_dir ]] || die "--provisioning $prov_dir: no such directory"
   if [[ -f $prov_dir/grafana.ini ]] && ((http_given)); then
@@ -156,7 +166,7 @@ fi
 GNUPGHOME=$(mktemp -d)
 export GNUPGHOME
 WORK=$(mktemp -d)
-cleanup() { rm -rf "$GNUPGHOME" "$WORK"; }
+cleanup() { rm -rf "$GNUPGHOME" "$WORK" "${prov_tar:+$prov_dir}"; }
 trap cleanup EXIT
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +192,7 @@ colons=$(gpg --batch --quiet --show-keys --with-colons "$WORK/key" 2>"$WORK/gpg.
 # the primary keys' fingerprints: the fpr line right after each pub line (sub keys' come after sub lines)
 mapfile -t seen < <(awk -F: '$1 == "pub" { p = 1; next } $1 == "fpr" && p { print $10 } { p = 0 }' <<<"$colons")
 if [[ ${#seen[@]} -ne 1 || ${seen[0]} != "$fingerprint" ]]; then
-  die "the key at $key_url has fingerprint ${seen[*]:-(none)}, but $fingerprint is pinned. Nothing was written. If Grafana rotated its key, check the new fingerprint on https://grafana.com/docs/grafana/latest/setup-grafana/installation/debian/ and pass it with --fingerprint; otherwise --key-url serves the wrong key"
+  die "the key at $key_url has fingerprint ${seen[*]:-(none)}, but $fingerprint is pinned; no keyring, apt source or Grafana file was written. If Grafana rotated its key, check the new fingerprint on https://grafana.com/docs/grafana/latest/setup-grafana/installation/debian/ and pass it with --fingerprint; otherwise --key-url serves the wrong key"
 fi
 ok "the key's fingerprint is the pinned $fingerprint"
 
@@ -235,7 +245,9 @@ if [[ -f $INI ]]; then
     v = $0; sub(/^[^=]*=[[:space:]]*/, "", v); sub(/^"""/, "", v); sub(/"""[[:space:]]*$/, "", v); print v; exit }' "$INI")
 fi
 # with_password: the settings on stdin with admin_password after [security]'s first line (a
-# [security] section is added at the end when they have none). printf is a builtin: no argv.
+# triple-quoted value: Grafana's configuration docs, admin_password: "If the password contains # or ;
+# you have to wrap it with triple quotes"; the password cannot hold a double quote, checked above;
+# a [security] section is added at the end when they have none). printf is a builtin: no argv.
 with_password() {
   local line done=0
   while IFS= read -r line || [[ -n $line ]]; do
@@ -297,6 +309,10 @@ if ((${#want[@]})); then printf '%s\n' "${!want[@]}" | sort; fi | put "$MANIFEST
 ((prov_changed)) || ok "provisioning files are up to date"
 
 # ---------------------------------------------------------------------------------------------
+# Grafana creates the admin user from admin_password only with its database; later it is changed with
+# `grafana-cli admin reset-admin-password` (https://grafana.com/docs/grafana/latest/cli/, "Reset admin
+# password"), whose --password-from-stdin reads one line of stdin (grafana/grafana
+# pkg/cmd/grafana-cli/commands/reset_password_command.go).
 password_reset=false
 if [[ $password != "$old_password" && -f $GRAFANA_DB ]]; then
   step "Admin password changed: Grafana keeps it in $GRAFANA_DB, so grafana-cli admin reset-admin-password sets it"

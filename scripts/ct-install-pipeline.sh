@@ -36,6 +36,8 @@ container. A second run with the same inputs changes nothing.
   --metrics-port N      Prometheus /metrics port, 0 = off (default 9464)
   --metrics-bind ADDR   address /metrics listens on (default 127.0.0.1: this container only;
                         0.0.0.0 to let another host scrape it)
+  --metrics-allow LIST  comma-separated addresses/networks that may scrape /metrics beyond loopback
+                        (the monitoring container; default: anyone who reaches --metrics-bind)
   --web-port N          the status page's port, 0 = off (default 8480)
   --web-bind ADDR       address the status page listens on (default 127.0.0.1); anything
                         beyond loopback needs a password (--web-password-stdin)
@@ -51,6 +53,17 @@ container. A second run with the same inputs changes nothing.
   --rip-status FILE     media-rip's status file on the pool, the same path in both roles: the
                         ripper writes it, the transcoder's status page reads it (default
                         STAGING/.media-rip/status.json: hidden, media-pipeline skips it)
+  --jellyfin-url URL    tell Jellyfin at URL (http://host:8096) about each published file
+                        (POST /Library/Media/Updated); default none: Jellyfin finds new files
+                        at its next scan
+  --jellyfin-api-key-file FILE
+                        the Jellyfin API key, mode 0600, readable by the service user, read at
+                        each refresh (default /etc/media-pipeline/jellyfin.key; python3 -m
+                        media_pipeline.jellyfin configure --key-file writes one); never an argument
+  --jellyfin-path-map LIST
+                        HOST=CONTAINER,... : the library folders here and where Jellyfin's
+                        container mounts them, e.g. /mnt/storage/movies=/media/movies,
+                        /mnt/storage/tv=/media/tv (default none: the same paths in both)
   --root DIR            install under DIR instead of / (tests, image building); never starts
 ripper options:
   --drive SELECTOR      which drive media-rip watches, looked up at every poll as the node's
@@ -61,7 +74,7 @@ ripper options:
   --auto-rip BOOL       rip every new disc (default true; false: only record it)
   --eject BOOL          eject the disc when done (default true)
   --drive-gid N         the drive's group id (the node's cdrom gid), added to the unit
-  --metrics-port/--metrics-bind as above (media-rip's own /metrics; default port 0 = off)
+  --metrics-port/--metrics-bind/--metrics-allow as above (media-rip's own /metrics; default port 0 = off)
   -h, --help            this help
 
 Keys of an existing config.json that are not set by these flags (apprise_urls, web_password
@@ -78,7 +91,8 @@ tarball="" user=media pool="" staging="" movies="" tv="" languages=eng encoder=l
 preset=slow crf=18 qsv_device="" keep_source=true metrics_port="" metrics_bind=127.0.0.1 root=""
 role=transcoder device="" drive=auto min_length=600 auto_rip=true eject=true drive_gid=""
 web_port=8480 web_bind=127.0.0.1 web_password_stdin=false gpu_proof=/var/lib/media-pipeline/gpu-proof.json
-rip_status="" public_url="" trusted_proxies=""
+rip_status="" public_url="" trusted_proxies="" metrics_allow=""
+jellyfin_url="" jellyfin_api_key_file=/etc/media-pipeline/jellyfin.key jellyfin_path_map=""
 PY_PACKAGES=(python3-jinja2 python3-prometheus-client)
 
 while [[ $# -gt 0 ]]; do
@@ -88,7 +102,8 @@ while [[ $# -gt 0 ]]; do
     --tarball | --user | --pool | --staging | --movies | --tv | --languages | --encoder | \
       --preset | --crf | --qsv-device | --keep-source | --metrics-port | --metrics-bind | --root | \
       --role | --device | --min-length | --auto-rip | --eject | --drive-gid | --web-port | --web-bind | --gpu-proof | \
-      --rip-status | --public-url | --trusted-proxies | --drive)
+      --rip-status | --public-url | --trusted-proxies | --drive | --metrics-allow | --jellyfin-url | \
+      --jellyfin-api-key-file | --jellyfin-path-map)
       [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)" 2
       case $1 in
         --tarball) tarball=$2 ;;
@@ -119,6 +134,10 @@ while [[ $# -gt 0 ]]; do
         --rip-status) rip_status=$2 ;;
         --public-url) public_url=$2 ;;
         --trusted-proxies) trusted_proxies=$2 ;;
+        --metrics-allow) metrics_allow=$2 ;;
+        --jellyfin-url) jellyfin_url=$2 ;;
+        --jellyfin-api-key-file) jellyfin_api_key_file=$2 ;;
+        --jellyfin-path-map) jellyfin_path_map=$2 ;;
       esac
       shift 2
       ;;
@@ -165,6 +184,11 @@ done
 rip_status=${rip_status:-${staging%/}/.media-rip/status.json}
 [[ $rip_status == /* ]] ||
   die "--rip-status must be an absolute path such as /mnt/storage/staging/.media-rip/status.json (got $rip_status)" 2
+[[ -z $jellyfin_url || $jellyfin_url =~ ^https?://[^[:space:]]+$ ]] ||
+  die "--jellyfin-url must look like http://192.168.1.60:8096 (got $jellyfin_url)" 2
+[[ $jellyfin_api_key_file == /* ]] || die "--jellyfin-api-key-file must be an absolute path (got $jellyfin_api_key_file)" 2
+[[ -z $jellyfin_path_map || $jellyfin_path_map =~ ^/[^=,]*=/[^=,]*(,/[^=,]*=/[^=,]*)*$ ]] ||
+  die "--jellyfin-path-map must be HOST=CONTAINER[,HOST=CONTAINER...] with absolute paths, e.g. /mnt/storage/movies=/media/movies (got $jellyfin_path_map)" 2
 web_password=""
 if $web_password_stdin; then
   IFS= read -r web_password || true # the secret arrives on stdin, never in argv
@@ -304,7 +328,7 @@ config=$root/etc/$etc_dir/config.json
 if [[ $role == ripper ]]; then
   rendered=$(PYTHONPATH=$base/$release python3 -m media_pipeline.config render --rip --base "$config" \
     "staging=$staging" "device=$device" "drive=$drive" "min_length=$min_length" "auto_rip=$auto_rip" "eject=$eject" \
-    "metrics_port=$metrics_port" "metrics_bind=$metrics_bind" "status_file=$rip_status") ||
+    "metrics_port=$metrics_port" "metrics_bind=$metrics_bind" "metrics_allow=$metrics_allow" "status_file=$rip_status") ||
     die "the settings above are not a valid media-rip config" 2
 else
   password_flag=()
@@ -313,14 +337,20 @@ else
     --base "$config" "${password_flag[@]}" \
     "staging=$staging" "movies=$movies" "tv=$tv" "languages=$languages" "encoder=$encoder" \
     "preset=$preset" "crf=$crf" "qsv_device=$qsv_device" "keep_source=$keep_source" "metrics_port=$metrics_port" \
-    "metrics_bind=$metrics_bind" "web_port=$web_port" "web_bind=$web_bind" "gpu_proof_file=$gpu_proof" \
-    "rip_status_file=$rip_status" "public_url=$public_url" "trusted_proxies=$trusted_proxies") ||
+    "metrics_bind=$metrics_bind" "metrics_allow=$metrics_allow" "web_port=$web_port" "web_bind=$web_bind" \
+    "gpu_proof_file=$gpu_proof" "rip_status_file=$rip_status" "public_url=$public_url" "trusted_proxies=$trusted_proxies" \
+    "jellyfin_url=$jellyfin_url" "jellyfin_api_key_file=$jellyfin_api_key_file" \
+    "jellyfin_path_map=$jellyfin_path_map") ||
     die "the settings above are not a valid config" 2
 fi
 # It may hold notification tokens: root writes it, the service user's group reads it.
 config_owner=""
 if $user_exists; then config_owner=0:$(id -g "$user"); fi
 if write_file "$config" 0640 "$config_owner" <<<"$rendered"; then ok "config written"; else ok "config unchanged"; fi
+
+if [[ $role == transcoder && -n $jellyfin_url && ! -f $root$jellyfin_api_key_file ]]; then
+  warn "$jellyfin_api_key_file does not exist yet: Jellyfin refreshes fail until python3 -m media_pipeline.jellyfin configure --key-file $jellyfin_api_key_file --key-owner $user writes it"
+fi
 
 state=$root/var/lib/$service_name
 if [[ ! -d $state ]]; then

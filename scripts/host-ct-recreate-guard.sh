@@ -7,7 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
 usage() {
   cat <<'USAGE'
 Usage: host-ct-recreate-guard.sh --pool PATH --node NAME --marker TEXT
-         --ct VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW [--ct ...]
+         --ct VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW[:MOUNTS] [--ct ...]
          [--mp VMID:mpN:SOURCE:TARGET:RO ...] [--pve-dir DIR]
 
 Runs on the Proxmox node at the start of every `pulumi up` whose container settings changed,
@@ -29,7 +29,8 @@ passes. Nothing is changed either way.
   --pool PATH     the pool the stack binds into every container (mp0: PATH,mp=PATH)
   --node NAME     the node the stack puts the containers on (proxmox.node)
   --marker TEXT   the text of the program's container descriptions ("HOSTNAME: TEXT")
-  --ct SPEC       VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW, e.g. 201:transcoder:transcoder:local-lvm:20:0
+  --ct SPEC       VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW[:MOUNTS], e.g. 201:transcoder:transcoder:local-lvm:20:0;
+                  MOUNTS is pool (the default: mp0 is the pool) or none (a container with no mount point)
   --mp SPEC       VMID:mpN:SOURCE:TARGET:RO (RO 0 or 1), one per mount point, e.g.
                   203:mp0:/mnt/storage/movies:/media/movies:1; a container with --mp is compared
                   with these instead of the pool
@@ -81,8 +82,11 @@ option() { tr ',' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n 1; }
 step "Would this up recreate a container?"
 results=() refused=()
 for spec in "${cts[@]}"; do
-  IFS=: read -r vmid key hostname datastore disk allow extra <<<"$spec"
-  [[ -z ${extra:-} && -n $key && -n $hostname && -n $datastore ]] || die "--ct '$spec' must be VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW"
+  IFS=: read -r vmid key hostname datastore disk allow mounts extra <<<"$spec"
+  [[ -z ${extra:-} && -n $key && -n $hostname && -n $datastore ]] ||
+    die "--ct '$spec' must be VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW[:pool|none]"
+  mounts=${mounts:-pool}
+  [[ $mounts == pool || $mounts == none ]] || die "--ct '$spec': the mounts field must be pool or none"
   need_int "--ct $spec: VMID" "$vmid"
   need_int "--ct $spec: DISK_GB" "$disk"
   [[ $allow == 0 || $allow == 1 ]] || die "--ct '$spec': ALLOW must be 0 or 1"
@@ -112,7 +116,11 @@ for spec in "${cts[@]}"; do
     for m in "${mps[@]}"; do
       [[ ${m%%:*} == "$vmid" ]] && want_mps+=("${m#*:}")
     done
-    if [[ ${#want_mps[@]} -eq 0 ]]; then
+    if [[ $mounts == none ]]; then
+      have_keys=$(sed -n 's/^\(mp[0-9][0-9]*\):.*/\1/p' <<<"$main" | sort | paste -sd' ')
+      [[ -z $have_keys ]] ||
+        reasons+=("$key: CT $vmid binds $mp0 and the stack now binds nothing: the provider changes a mount point only by recreating the container")
+    elif [[ ${#want_mps[@]} -eq 0 ]]; then
       have_src=${mp0%%,*} have_mp=$(option "$mp0" mp)
       if [[ $have_src != "$pool" || $have_mp != "$pool" ]]; then
         reasons+=("storage.pool: CT $vmid binds ${mp0:-nothing} and the stack now binds $pool,mp=$pool: the provider changes a mount point only by recreating the container")

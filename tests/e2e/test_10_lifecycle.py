@@ -14,7 +14,7 @@ from .lab import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
-TRANSCODER, RIPPER = 201, 202
+TRANSCODER, RIPPER, MONITORING = 201, 202, 204
 
 
 def raw(conf: str) -> list[str]:
@@ -44,7 +44,7 @@ def test_up_from_empty(lab, deployer, pool_sentinels):
 
     # the containers, as PVE sees them
     cts = lab.containers()
-    assert set(cts) == {TRANSCODER, RIPPER}
+    assert set(cts) == {TRANSCODER, RIPPER, MONITORING}  # monitoring.enabled in Pulumi.lab.yaml
     assert all(c["status"] == "running" for c in cts.values())
     for vmid, ip in ((TRANSCODER, "10.99.0.201/24"), (RIPPER, "10.99.0.202/24")):
         cfg = lab.ct_config(vmid)
@@ -54,6 +54,12 @@ def test_up_from_empty(lab, deployer, pool_sentinels):
         assert "firewall=1" not in cfg["net0"] and f"ip={ip}" in cfg["net0"]
         assert str(cfg.get("unprivileged", 0)) == "0"
     assert out["transcoder"]["vmId"] == TRANSCODER and out["ripper"]["vmId"] == RIPPER
+    # monitoring: unprivileged, nothing of the pool, Prometheus and Alertmanager answer, all targets up
+    mon_cfg = lab.ct_config(MONITORING)
+    assert str(mon_cfg.get("unprivileged")) == "1" and "mp0" not in mon_cfg and "ip=10.99.0.204/24" in mon_cfg["net0"]
+    mon = out["monitoring"]
+    assert mon["prometheus"]["answers"] and mon["alertmanager"]["answers"], mon
+    assert mon["targetsUp"] == mon["targetsTotal"] == 5 and mon["ok"], mon
 
     # raw lines: in the conf files (pmxcfs) and in the outputs
     t_raw, r_raw = raw(lab.conf(TRANSCODER)), raw(lab.conf(RIPPER))

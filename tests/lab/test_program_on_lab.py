@@ -92,7 +92,7 @@ def first_up(lab, sentinels):
 def test_up_from_empty_builds_the_pipeline(lab, first_up):
     out = first_up["out"]["outputs"]
     cts = lab.containers()
-    assert set(cts) == {201, 202}
+    assert set(cts) == {201, 202, 204}  # 204: monitoring (enabled in Pulumi.lab.yaml)
     for vmid in (201, 202):
         cfg = lab.ct_config(vmid)
         assert str(cfg.get("unprivileged", 0)) == "0"
@@ -127,7 +127,9 @@ def test_up_from_empty_builds_the_pipeline(lab, first_up):
     proof = json.loads((ct / "var/lib/media-pipeline/gpu-proof.json").read_text())  # verify-gpu.sh --save
     assert proof["render_node"] == "/dev/dri/renderD128" and proof["checked_at"] > 0
     assert out["statusPage"]["url"] == "http://127.0.0.1:8480/" and "pct exec 201" in out["statusPage"]["reachable"]
-    assert out["metricsUrl"]["url"] == "http://127.0.0.1:9464/metrics"
+    # monitoring.enabled: /metrics on the transcoder's own address, for the monitoring container only
+    assert out["metricsUrl"]["url"] == "http://10.99.0.201:9464/metrics"
+    assert (mp_cfg["metrics_bind"], mp_cfg["metrics_allow"]) == ("10.99.0.201", ["10.99.0.204/32"])
     # structured, honest outputs: fake device nodes cannot encode
     gpu, drive = out["gpuVerification"], out["driveVerification"]
     assert gpu["ok"] is False and gpu["render_node"] == "/dev/dri/renderD128"
@@ -210,7 +212,9 @@ def test_second_up_runs_nothing_remote(lab, first_up):
     out, _ = program("up")
     after = lab.counters()
     assert out["commands_ran"] == []
-    assert len(out["commands_unchanged"]) == 15  # 10 steps + the hookscript install + 2 vm id guards + media-rip's install + the recreate guard
+    # 10 steps + the hookscript install + 2 vm id guards + media-rip's install + the recreate guard,
+    # + monitoring's: its vm id guard, bootstrap, proof and the node exporter on the node
+    assert len(out["commands_unchanged"]) == 19
     assert after["ssh"] == before["ssh"] and after["pct"] == before["pct"] and after["events"] == before["events"]
 
 
@@ -505,7 +509,7 @@ def test_unmounted_pool_stops_before_containers_bind_it(lab, first_up, tmp_path)
     finally:
         lab.set_pool_mounted(True)
     program("up")
-    assert set(lab.containers()) == {201, 202}
+    assert set(lab.containers()) == {201, 202, 204}
 
 
 def test_pve_task_failure_surfaces_pves_message_and_the_next_up_converges(lab, first_up):
@@ -536,7 +540,7 @@ def test_a_killed_up_converges_on_the_next_up(lab, first_up):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     out, _ = program("up")
-    assert set(lab.containers()) == {201, 202}
+    assert set(lab.containers()) == {201, 202, 204}
     assert out["outputs"]["pipeline"]["version"]
     again, _ = program("up")
     assert again["commands_ran"] == []

@@ -156,3 +156,15 @@ def test_its_own_mounts_opt_in_and_a_malformed_spec(pve):
     assert r.rc == 0 and json.loads(r.out)[0]["allowed"] is True
     r = jf_guard(pve, ["203:mp0:relative:/media/movies:1"])
     assert r.rc == 1 and "--mp '203:mp0:relative:/media/movies:1' must be VMID:mpN:SOURCE:TARGET:RO" in r.err
+def test_a_container_without_mount_points_is_checked_for_none(pve):
+    """The monitoring container binds nothing (`:none`): its conf without mp0 passes; a conf that
+    binds something would be recreated by the provider to drop it, so it is refused."""
+    mon = CONF.replace("transcoder", "monitoring").replace("vm-201", "vm-204").split("\n[")[0]
+    (pve / "nodes/pve1/lxc/204.conf").write_text(mon.replace("mp0: /mnt/storage,mp=/mnt/storage\n", ""))
+    r = guard(pve, "204:monitoring:monitoring:local-lvm:8:0:none")
+    assert r.rc == 0, r.err
+    (pve / "nodes/pve1/lxc/204.conf").write_text(mon)
+    r = guard(pve, "204:monitoring:monitoring:local-lvm:8:0:none")
+    assert r.rc == 1 and "monitoring: CT 204 binds /mnt/storage,mp=/mnt/storage and the stack now binds nothing" in r.err
+    assert guard(pve, "204:monitoring:monitoring:local-lvm:8:0:other").rc == 2 or \
+        "pool or none" in guard(pve, "204:monitoring:monitoring:local-lvm:8:0:other").err

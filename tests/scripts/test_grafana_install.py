@@ -145,9 +145,19 @@ def test_a_new_password_is_reset_in_grafanas_database(rootfs, repo):
     assert "reset-admin-password" in execs and NEW_PASSWORD not in execs
     assert f'admin_password = """{NEW_PASSWORD}"""' in rootfs.p("/etc/grafana/grafana.ini").read_text()
 
+    # a dashboard dropped from the provisioning directory is removed; the password is not reset again
+    rootfs.p(f"{PROV}/dashboards/media-pipeline.json").unlink()
     r3, _ = install(rootfs, repo, password=NEW_PASSWORD)
-    assert r3.rc == 0 and r3.json["changed"] is False and r3.json["password_reset"] is False, r3.err
+    assert r3.rc == 0, r3.err
+    assert r3.json["changes"] == [f"removed {DASHBOARDS_DIR}/media-pipeline.json (no longer in the provisioning directory)"]
+    assert r3.json["password_reset"] is False and not rootfs.p(f"{DASHBOARDS_DIR}/media-pipeline.json").exists()
+    r4, _ = install(rootfs, repo, password=NEW_PASSWORD)
+    assert r4.rc == 0 and r4.json["changed"] is False, r4.err
     assert repo.unknown == []
+
+    # the stand-in's grafana-cli does only what the script uses
+    r5 = rootfs.sh("grafana-cli plugins ls")
+    assert r5.rc != 0 and "supports only `admin reset-admin-password" in r5.err
 
 
 @needs_root
@@ -156,7 +166,7 @@ def test_another_key_is_refused_and_nothing_is_written(rootfs, repo):
     r, _ = install(rootfs, repo, fingerprint=GRAFANA_FPR)  # Grafana's real key pinned; the stand-in's served
     assert r.rc == 1
     assert f"has fingerprint {repo.fingerprint}, but {GRAFANA_FPR} is pinned" in r.err
-    assert "--fingerprint" in r.err and "Nothing was written" in r.err
+    assert "--fingerprint" in r.err and "no keyring, apt source or Grafana file was written" in r.err
     for p in ("/etc/apt/keyrings/grafana.asc", "/etc/apt/sources.list.d/grafana.list", "/etc/grafana",
               "/usr/sbin/grafana-server"):
         assert not rootfs.p(p).exists(), p
@@ -209,3 +219,32 @@ def test_password_only_from_stdin_and_not_in_a_provisioned_ini(tmp_path):
     r = run("ct-install-grafana.sh", "--admin-password-stdin", "--provisioning", str(tmp_path), "--http-port", "3000",
             input="long-enough\n")
     assert r.rc == 1 and "drop --http-addr/--http-port" in r.err
+
+
+def test_the_standin_server_answers_health_and_says_what_it_is(tmp_path):
+    """The stand-in grafana-server (never started in a chroot) serves /api/health on the ini's port."""
+    import socket
+    import time
+    import urllib.request
+
+    from tests.standins.grafana_deb import SERVER
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "grafana.ini").write_text(f"[server]\nhttp_addr = 127.0.0.1\nhttp_port = {port}\n")
+    (tmp_path / "grafana-server").write_text(SERVER)
+    p = subprocess.Popen(["python3", str(tmp_path / "grafana-server"), f"--config={tmp_path / 'grafana.ini'}"])
+    try:
+        for _ in range(50):
+            try:
+                body = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).read())
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the stand-in grafana-server did not answer")
+        assert body == {"database": "ok", "version": VERSION, "standin": True}
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
