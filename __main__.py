@@ -11,6 +11,7 @@ import pulumi_command as command
 import pulumi_proxmoxve as proxmoxve
 
 from components.config import ConfigError, page_urls
+from components.jellyfin_ct import JellyfinCT, pve_release_problem
 from components.media_host import MediaHost
 from components.monitoring_ct import MonitoringCT
 from components.preflight import ssh_problem
@@ -42,6 +43,13 @@ provider = proxmoxve.Provider(
     username=cfg.proxmox.username,
     password=inputs.proxmox_password,
 )
+if cfg.jellyfin.enabled and not pulumi.runtime.is_dry_run():
+    # Jellyfin's GPU is PVE's devN (8.1+): the node's release, asked of the API before anything is
+    # declared on the node (a preview stays offline, like the SSH check)
+    problem = pve_release_problem(cfg, provider)
+    if problem:
+        pulumi.log.error(problem)
+        sys.exit(1)
 node = Node(
     connection=command.remote.ConnectionArgs(
         host=cfg.ssh.host,
@@ -58,6 +66,9 @@ node = Node(
 host = MediaHost("media-host", cfg, node)
 transcoder = TranscoderCT("transcoder", cfg, node, host, status_password=inputs.status_password)
 ripper = RipperCT("ripper", cfg, node, host, makemkv_key=inputs.makemkv_key)
+jellyfin = None
+if cfg.jellyfin.enabled:
+    jellyfin = JellyfinCT("jellyfin", cfg, node, host, admin_password=inputs.jellyfin_admin_password)
 
 pulumi.export("pool", host.pool)
 pulumi.export("mediaUser", host.media_user)
@@ -79,3 +90,6 @@ if cfg.monitoring.enabled:
 urls = page_urls(cfg)
 pulumi.export("statusPage", urls["page"])
 pulumi.export("metricsUrl", urls["metrics"])
+if jellyfin is not None:
+    pulumi.export("jellyfinVerification", jellyfin.verification)
+    pulumi.export("jellyfinApiKey", jellyfin.api_key)  # a secret: `pulumi stack output --show-secrets jellyfinApiKey`

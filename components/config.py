@@ -45,10 +45,12 @@ SECTIONS = (
     "devices",
     "verify",
     "monitoring",
+    "jellyfin",
 )
 SECRETS = (
     "proxmoxPassword", "proxmoxApiToken", "sshPrivateKey", "makemkvKey", "statusPassword",
     "grafanaAdminPassword", "alertSmtpPassword", "alertTelegramToken", "alertWebhookToken",
+    "jellyfinAdminPassword",
 )
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -516,6 +518,83 @@ class VerifyConfig(_Model):
     strict: bool = False
 
 
+_RENDER_NODE = re.compile(r"^/dev/dri/renderD\d+$")
+
+
+class JellyfinConfig(ContainerConfig):
+    """The Jellyfin container: unprivileged, movies and tv read-only, the GPU through PVE's devN."""
+
+    enabled: bool = False
+    vm_id: int = Field(203, ge=100, le=999_999_999)
+    hostname: str = "jellyfin"
+    node: str | None = Field(None, description="the PVE node (default: proxmox.node; no other is supported yet)")
+    cores: int = Field(2, ge=1, le=512)
+    memory: int = Field(2048, ge=64, le=4_194_304, description="MiB")
+    disk_gb: int = Field(16, ge=2, le=131_072)
+    port: int = Field(8096, ge=1, le=65535, description="Jellyfin's HTTP port (its default; only 8096 for now)")
+    gpu: str = Field(
+        "auto",
+        description="auto (the transcoder's GPU: encoding.qsvDevice, else the first discovered render node), "
+        "none (software transcoding), or a render node such as /dev/dri/renderD128",
+    )
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, v: str) -> str:
+        if v not in ("auto", "none") and not _RENDER_NODE.match(v):
+            raise ValueError(
+                "must be auto (the GPU the transcoder uses), none (no GPU), or a render node of the node such as "
+                "/dev/dri/renderD128 (`ls /dev/dri` on the node lists them)"
+            )
+        return v
+
+    @field_validator("extra_raw_lines")
+    @classmethod
+    def _no_raw(cls, v: list[str]) -> list[str]:
+        if v:
+            raise ValueError("the Jellyfin container takes no raw lxc lines (it is unprivileged; its GPU is PVE's devN)")
+        return v
+
+
+def jellyfin_problems(cfg: "StackConfig", require_secrets: bool) -> list[str]:
+    """What the jellyfin section needs from the rest of the stack (only when it is enabled)."""
+    jf = cfg.jellyfin
+    if not jf.enabled:
+        return []
+    out = []
+    if jf.node is not None and jf.node != cfg.proxmox.node:
+        out.append(
+            f"{NAMESPACE}:jellyfin.node = {jf.node!r} is refused: only the stack's node ({NAMESPACE}:proxmox.node = "
+            f"{cfg.proxmox.node!r}) is supported until multi-node lands; remove it "
+            f"(`pulumi config rm --path {NAMESPACE}:jellyfin.node`)"
+        )
+    for key, ct in (("transcoder", cfg.transcoder), ("ripper", cfg.ripper)):
+        if jf.vm_id == ct.vm_id:
+            out.append(
+                f"{NAMESPACE}:jellyfin.vmId = {jf.vm_id} is refused: {key}.vmId is {ct.vm_id} too; give each container "
+                f"its own id (`pulumi config set --path {NAMESPACE}:jellyfin.vmId 203`)"
+            )
+        if jf.hostname == ct.hostname:
+            out.append(f"{NAMESPACE}:jellyfin.hostname = {jf.hostname!r} is refused: {key}.hostname is the same; they must differ")
+    if jf.port != 8096:
+        out.append(
+            f"{NAMESPACE}:jellyfin.port = {jf.port} is refused: Jellyfin listens on 8096 until its network "
+            "configuration is changed, which this program does not do yet; keep 8096 "
+            f"(`pulumi config rm --path {NAMESPACE}:jellyfin.port`)"
+        )
+    if jf.ipv4 != "dhcp" and not cfg.network.gateway:
+        out.append(
+            f"{NAMESPACE}:jellyfin.ipv4 is a static address but network.gateway is not set: the container would have "
+            "no route (apt would fail); set network.gateway"
+        )
+    if require_secrets and not cfg.secrets.jellyfin_admin_password:
+        out.append(
+            f"{NAMESPACE}:jellyfinAdminPassword is missing: jellyfin.enabled is true and Jellyfin's first user needs "
+            f"it; set it with `pulumi config set --secret {NAMESPACE}:jellyfinAdminPassword ...` (a long random string)"
+        )
+    return out
+
+
 # Prometheus' duration syntax (https://prometheus.io/docs/prometheus/2.42/configuration/configuration/#duration)
 _PROM_DURATION = re.compile(r"^(([0-9]+)(y|w|d|h|m|s|ms))+$")
 
@@ -672,6 +751,7 @@ class Secrets(_Model):
     alert_smtp_password: bool = False
     alert_telegram_token: bool = False
     alert_webhook_token: bool = False
+    jellyfin_admin_password: bool = False
 
 
 class StackConfig(_Model):
@@ -691,6 +771,7 @@ class StackConfig(_Model):
     devices: DevicesConfig = DevicesConfig()
     verify: VerifyConfig = VerifyConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    jellyfin: JellyfinConfig = JellyfinConfig()
     secrets: Secrets = Secrets()
 
     @model_validator(mode="after")
@@ -882,6 +963,7 @@ def parse(raw: dict[str, Any], secrets: Secrets, require_secrets: bool = True) -
     if cfg is not None:
         problems += _exposure_problems(cfg)
         problems += _monitoring_problems(cfg, require_secrets)
+        problems += jellyfin_problems(cfg, require_secrets)
     if problems:
         raise ConfigError(problems)
     assert cfg is not None

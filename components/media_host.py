@@ -31,13 +31,17 @@ class MediaHost(pulumi.ComponentResource):
 
         # first of all: a config edit the provider can only apply by deleting a container (its
         # disk: the job and rip databases, MakeMKV's settings) stops the up, naming the key
+        # (Jellyfin's container, when enabled, with its own read-only mounts instead of the pool)
+        jf = cfg.jellyfin
+        jf_args = (["--ct", render.recreate_spec("jellyfin", jf)]
+                   + [a for mp in render.jellyfin_recreate_mps(jf.vm_id, st) for a in ("--mp", mp)]) if jf.enabled else []
         self.recreate_guard = run_script(
             f"{name}-recreate-guard",
             node,
             "host-ct-recreate-guard.sh",
             ["--pool", st.pool, "--node", cfg.proxmox.node, "--marker", render.MANAGED_MARKER,
              *[a for key, ct in (("transcoder", cfg.transcoder), ("ripper", cfg.ripper))
-               for a in ("--ct", render.recreate_spec(key, ct))],
+               for a in ("--ct", render.recreate_spec(key, ct))], *jf_args,
              *(["--ct", render.recreate_spec("monitoring", cfg.monitoring, pool=False)] if cfg.monitoring.enabled else [])],
             parent=self,
         )

@@ -49,6 +49,7 @@ def run_script(
     secret_stdin: bool = False,
     replace_with: Sequence[pulumi.Resource] = (),
     ignore_changes: Sequence[str] = (),
+    secret_stdout: bool = False,
 ) -> command.remote.Command:
     extra = tuple(extra_scripts)
     files = dict(files or {})
@@ -68,7 +69,10 @@ def run_script(
         create=where,
         stdin=text,
         triggers=[content, *triggers],
+        # a step whose stdout carries a secret (an API key): kept as a secret, never logged
+        logging=command.remote.Logging.STDERR if secret_stdout else None,
         opts=pulumi.ResourceOptions(
+            additional_secret_outputs=["stdout"] if secret_stdout else None,
             parent=parent,
             depends_on=list(depends_on),
             # a replaced container has a fresh conf and rootfs: its steps must run again

@@ -317,3 +317,81 @@ def scripts_hash(*names: str) -> str:
     *extra, script = names
     files = bundle_files(script, extra)
     return sha256(*(f"{n}\0{script_text(n)}" for n in files))
+
+
+# --- the Jellyfin container (components/jellyfin_ct.py) -------------------------------------
+
+JELLYFIN_MOVIES = "/media/movies"
+JELLYFIN_TV = "/media/tv"
+
+
+def jellyfin_mount_points(storage) -> list[dict[str, Any]]:
+    """The library directories, read-only (bpg `read_only` -> PVE `mpN: ...,ro=1`): never staging, never the pool."""
+    return [
+        {"volume": storage.movies_path, "path": JELLYFIN_MOVIES, "read_only": True},
+        {"volume": storage.tv_path, "path": JELLYFIN_TV, "read_only": True},
+    ]
+
+
+def jellyfin_recreate_mps(vmid: int, storage) -> list[str]:
+    """host-ct-recreate-guard.sh's --mp specs for the Jellyfin container: its mounts, as PVE's conf has them."""
+    return [f"{vmid}:mp{i}:{m['volume']}:{m['path']}:{int(m['read_only'])}"
+            for i, m in enumerate(jellyfin_mount_points(storage))]
+
+
+def jellyfin_render_node(discovery: Mapping[str, Any], gpu: str, qsv_device: str | None) -> str | None:
+    """The render node Jellyfin gets through devN, or None (gpu none, or auto with no GPU).
+
+    auto: the transcoder's GPU: encoding.qsvDevice when it names a render node discovery lists,
+    else the first discovered render node (the lowest minor). A named node must be one discovery lists.
+    """
+    if gpu == "none":
+        return None
+    listed = sorted(
+        (n for n in ((discovery.get("gpu") or {}).get("nodes") or []) if _node(n) and n.get("type") == "render"),
+        key=lambda n: int(n["minor"]),
+    )
+    paths = [n["path"] for n in listed]
+    if gpu == "auto":
+        if qsv_device and qsv_device in paths:
+            return qsv_device
+        return paths[0] if paths else None
+    if gpu not in paths:
+        raise ValueError(
+            f"homelab-media:jellyfin.gpu = {gpu!r} is refused: the node's discovery lists "
+            f"{', '.join(paths) if paths else 'no render node'}; set it to one of those, auto or none "
+            f"(`pulumi config set --path homelab-media:jellyfin.gpu auto`)"
+        )
+    return gpu
+
+
+def jellyfin_devices(render_node: str | None, gid: int | None) -> list[dict[str, Any]]:
+    """bpg `device_passthroughs` -> PVE `dev0: <node>,gid=<gid>,mode=0660` (pve-container Config.pm $dev_desc)."""
+    if render_node is None:
+        return []
+    if gid is None:
+        raise ValueError(f"no gid for {render_node}: the render group of the container's OS was not read")
+    return [{"path": render_node, "gid": int(gid), "mode": "0660"}]
+
+
+# devN: pve-container 5.0.7 "allow passing raw device nodes through to containers" (21 Nov 2023),
+# released with Proxmox VE 8.1 (docs/adr/0014)
+DEVN_MIN_RELEASE = (8, 1)
+
+
+def pve_release_problem(release: str | None, version: str | None, endpoint: str) -> str | None:
+    """None when the node's PVE release can pass devN through; else one line saying what to do."""
+    m = re.match(r"^(\d+)\.(\d+)", release or version or "")
+    if not m:
+        return (f"cannot tell the Proxmox VE release of {endpoint} (the API's /version said release={release!r}, "
+                f"version={version!r}); homelab-media:jellyfin.gpu needs PVE 8.1 or later")
+    have = (int(m.group(1)), int(m.group(2)))
+    if have >= DEVN_MIN_RELEASE:
+        return None
+    want = ".".join(map(str, DEVN_MIN_RELEASE))
+    return (
+        f"homelab-media:jellyfin.gpu passes the GPU through PVE's devN, which needs Proxmox VE {want} or later; "
+        f"{endpoint} runs {release or version} (pve-manager {version}). Upgrade the node "
+        f"(`apt update && apt full-upgrade` on it), or run Jellyfin without a GPU: "
+        f"`pulumi config set --path homelab-media:jellyfin.gpu none`"
+    )

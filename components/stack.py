@@ -18,6 +18,7 @@ class StackInputs:
     ssh_private_key: pulumi.Output[str] | None
     makemkv_key: pulumi.Output[str] | None
     status_password: pulumi.Output[str] | None = None
+    jellyfin_admin_password: pulumi.Output[str] | None = None
     grafana_admin_password: pulumi.Output[str] | None = None
     alert_secrets: dict[str, pulumi.Output[str] | None] = field(default_factory=dict)
 
@@ -37,6 +38,7 @@ def load(config: pulumi.Config | None = None) -> StackInputs:
     ssh_key = config.get_secret("sshPrivateKey")
     mk_key = config.get_secret("makemkvKey")
     status_password = config.get_secret("statusPassword")
+    jellyfin_password = config.get_secret("jellyfinAdminPassword")
     grafana_password = config.get_secret("grafanaAdminPassword")
     alert_secrets = {k: config.get_secret(k) for k in ("alertSmtpPassword", "alertTelegramToken", "alertWebhookToken")}
     secrets = Secrets(
@@ -45,6 +47,7 @@ def load(config: pulumi.Config | None = None) -> StackInputs:
         ssh_private_key=ssh_key is not None,
         makemkv_key=mk_key is not None,
         status_password=status_password is not None,
+        jellyfin_admin_password=jellyfin_password is not None,
         grafana_admin_password=grafana_password is not None,
         alert_smtp_password=alert_secrets["alertSmtpPassword"] is not None,
         alert_telegram_token=alert_secrets["alertTelegramToken"] is not None,
@@ -58,7 +61,8 @@ def load(config: pulumi.Config | None = None) -> StackInputs:
     problems += environment_problems(os.environ)
     if problems:
         raise ConfigError(problems)
-    return StackInputs(cfg, password, ssh_key, mk_key, status_password, grafana_password, alert_secrets)
+    return StackInputs(cfg, password, ssh_key, mk_key, status_password, jellyfin_password, grafana_password,
+                       alert_secrets)
 
 
 def configured_keys() -> set[str]:

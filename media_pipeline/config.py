@@ -65,6 +65,12 @@ class Config:
     # media-rip's status file on the shared pool (media_pipeline/rips.py); default STAGING/.media-rip/status.json
     rip_status_file: str = "/mnt/storage/staging/.media-rip/status.json"
     db: str = "/var/lib/media-pipeline/jobs.sqlite3"
+    # Jellyfin is told about each published file (POST /Library/Media/Updated; media_pipeline/jellyfin.py)
+    jellyfin_url: str = ""  # e.g. "http://192.168.1.60:8096"; "" = off
+    jellyfin_api_key_file: str = "/etc/media-pipeline/jellyfin.key"  # mode 0600, read at each use
+    # host path prefix -> the same folder's path in Jellyfin's container; () = the same paths there
+    jellyfin_path_map: tuple[tuple[str, str], ...] = ()
+    jellyfin_retry_seconds: tuple[float, ...] = (1.0, 5.0, 25.0)  # waits before each retry of a refresh
 
     def encode_options(self) -> ffargs.EncodeOptions:
         return ffargs.EncodeOptions(
@@ -76,6 +82,8 @@ class Config:
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "jellyfin_path_map":
+                value = dict(value)
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -105,6 +113,11 @@ _EXAMPLES = {
     "gpu_proof_file": '"/var/lib/media-pipeline/gpu-proof.json" ("" = off)',
     "rip_status_file": '"/mnt/storage/staging/.media-rip/status.json" ("" = off)',
     "status_file": '"/mnt/storage/staging/.media-rip/status.json" ("" = off)',
+    "jellyfin_url": '"http://192.168.1.60:8096" (Jellyfin\'s address; "" = off)',
+    "jellyfin_api_key_file": '"/etc/media-pipeline/jellyfin.key" (mode 0600; python3 -m media_pipeline.jellyfin '
+                             'configure --key-file writes it)',
+    "jellyfin_path_map": '{"/mnt/storage/movies": "/media/movies", "/mnt/storage/tv": "/media/tv"}',
+    "jellyfin_retry_seconds": "[1, 5, 25]",
 }
 
 
@@ -173,6 +186,40 @@ def _as_public_url(key, value, where) -> str:
     return value.rstrip("/")
 
 
+def jellyfin_url_problem(value: str) -> str:
+    """Why `value` is no http(s)://host[:port][/base path] for Jellyfin, or ''."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "needs http:// or https:// and a host name"
+    if parts.username is not None or parts.query or parts.fragment:
+        return "must be scheme://host[:port][/base path], without user, query or fragment"
+    return ""
+
+
+def _as_path_map(key, value, where) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise _bad(key, f"must be an object of host path prefix -> Jellyfin's path (got {value!r})", where)
+    pairs = []
+    for host, container in value.items():
+        if not isinstance(container, str) or not os.path.isabs(host) or not os.path.isabs(container):
+            raise _bad(key, f"maps {host!r} to {container!r}; both must be absolute paths", where)
+        pairs.append((os.path.normpath(host), os.path.normpath(container)))
+    if len({h for h, _ in pairs}) != len(pairs):
+        raise _bad(key, "names one host path twice", where)
+    return tuple(pairs)
+
+
+def _as_delays(key, value, where) -> tuple[float, ...]:
+    if not isinstance(value, list) or len(value) > 10 or not all(
+            not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v <= 3600 for v in value):
+        raise _bad(key, f"must be a list of at most 10 numbers of seconds, 0-3600 each (got {value!r})", where)
+    return tuple(float(v) for v in value)
+
+
 def _as_networks(key, value, where) -> tuple[str, ...]:
     items = _as_str_list(key, value, where)
     for item in items:
@@ -219,6 +266,18 @@ def from_dict(raw: dict, where: str = "config") -> Config:
             values[key] = _as_public_url(key, value, where)
         elif key in ("trusted_proxies", "metrics_allow"):
             values[key] = _as_networks(key, value, where)
+        elif key in ("jellyfin_url", "jellyfin_api_key_file"):
+            if not isinstance(value, str):
+                raise _bad(key, f"must be a string (got {value!r})", where)
+            if key == "jellyfin_url" and value and jellyfin_url_problem(value):
+                raise _bad(key, f"is not a usable address ({jellyfin_url_problem(value)}; got {value!r})", where)
+            if key == "jellyfin_api_key_file" and not os.path.isabs(value):
+                raise _bad(key, f"must be an absolute path (got {value!r})", where)
+            values[key] = value.rstrip("/") if key == "jellyfin_url" else value
+        elif key == "jellyfin_path_map":
+            values[key] = _as_path_map(key, value, where)
+        elif key == "jellyfin_retry_seconds":
+            values[key] = _as_delays(key, value, where)
         elif key in ("crf",):
             values[key] = _as_int(key, value, where, 0, 51)
         elif key in ("concurrency", "max_attempts"):
@@ -314,6 +373,21 @@ def _parse_assignment(item: str, defaults=None, keys=KEYS) -> tuple[str, object]
     default = getattr(defaults or Config(), key, None) if key in keys else None
     if key not in keys:
         return key, text  # from_dict names the unknown key
+    if key == "jellyfin_path_map":  # JSON, or HOST=CONTAINER,HOST=CONTAINER
+        if text.strip().startswith("{"):
+            try:
+                return key, json.loads(text)
+            except json.JSONDecodeError:
+                raise _bad(key, f"is not a JSON object (got {text!r})", "arguments") from None
+        pairs = [p for p in (x.strip() for x in text.split(",")) if p]
+        if not all("=" in p for p in pairs):
+            raise _bad(key, f"must be HOST=CONTAINER[,HOST=CONTAINER...] (got {text!r})", "arguments")
+        return key, dict(p.split("=", 1) for p in pairs)
+    if key == "jellyfin_retry_seconds":
+        try:
+            return key, [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise _bad(key, f"must be numbers of seconds, e.g. 1,5,25 (got {text!r})", "arguments") from None
     if isinstance(default, bool):
         if text.lower() not in ("true", "false"):
             raise _bad(key, f"must be true or false (got {text!r})", "arguments")

@@ -40,6 +40,7 @@ from .jobs import STATES
 # Encodes take seconds (tests) to hours (a UHD film on x265 slow).
 DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, float("inf"))
 OUTCOMES = ("done", "failed", "retry")
+JELLYFIN_OUTCOMES = ("ok", "failed")
 
 
 @dataclass
@@ -159,9 +160,17 @@ class JobEvents:
         self.duration = Histogram("media_pipeline_job_duration_seconds",
                                   "Wall-clock seconds of each job attempt, by outcome.", ["outcome"],
                                   buckets=DURATION_BUCKETS, registry=registry)
+        self.jellyfin = Counter("media_pipeline_jellyfin_refreshes", "Calls telling Jellyfin about a published "
+                                "file (POST /Library/Media/Updated), by outcome: ok, or failed (refused, "
+                                "unreachable, no key; each retry is a call).", ["outcome"], registry=registry)
         for outcome in OUTCOMES:  # present from the first scrape, so rate() and alerts see 0 -> 1
             self.outcomes.labels(outcome)
             self.duration.labels(outcome)
+        for outcome in JELLYFIN_OUTCOMES:
+            self.jellyfin.labels(outcome)
+
+    def jellyfin_refresh(self, outcome: str) -> None:
+        self.jellyfin.labels(outcome).inc()
 
     def observe(self, outcome: str, seconds: float | None) -> None:
         self.outcomes.labels(outcome).inc()

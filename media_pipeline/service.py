@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 
-from . import __version__, naming
+from . import __version__, jellyfin, naming
 from . import config as config_mod
 from .common import MARKER, InstanceLock, fmt_time, fmt_when, setup_logging
 from .gpu_usage import GpuSampler, GpuUsage
@@ -43,6 +43,10 @@ RETRYABLE = {EXIT_ENCODE, EXIT_OUTPUT}
 # The pool's top-level folders: made when the pool is set up, never by the service (if one is
 # missing, the pool is not mounted, and creating it would put the library on the container's disk).
 POOL_DIRS = ("staging", "movies", "tv")
+# At exit, seconds given to Jellyfin refreshes still queued or retrying (run --once waits for the
+# retries to play out; a stop must not keep systemd waiting).
+REFRESH_GRACE_ONCE = 60.0
+REFRESH_GRACE_STOP = 5.0
 
 log = logging.getLogger("media-pipeline")
 
@@ -67,10 +71,24 @@ def make_dirs_below(root: str, path: str) -> None:
     for part in [] if rel == os.curdir else rel.split(os.sep):
         current = os.path.join(current, part)
         try:
-            os.mkdir(current)
+            os.mkdir(current, 0o755)
         except FileExistsError:
             if not os.path.isdir(current):
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), current) from None
+        ensure_readable(current, directory=True)
+
+
+def ensure_readable(path: str, directory: bool = False) -> None:
+    """Add the bits a library reader needs (files at least 0644, folders 0755) if missing: an
+    unprivileged Jellyfin container sees the media user's files as nobody:nogroup and reads them
+    through the "other" bits. Best effort: a folder of someone else's is left as it is."""
+    want = 0o755 if directory else 0o644
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+        if mode & want != want:
+            os.chmod(path, mode | want)
+    except OSError as exc:
+        log.debug("cannot make %s readable for the library: %s", path, exc)
 
 
 def missing_pool_dirs(cfg: config_mod.Config, keys=POOL_DIRS) -> list[str]:
@@ -130,6 +148,10 @@ class Service:
         self.gpu = GpuSampler(encoder=cfg.encoder)  # sampled at scrape time (gpu_usage.py)
         self.registry = new_registry(PipelineCollector(self.snapshot, self.gpu))
         self.events = JobEvents(self.registry)
+        # tells Jellyfin about each published file, in a thread of its own (never delays or fails a job)
+        self.refresher = jellyfin.LibraryRefresher(
+            cfg.jellyfin_url, cfg.jellyfin_api_key_file, cfg.jellyfin_path_map, delays=cfg.jellyfin_retry_seconds,
+            count=self.events.jellyfin_refresh, state_file=jellyfin.state_file_for(cfg.db), logger=log)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -157,10 +179,10 @@ class Service:
                 servers.append(web.serve(self, self.cfg.web_bind, self.cfg.web_port))
                 log.info("status page on http://%s:%d/%s", self.cfg.web_bind, servers[-1].port,
                          " (password required)" if self.cfg.web_password else "")
-            log.info("media-pipeline %s: watching %s every %ss (stable after %ss%s), %d at a time; %s",
+            log.info("media-pipeline %s: watching %s every %ss (stable after %ss%s), %d at a time; %s; %s",
                      __version__, self.cfg.staging, self.cfg.poll_seconds, self.cfg.stable_seconds,
                      ", marker required" if self.cfg.require_marker else "", self.cfg.concurrency,
-                     self.notifier.describe())
+                     self.notifier.describe(), self.refresher.describe())
             self.loop()
             if self.stop.is_set():
                 log.info("stopping: running jobs go back to the queue")
@@ -168,6 +190,7 @@ class Service:
             self.stop.set()
             for thread in list(self.workers.values()):
                 thread.join()
+            self.refresher.close(timeout=REFRESH_GRACE_ONCE if self.once else REFRESH_GRACE_STOP)
             self.publish_metrics()
             for server in servers:
                 server.stop()
@@ -250,6 +273,8 @@ class Service:
             log.info("[job %d] finished after restart: %s", job.id, job.dest)
             self.store.finish(job.id, job.media_seconds, job.encode_seconds, job.fps,
                               reason="completed after a restart")
+            ensure_readable(job.dest)
+            self.refresher.submit(job.dest)
             self.after_success(self.store.get(job.id))
             return True
         if dest_stamp is not None:
@@ -386,6 +411,7 @@ class Service:
         self.last_speed = result.media_seconds / result.elapsed if result.elapsed > 0 else 0.0
         log.info("[job %d] done: %s (%s of media in %s, %.1f fps)", job.id, dest,
                  fmt_time(result.media_seconds), fmt_time(result.elapsed), result.fps)
+        self.refresher.submit(dest)  # Jellyfin picks the file up now, not at its next scan
         done = self.store.get(job.id)
         self.after_success(done)
         self.notifier.send("Transcode finished", f"{os.path.basename(dest)}\n{dest}\n"
@@ -595,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     st_p.add_argument("--json", action="store_true", help="machine-readable")
     st_p.add_argument("--state", choices=("queued", "running", "done", "failed"))
     st_p.add_argument("--limit", type=int, help="only the newest N jobs")
+    st_p.add_argument("--jellyfin", action="store_true",
+                      help="the last Jellyfin refresh instead of the jobs (with --json: as an object)")
     retry_p = sub.add_parser("retry", help="queue failed jobs again with fresh attempts")
     retry_p.add_argument("ids", type=int, nargs="+")
     for p in (run_p, st_p, retry_p):
@@ -626,7 +654,28 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def jellyfin_status(cfg: config_mod.Config) -> dict:
+    """What `status --jellyfin --json` prints: whether refreshes are on and the last one's result
+    (written by the running service beside its database)."""
+    return {"enabled": bool(cfg.jellyfin_url), "url": jellyfin.redact_url(cfg.jellyfin_url) if cfg.jellyfin_url else "",
+            "last": jellyfin.read_state(jellyfin.state_file_for(cfg.db)) if cfg.jellyfin_url else None}
+
+
+def describe_refresh(state: dict) -> str:
+    if not state["enabled"]:
+        return "jellyfin: off (no jellyfin_url)"
+    last = state["last"]
+    if not last:
+        return f"jellyfin: {state['url']}: no refresh yet"
+    result = "ok" if last.get("ok") else f"failed (try {last.get('attempt')}): {last.get('reason')}"
+    return f"jellyfin: last refresh {fmt_when(last.get('time'))} {last.get('path')}: {result}"
+
+
 def _status(cfg: config_mod.Config, args) -> int:
+    if args.jellyfin:
+        state = jellyfin_status(cfg)
+        print(json.dumps(state, indent=2, ensure_ascii=False) if args.json else describe_refresh(state))
+        return 0
     if not os.path.exists(cfg.db):
         jobs: list[Job] = []
     else:
@@ -641,6 +690,8 @@ def _status(cfg: config_mod.Config, args) -> int:
         print(json.dumps([j.to_json() for j in jobs], indent=2, ensure_ascii=False))
     else:
         print(status_table(jobs, cfg))
+        if cfg.jellyfin_url:
+            print(describe_refresh(jellyfin_status(cfg)))
     missing = missing_pool_dirs(cfg)
     if missing:  # on stderr: --json's stdout stays the job list
         print(f"media-pipeline: warning: {describe_missing(cfg, missing)}; the service starts no job "

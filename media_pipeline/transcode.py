@@ -447,6 +447,9 @@ def transcode(
         try:
             if os.path.getsize(tmp) == 0:
                 raise TranscodeError(EXIT_OUTPUT, "ffmpeg wrote an empty file")
+            mode = os.stat(tmp).st_mode & 0o7777
+            if mode & 0o644 != 0o644:  # readable by a library server reading as "other" (Jellyfin's container)
+                os.chmod(tmp, mode | 0o644)
             _fsync_path(tmp)
             if before_commit:
                 before_commit(os.stat(tmp))

@@ -34,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 import jinja2
 
 from . import __version__
+from .jellyfin import redact_url
 from .metrics import WSGIThreadServer
 from .rips import read_status
 
@@ -127,7 +128,15 @@ class StatusApp:
             "gpu_usage": svc.gpu_usage().to_json(),
             "rips": read_status(self.cfg.rip_status_file, now),
             "pool_missing": [{"dir": key, "path": getattr(self.cfg, key)} for key in svc.pool_missing],
+            "jellyfin": self.jellyfin(),
         }
+
+    def jellyfin(self) -> dict:
+        refresher = getattr(self.service, "refresher", None)
+        enabled = bool(refresher and refresher.enabled)
+        return {"enabled": enabled, "url": redact_url(self.cfg.jellyfin_url) if enabled else "",
+                "last": dict(refresher.last) if enabled and refresher.last else None,
+                "totals": dict(refresher.totals) if enabled else {"ok": 0, "failed": 0}}
 
     def gpu_proof(self) -> dict | None:
         path = self.cfg.gpu_proof_file

@@ -53,6 +53,17 @@ container. A second run with the same inputs changes nothing.
   --rip-status FILE     media-rip's status file on the pool, the same path in both roles: the
                         ripper writes it, the transcoder's status page reads it (default
                         STAGING/.media-rip/status.json: hidden, media-pipeline skips it)
+  --jellyfin-url URL    tell Jellyfin at URL (http://host:8096) about each published file
+                        (POST /Library/Media/Updated); default none: Jellyfin finds new files
+                        at its next scan
+  --jellyfin-api-key-file FILE
+                        the Jellyfin API key, mode 0600, readable by the service user, read at
+                        each refresh (default /etc/media-pipeline/jellyfin.key; python3 -m
+                        media_pipeline.jellyfin configure --key-file writes one); never an argument
+  --jellyfin-path-map LIST
+                        HOST=CONTAINER,... : the library folders here and where Jellyfin's
+                        container mounts them, e.g. /mnt/storage/movies=/media/movies,
+                        /mnt/storage/tv=/media/tv (default none: the same paths in both)
   --root DIR            install under DIR instead of / (tests, image building); never starts
 ripper options:
   --drive SELECTOR      which drive media-rip watches, looked up at every poll as the node's
@@ -81,6 +92,7 @@ preset=slow crf=18 qsv_device="" keep_source=true metrics_port="" metrics_bind=1
 role=transcoder device="" drive=auto min_length=600 auto_rip=true eject=true drive_gid=""
 web_port=8480 web_bind=127.0.0.1 web_password_stdin=false gpu_proof=/var/lib/media-pipeline/gpu-proof.json
 rip_status="" public_url="" trusted_proxies="" metrics_allow=""
+jellyfin_url="" jellyfin_api_key_file=/etc/media-pipeline/jellyfin.key jellyfin_path_map=""
 PY_PACKAGES=(python3-jinja2 python3-prometheus-client)
 
 while [[ $# -gt 0 ]]; do
@@ -90,7 +102,8 @@ while [[ $# -gt 0 ]]; do
     --tarball | --user | --pool | --staging | --movies | --tv | --languages | --encoder | \
       --preset | --crf | --qsv-device | --keep-source | --metrics-port | --metrics-bind | --root | \
       --role | --device | --min-length | --auto-rip | --eject | --drive-gid | --web-port | --web-bind | --gpu-proof | \
-      --rip-status | --public-url | --trusted-proxies | --drive | --metrics-allow)
+      --rip-status | --public-url | --trusted-proxies | --drive | --metrics-allow | --jellyfin-url | \
+      --jellyfin-api-key-file | --jellyfin-path-map)
       [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)" 2
       case $1 in
         --tarball) tarball=$2 ;;
@@ -122,6 +135,9 @@ while [[ $# -gt 0 ]]; do
         --public-url) public_url=$2 ;;
         --trusted-proxies) trusted_proxies=$2 ;;
         --metrics-allow) metrics_allow=$2 ;;
+        --jellyfin-url) jellyfin_url=$2 ;;
+        --jellyfin-api-key-file) jellyfin_api_key_file=$2 ;;
+        --jellyfin-path-map) jellyfin_path_map=$2 ;;
       esac
       shift 2
       ;;
@@ -168,6 +184,11 @@ done
 rip_status=${rip_status:-${staging%/}/.media-rip/status.json}
 [[ $rip_status == /* ]] ||
   die "--rip-status must be an absolute path such as /mnt/storage/staging/.media-rip/status.json (got $rip_status)" 2
+[[ -z $jellyfin_url || $jellyfin_url =~ ^https?://[^[:space:]]+$ ]] ||
+  die "--jellyfin-url must look like http://192.168.1.60:8096 (got $jellyfin_url)" 2
+[[ $jellyfin_api_key_file == /* ]] || die "--jellyfin-api-key-file must be an absolute path (got $jellyfin_api_key_file)" 2
+[[ -z $jellyfin_path_map || $jellyfin_path_map =~ ^/[^=,]*=/[^=,]*(,/[^=,]*=/[^=,]*)*$ ]] ||
+  die "--jellyfin-path-map must be HOST=CONTAINER[,HOST=CONTAINER...] with absolute paths, e.g. /mnt/storage/movies=/media/movies (got $jellyfin_path_map)" 2
 web_password=""
 if $web_password_stdin; then
   IFS= read -r web_password || true # the secret arrives on stdin, never in argv
@@ -316,14 +337,20 @@ else
     --base "$config" "${password_flag[@]}" \
     "staging=$staging" "movies=$movies" "tv=$tv" "languages=$languages" "encoder=$encoder" \
     "preset=$preset" "crf=$crf" "qsv_device=$qsv_device" "keep_source=$keep_source" "metrics_port=$metrics_port" \
-    "metrics_bind=$metrics_bind" "metrics_allow=$metrics_allow" "web_port=$web_port" "web_bind=$web_bind" "gpu_proof_file=$gpu_proof" \
-    "rip_status_file=$rip_status" "public_url=$public_url" "trusted_proxies=$trusted_proxies") ||
+    "metrics_bind=$metrics_bind" "metrics_allow=$metrics_allow" "web_port=$web_port" "web_bind=$web_bind" \
+    "gpu_proof_file=$gpu_proof" "rip_status_file=$rip_status" "public_url=$public_url" "trusted_proxies=$trusted_proxies" \
+    "jellyfin_url=$jellyfin_url" "jellyfin_api_key_file=$jellyfin_api_key_file" \
+    "jellyfin_path_map=$jellyfin_path_map") ||
     die "the settings above are not a valid config" 2
 fi
 # It may hold notification tokens: root writes it, the service user's group reads it.
 config_owner=""
 if $user_exists; then config_owner=0:$(id -g "$user"); fi
 if write_file "$config" 0640 "$config_owner" <<<"$rendered"; then ok "config written"; else ok "config unchanged"; fi
+
+if [[ $role == transcoder && -n $jellyfin_url && ! -f $root$jellyfin_api_key_file ]]; then
+  warn "$jellyfin_api_key_file does not exist yet: Jellyfin refreshes fail until python3 -m media_pipeline.jellyfin configure --key-file $jellyfin_api_key_file --key-owner $user writes it"
+fi
 
 state=$root/var/lib/$service_name
 if [[ ! -d $state ]]; then

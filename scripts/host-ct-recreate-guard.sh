@@ -7,7 +7,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib-json.sh"
 usage() {
   cat <<'USAGE'
 Usage: host-ct-recreate-guard.sh --pool PATH --node NAME --marker TEXT
-         --ct VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW[:MOUNTS] [--ct ...] [--pve-dir DIR]
+         --ct VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW[:MOUNTS] [--ct ...]
+         [--mp VMID:mpN:SOURCE:TARGET:RO ...] [--pve-dir DIR]
 
 Runs on the Proxmox node at the start of every `pulumi up` whose container settings changed,
 before any container is touched. bpg's provider can change some container settings only by
@@ -16,7 +17,8 @@ which loses its disk: the job database, media-rip's database (the fingerprints t
 disc being ripped twice) and MakeMKV's settings. For each existing container this compares
 its conf with what the stack now declares and refuses (exit 1), naming the key, when the
 change is one of those (bpg's ContainerLegacy schema: ForceNew, or a ForceNewIf):
-  - its mount point (mp0: the pool, storage.pool)
+  - its mount points (mp0: the pool, storage.pool; or, for a container given --mp, exactly
+    those mount points: source, target and ro, e.g. Jellyfin's read-only movies and tv)
   - its root disk's storage (KEY.datastore)
   - a smaller root disk (KEY.diskGb; growing it is done in place)
   - its node (proxmox.node): the conf is under another node
@@ -29,6 +31,9 @@ passes. Nothing is changed either way.
   --marker TEXT   the text of the program's container descriptions ("HOSTNAME: TEXT")
   --ct SPEC       VMID:KEY:HOSTNAME:DATASTORE:DISK_GB:ALLOW[:MOUNTS], e.g. 201:transcoder:transcoder:local-lvm:20:0;
                   MOUNTS is pool (the default: mp0 is the pool) or none (a container with no mount point)
+  --mp SPEC       VMID:mpN:SOURCE:TARGET:RO (RO 0 or 1), one per mount point, e.g.
+                  203:mp0:/mnt/storage/movies:/media/movies:1; a container with --mp is compared
+                  with these instead of the pool
   --pve-dir DIR   pmxcfs mount (default /etc/pve)
 
 stdout: JSON [{"vmid","key","exists":bool,"recreate":[reasons],"allowed":bool}, ...]
@@ -36,7 +41,7 @@ USAGE
 }
 
 pool="" pve=/etc/pve node="" marker=""
-cts=()
+cts=() mps=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h | --help) usage; exit 0 ;;
@@ -44,6 +49,7 @@ while [[ $# -gt 0 ]]; do
     --node) need_arg "$@"; node=$2; shift 2 ;;
     --marker) need_arg "$@"; marker=$2; shift 2 ;;
     --ct) need_arg "$@"; cts+=("$2"); shift 2 ;;
+    --mp) need_arg "$@"; mps+=("$2"); shift 2 ;;
     --pve-dir) need_arg "$@"; pve=$2; shift 2 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
@@ -51,6 +57,9 @@ done
 [[ $pool == /* ]] || die "--pool must be an absolute path (see --help)"
 [[ ${#cts[@]} -gt 0 ]] || die "at least one --ct is required (see --help)"
 [[ -n $node && -n $marker ]] || die "--node and --marker are required (see --help)"
+for m in "${mps[@]}"; do
+  [[ $m =~ ^[0-9]+:mp[0-9]+:/[^:]*:/[^:]*:[01]$ ]] || die "--mp '$m' must be VMID:mpN:SOURCE:TARGET:RO (see --help)"
+done
 
 # conf_main FILE: the container's own settings (before the first [snapshot] or [pve:pending]).
 conf_main() { sed -n '/^\[/q; p' "$1"; }
@@ -103,11 +112,36 @@ for spec in "${cts[@]}"; do
     main=$(conf_main "$conf")
     mp0=$(sed -n 's/^mp0:[[:space:]]*//p' <<<"$main" | head -n 1)
     rootfs=$(sed -n 's/^rootfs:[[:space:]]*//p' <<<"$main" | head -n 1)
-    have_src=${mp0%%,*} have_mp=$(option "$mp0" mp)
-    if [[ $mounts == none && -n $mp0 ]]; then
-      reasons+=("$key: CT $vmid binds $mp0 and the stack now binds nothing: the provider changes a mount point only by recreating the container")
-    elif [[ $mounts == pool && ($have_src != "$pool" || $have_mp != "$pool") ]]; then
-      reasons+=("storage.pool: CT $vmid binds ${mp0:-nothing} and the stack now binds $pool,mp=$pool: the provider changes a mount point only by recreating the container")
+    want_mps=()
+    for m in "${mps[@]}"; do
+      [[ ${m%%:*} == "$vmid" ]] && want_mps+=("${m#*:}")
+    done
+    if [[ $mounts == none ]]; then
+      have_keys=$(sed -n 's/^\(mp[0-9][0-9]*\):.*/\1/p' <<<"$main" | sort | paste -sd' ')
+      [[ -z $have_keys ]] ||
+        reasons+=("$key: CT $vmid binds $mp0 and the stack now binds nothing: the provider changes a mount point only by recreating the container")
+    elif [[ ${#want_mps[@]} -eq 0 ]]; then
+      have_src=${mp0%%,*} have_mp=$(option "$mp0" mp)
+      if [[ $have_src != "$pool" || $have_mp != "$pool" ]]; then
+        reasons+=("storage.pool: CT $vmid binds ${mp0:-nothing} and the stack now binds $pool,mp=$pool: the provider changes a mount point only by recreating the container")
+      fi
+    else
+      # exactly the given mount points: each one's source, target and ro, and no other mpN
+      have_keys=$(sed -n 's/^\(mp[0-9][0-9]*\):.*/\1/p' <<<"$main" | sort | paste -sd' ')
+      want_keys=$(for w in "${want_mps[@]}"; do echo "${w%%:*}"; done | sort | paste -sd' ')
+      [[ $have_keys == "$want_keys" ]] ||
+        reasons+=("storage: CT $vmid has mount points '${have_keys}' and the stack now declares '${want_keys}': the provider changes mount points only by recreating the container")
+      for w in "${want_mps[@]}"; do
+        IFS=: read -r mpk src dst ro <<<"$w"
+        have=$(sed -n "s/^$mpk:[[:space:]]*//p" <<<"$main" | head -n 1)
+        [[ -n $have ]] || continue
+        have_ro=$(option "$have" ro)
+        want_ro=""
+        [[ $ro == 1 ]] && want_ro=,ro=1
+        if [[ ${have%%,*} != "$src" || $(option "$have" mp) != "$dst" || ${have_ro:-0} != "$ro" ]]; then
+          reasons+=("storage: CT $vmid's $mpk is $have and the stack now says $src,mp=$dst$want_ro: the provider changes a mount point only by recreating the container")
+        fi
+      done
     fi
     vol=${rootfs%%,*}
     have_store=${vol%%:*}

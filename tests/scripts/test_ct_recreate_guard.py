@@ -110,6 +110,52 @@ def test_a_new_vm_id_or_node_is_refused_too(pve):
     assert guard(pve, "201:transcoder:transcoder:local-lvm:8:0").rc == 0
 
 
+# --- a container with its own mount points (Jellyfin: movies and tv, read-only) -------------------
+
+JF_CONF = """#jellyfin%3A managed by the homelab-media Pulumi program
+arch: amd64
+hostname: jellyfin
+dev0: /dev/dri/renderD128,gid=993,mode=0660
+mp0: /mnt/storage/movies,mp=/media/movies,ro=1
+mp1: /mnt/storage/tv,mp=/media/tv,ro=1
+rootfs: local-lvm:vm-203-disk-0,size=16G
+unprivileged: 1
+"""
+JF = "203:jellyfin:jellyfin:local-lvm:16:0"
+JF_MPS = ["203:mp0:/mnt/storage/movies:/media/movies:1", "203:mp1:/mnt/storage/tv:/media/tv:1"]
+
+
+def jf_guard(pve, mps, spec=JF):
+    (pve / "nodes/pve1/lxc/203.conf").write_text(JF_CONF)
+    args = ["--pool", "/mnt/storage", "--node", "pve1", "--marker", MARKER, "--pve-dir", str(pve), "--ct", spec]
+    for m in mps:
+        args += ["--mp", m]
+    return run("host-ct-recreate-guard.sh", *args)
+
+
+def test_the_same_read_only_mounts_pass(pve):
+    r = jf_guard(pve, JF_MPS)
+    assert r.rc == 0, r.err
+    assert json.loads(r.out)[0]["recreate"] == []
+
+
+@pytest.mark.parametrize("mps, needle", [
+    (["203:mp0:/mnt/storage/films:/media/movies:1", JF_MPS[1]], "mp0 is /mnt/storage/movies,mp=/media/movies,ro=1 and the stack now says /mnt/storage/films,mp=/media/movies,ro=1"),
+    ([JF_MPS[0], "203:mp1:/mnt/storage/tv:/media/tv:0"], "mp1 is /mnt/storage/tv,mp=/media/tv,ro=1 and the stack now says /mnt/storage/tv,mp=/media/tv: the provider"),
+    (JF_MPS[:1], "has mount points 'mp0 mp1' and the stack now declares 'mp0'"),
+])
+def test_a_changed_mount_of_a_container_with_its_own_mounts_is_refused(pve, mps, needle):
+    r = jf_guard(pve, mps)
+    assert r.rc == 1
+    assert needle in r.err, r.err
+    assert "homelab-media:jellyfin.allowRecreate true" in r.err
+
+
+def test_its_own_mounts_opt_in_and_a_malformed_spec(pve):
+    r = jf_guard(pve, ["203:mp0:/mnt/storage/films:/media/movies:1", JF_MPS[1]], spec=JF[:-1] + "1")
+    assert r.rc == 0 and json.loads(r.out)[0]["allowed"] is True
+    r = jf_guard(pve, ["203:mp0:relative:/media/movies:1"])
+    assert r.rc == 1 and "--mp '203:mp0:relative:/media/movies:1' must be VMID:mpN:SOURCE:TARGET:RO" in r.err
 def test_a_container_without_mount_points_is_checked_for_none(pve):
     """The monitoring container binds nothing (`:none`): its conf without mp0 passes; a conf that
     binds something would be recreated by the provider to drop it, so it is refused."""

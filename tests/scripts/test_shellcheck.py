@@ -38,6 +38,10 @@ MINE = [
     "host-hookscript.sh",
     "pve-hookscript.sh",
     "ct-install-grafana.sh",
+    "host-template-group.sh",
+    "ct-install-jellyfin.sh",
+    "ct-jellyfin-configure.sh",
+    "verify-jellyfin.sh",
 ]
 
 

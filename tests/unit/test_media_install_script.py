@@ -392,3 +392,29 @@ def test_ripper_without_a_fixed_device_follows_the_drive_selector(root, tmp_path
     assert json.loads((root / "etc/media-rip/config.json").read_text())["drive"] == "BD-RE WH16NS60"
     bad = install_ripper(root, tarball, "--drive", "$(reboot)", check=False)
     assert bad.returncode == 2 and "--drive must be auto" in bad.stderr
+
+
+def test_jellyfin_flags_reach_the_config(root, tmp_path):
+    tarball = make_tarball(tmp_path / "a.tar.gz")
+    install(root, tarball)
+    cfg = json.loads((root / "etc/media-pipeline/config.json").read_text())
+    assert (cfg["jellyfin_url"], cfg["jellyfin_path_map"]) == ("", {})  # off by default
+    assert cfg["jellyfin_api_key_file"] == "/etc/media-pipeline/jellyfin.key"
+    install(root, tarball, "--jellyfin-url", "http://192.168.1.60:8096", "--jellyfin-api-key-file",
+            "/var/lib/media-pipeline/jellyfin.key", "--jellyfin-path-map",
+            "/mnt/storage/movies=/media/movies,/mnt/storage/tv=/media/tv")
+    cfg = json.loads((root / "etc/media-pipeline/config.json").read_text())
+    assert cfg["jellyfin_url"] == "http://192.168.1.60:8096"
+    assert cfg["jellyfin_api_key_file"] == "/var/lib/media-pipeline/jellyfin.key"
+    assert cfg["jellyfin_path_map"] == {"/mnt/storage/movies": "/media/movies", "/mnt/storage/tv": "/media/tv"}
+    again = install(root, tarball, "--jellyfin-url", "http://192.168.1.60:8096", "--jellyfin-api-key-file",
+                    "/var/lib/media-pipeline/jellyfin.key", "--jellyfin-path-map",
+                    "/mnt/storage/movies=/media/movies,/mnt/storage/tv=/media/tv")
+    assert result(again)["changed"] is False
+    for flag, value, message in (("--jellyfin-url", "192.168.1.60:8096", "--jellyfin-url must look like"),
+                                 ("--jellyfin-api-key-file", "jellyfin.key", "must be an absolute path"),
+                                 ("--jellyfin-path-map", "/mnt/storage/movies:/media/movies", "HOST=CONTAINER")):
+        bad = install(root, tarball, flag, value, check=False)
+        assert bad.returncode == 2 and message in bad.stderr
+    bad = install(root, tarball, "--jellyfin-url", "http://u:p@jf:8096", check=False)
+    assert bad.returncode != 0 and "jellyfin_url" in bad.stderr
