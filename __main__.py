@@ -18,7 +18,7 @@ from components.preflight import ssh_problem
 from components.remote import Node
 from components.ripper_ct import RipperCT
 from components.stack import load
-from components.transcoder_ct import TranscoderCT
+from components.transcoder_ct import TranscoderCT, deliver_jellyfin_key
 
 try:
     inputs = load()
@@ -69,6 +69,7 @@ ripper = RipperCT("ripper", cfg, node, host, makemkv_key=inputs.makemkv_key)
 jellyfin = None
 if cfg.jellyfin.enabled:
     jellyfin = JellyfinCT("jellyfin", cfg, node, host, admin_password=inputs.jellyfin_admin_password)
+    deliver_jellyfin_key("transcoder", cfg, node, transcoder, jellyfin.api_key, jellyfin.configure)
 
 pulumi.export("pool", host.pool)
 pulumi.export("mediaUser", host.media_user)

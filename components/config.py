@@ -84,6 +84,19 @@ def _host(v: str) -> str:
     return v
 
 
+def _http_url(v: str) -> str:
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+        raise ValueError("must be an http(s) URL")
+    return v.rstrip("/")
+
+
+def _fingerprint(v: str) -> str:
+    v = v.replace(" ", "").upper()
+    if not re.match(r"^[0-9A-F]{40}$", v):
+        raise ValueError("must be the key's 40-hex-digit OpenPGP fingerprint")
+    return v
+
+
 class ConfigError(ValueError):
     """Configuration refused; `messages` holds one line per problem."""
 
@@ -537,6 +550,13 @@ class JellyfinConfig(ContainerConfig):
         description="auto (the transcoder's GPU: encoding.qsvDevice, else the first discovered render node), "
         "none (software transcoding), or a render node such as /dev/dri/renderD128",
     )
+    repo: str = "https://repo.jellyfin.org/debian"
+    key_url: str = "https://repo.jellyfin.org/jellyfin_team.gpg.key"
+    # Jellyfin's apt signing key (repo.jellyfin.org/install-debuntu.sh; scripts/ct-install-jellyfin.sh)
+    fingerprint: str = "4918AABC486CA052358D778D49023CD01DE21A7B"
+
+    _repo_urls = field_validator("repo", "key_url")(classmethod(lambda cls, v: _http_url(v)))
+    _fpr = field_validator("fingerprint")(classmethod(lambda cls, v: _fingerprint(v)))
 
     @field_validator("gpu")
     @classmethod
@@ -676,20 +696,8 @@ class GrafanaConfig(_Model):
             raise ValueError("must be an IP address: 127.0.0.1 (the container only) or 0.0.0.0") from None
         return v
 
-    @field_validator("repo", "key_url")
-    @classmethod
-    def _http(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
-            raise ValueError("must be an http(s) URL")
-        return v.rstrip("/")
-
-    @field_validator("fingerprint")
-    @classmethod
-    def _fpr(cls, v: str) -> str:
-        v = v.replace(" ", "").upper()
-        if not re.match(r"^[0-9A-F]{40}$", v):
-            raise ValueError("must be the key's 40-hex-digit OpenPGP fingerprint")
-        return v
+    _repo_urls = field_validator("repo", "key_url")(classmethod(lambda cls, v: _http_url(v)))
+    _fpr = field_validator("fingerprint")(classmethod(lambda cls, v: _fingerprint(v)))
 
 
 class MonitoringConfig(ContainerConfig):

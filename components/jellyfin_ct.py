@@ -128,7 +128,13 @@ class JellyfinCT(pulumi.ComponentResource):
             ),
         )
 
-        gid_args = self.render_gid.apply(lambda g: ["--render-gid", str(g)] if g is not None else [])
+        # Jellyfin's repository and key unless the stack names another (the lab's stand-in): only
+        # then on the command line, so the default step's inputs stay what they were
+        defaults = type(jf).model_fields
+        repo_args = [a for flag, key in (("--repo", "repo"), ("--key-url", "key_url"), ("--fingerprint", "fingerprint"))
+                     if getattr(jf, key) != defaults[key].default for a in (flag, getattr(jf, key))]
+        gid_args = self.render_gid.apply(
+            lambda g: (["--render-gid", str(g)] if g is not None else []) + repo_args)
         self.install_step = run_script(
             f"{name}-install",
             node,

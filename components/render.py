@@ -333,6 +333,17 @@ def jellyfin_mount_points(storage) -> list[dict[str, Any]]:
     ]
 
 
+def jellyfin_notify_args(cfg) -> list[str]:
+    """ct-install-pipeline.sh's flags that make media-pipeline tell Jellyfin about each published
+    file, by the path Jellyfin's container sees it under ([] when jellyfin.enabled is false)."""
+    jf, st = cfg.jellyfin, cfg.storage
+    if not jf.enabled:
+        return []
+    host = jf.ipv4.split("/")[0] if jf.ipv4 != "dhcp" else jf.hostname
+    return ["--jellyfin-url", f"http://{host}:{jf.port}",
+            "--jellyfin-path-map", f"{st.movies_path}={JELLYFIN_MOVIES},{st.tv_path}={JELLYFIN_TV}"]
+
+
 def jellyfin_recreate_mps(vmid: int, storage) -> list[str]:
     """host-ct-recreate-guard.sh's --mp specs for the Jellyfin container: its mounts, as PVE's conf has them."""
     return [f"{vmid}:mp{i}:{m['volume']}:{m['path']}:{int(m['read_only'])}"

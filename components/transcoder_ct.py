@@ -87,6 +87,7 @@ class TranscoderCT(pulumi.ComponentResource):
                 "--rip-status", st.rip_status_path,  # media-rip (the ripper) writes it on the pool
                 *(["--public-url", cfg.pipeline.public_url] if cfg.pipeline.public_url else []),
                 *(["--trusted-proxies", ",".join(cfg.pipeline.trusted_proxies)] if cfg.pipeline.trusted_proxies else []),
+                *render.jellyfin_notify_args(cfg),  # jellyfin.enabled: the library-updated call
                 # the page's password travels like makemkvKey: secret stdin, never argv
                 *(["--web-password-stdin"] if status_password is not None else []),
             ],
@@ -110,3 +111,21 @@ class TranscoderCT(pulumi.ComponentResource):
             lambda s: render.parse_json_output(s, "pipeline install")
         )
         self.register_outputs({"vmId": ct.vm_id, "rawLines": self.raw_lines, "gpu": self.gpu, "pipeline": self.pipeline})
+
+
+def deliver_jellyfin_key(name: str, cfg: StackConfig, node: Node, transcoder: TranscoderCT,
+                         api_key: pulumi.Input[str], after: pulumi.Resource):
+    """Jellyfin's API key (made by JellyfinCT's configure step) into the transcoder, where
+    media-pipeline reads it at each library refresh: secret stdin to a 0600 file of the media user."""
+    return run_script(
+        f"{name}-jellyfin-key",
+        node,
+        "ct-secret-file.sh",
+        ["--path", "/etc/media-pipeline/jellyfin.key", "--owner", cfg.media.user],
+        stdin=api_key,
+        secret_stdin=True,
+        vmid=cfg.transcoder.vm_id,
+        parent=transcoder,
+        depends_on=[transcoder.install_pipeline, after],
+        replace_with=[transcoder.container],
+    )

@@ -47,7 +47,7 @@ import re, sys
 path = sys.argv[1]
 text = open(path).read()
 text = re.sub(r"^encryptionsalt: .*\n", "", text, flags=re.M)
-text = re.sub(r"^  homelab-media:(proxmoxPassword|sshPrivateKey):\n    secure: .*\n", "", text, flags=re.M)
+text = re.sub(r"^  homelab-media:[A-Za-z]+:\n    secure: .*\n", "", text, flags=re.M)
 open(path, "w").write(text)
 PY
     ok "Pulumi.lab.yaml without secrets"

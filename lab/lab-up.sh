@@ -60,7 +60,7 @@ ssh_port=12222
 # The node: a PVE host's sshd. Containers: close to Proxmox's debian-12-standard template.
 # lxc without recommends: no uidmap, so LXC writes an unprivileged container's ID maps
 # itself from /etc/subuid and /etc/subgid (docs/research/real-lxc-spike.md section 4).
-node_packages="openssh-server lxc"
+node_packages="openssh-server lxc zstd"  # zstd: PVE has it (templates are .tar.zst)
 ct_packages="systemd systemd-sysv ifupdown iputils-ping curl wget less vim-tiny locales cron apt-utils"
 ssh_opts=(-i "$lab/id_ed25519" -p "$ssh_port" -o BatchMode=yes -o StrictHostKeyChecking=no
   -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=5)
@@ -116,7 +116,8 @@ end_previous() {
     find "$cgroup" -depth -type d -exec rmdir {} + 2>/dev/null || true
     [[ ! -d $cgroup ]] || die "could not remove the cgroup $cgroup"
   fi
-  rm -f "$lab/run/pve.pid" "$lab/run/node.pid" "$lab/run/node.ns" "$lab/run/slirp.pid" "$lab/run/slirp.sock"
+  rm -f "$lab/run/pve.pid" "$lab/run/node.pid" "$lab/run/node.ns" "$lab/run/slirp.pid" "$lab/run/slirp.sock" \
+    "$lab/run/standin.pid"
 }
 
 step "A previous lab here"
@@ -143,6 +144,13 @@ step "Lab credentials: SSH key, root@pam password, TLS certificate"
 if [[ ! -s $lab/pve/password ]]; then
   (umask 077 && openssl rand -hex 16 >"$lab/pve/password")
 fi
+# the stack's other secrets the lab stack needs (Grafana's and Jellyfin's admin passwords): one
+# file each under .lab/secrets, named by the config key (lab/run-program.py and the engine read them)
+mkdir -p "$lab/secrets"
+chmod 0700 "$lab/secrets"
+for key in grafanaAdminPassword jellyfinAdminPassword; do
+  [[ -s $lab/secrets/$key ]] || (umask 077 && openssl rand -hex 16 >"$lab/secrets/$key")
+done
 if [[ ! -s $lab/pve/cert.pem ]]; then
   quiet openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=$node_name" \
     -addext "subjectAltName=IP:$host,DNS:localhost,DNS:$node_name" \
@@ -328,6 +336,26 @@ retry 100 0.2 node_login || true
 got=$(ssh "${ssh_opts[@]}" "root@$host" 'hostname; findmnt -n -o TARGET /mnt/storage') ||
   die "cannot log in to the node with $lab/id_ed25519; see $lab/log/node.log"
 [[ $got == "$node_name"$'\n'/mnt/storage ]] || die "the node answered '$got', expected its name and the pool mount"
+
+# Grafana's and Jellyfin's repositories cannot be reached from here: their stand-ins, signed with
+# lab/standin-key.asc (Pulumi.lab.yaml pins its fingerprint), served in the node's network on its
+# bridge, where the containers reach them; in the lab's cgroup, so lab-down ends it with the rest
+step "Stand-in apt repositories (lab/standin-repos.py) on 10.99.0.1:18080 (Grafana's), :18081 (Jellyfin's)"
+if alive "$lab/run/standin.pid" standin-repos.py; then
+  ok "running (pid $(cat "$lab/run/standin.pid")): kept"
+else
+  node_pid=$(cat "$lab/run/node.pid")
+  init_pid=$(awk '{ print $1 }' "/proc/$node_pid/task/$node_pid/children")
+  mkdir -p "$lab/standin"
+  : >"$lab/log/standin.log"
+  # shellcheck disable=SC2016  # expanded by the inner bash
+  setsid bash -c 'echo $$ >"$1/init.scope/cgroup.procs"; shift; exec "$@"' lab-standin "$cgroup" \
+    nsenter --target "$init_pid" --net "$python" "$here/standin-repos.py" serve --bind 10.99.0.1 \
+    --record "$lab/standin" >>"$lab/log/standin.log" 2>&1 </dev/null &
+  echo $! >"$lab/run/standin.pid"
+  retry 150 0.2 grep -q '^jellyfin: ' "$lab/log/standin.log" || die "the stand-in repositories did not start; see $lab/log/standin.log"
+  ok "serving (pid $(cat "$lab/run/standin.pid"), requests logged in $lab/standin/)"
+fi
 ok "ssh root@$host -p $ssh_port works; /mnt/storage is a mount point"
 
 step "Writing $lab/env"
@@ -386,6 +414,9 @@ if ((secrets)); then
     }
     set_secret proxmoxPassword "$lab/pve/password"
     set_secret sshPrivateKey "$lab/id_ed25519"
+    for f in "$lab"/secrets/*; do
+      set_secret "$(basename "$f")" "$f"
+    done
     # The engine reads its secrets from the stack file, so the lab's (throwaway, loopback-only)
     # secrets are now in Pulumi.lab.yaml. Keep them out of commits: git ignores the file's
     # changes until lab-down.sh takes the secrets out and clears the flag.

@@ -321,6 +321,13 @@ def lxc_config(vmid, conf_text, *, include_dir='/usr/share/lxc/config', have_con
             src = '{0}/volumes/{1}'.format(d, key)
         opts = 'rbind,create=dir' + (',ro' if str(mp.get('ro', '')) in TRUE else '')
         out.append('lxc.mount.entry = {0} {1} none {2} 0 0'.format(src, target.lstrip('/'), opts))
+    # devN: PVE's lxc-pve-prestart-hook makes the node under /var/lib/lxc/<id>/passthrough and
+    # lxc-pve-autodev-hook bind-mounts it onto the container's /dev (pve-container src/, 94f5585);
+    # the lab makes the node when it writes this config (passthrough_nodes) and mounts it here
+    for key in sorted((k for k in conf if re.fullmatch(r'dev\d+', k)), key=lambda k: int(k[3:])):
+        dev = conf_options(conf[key])
+        path = (dev.get('path') or dev.get('')).lstrip('/')
+        out.append('lxc.mount.entry = {0}/passthrough/{1} {1} none bind,create=file 0 0'.format(d, path))
     out.append('lxc.mount.entry = /opt/lab/sysfs/class sys/class none bind,ro,optional 0 0')
     out.append('lxc.mount.entry = /opt/lab/sysfs/devices/pci0000:00 sys/devices/pci0000:00 none bind,ro,optional 0 0')
     out.append('lxc.hook.post-stop = /usr/local/sbin/lab-lxc-poststop')
@@ -541,9 +548,36 @@ class LabPve(FakePve):
             raise TaskError("bridge '{0}' does not exist on node (netN: bridge=)".format(bridge))
         return int(m.group(1))
 
+    def _passthrough_nodes(self, vmid):
+        """PVE's create_passthrough_device_node (src/PVE/LXC.pm, 94f5585) for each devN: the node,
+        with the conf's mode (default 0660) and uid/gid seen through the container's id map
+        (unprivileged: +100000), under /var/lib/lxc/<id>/passthrough (a fresh tree each start)."""
+        conf = {}
+        for line in parse_sections(read_text(self.conf_path(vmid)) or '')[0][1]:
+            m = KEYVAL.match(line)
+            if m and not line.startswith(('#', 'lxc.')):
+                conf[m.group(1)] = m.group(2).strip()
+        base = os.path.join(self.lxc_dir, str(vmid), 'passthrough')
+        shutil.rmtree(base, ignore_errors=True)
+        offset = 100000 if str(conf.get('unprivileged', '0')) in TRUE else 0
+        for key in sorted((k for k in conf if re.fullmatch(r'dev\d+', k)), key=lambda k: int(k[3:])):
+            dev = conf_options(conf[key])
+            path = dev.get('path') or dev.get('')
+            st = os.stat(os.path.join(self.node_root, path.lstrip('/')))
+            node = os.path.join(base, path.lstrip('/'))
+            os.makedirs(os.path.dirname(node), exist_ok=True)
+            mode = int(dev.get('mode') or '0660', 8)
+            os.mknod(node, (st.st_mode & (stat.S_IFCHR | stat.S_IFBLK)) | mode, st.st_rdev)
+            os.chown(node, offset + int(dev.get('uid') or 0), offset + int(dev.get('gid') or 0))
+            os.chmod(node, mode)
+
     def _write_lxc_config(self, vmid):
         d = os.path.join(self.lxc_dir, str(vmid))
         os.makedirs(d, exist_ok=True)
+        try:
+            self._passthrough_nodes(vmid)
+        except (OSError, ValueError) as e:
+            raise TaskError('passthrough devices of CT {0}: {1}'.format(vmid, e)) from None
         text = self.lxc_config_text(vmid)
         if text is None:
             try:
@@ -635,6 +669,30 @@ class LabPve(FakePve):
             raise TaskError("unable to prepare CT {0}: {1}".format(ct.vmid, ' '.join(out.split())[-800:]))
 
     # ------------------------------------------------------------ hookscripts
+
+    def store_file(self, storage, filename, size, content):
+        """After fakepve's download-url or upload: on a dir storage, a container template is also a
+        file on the node (PVE: <path>/template/cache/<file>), which node-side tools read (e.g.
+        host-template-group.sh reads its ./etc/group). The lab's containers are made from the
+        template tree itself (lab-lxc-setup), so the file holds that tree's ./etc only."""
+        super().store_file(storage, filename, size, content)
+        st = self.storages.get(storage) or {}
+        if content != 'vztmpl' or st.get('type') != 'dir' or not st.get('path'):
+            return
+        cache = os.path.join(self.node_root, st['path'].lstrip('/'), 'template', 'cache')
+        os.makedirs(cache, exist_ok=True)
+        # the template tree as the node mounts it (node-boot.sh), seen through its init's root
+        tree = '/proc/{0}/root/var/lib/lab/ct-template'.format(self._node_pid())
+        target = os.path.join(cache, filename)
+        tmp = target + '.lab-partial'
+        comp = ['zstd', '-q', '-c'] if filename.endswith('.zst') else ['gzip', '-c']
+        with open(tmp, 'wb') as out:
+            tar = subprocess.Popen(['tar', '-C', tree, '-cf', '-', './etc'], stdout=subprocess.PIPE)
+            rc = subprocess.call(comp, stdin=tar.stdout, stdout=out)
+            tar.stdout.close()
+            if tar.wait() != 0 or rc != 0:
+                raise TaskError('lab: could not write the template file {0}'.format(target))
+        os.replace(tmp, target)
 
     def _storage_cfg(self):
         """/etc/pve/storage.cfg from fakepve's storages (pmxcfs stand-in)."""

@@ -159,7 +159,15 @@ class Performer:
             raise
 
     def call(self, args):
-        return {}
+        """The provider's data sources the program reads, answered by the lab's API as the bpg
+        provider answers them; any other is refused, so a new one shows up here."""
+        if args.token == "proxmoxve:index/getVersion:getVersion":  # bpg: GET /version
+            pve = self.pve or Pve(self.env["LAB_ENDPOINT"], self.env.get("LAB_PVE_USER", "root@pam"),
+                                  Path(self.env["LAB_PVE_PASSWORD_FILE"]).read_text().strip(), True)
+            v = pve.call("GET", "/version") or {}
+            return {"id": "version", "release": v.get("release"), "version": v.get("version"),
+                    "repositoryId": v.get("repoid")}
+        raise RuntimeError(f"lab/run-program.py does not perform the data source {args.token}")
 
     # --- resources ----------------------------------------------------------------------
     def provider(self, name, inputs):
@@ -211,8 +219,18 @@ class Performer:
         feats = i.get("features") or {}
         if feats:
             params["features"] = ",".join(f"{k}={1 if v else 0}" for k, v in sorted(feats.items()))
+        # bpg (proxmox/nodes/containers/containers_types.go): CustomMountPoint's ReadOnly is
+        # `url:"ro,omitempty,int"`; CustomDevicePassthrough is path, deny-write, gid, mode, uid
         for n, mp in enumerate(i.get("mountPoints") or []):
-            params[f"mp{n}"] = f"{mp['volume']},mp={mp['path']}"
+            params[f"mp{n}"] = f"{mp['volume']},mp={mp['path']}" + (",ro=1" if mp.get("readOnly") else "")
+        for n, dev in enumerate(i.get("devicePassthroughs") or []):
+            opts = [dev["path"]]
+            if dev.get("denyWrite"):
+                opts.append("deny-write=1")
+            # numbers reach the mock runtime as floats (997.0): PVE's schema wants integers
+            opts += [f"{k}={int(dev[k]) if isinstance(dev[k], float) else dev[k]}"
+                     for k in ("gid", "mode", "uid") if dev.get(k) is not None]
+            params[f"dev{n}"] = ",".join(str(o) for o in opts)
         return params
 
     def container(self, name, inputs):
@@ -318,6 +336,10 @@ def stack_config(stack: str, env: dict[str, str], config_file: Path | None = Non
     cfg = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in doc.items() if not (isinstance(v, dict) and "secure" in v)}
     cfg[f"{NS}:proxmoxPassword"] = Path(env["LAB_PVE_PASSWORD_FILE"]).read_text().strip()
     cfg[f"{NS}:sshPrivateKey"] = Path(env["LAB_SSH_KEY"]).read_text()
+    # the lab's other secrets (lab/lab-up.sh): one file per config key under .lab/secrets
+    secrets = Path(env["LAB_PVE_PASSWORD_FILE"]).parent.parent / "secrets"
+    for f in sorted(secrets.glob("*")) if secrets.is_dir() else []:
+        cfg[f"{NS}:{f.name}"] = f.read_text().strip()
     return cfg
 
 
@@ -337,7 +359,10 @@ def up(stack: str, outputs_file: Path | None, config_file: Path | None = None) -
 
     exports: dict = {}
     pulumi.runtime.set_mocks(Mocks(), project="homelab-media", stack=stack, preview=False)
-    pulumi.runtime.set_all_config(stack_config(stack, env, config_file), [f"{NS}:proxmoxPassword", f"{NS}:sshPrivateKey"])
+    cfg = stack_config(stack, env, config_file)
+    secret_keys = [f"{NS}:{k}" for k in ("proxmoxPassword", "sshPrivateKey", "grafanaAdminPassword",
+                                            "jellyfinAdminPassword") if f"{NS}:{k}" in cfg]
+    pulumi.runtime.set_all_config(cfg, secret_keys)
     real_export = pulumi.export
     pulumi.export = lambda name, value: exports.__setitem__(name, value)  # collect the stack outputs
     result: dict = {}

@@ -69,6 +69,7 @@ case $file in
   *.tar.xz) decomp=(xz -dc) ;;
   *) die "template $file is not .tar.zst, .tar.gz or .tar.xz" ;;
 esac
+command -v "${decomp[0]}" >/dev/null || die "${decomp[0]} is missing on the node: it is needed to read $file (apt-get install ${decomp[0]})"
 # the template's members are ./etc/group (dab) or etc/group
 groups_text=$("${decomp[@]}" <"$file" | tar -xOf - './etc/group' 'etc/group' 2>/dev/null || true)
 [[ -n $groups_text ]] || die "no /etc/group in template $file: is it a container template? ($key needs the container's $group gid)"

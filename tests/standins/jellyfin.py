@@ -115,15 +115,16 @@ class JellyfinStandIn:
         self.rejected: list[dict] = []
         self.refusing: int | None = None
         self.delay = 0.0
+        self.record_file: str | None = None  # also append each call (and media update) as a JSON line
         self.server: ThreadingHTTPServer | None = None
         self.port = 0
         self._thread: threading.Thread | None = None
 
     # -- life cycle and switches --------------------------------------------------------
 
-    def start(self) -> "JellyfinStandIn":
+    def start(self, bind: str = "127.0.0.1") -> "JellyfinStandIn":
         handler = type("Handler", (_Handler,), {"standin": self})
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self.server = ThreadingHTTPServer((bind, self.port), handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -243,11 +244,24 @@ class JellyfinStandIn:
                 self.calls.append(record)
                 if exc.record:
                     getattr(self, exc.record).append({**record, "reason": exc.message})
+            self._write_record({**record, "unknown": exc.record == "unknown"}, path)
             return exc.status, exc.message or None, {}
         record["status"] = status
         with self.lock:
             self.calls.append(record)
+        self._write_record(record, path)
         return status, data, {}
+
+    def _write_record(self, record: dict, path: str) -> None:
+        if not self.record_file:
+            return
+        line = {k: record[k] for k in ("method", "path", "status", "time")}
+        if path.lower() == "/library/media/updated":
+            with self.lock:
+                line["updates"] = [u["path"] for u in self.media_updates if u["time"] == record["time"]
+                                   or u["monotonic"] >= record["monotonic"]]
+        with open(self.record_file, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
 
     def _json(self, body: bytes, headers):
         if not body:
@@ -495,3 +509,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *_args):
         pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python3 jellyfin.py serve --bind 0.0.0.0 --port 8096 --record FILE`: the lab's stand-in
+    jellyfin-server (tests/standins/jellyfin_deb.py lab_jellyfin_standins), in its container."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="stand-in Jellyfin API server (tests only; not Jellyfin)")
+    ap.add_argument("cmd", choices=["serve"])
+    ap.add_argument("--bind", default="0.0.0.0")
+    ap.add_argument("--port", type=int, default=8096)
+    ap.add_argument("--record", help="append each call as a JSON line to this file")
+    args = ap.parse_args(argv)
+    standin = JellyfinStandIn()
+    standin.port, standin.record_file = args.port, args.record
+    standin.start(args.bind)
+    threading.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

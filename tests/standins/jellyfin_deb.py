@@ -11,6 +11,8 @@ jellyfin/jellyfin-packaging's debian/control and debian/jellyfin-server.postinst
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .apt_repo import Deb
 
 VERSION = "0.1+standin1"
@@ -59,3 +61,24 @@ def jellyfin_standins(version: str = VERSION) -> list[Deb]:
             "/usr/lib/jellyfin-ffmpeg/vainfo": FAIL,
         }),
     ]
+
+
+LAB_RECORD = "/var/lib/jellyfin/standin-calls.jsonl"
+
+
+def lab_jellyfin_standins(version: str = VERSION) -> list[Deb]:
+    """The lab's variant (lab/standin-repos.py): jellyfin-server runs the stand-in of Jellyfin's
+    API (tests/standins/jellyfin.py) on port 8096 as the jellyfin user, and logs every call to
+    LAB_RECORD, so a lab test sees what media-pipeline and the deploy asked of "Jellyfin"."""
+    api = (Path(__file__).resolve().parent / "jellyfin.py").read_text()
+    server, web, ffmpeg = jellyfin_standins(version)
+    server = Deb("jellyfin-server", version, {
+        "/usr/lib/jellyfin/standin/jellyfin_api.py": api,
+        "/usr/lib/jellyfin/bin/jellyfin": (
+            "#!/bin/sh\n# stand-in (tests/standins/jellyfin_deb.py): NOT Jellyfin; its API's stand-in\n"
+            f"exec python3 /usr/lib/jellyfin/standin/jellyfin_api.py serve --bind 0.0.0.0 --port 8096 --record {LAB_RECORD}\n"
+        ),
+        "/usr/share/jellyfin/STANDIN": MARKER,
+        "/lib/systemd/system/jellyfin.service": UNIT,
+    }, depends=["adduser", "python3"], scripts={"postinst": POSTINST})
+    return [server, web, ffmpeg]
