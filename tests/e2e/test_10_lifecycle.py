@@ -14,7 +14,7 @@ from .lab import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
-TRANSCODER, RIPPER, MONITORING = 201, 202, 204
+TRANSCODER, RIPPER, JELLYFIN, MONITORING = 201, 202, 203, 204
 
 
 def raw(conf: str) -> list[str]:
@@ -44,7 +44,7 @@ def test_up_from_empty(lab, deployer, pool_sentinels):
 
     # the containers, as PVE sees them
     cts = lab.containers()
-    assert set(cts) == {TRANSCODER, RIPPER, MONITORING}  # monitoring.enabled in Pulumi.lab.yaml
+    assert set(cts) == {TRANSCODER, RIPPER, JELLYFIN, MONITORING}  # enabled in Pulumi.lab.yaml
     assert all(c["status"] == "running" for c in cts.values())
     for vmid, ip in ((TRANSCODER, "10.99.0.201/24"), (RIPPER, "10.99.0.202/24")):
         cfg = lab.ct_config(vmid)
@@ -60,6 +60,14 @@ def test_up_from_empty(lab, deployer, pool_sentinels):
     mon = out["monitoring"]
     assert mon["prometheus"]["answers"] and mon["alertmanager"]["answers"], mon
     assert mon["targetsUp"] == mon["targetsTotal"] == 5 and mon["ok"], mon
+    assert mon["grafana"]["answers"] and mon["grafana"]["version"] == "0.1+standin1"  # the lab's stand-in
+    # Jellyfin: unprivileged, PVE's devN with the container's render gid, movies and tv read-only
+    jf_cfg = lab.ct_config(JELLYFIN)
+    assert str(jf_cfg.get("unprivileged")) == "1" and jf_cfg["dev0"].startswith("/dev/dri/renderD128,gid=")
+    assert (jf_cfg["mp0"], jf_cfg["mp1"]) == ("/mnt/storage/movies,mp=/media/movies,ro=1",
+                                              "/mnt/storage/tv,mp=/media/tv,ro=1")
+    jf = out["jellyfinVerification"]
+    assert jf["read_only"] is True and jf["render_access"] is True and len(jf["libraries"]) == 2, jf
 
     # raw lines: in the conf files (pmxcfs) and in the outputs
     t_raw, r_raw = raw(lab.conf(TRANSCODER)), raw(lab.conf(RIPPER))
@@ -113,6 +121,23 @@ def test_cores_change_updates_in_place(lab, deployer, config_restored):
     deployer.reset_config()
     deployer.up()
     assert int(lab.ct_config(TRANSCODER)["cores"]) == 2
+    deployer.check_no_changes()
+
+
+def test_jellyfin_cores_change_updates_in_place_keeping_devN_and_ro(lab, deployer, config_restored):
+    """The unprivileged container with PVE's devN and ro=1 mounts: bpg's provider sends and reads
+    them back as PVE stores them, so a cores change is an update in place and then no change."""
+    events = len(lab.events(JELLYFIN))
+    dev0, mps = lab.ct_config(JELLYFIN)["dev0"], (lab.ct_config(JELLYFIN)["mp0"], lab.ct_config(JELLYFIN)["mp1"])
+    deployer.set_config("jellyfin.cores", "2")
+    deployer.up()
+    cfg = lab.ct_config(JELLYFIN)
+    assert int(cfg["cores"]) == 2 and cfg["dev0"] == dev0 and (cfg["mp0"], cfg["mp1"]) == mps
+    assert not [e for e in lab.events(JELLYFIN)[events:] if e[1] in ("create", "destroy")]
+    deployer.check_no_changes()
+    deployer.reset_config()
+    deployer.up()
+    assert int(lab.ct_config(JELLYFIN)["cores"]) == 1
     deployer.check_no_changes()
 
 

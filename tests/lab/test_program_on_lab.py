@@ -92,7 +92,7 @@ def first_up(lab, sentinels):
 def test_up_from_empty_builds_the_pipeline(lab, first_up):
     out = first_up["out"]["outputs"]
     cts = lab.containers()
-    assert set(cts) == {201, 202, 204}  # 204: monitoring (enabled in Pulumi.lab.yaml)
+    assert set(cts) == {201, 202, 203, 204}  # 203 jellyfin, 204 monitoring (enabled in Pulumi.lab.yaml)
     for vmid in (201, 202):
         cfg = lab.ct_config(vmid)
         assert str(cfg.get("unprivileged", 0)) == "0"
@@ -213,8 +213,10 @@ def test_second_up_runs_nothing_remote(lab, first_up):
     after = lab.counters()
     assert out["commands_ran"] == []
     # 10 steps + the hookscript install + 2 vm id guards + media-rip's install + the recreate guard,
-    # + monitoring's: its vm id guard, bootstrap, proof and the node exporter on the node
-    assert len(out["commands_unchanged"]) == 19
+    # + monitoring's: its vm id guard, bootstrap, Grafana, proof and the node exporter on the node
+    # + Jellyfin's: its vm id guard, the template's render gid, install, configure, proof, and its
+    # API key into the transcoder
+    assert len(out["commands_unchanged"]) == 26
     assert after["ssh"] == before["ssh"] and after["pct"] == before["pct"] and after["events"] == before["events"]
 
 
@@ -224,14 +226,14 @@ def test_scripts_are_idempotent_when_run_again(lab, first_up):
     state = json.loads(saved)
     state["commands"] = {}
     STATE.write_text(json.dumps(state))
-    starts = {v: lab.starts(v) for v in (201, 202, 204)}
+    starts = {v: lab.starts(v) for v in (201, 202, 203, 204)}
     out, proc = program("up")
     # 10 steps + the hookscript install + 2 vm id guards + media-rip's install + the recreate guard
-    # + monitoring's vm id guard, bootstrap, proof and node exporter
-    assert len(out["commands_ran"]) == 19
+    # + monitoring's vm id guard, bootstrap, Grafana, proof and node exporter + Jellyfin's 6 steps
+    assert len(out["commands_ran"]) == 26
     assert out["outputs"]["mediaUser"]["changed"] == []
     assert "unchanged" in proc.stderr or "already" in proc.stderr
-    assert {v: lab.starts(v) for v in (201, 202, 204)} == starts  # raw lines unchanged: no restart
+    assert {v: lab.starts(v) for v in (201, 202, 203, 204)} == starts  # raw lines unchanged: no restart
     # monitoring's scripts again: nothing written, nothing restarted
     boot = proc.stderr.split("==> monitoring-bootstrap:")[1].split("==> monitoring-bootstrap: done")[0]
     assert "wrote /etc" not in boot and "restarted" not in boot, boot
@@ -516,7 +518,7 @@ def test_unmounted_pool_stops_before_containers_bind_it(lab, first_up, tmp_path)
     finally:
         lab.set_pool_mounted(True)
     program("up")
-    assert set(lab.containers()) == {201, 202, 204}
+    assert set(lab.containers()) == {201, 202, 203, 204}
 
 
 def test_pve_task_failure_surfaces_pves_message_and_the_next_up_converges(lab, first_up):
@@ -547,7 +549,7 @@ def test_a_killed_up_converges_on_the_next_up(lab, first_up):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     out, _ = program("up")
-    assert set(lab.containers()) == {201, 202, 204}
+    assert set(lab.containers()) == {201, 202, 203, 204}
     assert out["outputs"]["pipeline"]["version"]
     again, _ = program("up")
     assert again["commands_ran"] == []
