@@ -56,7 +56,13 @@ apt_quiet() {
     left=$(((deadline - $(_now_us) + 999999) / 1000000))
     ((left > 0)) || left=0
     rc=0
-    apt-get -o DPkg::Lock::Timeout="$left" "$@" >"$log" 2>&1 || rc=$?
+    if [[ $1 == update ]]; then
+      # a mirror connection that stalls can hang apt's http method past its own timeouts: an index
+      # update is safe to cut short (the caller retries); an install is never cut (dpkg mid-way)
+      timeout --kill-after=10 "${APT_UPDATE_TIMEOUT:-300}" apt-get -o DPkg::Lock::Timeout="$left" "$@" >"$log" 2>&1 || rc=$?
+    else
+      apt-get -o DPkg::Lock::Timeout="$left" "$@" >"$log" 2>&1 || rc=$?
+    fi
     if ((rc == 0)) || ! grep -q 'Could not get lock' "$log" || (($(_now_us) >= deadline)); then
       break
     fi
