@@ -291,9 +291,12 @@ class PgJobStore:
 
         def run(c):
             with c.transaction():
-                row = c.execute("INSERT INTO jobs (source, size, mtime_ns, created, updated) VALUES (%s,%s,%s,%s,%s) "
+                # NOT EXISTS first: a known rip uses up no id (ON CONFLICT alone would, leaving gaps)
+                row = c.execute("INSERT INTO jobs (source, size, mtime_ns, created, updated) "
+                                "SELECT %(s)s, %(z)s, %(m)s, %(t)s, %(t)s WHERE NOT EXISTS (SELECT 1 FROM jobs "
+                                "  WHERE source=%(s)s AND size=%(z)s AND mtime_ns=%(m)s) "
                                 "ON CONFLICT (source, size, mtime_ns) DO NOTHING RETURNING id",
-                                (source, size, mtime_ns, now, now)).fetchone()
+                                {"s": source, "z": size, "m": mtime_ns, "t": now}).fetchone()
                 if row:
                     c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(row["id"])))
             return row["id"] if row else None
