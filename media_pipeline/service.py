@@ -138,7 +138,7 @@ class Service:
         self.store: JobStore | None = None  # a jobqueue.JobQueue (SQLite or PostgreSQL)
         self.workers: dict[int, threading.Thread] = {}
         self.owned: dict[int, tuple[Job, threading.Event]] = {}  # claimed jobs: their lease, "lost" event
-        self.queue_down = False
+        self.scanning = False  # this worker is the elected scanner of staging
         self.running: dict[int, dict] = {}  # job id -> {"source", "progress", "fps"}
         self.last_fps = 0.0
         self.last_speed = 0.0
@@ -225,8 +225,8 @@ class Service:
             self.check_pool()
             try:
                 if not self.once or not scanned:
-                    self.recover()  # jobs whose worker's lease ran out
-                if not (self.once and scanned) and "staging" not in self.pool_missing and self.store.is_scanner():
+                    self.recover(startup=False)  # jobs whose worker's lease ran out
+                if not (self.once and scanned) and "staging" not in self.pool_missing and self.scanner():
                     self.enqueue_ready()
                     scanned = True
                 self.dispatch()
@@ -238,6 +238,15 @@ class Service:
                 break
             self.wake.wait(0.5 if self.once else self.cfg.poll_seconds)
             self.wake.clear()
+
+    def scanner(self) -> bool:
+        """Whether this worker scans staging (the store elects one); said when that changes."""
+        scanning = self.store.is_scanner()
+        if scanning != self.scanning:
+            self.scanning = scanning
+            if scanning:
+                log.info("worker %s scans staging (the queue's elected scanner)", self.store.worker)
+        return scanning
 
     def heartbeat_loop(self) -> None:
         """Renew the leases of the jobs this worker runs (every third of a lease); a job whose lease
