@@ -238,8 +238,8 @@ def test_an_idle_worker_starts_a_new_job_on_notify_not_on_the_next_poll(rips, tm
         src = c.put(rips["short"], "Notify (2024).mkv")
         st = os.stat(src)
         store = PgJobStore(pg_url, worker="test")
-        store.enqueue(str(src), st.st_size, st.st_mtime_ns)
         enqueued = time.time()
+        store.enqueue(str(src), st.st_size, st.st_mtime_ns)
         job = wait_for(lambda: [j for j in c.jobs() if j["started"]], timeout=10, interval=0.05, what="a start")[0]
         store.close()
         print(f"enqueue-to-start: {job['started'] - enqueued:.3f} s on worker {job['worker']}")
