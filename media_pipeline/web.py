@@ -34,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 import jinja2
 
 from . import __version__
+from .jobqueue import QueueUnavailable
 from .metrics import WSGIThreadServer
 from .rips import read_status
 
@@ -100,7 +101,10 @@ class StatusApp:
 
     def status(self) -> dict:
         svc, now = self.service, time.time()
-        jobs = svc.store.list_jobs()
+        try:
+            jobs, queue_problem = svc.store.list_jobs(), ""
+        except QueueUnavailable as exc:  # PostgreSQL away: the page still answers, and says so
+            jobs, queue_problem = [], str(exc)
         snap = svc.snapshot()
         live = {r["id"]: r for r in snap.running}
         by_state: dict[str, list[dict]] = {"queued": [], "running": [], "done": [], "failed": []}
@@ -127,6 +131,7 @@ class StatusApp:
             "gpu_usage": svc.gpu_usage().to_json(),
             "rips": read_status(self.cfg.rip_status_file, now),
             "pool_missing": [{"dir": key, "path": getattr(self.cfg, key)} for key in svc.pool_missing],
+            "workers": snap.workers, "worker": snap.worker, "queue_problem": queue_problem,
         }
 
     def gpu_proof(self) -> dict | None:
