@@ -78,4 +78,5 @@ bench: deps .venv/.synced toolchain ## benchmarks: transcode overhead, queue thr
 	$(PY) bench/bench_transcode.py
 	$(PY) bench/bench_rip.py
 	$(PY) bench/bench_gpu_usage.py
+	$(PY) bench/bench_queue.py
 	@bash lab/bench.sh
