@@ -153,7 +153,10 @@ class PgJobStore:
             self._up_since = time.monotonic()
             self._scanner = False
             if self._registered is not None:  # a new session: its advisory locks are gone
-                self._lock_worker_name(self._conn)
+                try:
+                    self._lock_worker_name(self._conn)
+                except RuntimeError:
+                    pass  # our old session is still closing on the server (a cut network): not fatal mid-run
         return self._conn
 
     def _drop(self) -> None:
