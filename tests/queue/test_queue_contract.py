@@ -20,8 +20,18 @@ LEASE = 1.0
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def queue(request, tmp_path):
+    yield from _queue(request, tmp_path, request.param)
+
+
+@pytest.fixture
+def pg_queue(request, tmp_path):
+    """The PostgreSQL store only: what a single-worker SQLite file has no use for (other workers)."""
+    yield from _queue(request, tmp_path, "postgresql")
+
+
+def _queue(request, tmp_path, kind):
     opened = []
-    if request.param == "sqlite":
+    if kind == "sqlite":
         path = str(tmp_path / "jobs.sqlite3")
 
         def make(worker="w1", lease=LEASE):
@@ -36,7 +46,7 @@ def queue(request, tmp_path):
             store = PgJobStore(url, worker=worker, lease_seconds=lease)
             opened.append(store)
             return store
-    make.kind = request.param
+    make.kind = kind
     yield make
     for store in opened:
         try:
@@ -165,17 +175,15 @@ def test_a_bare_id_is_not_fenced(queue):
     assert q.requeue(job.id, "operator", refund_attempt=True)
 
 
-def test_heartbeat_keeps_the_lease(queue):
-    if queue.kind == "sqlite":
-        pytest.skip("one worker per SQLite file: nobody else can take a lease over")
-    q = queue("w1")
+def test_heartbeat_keeps_the_lease(pg_queue):
+    q = pg_queue("w1")
     q.start_worker("libx265")
     q.enqueue("/s/x.mkv", 1, 1)
     job = q.claim()
     for _ in range(8):  # two leases' worth of heartbeats
         assert q.heartbeat([job], {"job_id": job.id, "fps": 5.0}) == set()
         time.sleep(LEASE / 4)
-    other = queue("w2")
+    other = pg_queue("w2")
     other._up_since -= 10 * LEASE
     assert other.take_over_expired() == []
     time.sleep(LEASE + 0.3)  # no heartbeat: the lease runs out
@@ -184,14 +192,12 @@ def test_heartbeat_keeps_the_lease(queue):
     assert other.lease_expiries() == 1
 
 
-def test_a_fresh_connection_waits_a_lease_before_taking_over(queue):
-    if queue.kind == "sqlite":
-        pytest.skip("no other workers on SQLite")
-    q = queue("w1")
+def test_a_fresh_connection_waits_a_lease_before_taking_over(pg_queue):
+    q = pg_queue("w1")
     q.enqueue("/s/x.mkv", 1, 1)
     q.claim()
     time.sleep(LEASE + 0.3)
-    other = queue("w2")  # just (re)connected: the others' heartbeats get a lease to renew first
+    other = pg_queue("w2")  # just (re)connected: the others' heartbeats get a lease to renew first
     assert other.take_over_expired() == []
     time.sleep(LEASE)
     assert len(other.take_over_expired()) == 1
