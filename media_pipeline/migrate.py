@@ -66,6 +66,12 @@ def main(cfg, src: str, dst: str) -> int:
     if not is_url(dst):
         print(f"media-pipeline migrate: --to {dst!r} is not a postgresql:// URL", file=sys.stderr)
         return 2
+    from urllib.parse import urlsplit
+
+    if urlsplit(dst).password is not None or "password=" in dst:
+        print("media-pipeline migrate: --to has a password in it (argv is visible to every user); put it in "
+              "the config's db_password_file (mode 0600) instead", file=sys.stderr)
+        return 2
     try:
         password = read_password_file(cfg.db_password_file) if cfg.db_password_file else None
         out = migrate(src, dst, password)

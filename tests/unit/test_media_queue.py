@@ -148,3 +148,10 @@ def test_a_second_run_on_one_sqlite_file_is_refused(tmp_path):
         b.start_worker("libx265")
     a.stop_worker()
     assert os.path.exists(cfg.db + ".lock")
+
+
+def test_migrate_refuses_a_password_in_argv(tmp_path, capsys):
+    cfg = _cfg(tmp_path)
+    rc = service.main(["--config", _write(tmp_path, cfg), "migrate", "--from", cfg.db,
+                       "--to", "postgresql://media:secret@db.lan/media"])
+    assert rc == 2 and "db_password_file" in capsys.readouterr().err
