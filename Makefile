@@ -7,7 +7,7 @@ export PULUMI_SKIP_UPDATE_CHECK := true
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: help setup deps toolchain test-unit test-scripts test-media test-web test-e2e test preview demo lab-down bench lint recover adopt
+.PHONY: help setup deps toolchain test-unit test-scripts test-media test-queue test-web test-e2e test preview demo lab-down bench lint recover adopt
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ test-scripts: deps .venv/.synced ## scripts on real conf files and real Debian 1
 test-media: deps .venv/.synced ## media-transcode and media-pipeline with real ffmpeg on synthetic rips
 	$(PYTEST) tests/media -q -p no:cacheprovider
 
+test-queue: deps .venv/.synced ## the job queue on a PostgreSQL 15 the tests start (initdb/pg_ctl), both stores' contract, 3 real workers
+	$(PYTEST) tests/queue -q -p no:cacheprovider
+
 test-web: deps .venv/.synced ## the status page in headless Chromium, alert rules (promtool), dashboard vs a live /metrics
 	$(PYTEST) tests/browser tests/monitoring -q -p no:cacheprovider
 
@@ -78,4 +81,5 @@ bench: deps .venv/.synced toolchain ## benchmarks: transcode overhead, queue thr
 	$(PY) bench/bench_transcode.py
 	$(PY) bench/bench_rip.py
 	$(PY) bench/bench_gpu_usage.py
+	$(PY) bench/bench_queue.py
 	@bash lab/bench.sh

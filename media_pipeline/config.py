@@ -64,6 +64,8 @@ class Config:
     gpu_proof_file: str = "/var/lib/media-pipeline/gpu-proof.json"  # verify-gpu.sh --save writes it
     # media-rip's status file on the shared pool (media_pipeline/rips.py); default STAGING/.media-rip/status.json
     rip_status_file: str = "/mnt/storage/staging/.media-rip/status.json"
+    # The job queue: a SQLite file (the default, one worker) or a postgresql:// URL (many workers,
+    # docs/adr/0016); with a URL the password is read from db_password_file (mode 0600), never the URL.
     db: str = "/var/lib/media-pipeline/jobs.sqlite3"
     # Jellyfin is told about each published file (POST /Library/Media/Updated; media_pipeline/jellyfin.py)
     jellyfin_url: str = ""  # e.g. "http://192.168.1.60:8096"; "" = off
@@ -71,11 +73,15 @@ class Config:
     # host path prefix -> the same folder's path in Jellyfin's container; () = the same paths there
     jellyfin_path_map: tuple[tuple[str, str], ...] = ()
     jellyfin_retry_seconds: tuple[float, ...] = (1.0, 5.0, 25.0)  # waits before each retry of a refresh
+    db_password_file: str = ""
+    worker_name: str = ""  # "" = the host name; unique per worker
+    lease_seconds: float = 60.0  # a dead worker's job goes back to the queue after this (plus a poll)
+    x265_params: str = ""  # extra libx265 parameters, e.g. "pools=1:frame-threads=1" (bench: one thread)
 
     def encode_options(self) -> ffargs.EncodeOptions:
         return ffargs.EncodeOptions(
             languages=self.languages, encoder=self.encoder, crf=self.crf,
-            preset=self.preset, qsv_device=self.qsv_device,
+            preset=self.preset, qsv_device=self.qsv_device, x265_params=self.x265_params,
         )
 
     def to_json(self) -> dict:
@@ -90,7 +96,7 @@ class Config:
 
 KEYS = tuple(f.name for f in fields(Config))
 _PATH_KEYS = ("staging", "movies", "tv", "db", "qsv_device")
-_OPTIONAL_PATH_KEYS = ("metrics_textfile", "gpu_proof_file", "rip_status_file")  # absolute, or "" = off
+_OPTIONAL_PATH_KEYS = ("metrics_textfile", "gpu_proof_file", "rip_status_file", "db_password_file")  # absolute, or "" = off
 _EXAMPLES = {
     "staging": '"/mnt/storage/staging"', "movies": '"/mnt/storage/movies"', "tv": '"/mnt/storage/tv"',
     "languages": '["eng", "bul"]', "encoder": '"libx265"', "crf": "18", "preset": '"slow"',
@@ -99,7 +105,12 @@ _EXAMPLES = {
     "retry_delay_seconds": "300", "max_decode_errors": "0",
     "apprise_urls": '["tgram://bottoken/ChatID"]', "metrics_port": "9464 (0 = off)",
     "metrics_bind": '"127.0.0.1" (or "0.0.0.0" to be scraped from another host)', "metrics_textfile": '"/var/lib/media-pipeline/metrics.prom" ("" = off)',
-    "db": '"/var/lib/media-pipeline/jobs.sqlite3"',
+    "db": '"/var/lib/media-pipeline/jobs.sqlite3" (one worker) or "postgresql://media@db.lan/media" (many; '
+          'the password in db_password_file)',
+    "db_password_file": '"/etc/media-pipeline/db-password" (mode 0600; "" = none, e.g. peer auth on a socket)',
+    "worker_name": '"transcoder-1" ("" = the host name; each worker its own)',
+    "lease_seconds": "60 (a dead worker\'s job is queued again after this plus a poll)",
+    "x265_params": '"pools=1:frame-threads=1" (extra libx265 parameters; "" = none)',
     # media-rip (RipConfig)
     "device": '"/dev/sr0" (a fixed node; "" = look the drive up by "drive" at each poll)',
     "drive": '"auto" (the first drive) or one drive\'s /dev/disk/by-id name, model or serial',
@@ -230,6 +241,31 @@ def _as_networks(key, value, where) -> tuple[str, ...]:
     return items
 
 
+def _as_db_url(key, value, where) -> str:
+    """A postgresql:// URL without a password (that one lives in db_password_file)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise _bad(key, f"is not a usable URL ({exc})", where) from None
+    if parts.password is not None:
+        raise _bad(key, "has a password in it: put the password in db_password_file (mode 0600) instead; "
+                        "the config and the unit are readable by more than the service", where)
+    if "password=" in parts.query:
+        raise _bad(key, "has password= in it: put the password in db_password_file (mode 0600) instead", where)
+    if not (parts.hostname or "host=" in parts.query):
+        raise _bad(key, "names no host (postgresql://USER@HOST/DB, or ?host=/run/postgresql for a socket)", where)
+    return value
+
+
+def _as_token(key, value, where) -> str:
+    """worker_name / x265_params: printable ASCII, no spaces or quotes, at most 120 characters."""
+    if not isinstance(value, str) or len(value) > 120 or not all(
+            c.isascii() and c.isprintable() and c not in " '\"\\" for c in value):
+        raise _bad(key, f"must be up to 120 printable characters without spaces or quotes (got {value!r})", where)
+    return value
+
+
 def from_dict(raw: dict, where: str = "config") -> Config:
     """Validate a parsed JSON object into a Config (missing keys take defaults)."""
     if not isinstance(raw, dict):
@@ -241,8 +277,14 @@ def from_dict(raw: dict, where: str = "config") -> Config:
         _check_known(key, KEYS, where)
     values: dict = {}
     for key, value in raw.items():
-        if key in ("staging", "movies", "tv", "db", "qsv_device", "encoder", "preset",
-                   "metrics_bind", "metrics_textfile", "web_bind", "web_password", *_OPTIONAL_PATH_KEYS):
+        if key == "db" and isinstance(value, str) and value.startswith(("postgresql://", "postgres://")):
+            values[key] = _as_db_url(key, value, where)
+        elif key in ("worker_name", "x265_params"):
+            values[key] = _as_token(key, value, where)
+        elif key == "lease_seconds":
+            values[key] = _as_number(key, value, where, 1)
+        elif key in ("staging", "movies", "tv", "db", "qsv_device", "encoder", "preset",
+                     "metrics_bind", "metrics_textfile", "web_bind", "web_password", *_OPTIONAL_PATH_KEYS):
             if not isinstance(value, str):
                 raise _bad(key, f"must be a string (got {value!r})", where)
             if key in _PATH_KEYS and not os.path.isabs(value) and not (key == "qsv_device" and value == ""):
@@ -312,6 +354,8 @@ def from_dict(raw: dict, where: str = "config") -> Config:
             )
     for key, problem in cfg.encode_options().field_problems():
         raise ConfigError(f"{where}: key {key!r}: {problem}")
+    if cfg.db_password_file and not cfg.db.startswith(("postgresql://", "postgres://")):
+        raise _bad("db_password_file", f"is set but db ({cfg.db}) is a SQLite file, which needs no password", where)
     return cfg
 
 

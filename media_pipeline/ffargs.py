@@ -43,6 +43,7 @@ class EncodeOptions:
     preset: str = "slow"
     qsv_device: str = DEFAULT_QSV_DEVICE
     ffmpeg: str = "ffmpeg"
+    x265_params: str = ""  # extra libx265 parameters (e.g. "pools=1:frame-threads=1"), after log-level
 
     def problems(self) -> list[str]:
         """Human-readable reasons these options are unusable (empty when fine)."""
@@ -161,8 +162,8 @@ def _video_codec_args(video: dict, opts: EncodeOptions) -> list[str]:
         upload = f"format={'p010le' if ten_bit else 'nv12'},hwupload=extra_hw_frames=64,format=qsv"
         return ["-vf", upload, "-c:v", "hevc_qsv", "-preset", opts.preset,
                 "-global_quality", str(opts.crf)]
-    return ["-c:v", "libx265", "-preset", opts.preset, "-crf", str(opts.crf),
-            "-x265-params", "log-level=error"]
+    params = "log-level=error" + (f":{opts.x265_params}" if opts.x265_params else "")
+    return ["-c:v", "libx265", "-preset", opts.preset, "-crf", str(opts.crf), "-x265-params", params]
 
 
 def build_args(probe: dict, opts: EncodeOptions, src: str, dst: str) -> tuple[list[str], list[str]]:

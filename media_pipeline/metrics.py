@@ -35,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import __version__
 from .gpu_usage import EXPORTED_ENGINES, GpuSampler, GpuUsage
+from .jobqueue import WORKER_STATES
 from .jobs import STATES
 
 # Encodes take seconds (tests) to hours (a UHD film on x265 slow).
@@ -55,6 +56,9 @@ class Snapshot:
     oldest_queued_age: float = 0.0
     filesystems: dict[str, tuple[int, int]] = field(default_factory=dict)  # dir -> (free, size) bytes
     encoder_pids: list[int] = field(default_factory=list)  # the running ffmpeg encoders (GPU usage)
+    workers: list[dict] = field(default_factory=list)  # the queue's workers (store.workers())
+    lease_expiries: int = 0  # jobs taken over after their worker's lease ran out (all workers, ever)
+    worker: str = ""  # this worker's name
 
 
 def disk_usage(paths: dict[str, str]) -> dict[str, tuple[int, int]]:
@@ -105,11 +109,26 @@ class PipelineCollector:
                                 "Media seconds encoded per wall-clock second (running encode, else the last one).",
                                 value=round(s.last_speed, 4))
         progress = GaugeMetricFamily("media_pipeline_job_progress_ratio", "Progress of each running job (0-1).",
-                                     labels=["job", "source"])
+                                     labels=["job", "source", "worker"])
         for job in s.running:
-            progress.add_metric([str(job["id"]), os.path.basename(job.get("source", ""))],
+            progress.add_metric([str(job["id"]), os.path.basename(job.get("source", "")), job.get("worker", s.worker)],
                                 round(job.get("progress", 0.0), 4))
         yield progress
+        workers = GaugeMetricFamily("media_pipeline_workers", "Workers of the job queue by heartbeat state "
+                                    "(healthy: within its lease; stale: lease ran out; gone: signed off).",
+                                    labels=["state"])
+        for state in WORKER_STATES:
+            workers.add_metric([state], sum(1 for w in s.workers if w.get("state") == state))
+        yield workers
+        stale = GaugeMetricFamily("media_pipeline_worker_heartbeat_age_seconds",
+                                  "Seconds since each worker's last heartbeat (workers not gone).", labels=["worker"])
+        for w in s.workers:
+            if w.get("state") != "gone" and w.get("heartbeat_age") is not None:
+                stale.add_metric([w["name"]], round(w["heartbeat_age"], 3))
+        yield stale
+        yield CounterMetricFamily("media_pipeline_lease_expiries",
+                                  "Jobs queued again (or finished) by another worker after their worker's lease "
+                                  "ran out, all workers, since the queue was created.", value=s.lease_expiries)
         free = GaugeMetricFamily("media_pipeline_filesystem_free_bytes",
                                  "Free bytes (for unprivileged users) on the filesystem of each pipeline directory.",
                                  labels=["dir"])

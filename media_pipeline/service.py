@@ -2,7 +2,9 @@
 
   media-pipeline run [--once]      the service (systemd runs it); --once: do what is ready, exit
   media-pipeline status [--json]   the job table
+  media-pipeline workers [--json]  the workers of the queue: name, host, encoder, job, fps, heartbeat
   media-pipeline retry ID...       put failed jobs back in the queue with fresh attempts
+  media-pipeline migrate --from SQLITE --to URL   move a SQLite job store into PostgreSQL (idempotent)
 
 Exit codes: 0 ok, 1 cannot start (another instance, staging missing, database), 2 config error.
 """
@@ -25,6 +27,7 @@ from . import __version__, jellyfin, naming
 from . import config as config_mod
 from .common import MARKER, InstanceLock, fmt_time, fmt_when, setup_logging
 from .gpu_usage import GpuSampler, GpuUsage
+from .jobqueue import LeaseLost, QueueUnavailable, is_url, open_store
 from .jobs import Job, JobStore
 from .metrics import (JobEvents, PipelineCollector, Snapshot, disk_usage, new_registry, publish_textfile,
                       sample_gpu, serve)
@@ -38,6 +41,8 @@ VIDEO_EXTENSIONS = {".mkv", ".m2ts", ".mts", ".ts", ".mp4", ".m4v", ".avi", ".mo
                     ".mpg", ".mpeg", ".vob"}
 PROGRESS_LOG_SECONDS = 60.0
 PROGRESS_DB_SECONDS = 5.0
+# A worker that lost a job's lease says so, and discards its output with these words.
+DISCARDED = "no longer owns the job (its lease expired and another worker took it over): its output is discarded, nothing published"
 # Failures worth another try: the encoder or the output (disk full, NFS hiccup), not the input.
 RETRYABLE = {EXIT_ENCODE, EXIT_OUTPUT}
 # The pool's top-level folders: made when the pool is set up, never by the service (if one is
@@ -128,14 +133,30 @@ def scan(staging: str, stable_seconds: float, require_marker: bool,
     return ready
 
 
+class _Either:
+    """The cancel event of one job: the service stopping, or this worker losing the job's lease."""
+
+    def __init__(self, stop: threading.Event, lost: threading.Event):
+        self.stop, self.lost = stop, lost
+
+    def is_set(self) -> bool:
+        return self.stop.is_set() or self.lost.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        self.stop.wait(timeout)
+        return self.is_set()
+
+
 class Service:
     def __init__(self, cfg: config_mod.Config, once: bool = False):
         self.cfg = cfg
         self.once = once
         self.stop = threading.Event()
         self.wake = threading.Event()
-        self.store: JobStore | None = None
+        self.store: JobStore | None = None  # a jobqueue.JobQueue (SQLite or PostgreSQL)
         self.workers: dict[int, threading.Thread] = {}
+        self.owned: dict[int, tuple[Job, threading.Event]] = {}  # claimed jobs: their lease, "lost" event
+        self.scanning = False  # this worker is the elected scanner of staging
         self.running: dict[int, dict] = {}  # job id -> {"source", "progress", "fps"}
         self.last_fps = 0.0
         self.last_speed = 0.0
@@ -160,16 +181,35 @@ class Service:
             path = getattr(self.cfg, key)
             if not os.path.isdir(path):
                 raise RuntimeError(f"{key} directory {path} does not exist (is the storage pool mounted?)")
-        os.makedirs(os.path.dirname(self.cfg.db), exist_ok=True)
+        if not is_url(self.cfg.db):
+            os.makedirs(os.path.dirname(self.cfg.db), exist_ok=True)
+
+    def open_store(self):
+        """The job store; PostgreSQL unreachable at start: wait for it (said once), until stopped."""
+        delay = 0.5
+        while True:
+            try:
+                return open_store(self.cfg, log=log)
+            except QueueUnavailable as exc:
+                if self.stop.is_set():
+                    raise RuntimeError(str(exc)) from None
+                self.stop.wait(delay)
+                delay = min(delay * 2, 5.0)
 
     def run(self) -> int:
         self.preflight()
-        lock = InstanceLock(self.cfg.db)
-        lock.acquire()
         servers = []
+        beat = None
+        registered = False
         try:
-            self.store = JobStore(self.cfg.db)
-            self.recover()
+            self.store = self.open_store()
+            self.store.stop = self.stop  # waiting writes give up when the service stops
+            self.store.start_worker(self.cfg.encoder)  # one run per database / per worker name
+            registered = True
+            self.recover(startup=True)
+            self.store.listen(self.wake.set)  # PostgreSQL: a new job wakes an idle worker at once
+            beat = threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True)
+            beat.start()
             if self.cfg.metrics_port:
                 servers.append(serve(self.registry, self.cfg.metrics_bind, self.cfg.metrics_port, self.cfg.metrics_allow))
                 log.info("metrics on http://%s:%d/metrics", self.cfg.metrics_bind, servers[-1].port)
@@ -179,10 +219,10 @@ class Service:
                 servers.append(web.serve(self, self.cfg.web_bind, self.cfg.web_port))
                 log.info("status page on http://%s:%d/%s", self.cfg.web_bind, servers[-1].port,
                          " (password required)" if self.cfg.web_password else "")
-            log.info("media-pipeline %s: watching %s every %ss (stable after %ss%s), %d at a time; %s; %s",
+            log.info("media-pipeline %s: watching %s every %ss (stable after %ss%s), %d at a time; %s; %s; queue: %s",
                      __version__, self.cfg.staging, self.cfg.poll_seconds, self.cfg.stable_seconds,
                      ", marker required" if self.cfg.require_marker else "", self.cfg.concurrency,
-                     self.notifier.describe(), self.refresher.describe())
+                     self.notifier.describe(), self.refresher.describe(), self.store.describe())
             self.loop()
             if self.stop.is_set():
                 log.info("stopping: running jobs go back to the queue")
@@ -190,28 +230,70 @@ class Service:
             self.stop.set()
             for thread in list(self.workers.values()):
                 thread.join()
+            if beat is not None:
+                beat.join()
             self.refresher.close(timeout=REFRESH_GRACE_ONCE if self.once else REFRESH_GRACE_STOP)
             self.publish_metrics()
             for server in servers:
                 server.stop()
             if self.store:
+                if registered:
+                    self.store.stop_worker()
                 self.store.close()
-            lock.release()
         return 0
 
     def loop(self) -> None:
         scanned = False
         while not self.stop.is_set():
             self.check_pool()
-            if not (self.once and scanned) and "staging" not in self.pool_missing:
-                self.enqueue_ready()
-                scanned = True
-            self.dispatch()
+            try:
+                if not self.once or not scanned:
+                    self.recover(startup=False)  # jobs whose worker's lease ran out
+                if not (self.once and scanned) and "staging" not in self.pool_missing and self.scanner():
+                    self.enqueue_ready()
+                    scanned = True
+                self.dispatch()
+                idle = self.once and not self.workers and (self.pool_missing or not self.store.has_claimable())
+            except QueueUnavailable:  # the store said so, once; encodes go on, nothing is failed
+                idle = False
             self.publish_metrics()
-            if self.once and not self.workers and (self.pool_missing or not self.store.has_claimable()):
+            if idle:
                 break
             self.wake.wait(0.5 if self.once else self.cfg.poll_seconds)
             self.wake.clear()
+
+    def scanner(self) -> bool:
+        """Whether this worker scans staging (the store elects one); said when that changes."""
+        scanning = self.store.is_scanner()
+        if scanning != self.scanning:
+            self.scanning = scanning
+            if scanning:
+                log.info("worker %s scans staging (the queue's elected scanner)", self.store.worker)
+        return scanning
+
+    def heartbeat_loop(self) -> None:
+        """Renew the leases of the jobs this worker runs (every third of a lease); a job whose lease
+        another worker took over is cancelled here, its output discarded."""
+        interval = max(0.2, min(self.cfg.lease_seconds / 3.0, 10.0))
+        while not self.stop.wait(interval):
+            self.beat()
+
+    def beat(self) -> None:
+        with self._guard:
+            owned = [job for job, _lost in self.owned.values()]
+            live = [r for r in self.running.values()]
+        status = {"job_id": live[0]["id"] if live else (owned[0].id if owned else None),
+                  "fps": live[0].get("fps", 0.0) if live else 0.0}
+        try:
+            lost = self.store.heartbeat(owned, status)
+        except QueueUnavailable:
+            return  # said once by the store; the leases are renewed when it is back
+        for job_id in lost:
+            with self._guard:
+                entry = self.owned.get(job_id)
+            if entry is not None and not entry[1].is_set():
+                entry[1].set()
+                log.warning("[job %d] this worker %s", job_id, DISCARDED)
 
     def request_stop(self, *_args) -> None:
         self.stop.set()  # signal handler: no logging here (it could deadlock on the log lock)
@@ -231,10 +313,15 @@ class Service:
 
     # -- recovery ------------------------------------------------------------------
 
-    def recover(self) -> None:
-        """Jobs left `running` by a crash: finish an interrupted publish, else redo from scratch."""
-        for job in self.store.list_jobs(state="running"):
-            tmp = temp_path(job.dest) if job.dest else None
+    def recover(self, startup: bool = True) -> None:
+        """Jobs left `running` by a crash (at start-up), or by a worker whose lease ran out (another
+        worker's, on PostgreSQL): finish an interrupted publish, else remove the partial output
+        and redo from scratch. The store hands them over with a lease of this worker's."""
+        for job in self.store.take_over_expired(startup=startup):
+            expired = job.reason.startswith("lease of worker ")
+            tmp = job.partial or (temp_path(job.dest) if job.dest else None)
+            if expired:
+                log.warning("[job %d] %s: this worker takes it over", job.id, job.reason)
             if job.pid and tmp:
                 _kill_orphan(job.pid, tmp)
             if job.stage == "finalizing" and job.dest and tmp and job.out_stamp:
@@ -243,12 +330,16 @@ class Service:
             # (a finalizing row without a stamp predates schema 2: redone, never trusted)
             if tmp and os.path.exists(tmp):
                 os.unlink(tmp)
+                log.info("[job %d] removed the partial output %s", job.id, tmp)
             if job.attempts >= self.cfg.max_attempts:
                 reason = f"interrupted {job.attempts} time(s) by a crash or restart; giving up"
-                self.store.fail(job.id, reason, retry=False, max_attempts=self.cfg.max_attempts)
+                self.store.fail(job, reason, retry=False, max_attempts=self.cfg.max_attempts)
                 log.warning("[job %d] %s", job.id, reason)
+            elif expired:
+                self.store.requeue(job, f"{job.reason}; redoing from scratch", refund_attempt=False)
+                log.info("[job %d] queued again", job.id)
             else:
-                self.store.requeue(job.id, "interrupted by a restart; redoing from scratch", refund_attempt=False)
+                self.store.requeue(job, "interrupted by a restart; redoing from scratch", refund_attempt=False)
                 log.info("[job %d] was running when the service stopped; queued again", job.id)
 
     def recover_finalizing(self, job: Job, tmp: str) -> bool:
@@ -271,7 +362,7 @@ class Service:
             if os.path.lexists(tmp):  # a crash between link() and unlink(): the same inode
                 os.unlink(tmp)
             log.info("[job %d] finished after restart: %s", job.id, job.dest)
-            self.store.finish(job.id, job.media_seconds, job.encode_seconds, job.fps,
+            self.store.finish(job, job.media_seconds, job.encode_seconds, job.fps,
                               reason="completed after a restart")
             ensure_readable(job.dest)
             self.refresher.submit(job.dest)
@@ -323,11 +414,15 @@ class Service:
             job = self.store.claim()
             if job is None:
                 return
+            with self._guard:
+                self.owned[job.id] = (job, threading.Event())
             thread = threading.Thread(target=self.work, args=(job,), name=f"job-{job.id}", daemon=True)
             try:
                 thread.start()
             except RuntimeError as exc:  # "can't start new thread": try again at the next poll, never exit
-                self.store.requeue(job.id, f"waiting: the service could not start a thread ({exc})",
+                with self._guard:
+                    self.owned.pop(job.id, None)
+                self.store.requeue(job, f"waiting: the service could not start a thread ({exc})",
                                    refund_attempt=True)
                 log.error("[job %d] cannot start a worker thread (%s); it stays queued", job.id, exc)
                 return
@@ -336,12 +431,20 @@ class Service:
     def work(self, job: Job) -> None:
         try:
             self.process(job)
+        except LeaseLost as exc:
+            log.warning("[job %d] this worker %s (%s)", job.id, DISCARDED, exc)
+        except QueueUnavailable:
+            log.warning("[job %d] stopping while the job queue is unreachable: the job's lease runs out "
+                        "and it is redone (here or by another worker)", job.id)
         except Exception:  # noqa: BLE001 - one broken job must not stop the service
             log.error("[job %d] internal error:\n%s", job.id, traceback.format_exc())
-            if self.defer_if_pool_missing(job, self.store.get(job.id).dest):
+            try:
+                if self.defer_if_pool_missing(job, self.store.get(job.id).dest):
+                    return
+                state = self.store.fail(job, "internal error: " + traceback.format_exc().splitlines()[-1],
+                                        retry=True, max_attempts=self.cfg.max_attempts, delay=self.retry_delay())
+            except (QueueUnavailable, LeaseLost):
                 return
-            state = self.store.fail(job.id, "internal error: " + traceback.format_exc().splitlines()[-1],
-                                    retry=True, max_attempts=self.cfg.max_attempts, delay=self.retry_delay())
             self.events.observe("failed" if state == "failed" else "retry", time.time() - job.started
                                 if job.started else None)
             if state == "failed":
@@ -349,7 +452,15 @@ class Service:
         finally:
             with self._guard:
                 self.running.pop(job.id, None)
+                self.owned.pop(job.id, None)
             self.wake.set()
+
+    @staticmethod
+    def owns(written, job: Job):
+        """A fenced write's result: False/None means another worker has the job now."""
+        if written is False or written is None:
+            raise LeaseLost(f"job {job.id}'s lease token no longer matches")
+        return written
 
     def retry_delay(self) -> float:
         return 0.0 if self.once else self.cfg.retry_delay_seconds
@@ -368,7 +479,8 @@ class Service:
         if (st.st_size, st.st_mtime_ns) != (job.size, job.mtime_ns):
             self.fail(job, "source changed after it was queued; the new version gets its own job", retry=False)
             return
-        self.store.update(job.id, dest=dest, stage="encoding")
+        tmp = self.store.temp_path(dest, job)
+        self.owns(self.store.update(job, dest=dest, stage="encoding", partial=tmp), job)
         if os.path.lexists(dest):
             self.fail(job, f"{dest} already exists in the library; move it away and run "
                            f"`media-pipeline retry {job.id}`", retry=False)
@@ -387,17 +499,24 @@ class Service:
             self.fail(job, f"job {other} is writing the same destination {dest}", retry=True)
             return
         reporter = _JobProgress(self, job)
+        with self._guard:
+            lost = self.owned[job.id][1] if job.id in self.owned else threading.Event()
         try:
             result = transcode(
                 job.source, dest, cfg.encode_options(),
                 progress=reporter, log=lambda msg: log.info("[job %d] %s", job.id, msg),
-                cancel=self.stop, max_decode_errors=cfg.max_decode_errors,
-                before_commit=lambda st: self.store.update(job.id, stage="finalizing", out_stamp=file_stamp(st)),
-                on_start=lambda pid: self.encoder_started(job.id, pid),
+                cancel=_Either(self.stop, lost), max_decode_errors=cfg.max_decode_errors,
+                before_commit=lambda st: self.owns(
+                    self.store.update(job, stage="finalizing", out_stamp=file_stamp(st)), job),
+                publish_guard=lambda: self.store.publishing(job),
+                on_start=lambda pid: self.encoder_started(job, pid),
+                tmp=tmp,
             )
         except TranscodeError as exc:
+            if exc.code == EXIT_INTERRUPTED and lost.is_set():
+                raise LeaseLost("the heartbeat found another worker's lease on it") from None
             if exc.code == EXIT_INTERRUPTED:
-                self.store.requeue(job.id, "interrupted by shutdown", refund_attempt=True)
+                self.store.requeue(job, "interrupted by shutdown", refund_attempt=True)
                 log.info("[job %d] interrupted; back in the queue", job.id)
                 return
             self.fail(job, f"{EXIT_NAMES.get(exc.code, exc.code)}: {exc.reason}", retry=exc.code in RETRYABLE)
@@ -405,7 +524,11 @@ class Service:
         finally:
             with self._guard:  # ffmpeg was waited for: its pid may be anyone's now
                 self.running.get(job.id, {}).pop("pid", None)
-        self.store.finish(job.id, result.media_seconds, result.elapsed, result.fps)
+        if not self.store.finish(job, result.media_seconds, result.elapsed, result.fps):
+            # published under the row lock with our token; taken over since (the queue was away):
+            # the taker's recovery found our file (out_stamp) and marked the job done
+            log.warning("[job %d] published %s, then lost the lease; the job is done by its stamp", job.id, dest)
+            return
         self.events.observe("done", time.time() - job.started if job.started else result.elapsed)
         self.last_fps = result.fps
         self.last_speed = result.media_seconds / result.elapsed if result.elapsed > 0 else 0.0
@@ -417,12 +540,12 @@ class Service:
         self.notifier.send("Transcode finished", f"{os.path.basename(dest)}\n{dest}\n"
                            f"{fmt_time(result.media_seconds)} in {fmt_time(result.elapsed)}")
 
-    def encoder_started(self, job_id: int, pid: int) -> None:
+    def encoder_started(self, job: Job, pid: int) -> None:
         """transcode's on_start: the ffmpeg pid, in the job (crash recovery) and in the live
         entry (the GPU usage sampler reads its fdinfo while the job runs)."""
-        self.store.update(job_id, pid=pid)
+        self.store.update(job, pid=pid)
         with self._guard:
-            entry = self.running.get(job_id)
+            entry = self.running.get(job if isinstance(job, int) else job.id)
             if entry is not None:
                 entry["pid"] = pid
 
@@ -448,7 +571,7 @@ class Service:
                 pass
             except OSError as exc:
                 log.warning("[job %d] could not remove %s: %s", job.id, path, exc.strerror)
-        self.store.update(job.id, source_removed=1)
+        self.store.update(job.id, source_removed=1)  # the job is done: no lease to check
         log.info("[job %d] removed the source (keep_source=false)", job.id)
 
     def output_root(self, dest: str) -> str:
@@ -468,7 +591,7 @@ class Service:
         if not missing:
             return False
         problem = describe_missing(self.cfg, missing)
-        self.store.requeue(job.id, f"waiting for the pool: {problem}", refund_attempt=True)
+        self.store.requeue(job, f"waiting for the pool: {problem}", refund_attempt=True)
         log.warning("[job %d] back in the queue until the pool is back: %s", job.id, problem)
         self.wake.set()  # the loop notices the missing folder and starts nothing until it is back
         return True
@@ -476,8 +599,8 @@ class Service:
     def fail(self, job: Job, reason: str, retry: bool) -> None:
         if self.defer_if_pool_missing(job, self.store.get(job.id).dest):
             return  # whatever went wrong happened while the pool was away: no verdict on the job
-        state = self.store.fail(job.id, reason, retry=retry, max_attempts=self.cfg.max_attempts,
-                                delay=self.retry_delay())
+        state = self.owns(self.store.fail(job, reason, retry=retry, max_attempts=self.cfg.max_attempts,
+                                          delay=self.retry_delay()), job)
         self.events.observe("retry" if state == "queued" else "failed",
                             time.time() - job.started if job.started else None)
         if state == "queued":
@@ -504,18 +627,26 @@ class Service:
     def snapshot(self) -> Snapshot:
         if self.store is None:
             return Snapshot(counts={})
-        totals = self.store.totals()
+        try:
+            totals, counts = self.store.totals(), self.store.counts()
+            workers, expiries = self.store.workers(), self.store.lease_expiries()
+            self._last_read = (totals, counts, workers, expiries)
+        except QueueUnavailable:  # the last values read (the store said it is away, once)
+            totals, counts, workers, expiries = getattr(self, "_last_read", (
+                {"media_seconds": 0.0, "encode_seconds": 0.0, "last_fps": 0.0, "last_speed": 0.0,
+                 "oldest_queued": None}, {}, [], 0))
         with self._guard:
-            running = [dict(v) for v in self.running.values()]
+            running = [dict(v, worker=self.store.worker) for v in self.running.values()]
         live = [r for r in running if r["fps"] > 0]
         last_fps = live[-1]["fps"] if live else (self.last_fps or totals["last_fps"])
         last_speed = live[-1].get("speed", 0.0) if live else (self.last_speed or totals["last_speed"])
         oldest = totals["oldest_queued"]
-        return Snapshot(self.store.counts(), totals["media_seconds"], totals["encode_seconds"],
+        return Snapshot(counts, totals["media_seconds"], totals["encode_seconds"],
                         last_fps, last_speed, running, self.last_scan,
                         max(0.0, time.time() - oldest) if oldest else 0.0,
                         disk_usage({"staging": self.cfg.staging, "movies": self.cfg.movies, "tv": self.cfg.tv}),
-                        encoder_pids=self.encoder_pids())
+                        encoder_pids=self.encoder_pids(), workers=workers, lease_expiries=expiries,
+                        worker=self.store.worker)
 
     def encoder_pids(self) -> list[int]:
         """The pids of the ffmpeg encoders running now (set by encoder_started)."""
@@ -548,7 +679,7 @@ class _JobProgress:
         now = time.monotonic()
         if now >= self.next_db:
             self.next_db = now + PROGRESS_DB_SECONDS
-            s.store.update(self.job.id, progress=round(p.percent / 100.0, 4), fps=round(p.fps, 2))
+            s.store.update(self.job, progress=round(p.percent / 100.0, 4), fps=round(p.fps, 2))
         if now >= self.next_log:
             self.next_log = now + PROGRESS_LOG_SECONDS
             log.info("[job %d] %s", self.job.id, format_progress(p))
@@ -587,7 +718,7 @@ def status_table(jobs: list[Job], cfg: config_mod.Config) -> str:
                 return os.path.relpath(path, os.path.dirname(root.rstrip("/")))
         return path
 
-    rows = [("ID", "STATE", "TRIES", "UPDATED", "SOURCE", "RESULT")]
+    rows = [("ID", "STATE", "TRIES", "UPDATED", "WORKER", "SOURCE", "RESULT")]
     for j in jobs:
         if j.state == "running":
             result = f"{j.progress * 100:.0f}% -> {rel(j.dest)}"
@@ -596,15 +727,28 @@ def status_table(jobs: list[Job], cfg: config_mod.Config) -> str:
         else:
             result = j.reason
         rows.append((str(j.id), j.state, f"{j.attempts}/{cfg.max_attempts}", fmt_when(j.updated),
-                     _shorten(rel(j.source), 48), result))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5] for r in rows]
+                     j.worker or "-", _shorten(rel(j.source), 48), result))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    lines = ["  ".join(r[i].ljust(widths[i]) for i in range(6)) + "  " + r[6] for r in rows]
     counts: dict[str, int] = {}
     for j in jobs:
         counts[j.state] = counts.get(j.state, 0) + 1
     lines.append("")
     lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def workers_table(workers: list[dict]) -> str:
+    if not workers:
+        return "no workers yet"
+    rows = [("NAME", "HOST", "ENCODER", "JOB", "FPS", "HEARTBEAT", "STATE")]
+    for w in workers:
+        age = w.get("heartbeat_age")
+        rows.append((w["name"], w["host"], w["encoder"], str(w["job_id"]) if w.get("job_id") else "-",
+                     f"{w['fps']:.1f}" if w.get("job_id") else "-",
+                     f"{age:.0f}s ago" if age is not None else "-", w["state"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(len(r))).rstrip() for r in rows)
 
 
 # --- command line ----------------------------------------------------------------------
@@ -625,7 +769,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="the last Jellyfin refresh instead of the jobs (with --json: as an object)")
     retry_p = sub.add_parser("retry", help="queue failed jobs again with fresh attempts")
     retry_p.add_argument("ids", type=int, nargs="+")
-    for p in (run_p, st_p, retry_p):
+    wk_p = sub.add_parser("workers", help="list the workers of the queue (healthy, stale or gone)")
+    wk_p.add_argument("--json", action="store_true", help="machine-readable")
+    mig_p = sub.add_parser("migrate", help="move a SQLite job store into PostgreSQL (idempotent)")
+    mig_p.add_argument("--from", dest="src", required=True, metavar="SQLITE", help="the SQLite job database")
+    mig_p.add_argument("--to", dest="dst", required=True, metavar="URL",
+                       help="postgresql:// URL (password from the config's db_password_file)")
+    for p in (run_p, st_p, retry_p, wk_p, mig_p):
         p.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -639,6 +789,12 @@ def main(argv: list[str] | None = None) -> int:
         return _status(cfg, args)
     if args.cmd == "retry":
         return _retry(cfg, args.ids)
+    if args.cmd == "workers":
+        return _workers(cfg, args)
+    if args.cmd == "migrate":
+        from .migrate import main as migrate_main
+
+        return migrate_main(cfg, args.src, args.dst)
 
     setup_logging(args.verbose)
     service = Service(cfg, once=args.once)
@@ -649,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         log.error("%s", exc)
         return 1
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, QueueUnavailable) as exc:
         log.error("cannot start: %s", exc)
         return 1
 
@@ -671,21 +827,41 @@ def describe_refresh(state: dict) -> str:
     return f"jellyfin: last refresh {fmt_when(last.get('time'))} {last.get('path')}: {result}"
 
 
+def _read_store(cfg: config_mod.Config, read):
+    """read(store) on the configured store, read-only; None (said on stderr) when it cannot be read."""
+    if not is_url(cfg.db) and not os.path.exists(cfg.db):
+        return read(None)
+    try:
+        store = open_store(cfg, readonly=True)
+        try:
+            return read(store)
+        finally:
+            store.close()
+    except Exception as exc:  # noqa: BLE001
+        print(f"media-pipeline: cannot read {cfg.db.split('?')[0] if is_url(cfg.db) else cfg.db}: {exc}",
+              file=sys.stderr)
+        return None
+
+
+def _workers(cfg: config_mod.Config, args) -> int:
+    workers = _read_store(cfg, lambda s: s.workers() if s else [])
+    if workers is None:
+        return 1
+    if args.json:
+        print(json.dumps(workers, indent=2, ensure_ascii=False))
+    else:
+        print(workers_table(workers))
+    return 0
+
+
 def _status(cfg: config_mod.Config, args) -> int:
     if args.jellyfin:
         state = jellyfin_status(cfg)
         print(json.dumps(state, indent=2, ensure_ascii=False) if args.json else describe_refresh(state))
         return 0
-    if not os.path.exists(cfg.db):
-        jobs: list[Job] = []
-    else:
-        try:
-            store = JobStore(cfg.db, readonly=True)
-            jobs = store.list_jobs(state=args.state, limit=args.limit)
-            store.close()
-        except Exception as exc:  # noqa: BLE001
-            print(f"media-pipeline: cannot read {cfg.db}: {exc}", file=sys.stderr)
-            return 1
+    jobs = _read_store(cfg, lambda s: s.list_jobs(state=args.state, limit=args.limit) if s else [])
+    if jobs is None:
+        return 1
     if args.json:
         print(json.dumps([j.to_json() for j in jobs], indent=2, ensure_ascii=False))
     else:
@@ -700,7 +876,7 @@ def _status(cfg: config_mod.Config, args) -> int:
 
 
 def _retry(cfg: config_mod.Config, ids: list[int]) -> int:
-    store = JobStore(cfg.db)
+    store = open_store(cfg)
     rc = 0
     for job_id in ids:
         if store.reset_failed(job_id):

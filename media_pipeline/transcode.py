@@ -17,6 +17,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -27,7 +28,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ContextManager
 
 from . import __version__, ffargs, gpu
 from . import config as config_mod
@@ -326,12 +327,17 @@ def transcode(
     overwrite: bool = False,
     max_decode_errors: int = 0,
     ffprobe: str = "ffprobe",
+    publish_guard: Callable[[], ContextManager] | None = None,
+    tmp: str | None = None,
 ) -> Result:
-    """Transcode src to dst atomically. Raises TranscodeError with an exit code and reason."""
+    """Transcode src to dst atomically. Raises TranscodeError with an exit code and reason.
+
+    `tmp` names the temp file (default temp_path(dst)); `publish_guard()` is a context manager
+    the publish runs inside (the job queue's lease check: it raises to stop the publish)."""
     log = log or (lambda _msg: None)
     cancel = cancel or threading.Event()
     src, dst = os.path.abspath(src), os.path.abspath(dst)
-    tmp = temp_path(dst)
+    tmp = os.path.abspath(tmp) if tmp else temp_path(dst)
 
     if not os.path.exists(src):
         raise TranscodeError(EXIT_INPUT, f"input not found: {src}")
@@ -453,11 +459,12 @@ def transcode(
             _fsync_path(tmp)
             if before_commit:
                 before_commit(os.stat(tmp))
-            if overwrite:
-                os.replace(tmp, dst)
-            else:
-                publish(tmp, dst)  # never replaces a file that appeared while we encoded
-            committed = True
+            with publish_guard() if publish_guard else contextlib.nullcontext():
+                if overwrite:
+                    os.replace(tmp, dst)
+                else:
+                    publish(tmp, dst)  # never replaces a file that appeared while we encoded
+                committed = True
             _fsync_path(out_dir, directory=True)
         except OSError as exc:
             raise TranscodeError(EXIT_OUTPUT, f"cannot finish the output: {exc.strerror or exc}") from None

@@ -35,6 +35,7 @@ import jinja2
 
 from . import __version__
 from .jellyfin import redact_url
+from .jobqueue import QueueUnavailable
 from .metrics import WSGIThreadServer
 from .rips import read_status
 
@@ -101,7 +102,10 @@ class StatusApp:
 
     def status(self) -> dict:
         svc, now = self.service, time.time()
-        jobs = svc.store.list_jobs()
+        try:
+            jobs, queue_problem = svc.store.list_jobs(), ""
+        except QueueUnavailable as exc:  # PostgreSQL away: the page still answers, and says so
+            jobs, queue_problem = [], str(exc)
         snap = svc.snapshot()
         live = {r["id"]: r for r in snap.running}
         by_state: dict[str, list[dict]] = {"queued": [], "running": [], "done": [], "failed": []}
@@ -129,6 +133,7 @@ class StatusApp:
             "rips": read_status(self.cfg.rip_status_file, now),
             "pool_missing": [{"dir": key, "path": getattr(self.cfg, key)} for key in svc.pool_missing],
             "jellyfin": self.jellyfin(),
+            "workers": snap.workers, "worker": snap.worker, "queue_problem": queue_problem,
         }
 
     def jellyfin(self) -> dict:

@@ -6,7 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib-exec.sh"
 
 PACKAGES=(python3-venv shellcheck ffmpeg debootstrap openssh-client openssl procps iproute2 util-linux curl jq
   chromium chromium-driver python3-jinja2 python3-prometheus-client prometheus nginx-light caddy
-  nftables slirp4netns)
+  nftables slirp4netns postgresql)
 
 usage() {
   cat <<'USAGE'
@@ -19,7 +19,9 @@ Installs, with apt-get, the Debian packages that the test suite and the local la
   prometheus (promtool: checks and unit-tests monitoring/prometheus/alerts.yml),
   nginx-light caddy (the status page behind docs/reverse-proxy.md's TLS proxy snippets),
   nftables slirp4netns (the lab node's own network: NAT for its containers' bridge, and
-  the link to this machine; LXC itself is installed inside the node's tree, not here)
+  the link to this machine; LXC itself is installed inside the node's tree, not here),
+  postgresql (PostgreSQL 15 and libpq: tests/queue start their own server with initdb/pg_ctl,
+  and psycopg in the venv loads libpq)
 Only missing packages are installed; a second run changes nothing.
   --check   list what is missing and exit 1 if anything is
 USAGE

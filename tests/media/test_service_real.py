@@ -168,7 +168,7 @@ def test_crash_mid_encode_is_redone_after_restart(rips, tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
             text = resp.read().decode()
         assert 'media_pipeline_jobs{state="running"} 1' in text
-        assert 'media_pipeline_job_progress_ratio{job="1",source="Crash Test (2024).mkv"}' in text
+        assert 'media_pipeline_job_progress_ratio{job="1",source="Crash Test (2024).mkv",worker="' in text
         kill(service)  # kill -9: no chance to clean up
     finally:
         kill(service)

@@ -139,5 +139,5 @@ def test_schema_1_database_gains_out_stamp(tmp_path):
     assert job.out_stamp == "" and job.stage == "finalizing"
     s.update(job.id, out_stamp="12:34:56")
     assert s.get(job.id).out_stamp == "12:34:56"
-    assert s._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert s._db.execute("PRAGMA user_version").fetchone()[0] == 3  # schema 3: leases (ADR 0016)
     s.close()

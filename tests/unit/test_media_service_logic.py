@@ -265,7 +265,7 @@ def test_metrics_render():
     assert "media_pipeline_encoded_seconds_total 3600.5" in text
     assert "media_pipeline_encode_fps 87.25" in text
     assert "media_pipeline_encode_speed_ratio 1.5" in text
-    assert 'media_pipeline_job_progress_ratio{job="7",source="Amélie \\"q\\"\\\\.mkv"} 0.4213' in text
+    assert 'media_pipeline_job_progress_ratio{job="7",source="Amélie \\"q\\"\\\\.mkv",worker=""} 0.4213' in text
     assert 'media_pipeline_filesystem_free_bytes{dir="staging"} 10.0' in text
     assert 'media_pipeline_filesystem_size_bytes{dir="movies"} 1000.0' in text
     assert "# TYPE media_pipeline_encoded_seconds_total counter" in text
