@@ -8,7 +8,6 @@ its own. Skipped, with the reason, only when the server binaries are missing.
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -34,11 +33,3 @@ def pg_url(pg_server) -> str:
     return pg_server.new_database()
 
 
-def wait_for(predicate, timeout=60.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
