@@ -408,6 +408,21 @@ class StackFile:
             self.path.write_bytes(self.saved)
 
 
+def pve_options(value: str, default_key: str) -> dict[str, str]:
+    """A PVE property string (`/dev/dri/renderD128,gid=997,mode=0660`) as what it means: its
+    options by name, the key-less one under `default_key` (pve-container's `default_key` of the
+    format: `path` for devN, `volume` for mpN). Order and defaults spelled out by one client
+    (bpg writes `deny-write=0,path=...,uid=0`) do not matter, as they do not to PVE."""
+    out = {}
+    for part in value.split(","):
+        key, sep, val = part.partition("=")
+        if sep:
+            out[key] = val
+        else:
+            out[default_key] = key
+    return out
+
+
 def wait_for(predicate, timeout: float, every: float = 0.5, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

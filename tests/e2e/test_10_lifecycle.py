@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from .lab import wait_for
+from .lab import pve_options, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
@@ -63,9 +63,14 @@ def test_up_from_empty(lab, deployer, pool_sentinels):
     assert mon["grafana"]["answers"] and mon["grafana"]["version"] == "0.1+standin1"  # the lab's stand-in
     # Jellyfin: unprivileged, PVE's devN with the container's render gid, movies and tv read-only
     jf_cfg = lab.ct_config(JELLYFIN)
-    assert str(jf_cfg.get("unprivileged")) == "1" and jf_cfg["dev0"].startswith("/dev/dri/renderD128,gid=")
-    assert (jf_cfg["mp0"], jf_cfg["mp1"]) == ("/mnt/storage/movies,mp=/media/movies,ro=1",
-                                              "/mnt/storage/tv,mp=/media/tv,ro=1")
+    assert str(jf_cfg.get("unprivileged")) == "1"
+    dev0 = pve_options(jf_cfg["dev0"], "path")
+    gid = lab.ssh(f"pct exec {JELLYFIN} -- getent group render").stdout.split(":")[2]
+    assert (dev0["path"], dev0["gid"], dev0.get("mode", "0660")) == ("/dev/dri/renderD128", gid, "0660"), dev0
+    assert dev0.get("deny-write", "0") == "0" and dev0.get("uid", "0") == "0", dev0
+    for key, src, dst in (("mp0", "/mnt/storage/movies", "/media/movies"), ("mp1", "/mnt/storage/tv", "/media/tv")):
+        mp = pve_options(jf_cfg[key], "volume")
+        assert (mp["volume"], mp["mp"], mp.get("ro")) == (src, dst, "1"), (key, mp)
     jf = out["jellyfinVerification"]
     assert jf["read_only"] is True and jf["render_access"] is True and len(jf["libraries"]) == 2, jf
 

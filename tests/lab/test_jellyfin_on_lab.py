@@ -15,7 +15,7 @@ import shlex
 
 import pytest
 
-from tests.e2e.lab import wait_for
+from tests.e2e.lab import pve_options, wait_for
 from tests.lab.test_program_on_lab import first_up, lab, program, sentinels  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.e2e
@@ -47,9 +47,11 @@ def test_unprivileged_with_the_render_node_through_devN_and_the_library_read_onl
     conf = lab.ct_config(JF)
     assert str(conf["unprivileged"]) == "1"
     render_gid = ct(lab, JF, "getent group render | cut -d: -f3").stdout.strip()
-    assert conf["dev0"] == f"/dev/dri/renderD128,gid={render_gid},mode=0660"
-    mps = sorted(v for k, v in conf.items() if k.startswith("mp"))
-    assert mps == ["/mnt/storage/movies,mp=/media/movies,ro=1", "/mnt/storage/tv,mp=/media/tv,ro=1"]
+    dev0 = pve_options(conf["dev0"], "path")
+    assert (dev0["path"], dev0["gid"], dev0.get("mode", "0660")) == ("/dev/dri/renderD128", render_gid, "0660"), dev0
+    mps = sorted((o["volume"], o["mp"], o.get("ro")) for o in (pve_options(v, "volume") for k, v in conf.items()
+                                                             if k.startswith("mp")))
+    assert mps == [("/mnt/storage/movies", "/media/movies", "1"), ("/mnt/storage/tv", "/media/tv", "1")]
     assert not [line for line in lab.conf(JF).split("\n[")[0].splitlines() if line.startswith("lxc.")]
     # in the container: the node shows the container's render group; root is 100000 on the node
     got = ct(lab, JF, "stat -c '%F %G %a' /dev/dri/renderD128; id -nG jellyfin; cat /proc/self/uid_map").stdout.split("\n")
