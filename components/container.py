@@ -53,13 +53,16 @@ def unprivileged_container(
     template_file_id: pulumi.Input[str],
     parent: pulumi.Resource,
     depends_on: Sequence[pulumi.Resource],
+    mount_points: Sequence[dict] = (),
+    device_passthroughs: pulumi.Input[list] | None = None,
 ) -> proxmoxve.ContainerLegacy:
-    """An unprivileged container with no pool and no devices (monitoring): nothing for the
-    hookscript to check, so none. Nesting is on, as PVE sets it for unprivileged containers
-    with a systemd of Debian 12's age (its sandboxing needs it)."""
+    """An unprivileged container (monitoring, Jellyfin): no pool bind mount and no raw lines,
+    only the given mount points and PVE's own device passthrough (devN); no hookscript. Nesting
+    is on, as PVE sets it for unprivileged containers with a systemd of Debian 12's age."""
     return _container(
         name, ct, cfg, node, template_file_id, parent, depends_on,
-        unprivileged=True, mount_points=[], hook_script_file_id=None,
+        unprivileged=True, mount_points=list(mount_points), hook_script_file_id=None,
+        device_passthroughs=device_passthroughs,
     )
 
 
@@ -75,6 +78,7 @@ def _container(
     unprivileged: bool,
     mount_points: list[dict],
     hook_script_file_id: str | None,
+    device_passthroughs: pulumi.Input[list] | None = None,
 ) -> proxmoxve.ContainerLegacy:
     ip = {"address": ct.ipv4}
     if ct.ipv4 != "dhcp" and cfg.network.gateway:
@@ -109,6 +113,7 @@ def _container(
         disk={"datastore_id": ct.datastore, "size": ct.disk_gb},
         features={"nesting": True},
         mount_points=mount_points,
+        device_passthroughs=device_passthroughs,
         network_interfaces=[{"name": "eth0", "bridge": cfg.network.bridge, "firewall": False}],
         initialization=init,
         operating_system={"template_file_id": template_file_id, "type": "debian"},

@@ -12,7 +12,6 @@ match it.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pulumi
@@ -20,7 +19,7 @@ import pulumi_proxmoxve as proxmoxve
 
 from . import render
 from .config import StackConfig
-from .container import ADOPT_ENV, MANAGED_MARKER
+from .container import unprivileged_container
 from .media_host import MediaHost
 from .remote import Node, run_script
 
@@ -81,51 +80,15 @@ class JellyfinCT(pulumi.ComponentResource):
             lambda v: render.jellyfin_devices(v[0], v[1].get("gid")) if v[0] else []
         )
 
-        adopting = str(jf.vm_id) in os.environ.get(ADOPT_ENV, "").split(",")
-        guard = run_script(
-            f"{name}-vmid-guard",
-            node,
-            "host-ct-guard.sh",
-            ["--vmid", str(jf.vm_id), "--key", f"{name}.vmId", "--marker", MANAGED_MARKER,
-             *(["--adopt"] if adopting else [])],
-            parent=self,
-            triggers=[str(jf.vm_id)],
-            ignore_changes=["stdin"],
-        )
-        ip: dict[str, Any] = {"address": jf.ipv4}
-        if jf.ipv4 != "dhcp" and cfg.network.gateway:
-            ip["gateway"] = cfg.network.gateway
-        init: dict[str, Any] = {"hostname": jf.hostname, "ip_configs": [{"ipv4": ip}]}
-        if cfg.network.dns:
-            init["dns"] = {"servers": list(cfg.network.dns)}
-        self.container = proxmoxve.ContainerLegacy(
-            name,
-            node_name=jf.node or node.node_name,
-            vm_id=jf.vm_id,
-            description=f"{jf.hostname}: {MANAGED_MARKER}",
-            # never privileged: Jellyfin needs neither host UIDs nor raw device lines
-            unprivileged=True,
-            started=True,
-            start_on_boot=jf.start_on_boot,
-            cpu={"cores": jf.cores},
-            memory={"dedicated": jf.memory, "swap": jf.swap},
-            disk={"datastore_id": jf.datastore, "size": jf.disk_gb},
-            features={"nesting": True},
-            # movies and tv only, read-only (PVE mpN ...,ro=1): never staging, never the whole pool
+        # never privileged: Jellyfin needs neither host UIDs nor raw device lines; movies and tv
+        # only, read-only (PVE mpN ...,ro=1): never staging, never the whole pool; the GPU as PVE's
+        # devN (pve-container >= 5.0.7, PVE 8.1): dev0: <render node>,gid=<render gid>,mode=0660
+        self.container = unprivileged_container(
+            name, jf, cfg, node, host.template_file_id, parent=self,
+            # the movies/tv directories exist (host-setup.sh) and the pool was checked
+            depends_on=[host.recreate_guard, host.setup],
             mount_points=render.jellyfin_mount_points(cfg.storage),
-            # PVE's devN (pve-container >= 5.0.7, PVE 8.1): dev0: <render node>,gid=<render gid>,mode=0660
             device_passthroughs=devices,
-            network_interfaces=[{"name": "eth0", "bridge": cfg.network.bridge, "firewall": False}],
-            initialization=init,
-            operating_system={"template_file_id": host.template_file_id, "type": "debian"},
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                provider=node.provider,
-                delete_before_replace=True,
-                # the movies/tv directories exist (host-setup.sh) and the pool was checked
-                depends_on=[host.recreate_guard, host.setup, guard],
-                ignore_changes=["operatingSystem"],
-            ),
         )
 
         # Jellyfin's repository and key unless the stack names another (the lab's stand-in): only
