@@ -171,16 +171,24 @@ def _as_str_list(key, value, where) -> tuple[str, ...]:
     return tuple(value)
 
 
-def public_url_problem(value: str) -> str:
-    """Why `value` is no scheme://host[:port] (the origin a browser puts in Origin), or ''. The stack's
-    pipeline.publicUrl is checked by the same rule (components/config.py)."""
+def _http_url(value: str):
+    """(urlsplit parts, '') of an http(s) URL with a host and a valid port, or (None, why not)."""
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
-        return str(exc)
+        return None, str(exc)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "needs http:// or https:// and a host name"
+        return None, "needs http:// or https:// and a host name"
+    return parts, ""
+
+
+def public_url_problem(value: str) -> str:
+    """Why `value` is no scheme://host[:port] (the origin a browser puts in Origin), or ''. The stack's
+    pipeline.publicUrl is checked by the same rule (components/config.py)."""
+    parts, problem = _http_url(value)
+    if parts is None:
+        return problem
     if parts.username is not None or parts.path not in ("", "/") or parts.query or parts.fragment:
         return "must be scheme://host[:port] only: the page is served at the root of its own host"
     return ""
@@ -199,13 +207,9 @@ def _as_public_url(key, value, where) -> str:
 
 def jellyfin_url_problem(value: str) -> str:
     """Why `value` is no http(s)://host[:port][/base path] for Jellyfin, or ''."""
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as exc:
-        return str(exc)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "needs http:// or https:// and a host name"
+    parts, problem = _http_url(value)
+    if parts is None:
+        return problem
     if parts.username is not None or parts.query or parts.fragment:
         return "must be scheme://host[:port][/base path], without user, query or fragment"
     return ""
