@@ -46,11 +46,15 @@ SECTIONS = (
     "verify",
     "monitoring",
     "jellyfin",
+    "nodes",
+    "queue",
+    "workers",
 )
+LIST_SECTIONS = ("nodes", "workers")  # lists of mappings; every other section is one mapping
 SECRETS = (
     "proxmoxPassword", "proxmoxApiToken", "sshPrivateKey", "makemkvKey", "statusPassword",
     "grafanaAdminPassword", "alertSmtpPassword", "alertTelegramToken", "alertWebhookToken",
-    "jellyfinAdminPassword",
+    "jellyfinAdminPassword", "queuePassword",
 )
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -615,6 +619,90 @@ def jellyfin_problems(cfg: "StackConfig", require_secrets: bool) -> list[str]:
     return out
 
 
+def workers_problems(cfg: "StackConfig") -> list[str]:
+    """What homelab-media:workers and :nodes need from the rest of the stack (docs/adr/0017)."""
+    out: list[str] = []
+    ns = NAMESPACE
+    node_names = [cfg.proxmox.node] + [n.name for n in cfg.nodes]
+    for i, n in enumerate(cfg.nodes):
+        if n.name in node_names[: i + 1]:
+            out.append(f"{ns}:nodes[{i}].name = {n.name!r} is refused: that node is listed already "
+                       f"(proxmox.node is {cfg.proxmox.node!r}); each node once")
+    hosts = [(cfg.ssh.host, cfg.ssh.port)] + [(n.ssh.host, n.ssh.port) for n in cfg.nodes]
+    for i, n in enumerate(cfg.nodes):
+        if (n.ssh.host, n.ssh.port) in hosts[: i + 1]:
+            out.append(f"{ns}:nodes[{i}].ssh = {n.ssh.host}:{n.ssh.port} is refused: another node is reached "
+                       "there; give each node its own ssh host or port")
+    if not cfg.workers:
+        return out
+    q = cfg.queue
+    if q.node is not None and q.node not in node_names:
+        out.append(f"{ns}:queue.node = {q.node!r} is refused: it is not one of the stack's nodes "
+                   f"({', '.join(node_names)}); set proxmox.node or add it to {ns}:nodes")
+    # every container of the stack: vm ids and host names must not collide
+    cts: list[tuple[str, ContainerConfig]] = [("transcoder", cfg.transcoder), ("ripper", cfg.ripper), ("queue", q)]
+    if cfg.jellyfin.enabled:
+        cts.append(("jellyfin", cfg.jellyfin))
+    if cfg.monitoring.enabled:
+        cts.append(("monitoring", cfg.monitoring))
+    seen_ids: dict[int, str] = {}
+    seen_hosts: dict[str, str] = {}
+    for key, ct in cts:
+        if key == "queue" and ct.vm_id in seen_ids:
+            out.append(f"{ns}:queue.vmId = {ct.vm_id} is refused: {seen_ids[ct.vm_id]}.vmId is {ct.vm_id} too; give "
+                       f"each container its own id (`pulumi config set --path {ns}:queue.vmId 205`)")
+        if key == "queue" and ct.hostname in seen_hosts:
+            out.append(f"{ns}:queue.hostname = {ct.hostname!r} is refused: {seen_hosts[ct.hostname]} has that host name")
+        seen_ids.setdefault(ct.vm_id, key)
+        seen_hosts.setdefault(ct.hostname, key)
+    names = {cfg.transcoder.hostname: "transcoder"}  # worker 1's name in the queue is its host name
+    for i, w in enumerate(cfg.workers):
+        key = f"workers[{i}]"
+        if w.vm_id in seen_ids:
+            out.append(f"{ns}:{key}.vmId = {w.vm_id} is refused: {seen_ids[w.vm_id]}.vmId is {w.vm_id} too; give "
+                       f"each container its own id")
+        seen_ids.setdefault(w.vm_id, key)
+        if w.hostname in seen_hosts:
+            out.append(f"{ns}:{key}.hostname = {w.hostname!r} is refused: {seen_hosts[w.hostname]} has that host name")
+        seen_hosts.setdefault(w.hostname, key)
+        if w.name in names:
+            out.append(f"{ns}:{key}.name = {w.name!r} is refused: {names[w.name]} is that worker already; "
+                       "each worker needs its own name in the queue")
+        names.setdefault(w.name, key)
+        if w.node is not None and w.node not in node_names:
+            out.append(f"{ns}:{key}.node = {w.node!r} is refused: it is not one of the stack's nodes "
+                       f"({', '.join(node_names)}); add it to {ns}:nodes with its ssh host")
+        if w.encoder == "hevc_qsv" and w.gpu == "none":
+            out.append(f"{ns}:{key}.encoder = 'hevc_qsv' is refused with gpu 'none': QSV needs the GPU; set "
+                       f"gpu auto (or a render node), or encoder libx265")
+        enc = cfg.encoding
+        problems = _encode_problems(
+            languages=enc.languages, encoder=w.encoder, crf=w.crf if w.crf is not None else enc.crf,
+            preset=w.preset if w.preset is not None else enc.preset)
+        for field, msg in problems:
+            given = getattr(w, field)
+            where = f"{key}.{field}" if given is not None else f"encoding.{field} (inherited by {key})"
+            out.append(f"{ns}:{where} is refused with {key}.encoder {w.encoder!r}: {msg}; set "
+                       f"`pulumi config set --path {ns}:{key}.{field} ...`")
+    # pg_hba admits the workers by address, and they reach PostgreSQL at the queue's address
+    for key, ct in [("queue", q), ("transcoder", cfg.transcoder)] + [(f"workers[{i}]", w) for i, w in enumerate(cfg.workers)]:
+        if ct.ipv4 == "dhcp":
+            out.append(
+                f"{ns}:{key}.ipv4 is dhcp, but workers need fixed addresses (the queue admits only the workers' "
+                f"addresses, and they reach it at its own): set it, e.g. `pulumi config set --path "
+                f"{ns}:{key}.ipv4 192.168.1.{ct.vm_id % 256}/24`")
+    if not cfg.network.gateway and any(ct.ipv4 != "dhcp" for ct in [q, *cfg.workers]):
+        out.append(f"{ns}:network.gateway is not set, but the queue and the workers have static addresses: the "
+                   "containers would have no route (apt would fail); set network.gateway")
+    return out
+
+
+def _encode_problems(*, languages, encoder: str, crf: int, preset: str) -> list[tuple[str, str]]:
+    from media_pipeline.ffargs import EncodeOptions
+
+    return EncodeOptions(languages=tuple(languages), encoder=encoder, crf=crf, preset=preset).field_problems()
+
+
 # Prometheus' duration syntax (https://prometheus.io/docs/prometheus/2.42/configuration/configuration/#duration)
 _PROM_DURATION = re.compile(r"^(([0-9]+)(y|w|d|h|m|s|ms))+$")
 
@@ -747,6 +835,118 @@ class MonitoringConfig(ContainerConfig):
         return None if self.ipv4 == "dhcp" else self.ipv4.split("/")[0]
 
 
+class ExtraNodeConfig(_Model):
+    """Another PVE node of the same cluster (homelab-media:nodes, docs/adr/0017): it gets what the stack's
+    node gets (the media user, the pool check, discovery, the hookscript, the template) and runs workers."""
+
+    name: str = Field(description="the node's name in the cluster, as the PVE tree shows it")
+    ssh: SshConfig
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _HOSTNAME.match(v):
+            raise ValueError("must be the node name (letters, digits, '-'), as `pvecm nodes` lists it")
+        return v
+
+
+class QueueConfig(ContainerConfig):
+    """PostgreSQL for the workers' one queue (docs/adr/0016, 0017): an unprivileged container with no
+    pool, only its backup folder. Deployed when homelab-media:workers is set."""
+
+    vm_id: int = Field(205, ge=100, le=999_999_999)
+    hostname: str = "queue"
+    cores: int = Field(1, ge=1, le=512)
+    memory: int = Field(512, ge=64, le=4_194_304, description="MiB")
+    swap: int = Field(256, ge=0, le=4_194_304, description="MiB")
+    disk_gb: int = Field(8, ge=2, le=131_072)
+    node: str | None = Field(None, description="the PVE node (default: proxmox.node)")
+    port: int = Field(5432, ge=1, le=65535)
+    database: str = "media_pipeline"
+    user: str = "media_pipeline"
+    backup_dir: str = Field("backups/queue", description="pg_dump's folder, relative to storage.pool")
+    backup_on_calendar: str = Field("daily", description="systemd OnCalendar= of the pg_dump timer")
+    backup_keep: int = Field(7, ge=1, le=1000, description="dumps kept; older ones are removed")
+    lease_seconds: int = Field(60, ge=10, le=3600, description="a dead worker's job is queued again after this")
+
+    @field_validator("database", "user")
+    @classmethod
+    def _ident(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", v):
+            raise ValueError("must be a plain PostgreSQL name (lowercase letters, digits, '_'; a letter or '_' first)")
+        return v
+
+    @field_validator("backup_dir")
+    @classmethod
+    def _backup_dir(cls, v: str) -> str:
+        if v.startswith("/") or ".." in v.split("/") or not _DIR.match(v):
+            raise ValueError("must be a relative directory under the pool, e.g. 'backups/queue'")
+        return v.rstrip("/")
+
+    @field_validator("backup_on_calendar")
+    @classmethod
+    def _calendar(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9*:.,/ ~-]{1,64}", v):
+            raise ValueError("must be a systemd OnCalendar= expression such as daily or *-*-* 03:30:00")
+        return v
+
+    @field_validator("extra_raw_lines")
+    @classmethod
+    def _no_raw(cls, v: list[str]) -> list[str]:
+        if v:
+            raise ValueError("the queue container is unprivileged and takes no raw lxc lines; remove them")
+        return v
+
+    @property
+    def address(self) -> str | None:
+        return None if self.ipv4 == "dhcp" else self.ipv4.split("/")[0]
+
+
+class WorkerConfig(ContainerConfig):
+    """One extra transcode worker (homelab-media:workers[i]): a privileged container like the transcoder,
+    on any node of the stack, running media-pipeline on the shared PostgreSQL queue."""
+
+    name: str
+    node: str | None = Field(None, description="the PVE node (default: proxmox.node)")
+    hostname: str = ""  # default: name
+    cores: int = Field(2, ge=1, le=512)
+    memory: int = Field(2048, ge=64, le=4_194_304, description="MiB")
+    swap: int = Field(512, ge=0, le=4_194_304, description="MiB")
+    disk_gb: int = Field(8, ge=2, le=131_072)
+    encoder: Literal["libx265", "hevc_qsv"] = "libx265"
+    gpu: str = Field("auto", description="auto (the node's GPUs), none, or a render node such as /dev/dri/renderD129")
+    preset: str | None = None
+    crf: int | None = Field(None, ge=0, le=51)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_hostname(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("hostname") and isinstance(data.get("name"), str):
+            data = {**data, "hostname": data["name"]}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _HOSTNAME.match(v):
+            raise ValueError("must be a short name (letters, digits, '-'), e.g. worker-2; it is the worker's name in the queue")
+        return v
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, v: str) -> str:
+        if v not in ("auto", "none") and not _RENDER_NODE.match(v):
+            raise ValueError(
+                "must be auto (every GPU of its node), none (libx265 only), or a render node of its node such as "
+                "/dev/dri/renderD129 (`ls /dev/dri` on the node lists them)"
+            )
+        return v
+
+    @property
+    def render_node(self) -> str | None:
+        return self.gpu if self.gpu not in ("auto", "none") else None
+
+
 class Secrets(_Model):
     """Which secrets are present (values stay in Pulumi; never stored here)."""
 
@@ -760,6 +960,7 @@ class Secrets(_Model):
     alert_telegram_token: bool = False
     alert_webhook_token: bool = False
     jellyfin_admin_password: bool = False
+    queue_password: bool = False
 
 
 class StackConfig(_Model):
@@ -780,6 +981,9 @@ class StackConfig(_Model):
     verify: VerifyConfig = VerifyConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     jellyfin: JellyfinConfig = JellyfinConfig()
+    nodes: list[ExtraNodeConfig] = []
+    queue: QueueConfig = QueueConfig()
+    workers: list[WorkerConfig] = []
     secrets: Secrets = Secrets()
 
     @model_validator(mode="after")
@@ -806,11 +1010,14 @@ class StackConfig(_Model):
 
 
 def _key_of(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if not isinstance(p, int)]
-    idx = [p for p in loc if isinstance(p, int)]
-    key = ".".join(to_camel(p) if "_" in p else p for p in parts)
-    if idx:
-        key += f"[{idx[0]}]"
+    """pydantic's error location as the stack key: ("workers", 0, "vm_id") -> workers[0].vmId."""
+    key = ""
+    for p in loc:
+        if isinstance(p, int):
+            key += f"[{p}]"
+        else:
+            p = str(p)
+            key += ("." if key else "") + (to_camel(p) if "_" in p else p)
     return key
 
 
@@ -945,7 +1152,10 @@ def parse(raw: dict[str, Any], secrets: Secrets, require_secrets: bool = True) -
         )
     data = {k: v for k, v in raw.items() if k in SECTIONS}
     for key, value in data.items():
-        if not isinstance(value, dict) and key in SECTIONS:
+        if key in LIST_SECTIONS:
+            if not isinstance(value, list):
+                problems.append(f"{NAMESPACE}:{key} must be a list (one mapping of settings per entry), got {value!r}")
+        elif not isinstance(value, dict):
             problems.append(f"{NAMESPACE}:{key} must be a mapping of settings, got {value!r}")
     if problems:
         raise ConfigError(problems)
@@ -972,6 +1182,7 @@ def parse(raw: dict[str, Any], secrets: Secrets, require_secrets: bool = True) -
         problems += _exposure_problems(cfg)
         problems += _monitoring_problems(cfg, require_secrets)
         problems += jellyfin_problems(cfg, require_secrets)
+        problems += workers_problems(cfg)
     if problems:
         raise ConfigError(problems)
     assert cfg is not None

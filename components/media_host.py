@@ -19,6 +19,11 @@ from .monitoring_render import node_exporter_listen
 from .remote import Node, run_script
 
 
+def workers_on(cfg: StackConfig, node_name: str) -> list[tuple[str, Any]]:
+    """(stack key, WorkerConfig) of the workers homelab-media:workers puts on that node."""
+    return [(f"workers[{i}]", w) for i, w in enumerate(cfg.workers) if (w.node or cfg.proxmox.node) == node_name]
+
+
 class MediaHost(pulumi.ComponentResource):
     pool: pulumi.Output[dict[str, Any]]
     media_user: pulumi.Output[dict[str, Any]]
@@ -26,30 +31,46 @@ class MediaHost(pulumi.ComponentResource):
     template_file_id: pulumi.Output[str]
 
     def __init__(self, name: str, cfg: StackConfig, node: Node, opts: pulumi.ResourceOptions | None = None):
+        """On the stack's node (proxmox.node): the transcoder, the ripper and whichever of Jellyfin,
+        monitoring, the queue and the workers are there. On another node of homelab-media:nodes: that
+        node's workers (and the queue, when queue.node names it)."""
         super().__init__("homelab:index:MediaHost", name, None, opts)
         st = cfg.storage
+        main = node.node_name == cfg.proxmox.node
+        workers = workers_on(cfg, node.node_name)
+        queue_here = bool(cfg.workers) and (cfg.queue.node or cfg.proxmox.node) == node.node_name
 
         # first of all: a config edit the provider can only apply by deleting a container (its
         # disk: the job and rip databases, MakeMKV's settings) stops the up, naming the key
         # (Jellyfin's container, when enabled, with its own read-only mounts instead of the pool)
         jf = cfg.jellyfin
-        jf_args = (["--ct", render.recreate_spec("jellyfin", jf)]
-                   + [a for mp in render.jellyfin_recreate_mps(jf.vm_id, st) for a in ("--mp", mp)]) if jf.enabled else []
-        self.recreate_guard = run_script(
-            f"{name}-recreate-guard",
-            node,
-            "host-ct-recreate-guard.sh",
-            ["--pool", st.pool, "--node", cfg.proxmox.node, "--marker", render.MANAGED_MARKER,
-             *[a for key, ct in (("transcoder", cfg.transcoder), ("ripper", cfg.ripper))
-               for a in ("--ct", render.recreate_spec(key, ct))], *jf_args,
-             *(["--ct", render.recreate_spec("monitoring", cfg.monitoring, pool=False)] if cfg.monitoring.enabled else [])],
-            parent=self,
-        )
+        guard_args: list[str] = []
+        if main:
+            guard_args += [a for key, ct in (("transcoder", cfg.transcoder), ("ripper", cfg.ripper))
+                           for a in ("--ct", render.recreate_spec(key, ct))]
+            if jf.enabled:
+                guard_args += ["--ct", render.recreate_spec("jellyfin", jf)]
+                guard_args += [a for mp in render.jellyfin_recreate_mps(jf.vm_id, st) for a in ("--mp", mp)]
+            if cfg.monitoring.enabled:
+                guard_args += ["--ct", render.recreate_spec("monitoring", cfg.monitoring, pool=False)]
+        guard_args += [a for key, w in workers for a in ("--ct", render.recreate_spec(key, w))]
+        if queue_here:
+            guard_args += ["--ct", render.recreate_spec("queue", cfg.queue)]
+            guard_args += [a for mp in render.queue_recreate_mps(cfg.queue, st) for a in ("--mp", mp)]
+        self.recreate_guard = None
+        if guard_args:
+            self.recreate_guard = run_script(
+                f"{name}-recreate-guard",
+                node,
+                "host-ct-recreate-guard.sh",
+                ["--pool", st.pool, "--node", node.node_name, "--marker", render.MANAGED_MARKER, *guard_args],
+                parent=self,
+            )
 
         pool_args = ["--pool", st.pool] + ([] if st.require_mount else ["--no-require-mount"])
         self.pool_check = run_script(
             f"{name}-pool-check", node, "host-check-pool.sh", pool_args, parent=self,
-            depends_on=[self.recreate_guard],
+            depends_on=[self.recreate_guard] if self.recreate_guard else [],
         )
 
         groups = cfg.host_groups
@@ -80,19 +101,20 @@ class MediaHost(pulumi.ComponentResource):
         )
 
         # every container start checks the pool and resolves the devices anew (docs/adr/0009)
+        hooked = ([(cfg.transcoder, "gpu"), (cfg.ripper, "drive")] if main else []) + [
+            (w, "none" if w.gpu == "none" else "gpu") for _, w in workers]
         hook_args = [
             "--storage", cfg.node.snippets_storage,
-            "--ct", f"{cfg.transcoder.vm_id}:gpu",
-            "--ct", f"{cfg.ripper.vm_id}:drive",
+            *[a for ct, role in hooked for a in ("--ct", f"{ct.vm_id}:{role}")],
             "--pool", st.pool,
             "--optical-drive", cfg.devices.optical_drive,
         ] + ([] if st.require_mount else ["--no-require-mount"])
-        self.hookscript = run_script(
+        self.hookscript = None if not hooked else run_script(
             f"{name}-hookscript",
             node,
             "host-hookscript.sh",
             hook_args,
-            stdin="".join(f"{ct.vm_id} {line}\n" for ct in (cfg.transcoder, cfg.ripper) for line in ct.extra_raw_lines),
+            stdin="".join(f"{ct.vm_id} {line}\n" for ct, _ in hooked for line in ct.extra_raw_lines),
             extra_scripts=["pve-hookscript.sh", "pve-lxc-raw.sh"],
             parent=self,
             depends_on=[self.pool_check],
@@ -100,7 +122,7 @@ class MediaHost(pulumi.ComponentResource):
 
         # node_exporter for the monitoring container: the node's CPU, memory and disks
         self.node_exporter = None
-        if cfg.monitoring.enabled:
+        if cfg.monitoring.enabled and main:
             self.node_exporter = run_script(
                 f"{name}-node-exporter",
                 node,

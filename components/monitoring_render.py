@@ -69,6 +69,18 @@ def metrics_endpoints(cfg: StackConfig) -> dict[str, MetricsEndpoint]:
     return out
 
 
+def worker_metrics_endpoint(cfg: StackConfig, worker) -> MetricsEndpoint:
+    """An extra worker's /metrics (homelab-media:workers): the transcoder's port and bind rule."""
+    mon = cfg.monitoring
+    on = mon.enabled
+    addr = _address(worker.ipv4)
+    bind = cfg.pipeline.metrics_bind
+    if on and ipaddress.ip_address(bind).is_loopback and addr:
+        bind = addr
+    allow = (f"{mon.address}/32",) if on and mon.address else ()
+    return MetricsEndpoint(port=cfg.pipeline.metrics_port, bind=bind, allow=allow, address=addr)
+
+
 def node_target(cfg: StackConfig) -> str:
     """The node's node_exporter as the monitoring container reaches it."""
     mon = cfg.monitoring
@@ -91,7 +103,9 @@ def scrape_targets(cfg: StackConfig) -> dict[str, list[str]]:
     mon = cfg.monitoring
     eps = metrics_endpoints(cfg)
     jobs: dict[str, list[str]] = {
-        "media-pipeline": [t for t in [eps["pipeline"].target] if t],
+        # worker 1 (the transcoder) and every worker of homelab-media:workers
+        "media-pipeline": [t for t in [eps["pipeline"].target] + [
+            worker_metrics_endpoint(cfg, w).target for w in cfg.workers] if t],
         "media-rip": [t for t in [eps["rip"].target] if t],
         "node": [node_target(cfg)],
         "prometheus": [f"127.0.0.1:{mon.prometheus_port}"],

@@ -38,7 +38,7 @@ def read_banner(host: str, port: int, timeout: float) -> str:
 
 
 def ssh_problem(host: str, port: int, per_dial_timeout: float, attempts: int = 1,
-                pause: float = 1.0) -> str | None:
+                pause: float = 1.0, key: str = "ssh") -> str | None:
     """None when the node's sshd answers; else one line naming the keys to fix.
 
     Refused or unreachable is tried `attempts` times (a node that is booting); a silent
@@ -59,7 +59,7 @@ def ssh_problem(host: str, port: int, per_dial_timeout: float, attempts: int = 1
         if attempt + 1 < attempts:
             time.sleep(pause)
     return (
-        f"cannot reach the node's sshd at {host}:{port}: {reason}. Check {NAMESPACE}:ssh.host and "
-        f"{NAMESPACE}:ssh.port (e.g. `ssh -p {port} root@{host}`); the wait is "
-        f"{NAMESPACE}:ssh.perDialTimeout. Nothing was changed."
+        f"cannot reach the node's sshd at {host}:{port}: {reason}. Check {NAMESPACE}:{key}.host and "
+        f"{NAMESPACE}:{key}.port (e.g. `ssh -p {port} root@{host}`); the wait is "
+        f"{NAMESPACE}:{key}.perDialTimeout. Nothing was changed."
     )

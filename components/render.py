@@ -350,6 +350,65 @@ def jellyfin_recreate_mps(vmid: int, storage) -> list[str]:
             for i, m in enumerate(jellyfin_mount_points(storage))]
 
 
+def pipeline_args(cfg, *, encoder: str, preset: str, crf: int, qsv_device: str | None, metrics, web: bool,
+                  queue_url: str | None, worker_name: str) -> list[str]:
+    """ct-install-pipeline.sh's flags for one transcode worker: the transcoder (worker 1, with the
+    status page) or an extra worker of homelab-media:workers (web False: no page; the queue's)."""
+    st, p = cfg.storage, cfg.pipeline
+    args = [
+        "--tarball", PIPELINE_TARBALL,
+        "--user", cfg.media.user,
+        "--staging", st.staging_path,
+        "--movies", st.movies_path,
+        "--tv", st.tv_path,
+        "--languages", ",".join(cfg.encoding.languages),
+        "--encoder", encoder,
+        "--preset", preset,
+        "--crf", str(crf),
+        *(["--qsv-device", qsv_device] if qsv_device else []),
+        "--keep-source", "true" if p.keep_source else "false",
+        "--metrics-port", str(metrics.port),
+        "--metrics-bind", metrics.bind,
+        # only the monitoring container may scrape it beyond loopback (monitoring.enabled)
+        *(["--metrics-allow", ",".join(metrics.allow)] if metrics.allow else []),
+        "--web-port", str(p.web_port if web else 0),
+        "--web-bind", p.web_bind,
+        "--gpu-proof", GPU_PROOF,
+        "--rip-status", st.rip_status_path,  # media-rip (the ripper) writes it on the pool
+    ]
+    if web:
+        args += [
+            *(["--public-url", p.public_url] if p.public_url else []),
+            *(["--trusted-proxies", ",".join(p.trusted_proxies)] if p.trusted_proxies else []),
+        ]
+    args += jellyfin_notify_args(cfg)  # jellyfin.enabled: the library-updated call (any worker publishes)
+    if queue_url:
+        args += ["--db", queue_url, "--db-password-file", QUEUE_PASSWORD_FILE,
+                 "--worker-name", worker_name, "--lease-seconds", str(cfg.queue.lease_seconds)]
+    return args
+
+
+GPU_PROOF = "/var/lib/media-pipeline/gpu-proof.json"  # verify-gpu.sh --save; the status page shows it
+QUEUE_PASSWORD_FILE = "/etc/media-pipeline/db-password"  # 0600 media (scripts/ct-secret-file.sh)
+QUEUE_BACKUP_MOUNT = "/var/backups/media-queue"  # pg_dump's folder in the queue container
+
+
+def queue_mount_points(queue, storage) -> list[dict[str, Any]]:
+    """The queue container's one mount: its backup folder on the pool (queue.backupDir), never the pool."""
+    return [{"volume": storage.path(queue.backup_dir), "path": QUEUE_BACKUP_MOUNT, "read_only": False}]
+
+
+def queue_recreate_mps(queue, storage) -> list[str]:
+    """host-ct-recreate-guard.sh's --mp specs for the queue container."""
+    return [f"{queue.vm_id}:mp{i}:{m['volume']}:{m['path']}:{int(m['read_only'])}"
+            for i, m in enumerate(queue_mount_points(queue, storage))]
+
+
+def queue_url(queue) -> str:
+    """The workers' `db` setting: a postgresql:// URL with no password (that one is db_password_file)."""
+    return f"postgresql://{queue.user}@{queue.address}:{queue.port}/{queue.database}"
+
+
 def jellyfin_render_node(discovery: Mapping[str, Any], gpu: str, qsv_device: str | None) -> str | None:
     """The render node Jellyfin gets through devN, or None (gpu none, or auto with no GPU).
 

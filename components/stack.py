@@ -21,6 +21,7 @@ class StackInputs:
     jellyfin_admin_password: pulumi.Output[str] | None = None
     grafana_admin_password: pulumi.Output[str] | None = None
     alert_secrets: dict[str, pulumi.Output[str] | None] = field(default_factory=dict)
+    queue_password: pulumi.Output[str] | None = None
 
 
 def load(config: pulumi.Config | None = None) -> StackInputs:
@@ -40,6 +41,7 @@ def load(config: pulumi.Config | None = None) -> StackInputs:
     status_password = config.get_secret("statusPassword")
     jellyfin_password = config.get_secret("jellyfinAdminPassword")
     grafana_password = config.get_secret("grafanaAdminPassword")
+    queue_password = config.get_secret("queuePassword")
     alert_secrets = {k: config.get_secret(k) for k in ("alertSmtpPassword", "alertTelegramToken", "alertWebhookToken")}
     secrets = Secrets(
         proxmox_password=password is not None,
@@ -52,6 +54,7 @@ def load(config: pulumi.Config | None = None) -> StackInputs:
         alert_smtp_password=alert_secrets["alertSmtpPassword"] is not None,
         alert_telegram_token=alert_secrets["alertTelegramToken"] is not None,
         alert_webhook_token=alert_secrets["alertWebhookToken"] is not None,
+        queue_password=queue_password is not None,
     )
     problems: list[str] = []
     try:
@@ -62,7 +65,7 @@ def load(config: pulumi.Config | None = None) -> StackInputs:
     if problems:
         raise ConfigError(problems)
     return StackInputs(cfg, password, ssh_key, mk_key, status_password, jellyfin_password, grafana_password,
-                       alert_secrets)
+                       alert_secrets, queue_password)
 
 
 def configured_keys() -> set[str]:

@@ -11,9 +11,10 @@ from .config import StackConfig
 from .container import privileged_container, raw_lines_step, verify_step
 from .media_host import MediaHost
 from .monitoring_render import metrics_endpoints
+from .queue_ct import QueueLink, deliver_queue_password
 from .remote import Node, run_script
 
-GPU_PROOF = "/var/lib/media-pipeline/gpu-proof.json"  # verify-gpu.sh --save; the status page shows it
+GPU_PROOF = render.GPU_PROOF
 
 
 class TranscoderCT(pulumi.ComponentResource):
@@ -28,8 +29,10 @@ class TranscoderCT(pulumi.ComponentResource):
         node: Node,
         host: MediaHost,
         status_password: pulumi.Input[str] | None = None,
+        queue: QueueLink | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
+        """`queue`: the shared PostgreSQL queue (QueueCT.link) when homelab-media:workers is set."""
         super().__init__("homelab:index:TranscoderCT", name, None, opts)
         ct = cfg.transcoder
         self.vm_id = ct.vm_id
@@ -59,35 +62,23 @@ class TranscoderCT(pulumi.ComponentResource):
             replace_with=[self.container],
         )
 
-        st, enc = cfg.storage, cfg.encoding
+        enc = cfg.encoding
         metrics = metrics_endpoints(cfg)["pipeline"]
+        # with homelab-media:workers, worker 1 too takes its jobs from the shared queue (docs/adr/0017)
+        self.queue_password = None
+        pre: list[pulumi.Resource] = [self.bootstrap]
+        if queue is not None:
+            self.queue_password = deliver_queue_password(name, cfg, node, ct.vm_id, queue, self, self.bootstrap,
+                                                         self.container)
+            pre.append(self.queue_password)
         self.install_pipeline = run_script(
             f"{name}-pipeline",
             node,
             "ct-install-pipeline.sh",
             [
-                "--tarball", render.PIPELINE_TARBALL,
-                "--user", m.user,
-                "--staging", st.staging_path,
-                "--movies", st.movies_path,
-                "--tv", st.tv_path,
-                "--languages", ",".join(enc.languages),
-                "--encoder", enc.encoder,
-                "--preset", enc.preset,
-                "--crf", str(enc.crf),
-                *(["--qsv-device", enc.qsv_device] if enc.qsv_device else []),
-                "--keep-source", "true" if cfg.pipeline.keep_source else "false",
-                "--metrics-port", str(metrics.port),
-                "--metrics-bind", metrics.bind,
-                # only the monitoring container may scrape it beyond loopback (monitoring.enabled)
-                *(["--metrics-allow", ",".join(metrics.allow)] if metrics.allow else []),
-                "--web-port", str(cfg.pipeline.web_port),
-                "--web-bind", cfg.pipeline.web_bind,
-                "--gpu-proof", GPU_PROOF,
-                "--rip-status", st.rip_status_path,  # media-rip (the ripper) writes it on the pool
-                *(["--public-url", cfg.pipeline.public_url] if cfg.pipeline.public_url else []),
-                *(["--trusted-proxies", ",".join(cfg.pipeline.trusted_proxies)] if cfg.pipeline.trusted_proxies else []),
-                *render.jellyfin_notify_args(cfg),  # jellyfin.enabled: the library-updated call
+                *render.pipeline_args(cfg, encoder=enc.encoder, preset=enc.preset, crf=enc.crf,
+                                      qsv_device=enc.qsv_device, metrics=metrics, web=True,
+                                      queue_url=queue.url if queue else None, worker_name=ct.hostname),
                 # the page's password travels like makemkvKey: secret stdin, never argv
                 *(["--web-password-stdin"] if status_password is not None else []),
             ],
@@ -96,7 +87,7 @@ class TranscoderCT(pulumi.ComponentResource):
             files={render.PIPELINE_TARBALL: render.pipeline_tarball()},
             vmid=ct.vm_id,
             parent=self,
-            depends_on=[self.bootstrap],
+            depends_on=pre,
             replace_with=[self.container],
         )
 
@@ -107,16 +98,33 @@ class TranscoderCT(pulumi.ComponentResource):
             extra_args=qsv,
         )
         self.gpu = self.verify.stdout.apply(lambda s: render.parse_json_output(s, "GPU verification"))
+        self.worker = None
+        if queue is not None:
+            self.verify_queue = run_script(
+                f"{name}-verify-queue",
+                node,
+                "verify-queue.sh",
+                ["--user", m.user, "--worker-name", ct.hostname],
+                vmid=ct.vm_id,
+                parent=self,
+                depends_on=[self.install_pipeline],
+                triggers=[self.install_pipeline.stdin.apply(lambda s: render.sha256(s or ""))],
+                replace_with=[self.container],
+            )
+            self.worker = pulumi.Output.all(self.gpu, self.verify_queue.stdout).apply(lambda v: {
+                "name": ct.hostname, "node": node.node_name, "vmId": ct.vm_id, "hostname": ct.hostname,
+                "encoder": enc.encoder, "gpu": v[0], "queue": render.parse_json_output(v[1], "queue check")})
         self.pipeline = self.install_pipeline.stdout.apply(
             lambda s: render.parse_json_output(s, "pipeline install")
         )
         self.register_outputs({"vmId": ct.vm_id, "rawLines": self.raw_lines, "gpu": self.gpu, "pipeline": self.pipeline})
 
 
-def deliver_jellyfin_key(name: str, cfg: StackConfig, node: Node, transcoder: TranscoderCT,
+def deliver_jellyfin_key(name: str, cfg: StackConfig, node: Node, transcoder: pulumi.ComponentResource,
                          api_key: pulumi.Input[str], after: pulumi.Resource):
-    """Jellyfin's API key (made by JellyfinCT's configure step) into the transcoder, where
-    media-pipeline reads it at each library refresh: secret stdin to a 0600 file of the media user."""
+    """Jellyfin's API key (made by JellyfinCT's configure step) into a transcode worker (the
+    transcoder or a WorkerCT), where media-pipeline reads it at each library refresh: secret stdin
+    to a 0600 file of the media user."""
     return run_script(
         f"{name}-jellyfin-key",
         node,
@@ -124,7 +132,7 @@ def deliver_jellyfin_key(name: str, cfg: StackConfig, node: Node, transcoder: Tr
         ["--path", "/etc/media-pipeline/jellyfin.key", "--owner", cfg.media.user],
         stdin=api_key,
         secret_stdin=True,
-        vmid=cfg.transcoder.vm_id,
+        vmid=transcoder.vm_id,
         parent=transcoder,
         depends_on=[transcoder.install_pipeline, after],
         replace_with=[transcoder.container],

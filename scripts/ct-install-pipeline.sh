@@ -64,6 +64,15 @@ container. A second run with the same inputs changes nothing.
                         HOST=CONTAINER,... : the library folders here and where Jellyfin's
                         container mounts them, e.g. /mnt/storage/movies=/media/movies,
                         /mnt/storage/tv=/media/tv (default none: the same paths in both)
+  --db DB               the job store: a SQLite path (default /var/lib/media-pipeline/jobs.sqlite3,
+                        one worker) or postgresql://ROLE@HOST:PORT/DATABASE, the queue many
+                        workers share (docs/adr/0016); with a URL, python3-psycopg is installed and
+                        an existing SQLite store is moved into it once (media-pipeline migrate)
+  --db-password-file FILE
+                        the queue's password, mode 0600, readable by the service user (default
+                        /etc/media-pipeline/db-password with a URL); never an argument
+  --worker-name NAME    this worker's name in the queue (default: the host name)
+  --lease-seconds N     a dead worker's job goes back to the queue after this (default 60)
   --root DIR            install under DIR instead of / (tests, image building); never starts
 ripper options:
   --drive SELECTOR      which drive media-rip watches, looked up at every poll as the node's
@@ -93,7 +102,9 @@ role=transcoder device="" drive=auto min_length=600 auto_rip=true eject=true dri
 web_port=8480 web_bind=127.0.0.1 web_password_stdin=false gpu_proof=/var/lib/media-pipeline/gpu-proof.json
 rip_status="" public_url="" trusted_proxies="" metrics_allow=""
 jellyfin_url="" jellyfin_api_key_file=/etc/media-pipeline/jellyfin.key jellyfin_path_map=""
+db="" db_password_file="" worker_name="" lease_seconds=""
 PY_PACKAGES=(python3-jinja2 python3-prometheus-client)
+PY_IMPORTS="import jinja2, prometheus_client"
 
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -103,7 +114,7 @@ while [[ $# -gt 0 ]]; do
       --preset | --crf | --qsv-device | --keep-source | --metrics-port | --metrics-bind | --root | \
       --role | --device | --min-length | --auto-rip | --eject | --drive-gid | --web-port | --web-bind | --gpu-proof | \
       --rip-status | --public-url | --trusted-proxies | --drive | --metrics-allow | --jellyfin-url | \
-      --jellyfin-api-key-file | --jellyfin-path-map)
+      --jellyfin-api-key-file | --jellyfin-path-map | --db | --db-password-file | --worker-name | --lease-seconds)
       [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)" 2
       case $1 in
         --tarball) tarball=$2 ;;
@@ -138,6 +149,10 @@ while [[ $# -gt 0 ]]; do
         --jellyfin-url) jellyfin_url=$2 ;;
         --jellyfin-api-key-file) jellyfin_api_key_file=$2 ;;
         --jellyfin-path-map) jellyfin_path_map=$2 ;;
+        --db) db=$2 ;;
+        --db-password-file) db_password_file=$2 ;;
+        --worker-name) worker_name=$2 ;;
+        --lease-seconds) lease_seconds=$2 ;;
       esac
       shift 2
       ;;
@@ -189,6 +204,20 @@ rip_status=${rip_status:-${staging%/}/.media-rip/status.json}
 [[ $jellyfin_api_key_file == /* ]] || die "--jellyfin-api-key-file must be an absolute path (got $jellyfin_api_key_file)" 2
 [[ -z $jellyfin_path_map || $jellyfin_path_map =~ ^/[^=,]*=/[^=,]*(,/[^=,]*=/[^=,]*)*$ ]] ||
   die "--jellyfin-path-map must be HOST=CONTAINER[,HOST=CONTAINER...] with absolute paths, e.g. /mnt/storage/movies=/media/movies (got $jellyfin_path_map)" 2
+queue_url=false
+if [[ $db == postgresql://* || $db == postgres://* ]]; then
+  [[ $role == transcoder ]] || die "--db applies to the transcoder role (media-pipeline), not $role" 2
+  queue_url=true
+  db_password_file=${db_password_file:-/etc/media-pipeline/db-password}
+  PY_PACKAGES+=(python3-psycopg)
+  PY_IMPORTS+=", psycopg"
+elif [[ -n $db && $db != /* ]]; then
+  die "--db must be an absolute SQLite path or a postgresql:// URL (got $db)" 2
+fi
+[[ -z $db_password_file || $db_password_file == /* ]] || die "--db-password-file must be an absolute path (got $db_password_file)" 2
+[[ -z $worker_name || $worker_name =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$ ]] ||
+  die "--worker-name must be a short name such as worker-2 (got $worker_name)" 2
+[[ -z $lease_seconds || $lease_seconds =~ ^[0-9]+$ ]] || die "--lease-seconds must be a number of seconds (got $lease_seconds)" 2
 web_password=""
 if $web_password_stdin; then
   IFS= read -r web_password || true # the secret arrives on stdin, never in argv
@@ -205,7 +234,7 @@ command -v python3 >/dev/null || die "python3 is missing: apt-get install -y pyt
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' || die "python3 is older than 3.9: Debian 12 has 3.11"
 libs_changed=false
 step "Python libraries the service imports: ${PY_PACKAGES[*]}"
-if python3 -c 'import jinja2, prometheus_client' 2>/dev/null; then
+if python3 -c "$PY_IMPORTS" 2>/dev/null; then
   ok "present"
 elif [[ -n $root ]]; then
   warn "missing here; the container needs: apt-get install ${PY_PACKAGES[*]} (not installed with --root)"
@@ -214,7 +243,7 @@ else
   retry 2 10 apt_quiet update || die "apt-get update failed (network, or a broken apt source?); the service needs ${PY_PACKAGES[*]}"
   retry 2 10 apt_quiet install -y --no-install-recommends "${PY_PACKAGES[@]}" ||
     die "apt-get install failed for: ${PY_PACKAGES[*]}"
-  python3 -c 'import jinja2, prometheus_client' || die "${PY_PACKAGES[*]} installed but python3 cannot import them"
+  python3 -c "$PY_IMPORTS" || die "${PY_PACKAGES[*]} installed but python3 cannot import them"
   libs_changed=true
   ok "installed"
 fi
@@ -340,7 +369,9 @@ else
     "metrics_bind=$metrics_bind" "metrics_allow=$metrics_allow" "web_port=$web_port" "web_bind=$web_bind" \
     "gpu_proof_file=$gpu_proof" "rip_status_file=$rip_status" "public_url=$public_url" "trusted_proxies=$trusted_proxies" \
     "jellyfin_url=$jellyfin_url" "jellyfin_api_key_file=$jellyfin_api_key_file" \
-    "jellyfin_path_map=$jellyfin_path_map") ||
+    "jellyfin_path_map=$jellyfin_path_map" \
+    "db=${db:-/var/lib/media-pipeline/jobs.sqlite3}" "db_password_file=$db_password_file" \
+    "worker_name=$worker_name" "lease_seconds=${lease_seconds:-60}") ||
     die "the settings above are not a valid config" 2
 fi
 # It may hold notification tokens: root writes it, the service user's group reads it.
@@ -360,6 +391,19 @@ fi
 if $user_exists && [[ $(id -u) -eq 0 && $(stat -c %U "$state") != "$user" ]]; then
   chown "$user:" "$state"
   changed=true
+fi
+
+# --- an existing SQLite store moves into the queue (once; idempotent) --------------------
+old_store=$root/var/lib/media-pipeline/jobs.sqlite3
+if $queue_url && [[ -z $root && -s $old_store && ! -e $old_store.migrated ]]; then
+  step "Moving the jobs of $old_store into the queue (media-pipeline migrate)"
+  [[ -r $db_password_file ]] || die "$db_password_file is missing: the queue's password must be there before the install (ct-secret-file.sh)"
+  systemctl stop media-pipeline.service 2>/dev/null || true # no job may change under the copy
+  run_as "$user" /usr/local/bin/media-pipeline migrate --from "$old_store" --to "$db" >&2 ||
+    die "media-pipeline migrate failed: $old_store is left as it was; fix the queue and run again"
+  touch "$old_store.migrated"
+  changed=true
+  ok "moved; $old_store is kept as it was (its copy is in the queue)"
 fi
 
 # --- service ----------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def _record_depends_on(args: pulumi.ResourceTransformationArgs):
 SSH_CHECKS: list[tuple] = []
 
 
-def _no_network_ssh_check(host, port, timeout, attempts=1, pause=1.0):
+def _no_network_ssh_check(host, port, timeout, attempts=1, pause=1.0, key="ssh"):
     """Unit tests make no network calls: record the pre-flight check instead of dialing."""
     SSH_CHECKS.append((host, port, timeout, attempts))
     return None
