@@ -140,6 +140,8 @@ class Performer:
         self.pve: Pve | None = None
         self.ran: list[str] = []
         self.skipped: list[str] = []
+        self.declared_containers: dict[str, str] = {}  # vmid -> node, this run
+        self.declared_commands: set[str] = set()
 
     # --- mocks interface ----------------------------------------------------------------
     def new_resource(self, args):
@@ -252,10 +254,12 @@ class Performer:
             upid = self.pve.call("POST", f"/nodes/{node}/lxc", {**params, "start": 1 if inputs.get("started", True) else 0})
             self.pve.wait_task(node, upid)
         self.state.setdefault("containers", {})[str(vmid)] = node
+        self.declared_containers[str(vmid)] = node
         return [str(vmid), {**inputs, "vmId": vmid}]
 
     def command(self, name, inputs):
         conn = inputs["connection"]
+        self.declared_commands.add(name)
         key = sha([inputs.get("create"), inputs.get("stdin"), inputs.get("triggers")])
         prev = self.state.setdefault("commands", {}).get(name)
         if prev and prev["key"] == key:
@@ -380,6 +384,7 @@ def up(stack: str, outputs_file: Path | None, config_file: Path | None = None) -
 
     try:
         program()
+        removed = remove_undeclared(performer, state)
     except SystemExit as exc:  # config refused: the program already named every problem
         return 2 if exc.code else 0
     except Exception as exc:
@@ -392,6 +397,7 @@ def up(stack: str, outputs_file: Path | None, config_file: Path | None = None) -
         "outputs": plain(result),
         "commands_ran": performer.ran,
         "commands_unchanged": performer.skipped,
+        "containers_removed": removed,
         "seconds": round(time.monotonic() - started, 1),
     }
     text = json.dumps(summary, indent=2, default=str)
@@ -399,6 +405,30 @@ def up(stack: str, outputs_file: Path | None, config_file: Path | None = None) -
         outputs_file.write_text(text)
     print(text)
     return 0
+
+
+def remove_undeclared(performer: "Performer", state: dict) -> list[str]:
+    """What the engine does after a successful update for resources the program no longer declares
+    (e.g. homelab-media:workers emptied): their deletes. A container is stopped and deleted through
+    the API; a Command has no delete (the program declares none), it is only forgotten, so declaring
+    it again runs it again, as the engine would create it anew."""
+    removed = []
+    for vmid, node in sorted((state.get("containers") or {}).items()):
+        if vmid in performer.declared_containers:
+            continue
+        pve = performer.pve
+        present = {str(c["vmid"]) for c in pve.call("GET", f"/nodes/{node}/lxc") or []}
+        if vmid in present:
+            if (pve.call("GET", f"/nodes/{node}/lxc/{vmid}/status/current") or {}).get("status") == "running":
+                log(f"container {vmid}: no longer declared: stopping")
+                pve.wait_task(node, pve.call("POST", f"/nodes/{node}/lxc/{vmid}/status/stop"))
+            log(f"container {vmid}: no longer declared: destroying (its bind mounts are never deleted)")
+            pve.wait_task(node, pve.call("DELETE", f"/nodes/{node}/lxc/{vmid}"))
+        del state["containers"][vmid]
+        removed.append(vmid)
+    for name in [n for n in (state.get("commands") or {}) if n not in performer.declared_commands]:
+        del state["commands"][name]
+    return removed
 
 
 def destroy(stack: str) -> int:

@@ -308,6 +308,13 @@ class Pulumi:
     def set_config(self, key: str, value: str) -> None:
         self("config", "set", "--stack", STACK, "--path", f"{NS}:{key}", value)
 
+    def set_section(self, section: str, value) -> None:
+        """A whole section (a mapping, or a list like workers), one `config set --path` per leaf,
+        as a person would type them (Pulumi stores leaves as strings; the program's pydantic
+        reads "211" as 211)."""
+        for path, leaf in _leaves(section, value):
+            self.set_config(path, str(leaf).lower() if isinstance(leaf, bool) else str(leaf))
+
     def reset_config(self) -> None:
         self.stack_file.restore()
 
@@ -388,6 +395,14 @@ class ProgramRunner:
         self.config_file = LAB_DIR / "run" / "Pulumi.lab.e2e.yaml"
         self.config_file.write_text(yaml.safe_dump(doc, sort_keys=False))
 
+    def set_section(self, section: str, value) -> None:
+        import yaml
+
+        doc = yaml.safe_load((self.config_file or STACK_FILE).read_text())
+        doc["config"][f"{NS}:{section}"] = value
+        self.config_file = LAB_DIR / "run" / "Pulumi.lab.e2e.yaml"
+        self.config_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+
     def reset_config(self) -> None:
         self.config_file = None
 
@@ -421,6 +436,18 @@ def pve_options(value: str, default_key: str) -> dict[str, str]:
         else:
             out[default_key] = key
     return out
+
+
+def _leaves(path: str, value):
+    """(config path, leaf) pairs of a nested value: workers[0].name, queue.ipv4, ..."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(f"{path}.{k}", v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _leaves(f"{path}[{i}]", v)
+    else:
+        yield path, value
 
 
 def wait_for(predicate, timeout: float, every: float = 0.5, what: str = "condition"):

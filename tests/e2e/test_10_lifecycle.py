@@ -194,6 +194,54 @@ def test_new_gpu_node_rewrites_raw_lines_and_restarts_only_the_transcoder(lab, d
         lab.remove_device("dri/renderD129")
 
 
+WORKERS = [
+    {"name": "worker-2", "vmId": 211, "cores": 1, "memory": 512, "swap": 256, "diskGb": 4,
+     "datastore": "local-lvm", "ipv4": "10.99.0.211/24", "gpu": "auto"},
+    {"name": "worker-3", "vmId": 212, "cores": 1, "memory": 512, "swap": 256, "diskGb": 4,
+     "datastore": "local-lvm", "ipv4": "10.99.0.212/24", "gpu": "none", "crf": 28},
+]
+QUEUE = {"vmId": 205, "ipv4": "10.99.0.205/24", "diskGb": 4, "datastore": "local-lvm", "leaseSeconds": 15}
+
+
+def test_two_extra_workers_and_the_queue_come_and_go(lab, deployer, config_restored, pool_sentinels):
+    """homelab-media:workers and :queue added to a running stack (issue 16, docs/adr/0017): the queue's
+    container and two workers are created, worker 1 moves onto the queue, everything proves it
+    reaches PostgreSQL, and `preview --expect-no-changes` holds; then the keys are removed: the
+    engine deletes the three containers, worker 1 is back on its own store, the media and the
+    queue's dumps stay. (One node: a worker on a second node is proven under mocks only.)"""
+    before = {v: len(lab.events(v)) for v in (TRANSCODER, RIPPER, JELLYFIN, MONITORING)}
+    deployer.set_section("queue", QUEUE)
+    deployer.set_section("workers", WORKERS)
+    deployer.up()
+    out = deployer.outputs()
+    q = out["queue"]
+    assert q["reachable"] is True and q["workersReaching"] == 3 and q["version"].startswith("15."), q
+    assert sorted(w["name"] for w in out["workers"]) == ["transcoder", "worker-2", "worker-3"]
+    assert all(w["queue"]["state"] == "healthy" for w in out["workers"]), out["workers"]
+    assert lab.ct_config(205)["unprivileged"] in (1, "1")
+    mp = pve_options(lab.ct_config(205)["mp0"], "volume")
+    assert (mp["volume"], mp["mp"], mp.get("ro", "0")) == ("/mnt/storage/backups/queue", "/var/backups/media-queue", "0")
+    for v in (211, 212):
+        mp = pve_options(lab.ct_config(v)["mp0"], "volume")
+        assert (mp["volume"], mp["mp"]) == ("/mnt/storage", "/mnt/storage")
+    # no existing container was replaced (worker 1 changes by its steps only)
+    for v, n in before.items():
+        assert not [e for e in lab.events(v)[n:] if e[1] in ("create", "destroy")], (v, lab.events(v)[n:])
+    dumps = sorted((lab.pool / "backups" / "queue").glob("media_pipeline-*.dump"))
+    assert dumps
+    deployer.check_no_changes()
+
+    deployer.reset_config()
+    deployer.up()
+    present = set(lab.containers())
+    assert not present & {205, 211, 212}, present
+    assert {TRANSCODER, RIPPER} <= present
+    assert all(p.exists() for p in dumps)  # the queue's dumps are kept
+    status = lab.ssh(f"pct exec {TRANSCODER} -- grep -c jobs.sqlite3 /etc/media-pipeline/config.json").stdout.strip()
+    assert status == "1"  # worker 1 is back on its own store
+    deployer.check_no_changes()
+
+
 def test_destroy_leaves_nothing_and_the_pool_intact(lab, deployer, pool_sentinels):
     deployer.destroy()
     assert lab.containers() == {}

@@ -1,0 +1,190 @@
+"""Many workers, one queue, in the lab (issue 16, docs/adr/0017): the lab stack plus
+homelab-media:queue and two extra workers, deployed by the program (the engine-less runner);
+Debian's PostgreSQL 15 as a systemd service in the unprivileged queue container, three
+media-pipeline workers (the transcoder and worker-2, worker-3) as systemd services in real LXC
+containers, real ffmpeg on real files on the shared pool.
+
+What the lab cannot show: a second PVE node (the lab has one node; homelab-media:nodes is proven
+under mocks in tests/unit/test_workers_ct.py), and a pool shared across machines (NFS/SMB,
+mergerfs on each node): here every container binds the same directory of one node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+
+import pytest
+import yaml
+
+from tests.e2e.lab import ROOT, wait_for
+from tests.lab.test_program_on_lab import NS, digest, lab, program, sentinels  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.e2e
+
+QUEUE_VMID = 205
+WORKERS = [
+    {"name": "worker-2", "vmId": 211, "hostname": "worker-2", "cores": 1, "memory": 512, "swap": 256, "diskGb": 4,
+     "ipv4": "10.99.0.211/24", "datastore": "local-lvm", "gpu": "auto"},
+    {"name": "worker-3", "vmId": 212, "hostname": "worker-3", "cores": 1, "memory": 512, "swap": 256, "diskGb": 4,
+     "ipv4": "10.99.0.212/24", "datastore": "local-lvm", "gpu": "none", "crf": 28},
+]
+QUEUE = {"vmId": QUEUE_VMID, "ipv4": "10.99.0.205/24", "diskGb": 4, "datastore": "local-lvm", "leaseSeconds": 15}
+ALL = {"transcoder": 201, "worker-2": 211, "worker-3": 212}
+
+
+def workers_stack(tmp_path) -> str:
+    doc = yaml.safe_load((ROOT / "Pulumi.lab.yaml").read_text())
+    doc["config"][f"{NS}:queue"] = QUEUE
+    doc["config"][f"{NS}:workers"] = WORKERS
+    path = tmp_path / "Pulumi.lab.workers.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def stack_path(tmp_path_factory):
+    return workers_stack(tmp_path_factory.mktemp("workers"))
+
+
+@pytest.fixture(scope="module")
+def up(lab, sentinels, stack_path):
+    out, proc = program("up", "--config-file", stack_path, timeout=3000)
+    return out
+
+
+def ct(lab, vmid: int, command: str, timeout: float = 120, check: bool = True):
+    return lab.ssh(f"pct exec {vmid} -- bash -c {shlex.quote(command)}", timeout=timeout, check=check)
+
+
+def jobs(lab) -> list[dict]:
+    return json.loads(ct(lab, 201, "runuser -u media -- media-pipeline status --json").stdout)
+
+
+def test_the_queue_and_every_worker_come_up_and_prove_it(lab, up):
+    outs = up["outputs"]
+    q = outs["queue"]
+    assert q["reachable"] is True and q["workers"] == 3 and q["workersReaching"] == 3, q
+    assert q["version"].startswith("15."), q
+    assert q["address"] == "10.99.0.205:5432"
+    assert sorted(q["allowed"]) == ["10.99.0.201", "10.99.0.211", "10.99.0.212"]
+    names = {w["name"]: w for w in outs["workers"]}
+    assert set(names) == set(ALL)
+    for name, w in names.items():
+        assert w["queue"]["reachable"] is True and w["queue"]["state"] == "healthy", (name, w)
+        assert w["vmId"] == ALL[name] and w["node"] == "pve1"
+    assert names["worker-3"]["gpu"]["reason"].startswith("gpu none")
+    assert "render_node" in names["worker-2"]["gpu"]  # verify-gpu.sh ran in it
+    # PostgreSQL is Debian's, a systemd unit of the unprivileged container
+    assert ct(lab, QUEUE_VMID, "systemctl is-active postgresql@15-main").stdout.strip() == "active"
+    assert ct(lab, QUEUE_VMID, "cat /proc/self/uid_map").stdout.split() == ["0", "100000", "65536"]
+    for vmid in ALL.values():
+        assert ct(lab, vmid, "systemctl is-active media-pipeline").stdout.strip() == "active"
+
+
+def test_pg_hba_admits_the_workers_only_and_the_password_is_nowhere_in_clear(lab, up):
+    hba = ct(lab, QUEUE_VMID, "cat /etc/postgresql/15/main/pg_hba.conf").stdout
+    ours = [line.split() for line in hba.splitlines() if line.startswith("host media_pipeline")]
+    assert sorted(x[3] for x in ours) == ["10.99.0.201/32", "10.99.0.211/32", "10.99.0.212/32"]
+    # the ripper is not a worker: PostgreSQL refuses it by pg_hba (a startup packet from its address)
+    probe = ("import socket,struct\n"
+             "s=socket.create_connection(('10.99.0.205',5432),5)\n"
+             "p=b'user\\0media_pipeline\\0database\\0media_pipeline\\0\\0'\n"
+             "s.sendall(struct.pack('!II',8+len(p),196608)+p)\n"
+             "print(s.recv(4096).decode('latin1'))\n")
+    answer = ct(lab, 202, f"python3 -c {shlex.quote(probe)}").stdout
+    assert "no pg_hba.conf entry" in answer and "10.99.0.202" in answer, answer
+    # each worker's password file: 0600 media; never in a unit, a config or an argv
+    for vmid in ALL.values():
+        assert ct(lab, vmid, "stat -c '%a %U' /etc/media-pipeline/db-password").stdout.strip() == "600 media"
+        pw = ct(lab, vmid, "cat /etc/media-pipeline/db-password").stdout.strip()
+        assert len(pw) == 32
+        leaked = ct(lab, vmid, f"grep -rlF {shlex.quote(pw)} /etc/media-pipeline/config.json /etc/systemd/system "
+                                "/proc/[0-9]*/cmdline 2>/dev/null || true").stdout.split()
+        assert leaked == [], leaked
+    state = (ROOT / ".lab" / "run-program-state.json").read_text()
+    assert '"queue-password"' in state  # the runner keeps it like the engine keeps a secret output
+
+
+def test_twelve_rips_each_become_one_library_file_across_the_workers(lab, up):
+    batch = f"Queue Batch {os.getpid()}"
+    make = " && ".join(
+        f"ffmpeg -hide_banner -loglevel error -y -f lavfi -i testsrc=d=2:s=160x90:r=24 -f lavfi -i sine=d=2 "
+        f"-map 0:v -map 1:a -c:v libx264 -preset ultrafast -c:a aac -metadata:s:a:0 language=eng "
+        f"'/tmp/{batch} {i:02d} (2024).mkv'" for i in range(12))
+    ct(lab, 201, f"cd /tmp && {make} && chown media: /tmp/'{batch}'* && for f in /tmp/'{batch}'*.mkv; do "
+                 "mv \"$f\" /mnt/storage/staging/ && touch \"/mnt/storage/staging/$(basename \"$f\").done\"; done",
+       timeout=300)
+
+    def ours():
+        return [j for j in jobs(lab) if batch in j["source"]]
+    wait_for(lambda: len(ours()) == 12 and all(j["state"] == "done" for j in ours()), 900,
+             every=3, what="12 rips transcoded by the three workers")
+    done = ours()
+    assert all(j["attempts"] == 1 for j in done), [(j["id"], j["attempts"]) for j in done]  # none ran twice
+    by = {j["worker"] for j in done}
+    assert len(by) >= 2 and by <= set(ALL), by
+    files = [p for p in (lab.pool / "movies").rglob("*.mkv") if batch in p.name]
+    assert len(files) == 12, files
+    assert len({p.name for p in files}) == 12
+    assert not [p for p in (lab.pool / "movies").rglob("*partial*")]
+    workers = json.loads(ct(lab, 201, "runuser -u media -- media-pipeline workers --json").stdout)
+    assert {w["name"] for w in workers if w["state"] == "healthy"} == set(ALL)
+
+
+def test_a_stopped_worker_loses_its_job_to_another_after_the_lease(lab, up):
+    title = f"Long Queue {os.getpid()} (2024)"
+    rip = f"/mnt/storage/staging/{title}.mkv"
+    ct(lab, 201, f"ffmpeg -hide_banner -loglevel error -y -f lavfi -i testsrc=d=40:s=320x180:r=24 -f lavfi "
+                 f"-i sine=d=40 -map 0:v -map 1:a -c:v libx264 -preset ultrafast -c:a aac "
+                 f"-metadata:s:a:0 language=eng '/tmp/{title}.mkv' && chown media: '/tmp/{title}.mkv' && "
+                 f"mv '/tmp/{title}.mkv' '{rip}' && touch '{rip}.done'", timeout=180)
+
+    def running():
+        js = [j for j in jobs(lab) if j["source"] == rip and j["state"] == "running" and j.get("progress", 0) > 0]
+        return js[0] if js else None
+    job = wait_for(running, 300, every=2, what=f"a worker encoding {rip}")
+    victim = job["worker"]
+    stopped_at = time.monotonic()
+    lab.ssh(f"pct stop {ALL[victim]}", timeout=120)  # the container dies mid-encode: no goodbye
+    try:
+        def done():
+            js = [j for j in jobs(lab) if j["source"] == rip]
+            return js[0] if js and js[0]["state"] == "done" else None
+        finished = wait_for(done, 900, every=3, what=f"{rip} finished by another worker")
+        assert finished["worker"] != victim, (victim, finished)
+        files = [p for p in (lab.pool / "movies").rglob("*.mkv") if title in p.name]
+        assert len(files) == 1, files
+        assert not [p for p in (lab.pool / "movies").rglob("*partial*")]
+        assert time.monotonic() - stopped_at > QUEUE["leaseSeconds"]  # taken back only after the lease
+    finally:
+        lab.ssh(f"pct start {ALL[victim]}", timeout=300)
+
+
+def test_pg_dump_writes_into_the_backup_folder_on_the_pool(lab, up):
+    folder = lab.pool / "backups" / "queue"
+    dumps = sorted(folder.glob("media_pipeline-*.dump"))
+    assert dumps and dumps[-1].stat().st_size > 0, list(folder.iterdir())
+    assert (folder.stat().st_uid, folder.stat().st_gid) == (100000, 100000)  # the container's root, this folder only
+    ct(lab, QUEUE_VMID, "systemctl start media-queue-backup.service", timeout=120)
+    assert len(sorted(folder.glob("media_pipeline-*.dump"))) >= len(dumps)
+    assert ct(lab, QUEUE_VMID, "systemctl is-enabled media-queue-backup.timer").stdout.strip() == "enabled"
+    assert (lab.pool / "movies").stat().st_uid == 1000  # the pool's media folders are untouched
+
+
+def test_a_second_up_changes_nothing(lab, up, stack_path):
+    out, _ = program("up", "--config-file", stack_path, timeout=1800)
+    assert out["commands_ran"] == [], out["commands_ran"]
+
+
+def test_destroy_keeps_media_and_the_queue_backups(lab, up, sentinels):
+    folder = lab.pool / "backups" / "queue"
+    before = {p: digest(p) for p in folder.glob("*.dump")}
+    program("destroy")
+    assert lab.containers() == {}
+    for p, sha in before.items():
+        assert digest(p) == sha
+    for p, (sha, uid, gid, mode) in sentinels.items():
+        assert digest(p) == sha and (p.stat().st_uid, p.stat().st_gid, p.stat().st_mode) == (uid, gid, mode)
