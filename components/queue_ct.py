@@ -119,9 +119,10 @@ def deliver_queue_password(name: str, cfg: StackConfig, node: Node, vmid: int, q
 
 
 def queue_output(cfg: StackConfig, install: dict[str, Any], proofs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The stack output `queue`: where it is, its version, and whether every worker reached it."""
+    """The stack output `queue`: where it is, its version, and whether every worker reached it.
+    `proofs`: each worker's verify-queue.sh output (worker 1's first)."""
     q = cfg.queue
-    reached = [p for p in proofs if (p or {}).get("queue", {}).get("reachable")]
+    reached = [p for p in proofs if (p or {}).get("reachable") is True]
     return {
         "address": f"{q.address}:{q.port}",
         "database": q.database,

@@ -233,3 +233,17 @@ def test_workers_must_be_a_list():
     with pytest.raises(ConfigError) as exc:
         cfg_of({**stack(), f"{NS}:workers": json.dumps({"name": "w"})})
     assert any("homelab-media:workers must be a list" in m for m in exc.value.messages)
+
+
+def test_queue_output_is_reachable_only_when_every_worker_reached_it():
+    from components.queue_ct import queue_output
+
+    cfg = cfg_of(stack())
+    install = {"version": "15.20", "lastBackup": "media_pipeline-x.dump", "allowed": ["192.168.1.201"]}
+    ok = {"reachable": True, "state": "healthy"}
+    out = queue_output(cfg, install, [ok, ok, ok])
+    assert out["reachable"] is True and out["workersReaching"] == 3 and out["address"] == "192.168.1.205:5432"
+    assert out["backupDir"] == "/mnt/storage/backups/queue" and out["version"] == "15.20"
+    out = queue_output(cfg, install, [ok, {"reachable": False, "reason": "no pg_hba.conf entry"}, ok])
+    assert out["reachable"] is False and out["workersReaching"] == 2
+    assert queue_output(cfg, install, [])["reachable"] is False
