@@ -635,7 +635,7 @@ class Service:
 
     def notify_failure(self, job: Job | None) -> None:
         if job is not None:
-            self.notifier.send("Transcode failed", f"{os.path.basename(job.source)}\n{job.reason}")
+            self.notifier.send("Transcode failed", f"{naming.staged_name(self.cfg.staging, job.source)}\n{job.reason}")
 
     # -- metrics -------------------------------------------------------------------
 

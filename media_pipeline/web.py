@@ -43,6 +43,7 @@ from .jellyfin import redact_url
 from .jobqueue import QueueUnavailable
 from .jobs import STATES
 from .metrics import WSGIThreadServer
+from .naming import staged_name
 from .rips import read_status
 
 REFRESH_SECONDS = 5
@@ -92,7 +93,8 @@ def when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
-_TEMPLATES.filters.update(bytes=human_bytes, duration=human_seconds, when=when, basename=os.path.basename)
+_TEMPLATES.filters.update(bytes=human_bytes, duration=human_seconds, when=when, basename=os.path.basename,
+                          staged=lambda source, staging: staged_name(staging, source))
 
 
 class StatusApp:
@@ -203,7 +205,8 @@ class StatusApp:
                     json.dumps(data, ensure_ascii=False).encode()
             notice = self.notice(environ.get("QUERY_STRING", ""))
             html = _TEMPLATES.get_template("status.html").render(
-                **data, csrf_token=self.csrf_token, refresh=REFRESH_SECONDS, notice=notice)
+                **data, csrf_token=self.csrf_token, refresh=REFRESH_SECONDS, notice=notice,
+                staging=self.cfg.staging)
             return "200 OK", [("Content-Type", "text/html; charset=utf-8")], html.encode()
         match = _ACTION.match(path)
         if match:

@@ -228,7 +228,7 @@ def test_cancel_and_front_from_the_page(page):
     html = get(base + headers["Location"])[1]
     assert f"Job {five} is cancelled" in html and "its rip stays in staging" in html and "1 cancelled" in html
     cancelled = re.search(r'<table id="cancelled">.*?</table>', html, re.S).group(0)
-    assert "title_t00.mkv" in cancelled and f'action="/jobs/{five}/retry"' in cancelled
+    assert "Some Disc/title_t00.mkv" in cancelled and f'action="/jobs/{five}/retry"' in cancelled
     data = json.loads(get(base + "/api/status")[1])
     assert [j["id"] for j in data["jobs"]["cancelled"]] == [five] and data["counts"]["cancelled"] == 1
     assert svc.store.claim().id == six and svc.store.claim().id == ids["queued"] and svc.store.claim() is None
@@ -269,6 +269,19 @@ def test_cancel_and_front_refuse_bad_requests_and_change_nothing(page, action, c
     if status == 405:
         assert headers["Allow"] == "POST"
     assert queue_of(svc) == before
+
+
+def test_a_job_names_its_rip_by_its_folder_in_staging(page, tmp_path):
+    """Every rip media-rip publishes is title_tNN.mkv in the disc's folder: the folder tells them apart."""
+    svc, base, _ids = page()
+    staging = svc.cfg.staging
+    svc.store.enqueue(f"{staging}/Heat (1995)/title_t00.mkv", 1, 2)
+    svc.store.enqueue(f"{staging}/Ronin/title_t00.mkv", 1, 2)
+    svc.store.enqueue(str(tmp_path / "elsewhere" / "odd.mkv"), 1, 2)
+    html = get(base + "/")[1]
+    assert ">Heat (1995)/title_t00.mkv<" in html and ">Ronin/title_t00.mkv<" in html
+    assert ">odd.mkv<" in html and ">Film 0 (2020).mkv<" in html  # not under staging: the file; at its top: the file
+    assert f'title="{staging}/Ronin/title_t00.mkv"' in html  # the whole path on hover
 
 
 def test_password_required_when_set(page):
