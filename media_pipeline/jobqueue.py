@@ -14,6 +14,12 @@ so a fenced worker never publishes. `take_over_expired()` hands a worker the job
 ran out (their worker died, was stopped, or lost the network), each with a new token, for the
 service's recovery (finish an interrupted publish, else remove the partial output and requeue).
 Writes given a bare job id (an operator's retry, old callers) are not fenced.
+
+Operators (the page, the CLI) change only jobs that no worker holds: `reset_failed()` (retry) puts a
+failed or cancelled job back in the queue, `cancel()` takes a queued job out of it for good (state
+cancelled: never claimed, its rip left in staging, its key still known so the scan does not queue
+it again), `to_front()` has a queued job claimed next. Each returns False, changing nothing, when
+the job is not in the state it needs (or unknown).
 """
 
 from __future__ import annotations
@@ -82,6 +88,8 @@ class JobQueue(Protocol):
     def fail(self, job, reason: str, *, retry: bool, max_attempts: int, delay: float = 0.0) -> str | None: ...
     def requeue(self, job, reason: str, refund_attempt: bool) -> bool: ...
     def reset_failed(self, job_id: int) -> bool: ...
+    def cancel(self, job_id: int) -> bool: ...
+    def to_front(self, job_id: int) -> bool: ...
 
     # leases and coordination
     def start_worker(self, encoder: str) -> None: ...

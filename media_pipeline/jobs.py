@@ -6,6 +6,12 @@ a re-ripped file under the same name is a new one. States:
     queued -> running -> done
                       -> queued   (retry after a failure, or a restart while running)
                       -> failed   (bad input, or max_attempts used up)
+    queued -> cancelled           (an operator's cancel: never claimed, its rip stays in staging,
+                                   and the scan does not queue it again: its key stays known)
+    failed, cancelled -> queued   (an operator's retry, reset_failed)
+
+`priority` orders the queue: claim() takes the highest first, then the oldest (to_front() puts a
+queued job ahead of every other).
 
 `stage` records how far a running job got ("encoding", "finalizing") so a restart
 can tell an interrupted encode (redo it) from an interrupted publish (finish it).
@@ -31,16 +37,18 @@ from dataclasses import dataclass
 
 from .jobqueue import LeaseLost, default_worker_name, ident, worker_state
 
-STATES = ("queued", "running", "done", "failed")
-SCHEMA_VERSION = 3
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+STATES = ("queued", "running", "done", "failed", "cancelled")
+SCHEMA_VERSION = 4
+# The jobs table ({name}: jobs, or the new table of a schema 3 -> 4 rebuild: SQLite cannot
+# change a CHECK constraint in place).
+_JOBS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     id             INTEGER PRIMARY KEY,
     source         TEXT    NOT NULL,
     size           INTEGER NOT NULL,
     mtime_ns       INTEGER NOT NULL,
     state          TEXT    NOT NULL DEFAULT 'queued'
-                           CHECK (state IN ('queued', 'running', 'done', 'failed')),
+                           CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
     stage          TEXT    NOT NULL DEFAULT '',
     attempts       INTEGER NOT NULL DEFAULT 0,
     dest           TEXT,
@@ -62,8 +70,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_until    REAL    NOT NULL DEFAULT 0,
     partial        TEXT    NOT NULL DEFAULT '',
     lease_expiries INTEGER NOT NULL DEFAULT 0,
+    priority       INTEGER NOT NULL DEFAULT 0,
     UNIQUE (source, size, mtime_ns)
 );
+"""
+_SCHEMA = _JOBS_TABLE.format(name="jobs") + """
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, not_before, id);
 CREATE TABLE IF NOT EXISTS workers (
     name      TEXT PRIMARY KEY,
@@ -85,6 +96,7 @@ _ADDED = {
     "lease_until": "REAL NOT NULL DEFAULT 0",
     "partial": "TEXT NOT NULL DEFAULT ''",
     "lease_expiries": "INTEGER NOT NULL DEFAULT 0",
+    "priority": "INTEGER NOT NULL DEFAULT 0",  # schema 4: to_front() (and the state cancelled)
 }
 UPDATABLE = {"stage", "dest", "pid", "progress", "reason", "source_removed", "fps", "out_stamp", "partial"}
 
@@ -117,6 +129,7 @@ class Job:
     lease_until: float = 0.0
     partial: str = ""  # the temp file of the current attempt ("" = temp_path(dest))
     lease_expiries: int = 0  # times a worker's lease on it ran out and another took it over
+    priority: int = 0  # claim() takes the highest first (to_front); absent before schema 4
 
     def to_json(self) -> dict:
         out = dict(self.__dict__)
@@ -140,11 +153,33 @@ class JobStore:
                 raise RuntimeError(f"{path}: job database is from a newer media-pipeline (schema {version})")
             self._db.executescript(_SCHEMA)
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
-            for name, definition in _ADDED.items():  # schema 1 -> 2 -> 3
+            for name, definition in _ADDED.items():  # schema 1 -> 2 -> 3 -> 4
                 if name not in columns:
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+            self._allow_cancelled()  # schema 4
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._db.row_factory = sqlite3.Row
+
+    def _allow_cancelled(self) -> None:
+        """Schema 3 -> 4: the state check of an older table refuses 'cancelled'. SQLite changes no
+        CHECK in place, so the table is rebuilt (its rows copied as they are, in one transaction:
+        all of it or nothing, the ids kept)."""
+        sql = self._db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='jobs'").fetchone()[0]
+        if "'cancelled'" in sql:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("DROP TABLE IF EXISTS jobs_v4")
+            self._db.execute(_JOBS_TABLE.format(name="jobs_v4"))
+            cols = ", ".join(r[1] for r in self._db.execute("PRAGMA table_info(jobs)"))
+            self._db.execute(f"INSERT INTO jobs_v4 ({cols}) SELECT {cols} FROM jobs")
+            self._db.execute("DROP TABLE jobs")
+            self._db.execute("ALTER TABLE jobs_v4 RENAME TO jobs")
+            self._db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, not_before, id)")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -222,13 +257,14 @@ class JobStore:
             return cur.lastrowid if cur.rowcount == 1 else None
 
     def claim(self, now: float | None = None) -> Job | None:
-        """Atomically take the oldest ready queued job: it becomes running, one more attempt."""
+        """Atomically take the ready queued job of the highest priority, the oldest of those: it
+        becomes running, one more attempt."""
         now = time.time() if now is None else now
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(
-                    "SELECT id FROM jobs WHERE state='queued' AND not_before<=? ORDER BY id LIMIT 1",
+                    "SELECT id FROM jobs WHERE state='queued' AND not_before<=? ORDER BY priority DESC, id LIMIT 1",
                     (now,)).fetchone()
                 if row is None:
                     self._db.execute("COMMIT")
@@ -312,11 +348,31 @@ class JobStore:
         return cur.rowcount == 1
 
     def reset_failed(self, job_id: int) -> bool:
-        """Operator retry: a failed job back to queued with fresh attempts."""
+        """Operator retry: a failed (or cancelled) job back to queued with fresh attempts."""
         with self._lock:
             cur = self._db.execute(
                 "UPDATE jobs SET state='queued', attempts=0, not_before=0, reason='retry requested', "
-                "updated=? WHERE id=? AND state='failed'", (time.time(), job_id))
+                "finished=NULL, updated=? WHERE id=? AND state IN ('failed', 'cancelled')", (time.time(), job_id))
+            return cur.rowcount == 1
+
+    def cancel(self, job_id: int) -> bool:
+        """Operator cancel: a queued job becomes cancelled (False: it is not queued, or unknown).
+        It is never claimed; its rip stays in staging and its key stays known, so the scan does not
+        queue it again; reset_failed (retry) puts it back in the queue."""
+        now = time.time()
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE jobs SET state='cancelled', reason='cancelled by an operator', not_before=0, "
+                "finished=?, updated=? WHERE id=? AND state='queued'", (now, now, job_id))
+            return cur.rowcount == 1
+
+    def to_front(self, job_id: int) -> bool:
+        """Operator "to the front": a queued job is claimed next, before every other queued job
+        (a priority above theirs; a retry delay it was waiting out is dropped). False: not queued."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE jobs SET priority=(SELECT COALESCE(MAX(priority), 0) + 1 FROM jobs WHERE state='queued'), "
+                "not_before=0, updated=? WHERE id=? AND state='queued'", (time.time(), job_id))
             return cur.rowcount == 1
 
     # -- leases and coordination (one worker: jobqueue.JobQueue's single-worker case) ---

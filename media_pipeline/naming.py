@@ -40,6 +40,17 @@ def library_stem(staging: str, source: str) -> str:
     return stem.lstrip(".") or "untitled"
 
 
+def staged_name(staging: str, source: str) -> str:
+    """How a job names its rip: the path under staging ("Some Disc/title_t00.mkv": media-rip
+    publishes every title as title_tNN.mkv in the disc's folder, so the folder is what tells two
+    rips apart); the basename when the source is not under staging."""
+    root = os.path.normpath(staging) if staging else ""
+    path = os.path.normpath(source)
+    if root and root != os.sep and path.startswith(root.rstrip(os.sep) + os.sep):
+        return os.path.relpath(path, root)
+    return os.path.basename(source)
+
+
 def episode(stem: str) -> tuple[str, int] | None:
     """(show, season) when the name looks like an episode, else None."""
     m = _EPISODE.search(stem)

@@ -1,7 +1,7 @@
 """The job queue on PostgreSQL (jobqueue.JobQueue for many workers; docs/adr/0016).
 
 One table of jobs like the SQLite store's (same columns, same states), claimed with
-`FOR UPDATE SKIP LOCKED`; leases in the database's clock, renewed by each worker's heartbeat;
+`FOR UPDATE SKIP LOCKED` (highest priority, then oldest); leases in the database's clock, renewed by each worker's heartbeat;
 `pg_notify` on every enqueue/requeue wakes idle workers (LISTEN on a connection of its own);
 a session advisory lock elects the one worker that scans staging, another on the worker's name
 refuses a second run under the same name. psycopg 3.1 (Debian 12's python3-psycopg) is enough:
@@ -35,7 +35,7 @@ CHANNEL = "media_pipeline_jobs"
 LOCK_APP = 0x6D70  # "mp"
 LOCK_SCANNER, LOCK_SCHEMA = 1, 2
 LOCK_WORKER = 3  # with the worker name's hash as a second key (below)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the state cancelled, priority (to_front); _upgrade() brings a schema 1 queue there
 NOW = "extract(epoch from clock_timestamp())::float8"
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     size           bigint  NOT NULL,
     mtime_ns       bigint  NOT NULL,
     state          text    NOT NULL DEFAULT 'queued'
-                           CHECK (state IN ('queued', 'running', 'done', 'failed')),
+                           CONSTRAINT jobs_state_check
+                           CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
     stage          text    NOT NULL DEFAULT '',
     attempts       integer NOT NULL DEFAULT 0,
     dest           text,
@@ -66,6 +67,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_until    float8  NOT NULL DEFAULT 0,
     partial        text    NOT NULL DEFAULT '',
     lease_expiries integer NOT NULL DEFAULT 0,
+    priority       integer NOT NULL DEFAULT 0,
     UNIQUE (source, size, mtime_ns)
 );
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (state, not_before, id);
@@ -217,6 +219,21 @@ class PgJobStore:
                     raise RuntimeError(f"{safe_url(self.url)}: the job queue is from a newer media-pipeline "
                                        f"(schema {version['value']})")
             conn.execute(_SCHEMA)
+            self._upgrade(conn)
+
+    @staticmethod
+    def _upgrade(conn) -> None:
+        """An older queue's schema brought to SCHEMA_VERSION in place (under the schema lock, in the
+        caller's transaction: all of it or nothing). Workers of the old code still running may
+        read the table meanwhile: a new column is one they do not ask for."""
+        version = int(conn.execute("SELECT value FROM media_pipeline_meta WHERE key='schema'").fetchone()["value"])
+        if version < 2:  # the state cancelled, and priority for to_front()
+            conn.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS priority integer NOT NULL DEFAULT 0")
+            conn.execute("ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_state_check")
+            conn.execute("ALTER TABLE jobs ADD CONSTRAINT jobs_state_check "
+                         "CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled'))")
+        if version < SCHEMA_VERSION:
+            conn.execute("UPDATE media_pipeline_meta SET value=%s WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         self._closing.set()
@@ -310,7 +327,7 @@ class PgJobStore:
         now = time.time() if now is None else now
         return _job(self._one(
             "WITH c AS (SELECT id FROM jobs WHERE state='queued' AND not_before<=%(now)s "
-            "           ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+            "           ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED) "
             "UPDATE jobs j SET state='running', stage='', attempts=j.attempts+1, started=%(now)s, updated=%(now)s, "
             f"  pid=NULL, progress=0, worker=%(w)s, lease_token=gen_random_uuid()::text, "
             f"  lease_until={NOW} + %(lease)s, partial='' "
@@ -378,10 +395,29 @@ class PgJobStore:
         return row is not None
 
     def reset_failed(self, job_id: int) -> bool:
+        """Operator retry: a failed (or cancelled) job back to queued with fresh attempts."""
         row = self._one("UPDATE jobs SET state='queued', attempts=0, not_before=0, reason='retry requested', "
-                        "updated=%s WHERE id=%s AND state='failed' RETURNING id", (time.time(), job_id))
+                        "finished=NULL, updated=%s WHERE id=%s AND state IN ('failed', 'cancelled') RETURNING id",
+                        (time.time(), job_id))
         if row:
             self._notify()
+        return row is not None
+
+    def cancel(self, job_id: int) -> bool:
+        """Operator cancel of a queued job (jobs.JobStore.cancel). A worker claiming it at the same
+        moment holds its row: the cancel waits, sees it running, and changes nothing."""
+        now = time.time()
+        return self._one("UPDATE jobs SET state='cancelled', reason='cancelled by an operator', not_before=0, "
+                         "finished=%s, updated=%s WHERE id=%s AND state='queued' RETURNING id",
+                         (now, now, job_id)) is not None
+
+    def to_front(self, job_id: int) -> bool:
+        """Operator "to the front": claimed next (jobs.JobStore.to_front)."""
+        row = self._one("UPDATE jobs SET priority=(SELECT COALESCE(MAX(priority), 0) + 1 FROM jobs "
+                        "WHERE state='queued'), not_before=0, updated=%s WHERE id=%s AND state='queued' RETURNING id",
+                        (time.time(), job_id))
+        if row:
+            self._notify()  # ready now (a retry delay it waited out is dropped)
         return row is not None
 
     def _notify(self) -> None:

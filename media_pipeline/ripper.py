@@ -2,6 +2,10 @@
 hidden working folder in staging, then publish that folder whole as STAGING/<disc name>/ with a .done
 marker beside each file; eject the disc. One rip at a time; the service and `media-rip once` use it.
 
+Every title is published as title_tNN.mkv (NN: MakeMKV's title number): MakeMKV names its files
+after the disc when the disc has a name (DISC_NAME_t03.mkv), which says nothing the folder does
+not, and media-pipeline names the library file after the folder (naming.py).
+
 The exit codes are `media-rip once`'s (media_pipeline/rip.py lists them).
 """
 
@@ -400,8 +404,10 @@ class Ripper:
         it is, state publishing with the reason, and raises RipError(EXIT_PUBLISH); the notifier is told
         once (when nothing was `reported` before). MakeMKV's work is never thrown away for it.
         """
-        step, total = "reading the rip", 0
+        step, total = "naming the titles title_tNN.mkv", 0
         try:
+            title_names(workdir)
+            step = "reading the rip"
             files = sorted(f for f in os.listdir(workdir) if not f.endswith(MARKER))
             total = sum(os.path.getsize(os.path.join(workdir, f)) for f in files)
             step = "writing the .done markers"
@@ -591,6 +597,32 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass  # the whole group is gone already
     except PermissionError:
         pass  # never fatal for a stop
+
+
+_MAKEMKV_FILE = re.compile(r"(?P<base>.*)_t(?P<n>\d{2,3})\.mkv", re.IGNORECASE)
+
+
+def title_names(workdir: str) -> list[tuple[str, str]]:
+    """Rename MakeMKV's DISC_NAME_tNN.mkv (and its marker, when an earlier publish wrote one) to
+    title_tNN.mkv in the working folder, before it is published; returns the (old, new) names.
+    A name taken already is left alone (nothing is ever overwritten); any other file too."""
+    names = set(os.listdir(workdir))
+    renamed = []
+    for name in sorted(names):
+        m = _MAKEMKV_FILE.fullmatch(name)
+        if not m or name == f"title_t{m['n']}.mkv":
+            continue
+        new = f"title_t{m['n']}.mkv"
+        if new in names or new + MARKER in names:
+            log.warning("%s: keeping MakeMKV's name %s: %s is taken", workdir, name, new)
+            continue
+        os.rename(os.path.join(workdir, name), os.path.join(workdir, new))
+        if name + MARKER in names:
+            os.rename(os.path.join(workdir, name + MARKER), os.path.join(workdir, new + MARKER))
+        names.discard(name)
+        names.add(new)
+        renamed.append((name, new))
+    return renamed
 
 
 def _mark(workdir: str, files: list[str]) -> None:

@@ -3,7 +3,7 @@
   media-pipeline run [--once]      the service (systemd runs it); --once: do what is ready, exit
   media-pipeline status [--json]   the job table
   media-pipeline workers [--json]  the workers of the queue: name, host, encoder, job, fps, heartbeat
-  media-pipeline retry ID...       put failed jobs back in the queue with fresh attempts
+  media-pipeline retry ID...       put failed (or cancelled) jobs back in the queue with fresh attempts
   media-pipeline migrate --from SQLITE --to URL   move a SQLite job store into PostgreSQL (idempotent)
 
 Exit codes: 0 ok, 1 cannot start (another instance, staging missing, database), 2 config error.
@@ -28,7 +28,7 @@ from . import config as config_mod
 from .common import MARKER, InstanceLock, fmt_time, fmt_when, setup_logging
 from .gpu_usage import GpuSampler, GpuUsage
 from .jobqueue import LeaseLost, QueueUnavailable, is_url, open_store
-from .jobs import Job, JobStore
+from .jobs import STATES, Job, JobStore
 from .metrics import (JobEvents, PipelineCollector, Snapshot, disk_usage, new_registry, publish_textfile,
                       sample_gpu, serve)
 from .notify import Notifier
@@ -611,16 +611,31 @@ class Service:
             self.notify_failure(self.store.get(job.id))
 
     def retry(self, job_id: int) -> bool:
-        """Operator retry (CLI or status page): a failed job queued again with fresh attempts."""
+        """Operator retry (CLI or status page): a failed or cancelled job queued again with fresh attempts."""
         if not self.store.reset_failed(job_id):
             return False
         log.info("[job %d] queued again by an operator", job_id)
         self.wake.set()
         return True
 
+    def cancel(self, job_id: int) -> bool:
+        """Operator cancel (status page): a queued job is never transcoded; its rip stays in staging."""
+        if not self.store.cancel(job_id):
+            return False
+        log.info("[job %d] cancelled by an operator; its rip stays in staging", job_id)
+        return True
+
+    def to_front(self, job_id: int) -> bool:
+        """Operator "to the front" (status page): a queued job is the next one claimed."""
+        if not self.store.to_front(job_id):
+            return False
+        log.info("[job %d] moved to the front of the queue by an operator", job_id)
+        self.wake.set()
+        return True
+
     def notify_failure(self, job: Job | None) -> None:
         if job is not None:
-            self.notifier.send("Transcode failed", f"{os.path.basename(job.source)}\n{job.reason}")
+            self.notifier.send("Transcode failed", f"{naming.staged_name(self.cfg.staging, job.source)}\n{job.reason}")
 
     # -- metrics -------------------------------------------------------------------
 
@@ -763,11 +778,11 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--verbose", action="store_true")
     st_p = sub.add_parser("status", help="list jobs")
     st_p.add_argument("--json", action="store_true", help="machine-readable")
-    st_p.add_argument("--state", choices=("queued", "running", "done", "failed"))
+    st_p.add_argument("--state", choices=STATES)
     st_p.add_argument("--limit", type=int, help="only the newest N jobs")
     st_p.add_argument("--jellyfin", action="store_true",
                       help="the last Jellyfin refresh instead of the jobs (with --json: as an object)")
-    retry_p = sub.add_parser("retry", help="queue failed jobs again with fresh attempts")
+    retry_p = sub.add_parser("retry", help="queue failed (or cancelled) jobs again with fresh attempts")
     retry_p.add_argument("ids", type=int, nargs="+")
     wk_p = sub.add_parser("workers", help="list the workers of the queue (healthy, stale or gone)")
     wk_p.add_argument("--json", action="store_true", help="machine-readable")
@@ -882,7 +897,7 @@ def _retry(cfg: config_mod.Config, ids: list[int]) -> int:
         if store.reset_failed(job_id):
             print(f"job {job_id}: queued again")
         else:
-            print(f"job {job_id}: not a failed job", file=sys.stderr)
+            print(f"job {job_id}: not a failed or cancelled job", file=sys.stderr)
             rc = 1
     store.close()
     return rc

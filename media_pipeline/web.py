@@ -6,11 +6,16 @@ WSGIThreadServer), so it answers while encodes run. Routes:
 
   GET  /                     the page (refreshes itself every REFRESH_SECONDS)
   GET  /api/status           the same data as JSON
-  POST /jobs/<id>/retry      a failed job back to the queue (form field csrf_token)
+  POST /jobs/<id>/retry      a failed or cancelled job back to the queue (form field csrf_token)
+  POST /jobs/<id>/cancel     a queued job cancelled: never transcoded, its rip left in staging
+  POST /jobs/<id>/front      a queued job moved to the front of the queue (claimed next)
+
+Each POST answers 303 to the page with a notice; 404 for an unknown job, 409 (naming its state)
+for a job not in the state the action needs.
 
 Protection: with web_password set, every request needs HTTP basic auth (any user name);
-config validation refuses a bind beyond loopback without one. A retry needs the page's
-CSRF token (an HMAC only this process can make) and, when the browser sends one, an
+config validation refuses a bind beyond loopback without one. Every POST (check_post) needs the
+page's CSRF token (an HMAC only this process can make) and, when the browser sends one, an
 Origin/Referer of this page: public_url when set (a TLS reverse proxy in front, which may send
 any Host; docs/reverse-proxy.md), else X-Forwarded-Host/-Proto when the peer is one of
 trusted_proxies, else the Host header. Bad requests change nothing and get a clear HTTP error.
@@ -36,13 +41,15 @@ import jinja2
 from . import __version__
 from .jellyfin import redact_url
 from .jobqueue import QueueUnavailable
+from .jobs import STATES
 from .metrics import WSGIThreadServer
+from .naming import staged_name
 from .rips import read_status
 
 REFRESH_SECONDS = 5
 MAX_FORM_BYTES = 4096
 DONE_SHOWN = 20
-_RETRY = re.compile(r"^/jobs/(\d{1,18})/retry$")
+_ACTION = re.compile(r"^/jobs/(\d{1,18})/(retry|cancel|front)$")
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(__file__), "templates")),
     autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -50,7 +57,7 @@ _TEMPLATES = jinja2.Environment(
 _HEADERS = [
     ("Cache-Control", "no-store"),
     ("X-Content-Type-Options", "nosniff"),
-    ("X-Frame-Options", "DENY"),  # no clickjacking of the retry button
+    ("X-Frame-Options", "DENY"),  # no clickjacking of the buttons
     ("Referrer-Policy", "same-origin"),
     ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
                                 "form-action 'self'; frame-ancestors 'none'"),
@@ -86,7 +93,8 @@ def when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
-_TEMPLATES.filters.update(bytes=human_bytes, duration=human_seconds, when=when, basename=os.path.basename)
+_TEMPLATES.filters.update(bytes=human_bytes, duration=human_seconds, when=when, basename=os.path.basename,
+                          staged=lambda source, staging: staged_name(staging, source))
 
 
 class StatusApp:
@@ -108,7 +116,7 @@ class StatusApp:
             jobs, queue_problem = [], str(exc)
         snap = svc.snapshot()
         live = {r["id"]: r for r in snap.running}
-        by_state: dict[str, list[dict]] = {"queued": [], "running": [], "done": [], "failed": []}
+        by_state: dict[str, list[dict]] = {state: [] for state in STATES}
         for job in jobs:
             d = job.to_json()
             if job.state == "running":
@@ -119,9 +127,12 @@ class StatusApp:
                 elapsed = now - job.started if job.started else 0.0
                 d["elapsed"] = elapsed
                 d["eta"] = elapsed * (1 - d["progress"]) / d["progress"] if d["progress"] > 0.005 else None
-            by_state[job.state].append(d)
+            by_state.setdefault(job.state, []).append(d)
+        by_state["queued"].sort(key=lambda d: (-d.get("priority", 0), d["id"]))  # the order claim() takes them
         by_state["done"] = sorted(by_state["done"], key=lambda d: d["finished"] or 0, reverse=True)[:DONE_SHOWN]
         by_state["failed"].sort(key=lambda d: d["finished"] or 0, reverse=True)
+        by_state["cancelled"] = sorted(by_state["cancelled"], key=lambda d: d["finished"] or 0,
+                                       reverse=True)[:DONE_SHOWN]
         filesystems = [{"dir": name, "free": f, "size": t, "free_ratio": f / t if t else 0.0,
                         "path": getattr(self.cfg, name)} for name, (f, t) in snap.filesystems.items()]
         return {
@@ -194,37 +205,75 @@ class StatusApp:
                     json.dumps(data, ensure_ascii=False).encode()
             notice = self.notice(environ.get("QUERY_STRING", ""))
             html = _TEMPLATES.get_template("status.html").render(
-                **data, csrf_token=self.csrf_token, refresh=REFRESH_SECONDS, notice=notice)
+                **data, csrf_token=self.csrf_token, refresh=REFRESH_SECONDS, notice=notice,
+                staging=self.cfg.staging)
             return "200 OK", [("Content-Type", "text/html; charset=utf-8")], html.encode()
-        match = _RETRY.match(path)
+        match = _ACTION.match(path)
         if match:
+            action = match.group(2)
             if method != "POST":
-                raise HTTPError("405 Method Not Allowed", "retry changes the queue: use POST (the page's button)",
+                raise HTTPError("405 Method Not Allowed", f"{action} changes the queue: use POST (the page's button)",
                                 [("Allow", "POST")])
-            return self.retry(environ, int(match.group(1)))
+            return getattr(self, action)(environ, int(match.group(1)))
         raise HTTPError("404 Not Found", f"no such page: {path}")
+
+    _NOTICES = {"retried": "Job {} is queued again.",
+                "cancelled": "Job {} is cancelled: it will not be transcoded; its rip stays in staging "
+                             "(Queue again, under Cancelled, undoes it).",
+                "fronted": "Job {} is at the front of the queue: it is the next to start."}
 
     def notice(self, query: str) -> str:
         q = parse_qs(query)
-        if "retried" in q and q["retried"][0].isdigit():
-            return f"Job {q['retried'][0]} is queued again."
+        for key, text in self._NOTICES.items():
+            if key in q and q[key][0].isdigit():
+                return text.format(q[key][0])
         return ""
 
-    def retry(self, environ, job_id: int):
+    def check_post(self, environ, action: str) -> None:
+        """What every POST must pass before it changes anything: the page's origin (check_origin)
+        and its CSRF token."""
         self.check_origin(environ)
         form = read_form(environ)
         token = form.get("csrf_token", [""])[0]
         if not hmac.compare_digest(token.encode(), self.csrf_token.encode()):
-            raise HTTPError("403 Forbidden", "missing or stale CSRF token: reload the page and press retry again")
+            raise HTTPError("403 Forbidden", f"missing or stale CSRF token: reload the page and press {action} again")
+
+    def _job_in(self, job_id: int, states: tuple[str, ...], action: str):
         job = self.service.store.get(job_id)
         if job is None:
             raise HTTPError("404 Not Found", f"no job {job_id}")
-        if job.state != "failed":
-            raise HTTPError("409 Conflict", f"job {job_id} is {job.state}, not failed: only failed jobs can be retried")
+        if job.state not in states:
+            raise HTTPError("409 Conflict", f"job {job_id} is {job.state}, not {' or '.join(states)}: "
+                                            f"only {' or '.join(states)} jobs can be {action}")
+        return job
+
+    def _done(self, job_id: int, key: str, text: str):
+        return "303 See Other", [("Location", f"/?{key}={job_id}"), ("Content-Type", "text/plain")], \
+            f"job {job_id} {text}\n".encode()
+
+    def retry(self, environ, job_id: int):
+        """A failed job, or a cancelled one, back in the queue with fresh attempts."""
+        self.check_post(environ, "retry")
+        self._job_in(job_id, ("failed", "cancelled"), "retried")
         if not self.service.retry(job_id):
             raise HTTPError("409 Conflict", f"job {job_id} changed meanwhile; reload the page")
-        return "303 See Other", [("Location", f"/?retried={job_id}"), ("Content-Type", "text/plain")], \
-            f"job {job_id} queued again\n".encode()
+        return self._done(job_id, "retried", "queued again")
+
+    def cancel(self, environ, job_id: int):
+        """A queued job cancelled (never claimed; its rip stays in staging, and is not queued again)."""
+        self.check_post(environ, "cancel")
+        self._job_in(job_id, ("queued",), "cancelled")
+        if not self.service.cancel(job_id):
+            raise HTTPError("409 Conflict", f"job {job_id} changed meanwhile (a worker took it?); reload the page")
+        return self._done(job_id, "cancelled", "cancelled")
+
+    def front(self, environ, job_id: int):
+        """A queued job moved to the front of the queue."""
+        self.check_post(environ, "to front")
+        self._job_in(job_id, ("queued",), "moved to the front")
+        if not self.service.to_front(job_id):
+            raise HTTPError("409 Conflict", f"job {job_id} changed meanwhile (a worker took it?); reload the page")
+        return self._done(job_id, "fronted", "is at the front of the queue")
 
     def check_origin(self, environ) -> None:
         """A browser sends Origin (or at least Referer) on a form POST: it must be this page's origin."""

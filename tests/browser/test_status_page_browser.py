@@ -4,7 +4,8 @@ python3-prometheus-client, as in the container) over a real job store whose jobs
 state: one done, one failed (a broken rip), one running (a long encode), one queued behind it.
 Rips come from the status file real `media-rip once` runs wrote into staging (a stand-in drive,
 tests/media/fake_makemkvcon.py), as media-rip in the ripper container writes it on the pool.
-It reads what a person sees, presses Retry and sees the job queued again. The screenshot is kept
+It reads what a person sees, presses Retry and sees the job queued again, moves a job to the
+front of the queue and cancels another. The screenshot is kept
 in bench-results/status-page.png (and tmp_path)."""
 
 from __future__ import annotations
@@ -123,6 +124,22 @@ def test_status_page_in_chromium(browser, tmp_path):
         job2 = states()[2]
         assert job2["state"] == "queued" and job2["attempts"] == 0 and job2["reason"] == "retry requested"
         assert states()[3]["state"] == "running"  # the encode went on meanwhile
+
+        # job 2 (the lower id) is next; job 4 to the front, then job 2 cancelled: forms with the token
+        browser.find_element(By.ID, "front-4").click()
+        wait_for(lambda: "/?fronted=4" in browser.current_url, timeout=15, what="the redirect after to front")
+        assert "Job 4 is at the front of the queue" in browser.find_element(By.ID, "notice").text
+        rows = browser.find_elements(By.CSS_SELECTOR, "#queued tr[data-job]")
+        assert [r.get_attribute("data-job") for r in rows] == ["4", "2"]
+        browser.find_element(By.ID, "cancel-2").click()
+        wait_for(lambda: "/?cancelled=2" in browser.current_url, timeout=15, what="the redirect after cancel")
+        assert "Job 2 is cancelled" in browser.find_element(By.ID, "notice").text
+        assert "2 Broken Disc (2002).mkv" in browser.find_element(By.CSS_SELECTOR, "#cancelled tr[data-job='2']").text
+        assert [r.get_attribute("data-job") for r in browser.find_elements(By.CSS_SELECTOR, "#queued tr[data-job]")] \
+            == ["4"]
+        jobs = states()
+        assert jobs[2]["state"] == "cancelled" and jobs[4]["state"] == "queued" and jobs[4]["priority"] == 1
+        assert (p.staging / "2 Broken Disc (2002).mkv").exists()  # a cancelled rip stays in staging
     finally:
         if service.poll() is None:
             service.send_signal(signal.SIGTERM)

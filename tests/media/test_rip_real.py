@@ -65,6 +65,23 @@ def test_a_disc_is_ripped_published_marked_and_becomes_a_library_file(titles, tm
     assert [s[:2] for s in streams(lib)][0] == ("video", "hevc")
 
 
+def test_makemkvs_disc_named_files_are_published_as_title_tNN(titles, tmp_path):
+    """A disc with a name: MakeMKV writes Blade Runner_t00.mkv; media-rip publishes title_t00.mkv in
+    the disc's folder, so every rip in staging is <disc>/title_tNN.mkv."""
+    drive = Drive(tmp_path)
+    drive.insert("Blade Runner", [(FEATURE, titles["main"]), ("1:01:00", titles["other"])])
+    drive.set(titles=[{**t, "file": f"Blade Runner_t{n:02d}.mkv"} for n, t in enumerate(drive.disc()["titles"])])
+    run = drive.once()
+    assert run.returncode == 0, run.stderr
+    assert drive.published() == {"Blade Runner": ["title_t00.mkv", "title_t00.mkv.done",
+                                                  "title_t01.mkv", "title_t01.mkv.done"]}
+    folder = drive.staging / "Blade Runner"
+    assert (folder / "title_t00.mkv").read_bytes() == titles["main"].read_bytes()
+    assert (folder / "title_t01.mkv").read_bytes() == titles["other"].read_bytes()
+    [rip] = drive.status()  # what MakeMKV named them, as its scan said
+    assert [t["file"] for t in rip["titles"]] == ["Blade Runner_t00.mkv", "Blade Runner_t01.mkv"]
+
+
 def test_no_disc_and_tray_open_exit_3_and_rip_nothing(tmp_path):
     drive = Drive(tmp_path)
     run = drive.once()

@@ -73,7 +73,7 @@ def test_a_rip_version_is_one_job(queue):
     assert q.enqueue("/s/a b.mkv", 11, 2) == 2
     assert queue("w2").enqueue("/s/a b.mkv", 10, 1) is None  # whoever asks
     assert ("/s/a b.mkv", 10, 1) in q.known_keys() and len(q.list_jobs()) == 2
-    assert q.counts() == {"queued": 2, "running": 0, "done": 0, "failed": 0}
+    assert q.counts() == {"queued": 2, "running": 0, "done": 0, "failed": 0, "cancelled": 0}
 
 
 def test_claims_are_exclusive_across_workers(queue):
@@ -111,6 +111,46 @@ def test_fail_retries_until_max_attempts_and_operator_retry(queue):
     assert job.attempts == 3 and job.reason == "boom 3" and job.finished
     assert q.reset_failed(1) and not q.reset_failed(1)
     assert q.get(1).state == "queued" and q.get(1).attempts == 0
+
+
+
+def test_cancel_takes_a_queued_job_out_for_good(queue):
+    """Only a queued job; a cancelled one is never claimed, its key stays known (the scan does not
+    queue the rip again), and the operator's retry puts it back."""
+    q = queue()
+    for name in ("a", "b", "c"):
+        q.enqueue(f"/s/{name}.mkv", 1, 1)
+    running = q.claim()
+    assert running.id == 1
+    assert q.cancel(2) and not q.cancel(2)  # the second time it is no longer queued
+    assert not q.cancel(running.id) and q.get(running.id).state == "running"  # a worker's job: untouched
+    assert not q.cancel(999)
+    job = q.get(2)
+    assert job.state == "cancelled" and job.reason == "cancelled by an operator" and job.finished
+    assert ("/s/b.mkv", 1, 1) in queue("w2").known_keys() and q.enqueue("/s/b.mkv", 1, 1) is None
+    assert queue("w2").claim().id == 3 and q.claim() is None and not q.has_claimable()
+    assert q.counts() == {"queued": 0, "running": 2, "done": 0, "failed": 0, "cancelled": 1}
+    assert [j.id for j in q.list_jobs(state="cancelled")] == [2]
+    assert q.finish(running, 1.0, 1.0, 1.0) and not q.cancel(running.id)  # done: no cancel either
+    assert q.reset_failed(2) and q.get(2).state == "queued" and q.get(2).attempts == 0 and not q.get(2).finished
+    assert q.claim().id == 2
+
+
+def test_to_front_is_claimed_next(queue):
+    q = queue()
+    for n in range(1, 6):
+        q.enqueue(f"/s/{n}.mkv", 1, 1)
+    assert q.to_front(4)
+    assert q.claim().id == 4
+    assert q.to_front(5) and q.to_front(3)  # the last one moved is the first: 3, 5, then the oldest
+    assert [queue("w2").claim().id for _ in range(3)] == [3, 5, 1]
+    assert not q.to_front(3) and not q.to_front(999)  # running, unknown
+    job = q.claim()
+    assert job.id == 2 and job.priority == 0  # never moved
+    # a job waiting out a retry delay: moved to the front, it is ready now
+    assert q.fail(job, "later", retry=True, max_attempts=3, delay=3600) == "queued"
+    assert q.claim() is None and q.to_front(2)
+    assert q.has_claimable() and q.claim().id == 2
 
 
 def test_retry_delay_and_requeue(queue):
@@ -318,3 +358,60 @@ def test_unreachable_queue_raises_for_reads_and_waits_for_outcomes(pg_server, pg
     down = [m for m in records if "unreachable" in m]
     back = [m for m in records if "reachable again" in m]
     assert len(down) == 1 and len(back) == 1, records
+
+
+def test_a_schema_1_queue_is_upgraded_in_place(pg_url):
+    """PostgreSQL schema 1 -> 2 (the state cancelled, priority): the table altered in place, its
+    rows and ids kept; a second start changes nothing."""
+    import psycopg
+
+    from media_pipeline import pgstore
+
+    old = (pgstore._SCHEMA.replace(", 'cancelled'", "")
+           .replace("    priority       integer NOT NULL DEFAULT 0,\n", "")
+           .replace("CONSTRAINT jobs_state_check\n                           ", "")
+           .replace(f"('schema', '{pgstore.SCHEMA_VERSION}')", "('schema', '1')"))
+    assert "cancelled" not in old and "priority" not in old and "jobs_state_check" not in old
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(old)
+        for i in (1, 2):
+            conn.execute("INSERT INTO jobs (source, size, mtime_ns, created, updated) VALUES (%s, 1, 1, 0, 0)",
+                         (f"/s/{i}.mkv",))
+    from media_pipeline.pgstore import PgJobStore
+
+    q = PgJobStore(pg_url, worker="w1", lease_seconds=LEASE)
+    try:
+        assert [(j.id, j.state, j.priority) for j in q.list_jobs()] == [(1, "queued", 0), (2, "queued", 0)]
+        assert q.cancel(1) and q.get(1).state == "cancelled"
+        assert q.enqueue("/s/3.mkv", 1, 1) == 3 and q.to_front(3) and q.claim().id == 3
+        assert q._one("SELECT value FROM media_pipeline_meta WHERE key='schema'")["value"] == "2"
+    finally:
+        q.close()
+    again = PgJobStore(pg_url, worker="w1", lease_seconds=LEASE)
+    try:
+        assert [(j.id, j.state) for j in again.list_jobs()] == [(1, "cancelled"), (2, "queued"), (3, "running")]
+        with pytest.raises(psycopg.errors.CheckViolation):  # the check is still there, with cancelled in it
+            again._one("UPDATE jobs SET state='paused' WHERE id=2 RETURNING id")
+    finally:
+        again.close()
+
+
+def test_migrate_carries_priority_and_cancelled(tmp_path, pg_url):
+    """migrate.py copies a SQLite store's jobs as they are: the queue's order (priority) and a
+    cancelled job, still cancelled (never transcoded after the move)."""
+    from media_pipeline.migrate import migrate
+    from media_pipeline.pgstore import PgJobStore
+
+    path = str(tmp_path / "jobs.sqlite3")
+    src = JobStore(path)
+    for n in range(1, 5):
+        src.enqueue(f"/s/{n}.mkv", 1, 1)
+    assert src.cancel(2) and src.to_front(4)
+    src.close()
+    assert migrate(path, pg_url)["copied"] == 4
+    q = PgJobStore(pg_url, worker="w1", lease_seconds=LEASE)
+    try:
+        assert q.get(2).state == "cancelled" and q.get(4).priority == 1
+        assert [q.claim().id for _ in range(3)] == [4, 1, 3] and q.claim() is None
+    finally:
+        q.close()

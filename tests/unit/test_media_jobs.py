@@ -3,6 +3,8 @@
 import sqlite3
 import threading
 
+import pytest
+
 from media_pipeline.jobs import JobStore
 
 
@@ -89,7 +91,7 @@ def test_finish_totals_and_counts(tmp_path):
     s.enqueue("/s/b.mkv", 1, 1)
     a = s.claim()
     s.finish(a.id, media_seconds=60.0, encode_seconds=20.0, fps=75.0)
-    assert s.counts() == {"queued": 1, "running": 0, "done": 1, "failed": 0}
+    assert s.counts() == {"queued": 1, "running": 0, "done": 1, "failed": 0, "cancelled": 0}
     queued = [j for j in s.list_jobs() if j.state == "queued"][0]
     assert s.totals() == {"media_seconds": 60.0, "encode_seconds": 20.0, "last_fps": 75.0, "last_speed": 3.0,
                           "oldest_queued": queued.created}
@@ -139,5 +141,45 @@ def test_schema_1_database_gains_out_stamp(tmp_path):
     assert job.out_stamp == "" and job.stage == "finalizing"
     s.update(job.id, out_stamp="12:34:56")
     assert s.get(job.id).out_stamp == "12:34:56"
-    assert s._db.execute("PRAGMA user_version").fetchone()[0] == 3  # schema 3: leases (ADR 0016)
+    assert s._db.execute("PRAGMA user_version").fetchone()[0] == 4  # schema 4: cancelled, priority
     s.close()
+
+
+def _schema_3(sql: str) -> str:
+    """The schema 3 table (before cancelled and priority), from today's."""
+    old = sql.replace(", 'cancelled'", "").replace("    priority       INTEGER NOT NULL DEFAULT 0,\n", "")
+    assert "cancelled" not in old and "priority" not in old
+    return old
+
+
+def test_schema_3_database_is_upgraded_in_place(tmp_path):
+    """Schema 4 (cancelled, priority): the old table's CHECK refuses 'cancelled', so it is rebuilt
+    with every row and id as it was; `status` (read-only) reads the old one meanwhile."""
+    from media_pipeline import jobs
+
+    path = str(tmp_path / "jobs.sqlite3")
+    db = sqlite3.connect(path)
+    db.executescript(_schema_3(jobs._SCHEMA) + "PRAGMA user_version=3;")
+    for i, state in enumerate(("queued", "failed", "done", "queued"), start=3):
+        db.execute("INSERT INTO jobs (id, source, size, mtime_ns, state, reason, created, updated) "
+                   "VALUES (?, ?, 1, 1, ?, ?, 0, 0)", (i, f"/s/{i}.mkv", state, f"r{i}"))
+    db.commit()
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("UPDATE jobs SET state='cancelled' WHERE id=3")
+    db.close()
+    old = JobStore(path, readonly=True)
+    assert [(j.id, j.priority) for j in old.list_jobs()] == [(3, 0), (4, 0), (5, 0), (6, 0)]
+    old.close()
+    s = JobStore(path)
+    assert [(j.id, j.state, j.reason) for j in s.list_jobs()] == [
+        (3, "queued", "r3"), (4, "failed", "r4"), (5, "done", "r5"), (6, "queued", "r6")]
+    assert s.cancel(3) and s.get(3).state == "cancelled"
+    assert s.to_front(6) and s.claim().id == 6
+    assert s.enqueue("/s/new.mkv", 1, 1) == 7  # the ids go on after the kept ones
+    assert s._db.execute("PRAGMA user_version").fetchone()[0] == 4
+    names = [r[0] for r in s._db.execute("SELECT name FROM sqlite_master WHERE name IN ('jobs_state', 'jobs_v4')")]
+    assert names == ["jobs_state"]
+    s.close()
+    again = JobStore(path)  # a second start changes nothing
+    assert again.get(3).state == "cancelled" and len(again.list_jobs()) == 5
+    again.close()

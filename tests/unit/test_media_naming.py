@@ -2,6 +2,7 @@
 
 import pytest
 
+from media_pipeline import naming
 from media_pipeline.naming import destination, episode, library_stem
 
 S, M, T = "/pool/staging", "/pool/movies", "/pool/tv"
@@ -39,3 +40,15 @@ def test_episode():
 def test_library_stem():
     assert library_stem(S, f"{S}/x/title_t00.mkv") == "x"
     assert library_stem(S, f"{S}/x/Film.mkv") == "Film"
+
+
+@pytest.mark.parametrize("staging, source, shown", [
+    ("/pool/staging", "/pool/staging/Some Disc/title_t00.mkv", "Some Disc/title_t00.mkv"),
+    ("/pool/staging/", "/pool/staging/Show/Season 1/title_t03.mkv", "Show/Season 1/title_t03.mkv"),
+    ("/pool/staging", "/pool/staging/Heat (1995).mkv", "Heat (1995).mkv"),
+    ("/pool/staging", "/pool/staging-old/Disc/title_t00.mkv", "title_t00.mkv"),  # not under staging: the file
+    ("/pool/staging", "/elsewhere/title_t00.mkv", "title_t00.mkv"),
+    ("", "/pool/staging/Disc/title_t00.mkv", "title_t00.mkv"),
+])
+def test_staged_name_is_the_path_under_staging(staging, source, shown):
+    assert naming.staged_name(staging, source) == shown

@@ -146,6 +146,42 @@ def test_publish_never_touches_an_existing_folder(tmp_path):
     assert list((staging / "Heat (2)").iterdir()) == [] and not work.exists()
 
 
+def test_titles_are_published_as_title_tNN(tmp_path):
+    """MakeMKV names a title after the disc when it has a name: media-rip publishes title_tNN.mkv
+    (the folder names the disc; naming.py takes the library name from it)."""
+    from media_pipeline import naming
+
+    work = tmp_path / ".rip-3"
+    work.mkdir()
+    (work / "BLADE_RUNNER_t00.mkv").write_text("feature")
+    (work / "Blade Runner_t01.mkv").write_text("extra")
+    (work / "Blade Runner_t01.mkv.done").write_text("")  # an earlier publish marked it, then failed
+    (work / "title_t02.mkv").write_text("already so")
+    (work / "notes.txt").write_text("left alone")
+    assert ripper.title_names(str(work)) == [("BLADE_RUNNER_t00.mkv", "title_t00.mkv"),
+                                             ("Blade Runner_t01.mkv", "title_t01.mkv")]
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt", "title_t00.mkv", "title_t01.mkv",
+                                                      "title_t01.mkv.done", "title_t02.mkv"]
+    assert (work / "title_t00.mkv").read_text() == "feature"
+    assert ripper.title_names(str(work)) == []  # again: nothing to do
+    (work / "X_t02.mkv").write_text("a second t02")  # never overwrites
+    assert ripper.title_names(str(work)) == [] and (work / "title_t02.mkv").read_text() == "already so"
+    staging = "/pool/staging"
+    assert naming.library_stem(staging, f"{staging}/Blade Runner/title_t00.mkv") == "Blade Runner"
+    assert naming.library_stem(staging, f"{staging}/Blade Runner/title_t01.mkv") == "Blade Runner - t01"
+
+
+def test_publish_rip_names_the_titles_before_marking(tmp_path):
+    svc, staging = _service(tmp_path)
+    rid = svc.store.start("fp", "HEAT", "Heat", [rip_robot.Title(0, 6000, 3, "HEAT_t00.mkv")])
+    work = staging / f".rip-{rid}"
+    work.mkdir()
+    (work / "HEAT_t00.mkv").write_text("mkv")
+    folder, count, total = svc.ripper.publish_rip(rid, str(work), "Heat")
+    assert sorted(p.name for p in (staging / "Heat").iterdir()) == ["title_t00.mkv", "title_t00.mkv.done"]
+    assert (folder, count, total) == (str(staging / "Heat"), 1, 3)
+
+
 def test_remove_workdir_refuses_anything_else(tmp_path):
     (tmp_path / "Heat").mkdir()
     with pytest.raises(ValueError):

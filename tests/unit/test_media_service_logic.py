@@ -570,3 +570,41 @@ def test_http_server_stop_never_hangs_when_the_server_thread_starts_late():
     stopper.start()
     stopper.join(10)
     assert not stopper.is_alive()
+
+
+def test_a_cancelled_job_stays_cancelled_and_its_rip_stays(tmp_path, capsys):
+    """Cancel: the scan never queues the rip again (its key stays known), the file is left as it
+    is, no worker claims it; status, --state, --json and the metrics count it; retry puts it back."""
+    cfg = make_cfg(tmp_path)
+    rip = touch(tmp_path / "staging" / "Some Disc" / "title_t00.mkv", age=10)
+    other = touch(tmp_path / "staging" / "Other Disc" / "title_t00.mkv", age=10)
+    os.makedirs(os.path.dirname(cfg.db), exist_ok=True)
+    svc = service.Service(cfg)
+    svc.store = JobStore(cfg.db)
+    svc.enqueue_ready()
+    (job,) = [j for j in svc.store.list_jobs() if j.source == str(rip)]
+    assert svc.cancel(job.id) and not svc.cancel(job.id)
+    svc.enqueue_ready()
+    svc.enqueue_ready()
+    assert len(svc.store.list_jobs()) == 2 and svc.store.get(job.id).state == "cancelled"
+    assert rip.exists() and rip.read_bytes() == b"x" * 100
+    claimed = svc.store.claim()
+    assert claimed.source == str(other) and svc.store.claim() is None
+    snap = svc.snapshot()
+    assert snap.counts["cancelled"] == 1
+    text = generate_latest(new_registry(PipelineCollector(lambda: snap))).decode()
+    assert 'media_pipeline_jobs{state="cancelled"} 1.0' in text and "media_pipeline_queue_length 0.0" in text
+    cfg_file = tmp_path / "config.json"
+    cfg_file.write_text(json.dumps(cfg.to_json()))
+    svc.store.close()
+    assert service.main(["--config", str(cfg_file), "status", "--state", "cancelled"]) == 0
+    out = capsys.readouterr().out
+    assert "cancelled" in out and "staging/Some Disc/title_t00.mkv" in out and "Other Disc" not in out
+    assert service.main(["--config", str(cfg_file), "status", "--json"]) == 0
+    data = {j["id"]: j for j in json.loads(capsys.readouterr().out)}
+    assert data[job.id]["state"] == "cancelled" and data[job.id]["priority"] == 0
+    assert service.main(["--config", str(cfg_file), "retry", str(job.id)]) == 0  # a cancel can be undone
+    assert "queued again" in capsys.readouterr().out
+    store = JobStore(cfg.db)
+    assert store.get(job.id).state == "queued" and store.get(job.id).attempts == 0
+    store.close()

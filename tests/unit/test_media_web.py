@@ -65,7 +65,11 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def post_retry(base, job_id, token, password=None, extra=None):
-    req = urllib.request.Request(f"{base}/jobs/{job_id}/retry", method="POST",
+    return post_action(base, job_id, "retry", token, password, extra)
+
+
+def post_action(base, job_id, action, token, password=None, extra=None):
+    req = urllib.request.Request(f"{base}/jobs/{job_id}/{action}", method="POST",
                                  data=urllib.parse.urlencode({"csrf_token": token}).encode(),
                                  headers={"Content-Type": "application/x-www-form-urlencoded", **(extra or {})})
     if password is not None:
@@ -190,6 +194,94 @@ def test_bad_requests_get_a_clear_error_and_change_nothing(page, case):
     if status == 405:
         assert headers["Allow"]
     assert states(svc) == before
+
+
+def queue_of(svc):
+    return {j.id: (j.state, j.priority, j.reason) for j in svc.store.list_jobs()}
+
+
+def test_cancel_and_front_from_the_page(page):
+    svc, base, ids = page()
+    staging = svc.cfg.staging
+    five = svc.store.enqueue(f"{staging}/Some Disc/title_t00.mkv", 5, 1)
+    six = svc.store.enqueue(f"{staging}/Other Disc/title_t00.mkv", 6, 1)
+    html = get(base + "/")[1]
+    queued = re.search(r'<table id="queued">.*?</table>', html, re.S).group(0)
+    assert [int(i) for i in re.findall(r'<tr data-job="(\d+)">', queued)] == [ids["queued"], five, six]
+    for job_id in (ids["queued"], five, six):
+        assert f'action="/jobs/{job_id}/cancel"' in queued
+    assert f'action="/jobs/{six}/front"' in queued and f'action="/jobs/{ids["queued"]}/front"' not in queued
+    assert queued.count('name="csrf_token"') == 5  # every button sends the page's token
+    token = token_of(html)
+
+    status, _body, headers = post_action(base, six, "front", token, extra={"Origin": base})
+    assert status == 303 and headers["Location"] == f"/?fronted={six}"
+    html = get(base + headers["Location"])[1]
+    assert f"Job {six} is at the front of the queue" in html
+    queued = re.search(r'<table id="queued">.*?</table>', html, re.S).group(0)
+    assert [int(i) for i in re.findall(r'<tr data-job="(\d+)">', queued)] == [six, ids["queued"], five]
+
+    status, _body, headers = post_action(base, five, "cancel", token, extra={"Origin": base})
+    assert status == 303 and headers["Location"] == f"/?cancelled={five}"
+    assert svc.store.get(five).state == "cancelled"
+    assert os.path.basename(svc.store.get(five).source) == "title_t00.mkv"
+    html = get(base + headers["Location"])[1]
+    assert f"Job {five} is cancelled" in html and "its rip stays in staging" in html and "1 cancelled" in html
+    cancelled = re.search(r'<table id="cancelled">.*?</table>', html, re.S).group(0)
+    assert "Some Disc/title_t00.mkv" in cancelled and f'action="/jobs/{five}/retry"' in cancelled
+    data = json.loads(get(base + "/api/status")[1])
+    assert [j["id"] for j in data["jobs"]["cancelled"]] == [five] and data["counts"]["cancelled"] == 1
+    assert svc.store.claim().id == six and svc.store.claim().id == ids["queued"] and svc.store.claim() is None
+
+    status, _body, headers = post_retry(base, five, token, extra={"Origin": base})  # a cancel can be undone
+    assert status == 303 and svc.store.get(five).state == "queued"
+
+
+@pytest.mark.parametrize("action", ["cancel", "front"])
+@pytest.mark.parametrize("case", ["no token", "stale token", "foreign origin", "null origin", "cross-site fetch",
+                                  "running", "done", "unknown job", "GET", "not a form"])
+def test_cancel_and_front_refuse_bad_requests_and_change_nothing(page, action, case):
+    svc, base, ids = page()
+    other = svc.store.enqueue(f"{svc.cfg.staging}/Disc/title_t00.mkv", 9, 1)  # so that front would change something
+    token = token_of(get(base + "/")[1])
+    job = ids["queued"] if case not in ("running", "done") else ids[case]
+    job = other if action == "front" and case not in ("running", "done") else job
+    before = queue_of(svc)
+    expected = {
+        "no token": (lambda: post_action(base, job, action, ""), 403, "CSRF token"),
+        "stale token": (lambda: post_action(base, job, action, "0" * 64), 403, "CSRF token"),
+        "foreign origin": (lambda: post_action(base, job, action, token, extra={"Origin": "http://evil.example"}),
+                           403, "cross-site request refused"),
+        "null origin": (lambda: post_action(base, job, action, token, extra={"Origin": "null"}),
+                        403, "cross-site request refused"),
+        "cross-site fetch": (lambda: post_action(base, job, action, token, extra={"Sec-Fetch-Site": "cross-site"}),
+                             403, "cross-site request refused"),
+        "running": (lambda: post_action(base, job, action, token, extra={"Origin": base}), 409,
+                    f"job {job} is running, not queued"),
+        "done": (lambda: post_action(base, job, action, token), 409, f"job {job} is done, not queued"),
+        "unknown job": (lambda: post_action(base, 999, action, token), 404, "no job 999"),
+        "GET": (lambda: get(f"{base}/jobs/{job}/{action}"), 405, "use POST"),
+        "not a form": (lambda: get(f"{base}/jobs/{job}/{action}", method="POST", data=b"{}",
+                                   headers={"Content-Type": "application/json"}), 415, "x-www-form-urlencoded"),
+    }[case]
+    status, body, headers = expected[0]()
+    assert status == expected[1] and expected[2] in body
+    if status == 405:
+        assert headers["Allow"] == "POST"
+    assert queue_of(svc) == before
+
+
+def test_a_job_names_its_rip_by_its_folder_in_staging(page, tmp_path):
+    """Every rip media-rip publishes is title_tNN.mkv in the disc's folder: the folder tells them apart."""
+    svc, base, _ids = page()
+    staging = svc.cfg.staging
+    svc.store.enqueue(f"{staging}/Heat (1995)/title_t00.mkv", 1, 2)
+    svc.store.enqueue(f"{staging}/Ronin/title_t00.mkv", 1, 2)
+    svc.store.enqueue(str(tmp_path / "elsewhere" / "odd.mkv"), 1, 2)
+    html = get(base + "/")[1]
+    assert ">Heat (1995)/title_t00.mkv<" in html and ">Ronin/title_t00.mkv<" in html
+    assert ">odd.mkv<" in html and ">Film 0 (2020).mkv<" in html  # not under staging: the file; at its top: the file
+    assert f'title="{staging}/Ronin/title_t00.mkv"' in html  # the whole path on hover
 
 
 def test_password_required_when_set(page):
