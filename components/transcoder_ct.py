@@ -43,24 +43,10 @@ class TranscoderCT(pulumi.ComponentResource):
         self.raw_lines = host.discovery.apply(lambda d: render.container_lines(render.gpu_lines(d), ct.extra_raw_lines))
         self.raw = raw_lines_step(name, ct.vm_id, self.raw_lines, node, cfg, self, self.container)
 
-        g = cfg.host_groups
         m = cfg.media
-        self.bootstrap = run_script(
-            f"{name}-bootstrap",
-            node,
-            "ct-bootstrap-transcoder.sh",
-            [
-                "--user", m.user, "--uid", str(m.uid), "--gid", str(m.gid),
-                "--video-gid", str(g.video), "--render-gid", str(g.render),
-                # the GPU the pipeline will use: its kernel driver decides if Debian 12's stack can drive it
-                *(["--render-node", cfg.encoding.qsv_device] if cfg.encoding.qsv_device else []),
-            ],
-            extra_scripts=["ct-media-user.sh"],
-            vmid=ct.vm_id,
-            parent=self,
-            depends_on=[self.raw],
-            replace_with=[self.container],
-        )
+        # the GPU the pipeline will use: its kernel driver decides if Debian 12's stack can drive it
+        self.bootstrap = transcode_bootstrap(name, cfg, node, ct.vm_id, cfg.encoding.qsv_device, self, self.raw,
+                                             self.container)
 
         enc = cfg.encoding
         metrics = metrics_endpoints(cfg)["pipeline"]
@@ -118,6 +104,26 @@ class TranscoderCT(pulumi.ComponentResource):
             lambda s: render.parse_json_output(s, "pipeline install")
         )
         self.register_outputs({"vmId": ct.vm_id, "rawLines": self.raw_lines, "gpu": self.gpu, "pipeline": self.pipeline})
+
+
+def transcode_bootstrap(name: str, cfg: StackConfig, node: Node, vmid: int, render_node: str | None,
+                        parent: pulumi.Resource, raw: pulumi.Resource, container: pulumi.Resource):
+    """ct-bootstrap-transcoder.sh in a transcode worker (the transcoder or a WorkerCT): the media user
+    with the node's ids, the device groups, ffmpeg and the GPU's media stack for `render_node`."""
+    g, m = cfg.host_groups, cfg.media
+    return run_script(
+        f"{name}-bootstrap",
+        node,
+        "ct-bootstrap-transcoder.sh",
+        ["--user", m.user, "--uid", str(m.uid), "--gid", str(m.gid),
+         "--video-gid", str(g.video), "--render-gid", str(g.render),
+         *(["--render-node", render_node] if render_node else [])],
+        extra_scripts=["ct-media-user.sh"],
+        vmid=vmid,
+        parent=parent,
+        depends_on=[raw],
+        replace_with=[container],
+    )
 
 
 def deliver_jellyfin_key(name: str, cfg: StackConfig, node: Node, transcoder: pulumi.ComponentResource,

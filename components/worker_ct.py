@@ -19,6 +19,7 @@ from .media_host import MediaHost
 from .monitoring_render import worker_metrics_endpoint
 from .queue_ct import QueueLink, deliver_queue_password
 from .remote import Node, run_script
+from .transcoder_ct import transcode_bootstrap
 
 
 class WorkerCT(pulumi.ComponentResource):
@@ -50,20 +51,8 @@ class WorkerCT(pulumi.ComponentResource):
             lambda d: render.container_lines(render.gpu_lines(d) if use_gpu else [], w.extra_raw_lines))
         self.raw = raw_lines_step(name, w.vm_id, self.raw_lines, node, cfg, self, self.container)
 
-        g, m = cfg.host_groups, cfg.media
-        self.bootstrap = run_script(
-            f"{name}-bootstrap",
-            node,
-            "ct-bootstrap-transcoder.sh",
-            ["--user", m.user, "--uid", str(m.uid), "--gid", str(m.gid),
-             "--video-gid", str(g.video), "--render-gid", str(g.render),
-             *(["--render-node", w.render_node] if w.render_node else [])],
-            extra_scripts=["ct-media-user.sh"],
-            vmid=w.vm_id,
-            parent=self,
-            depends_on=[self.raw],
-            replace_with=[self.container],
-        )
+        m = cfg.media
+        self.bootstrap = transcode_bootstrap(name, cfg, node, w.vm_id, w.render_node, self, self.raw, self.container)
         self.queue_password = deliver_queue_password(name, cfg, node, w.vm_id, queue, self, self.bootstrap,
                                                      self.container)
         enc = cfg.encoding
