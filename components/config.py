@@ -1191,11 +1191,8 @@ def parse(raw: dict[str, Any], secrets: Secrets, require_secrets: bool = True) -
 
 def combined_problems(enc: EncodingConfig) -> list[str]:
     """Settings that are fine alone but not together, by the rules the containers apply later."""
-    from media_pipeline.ffargs import EncodeOptions
-
-    opts = EncodeOptions(languages=tuple(enc.languages), encoder=enc.encoder, crf=enc.crf, preset=enc.preset)
     out = []
-    for field, msg in opts.field_problems():
+    for field, msg in _encode_problems(languages=enc.languages, encoder=enc.encoder, crf=enc.crf, preset=enc.preset):
         value = getattr(enc, field)
         out.append(
             f"{NAMESPACE}:encoding.{field} = {value!r} is refused with encoding.encoder {enc.encoder!r}: {msg} "

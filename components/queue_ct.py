@@ -8,7 +8,7 @@ deploy; either way it is a secret the stack hands to each worker as db_password_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import pulumi
@@ -28,7 +28,6 @@ class QueueLink:
     url: str
     password: pulumi.Output[str]
     ready: pulumi.Resource
-    extra: list[pulumi.Resource] = field(default_factory=list)
 
 
 class QueueCT(pulumi.ComponentResource):
@@ -116,6 +115,28 @@ def deliver_queue_password(name: str, cfg: StackConfig, node: Node, vmid: int, q
         depends_on=[after, queue.ready],
         replace_with=[container],
     )
+
+
+def worker_proof(name: str, cfg: StackConfig, node: Node, *, vmid: int, worker_name: str, hostname: str,
+                 encoder: str, gpu: pulumi.Input[dict[str, Any]], parent: pulumi.Resource,
+                 install: pulumi.Resource, container: pulumi.Resource):
+    """A worker's proof that it reaches the queue (verify-queue.sh: listed healthy through pg_hba),
+    redone when its install changed; and its entry of the output `workers`. Returns (step, entry)."""
+    step = run_script(
+        f"{name}-verify-queue",
+        node,
+        "verify-queue.sh",
+        ["--user", cfg.media.user, "--worker-name", worker_name],
+        vmid=vmid,
+        parent=parent,
+        depends_on=[install],
+        triggers=[install.stdin.apply(lambda s: render.sha256(s or ""))],
+        replace_with=[container],
+    )
+    entry = pulumi.Output.all(gpu, step.stdout).apply(lambda v: {
+        "name": worker_name, "node": node.node_name, "vmId": vmid, "hostname": hostname,
+        "encoder": encoder, "gpu": v[0], "queue": render.parse_json_output(v[1], "queue check")})
+    return step, entry
 
 
 def queue_output(cfg: StackConfig, install: dict[str, Any], proofs: Sequence[dict[str, Any]]) -> dict[str, Any]:

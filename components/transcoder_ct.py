@@ -11,7 +11,7 @@ from .config import StackConfig
 from .container import privileged_container, raw_lines_step, verify_step
 from .media_host import MediaHost
 from .monitoring_render import metrics_endpoints
-from .queue_ct import QueueLink, deliver_queue_password
+from .queue_ct import QueueLink, deliver_queue_password, worker_proof
 from .remote import Node, run_script
 
 GPU_PROOF = render.GPU_PROOF
@@ -43,7 +43,6 @@ class TranscoderCT(pulumi.ComponentResource):
         self.raw_lines = host.discovery.apply(lambda d: render.container_lines(render.gpu_lines(d), ct.extra_raw_lines))
         self.raw = raw_lines_step(name, ct.vm_id, self.raw_lines, node, cfg, self, self.container)
 
-        m = cfg.media
         # the GPU the pipeline will use: its kernel driver decides if Debian 12's stack can drive it
         self.bootstrap = transcode_bootstrap(name, cfg, node, ct.vm_id, cfg.encoding.qsv_device, self, self.raw,
                                              self.container)
@@ -86,20 +85,10 @@ class TranscoderCT(pulumi.ComponentResource):
         self.gpu = self.verify.stdout.apply(lambda s: render.parse_json_output(s, "GPU verification"))
         self.worker = None
         if queue is not None:
-            self.verify_queue = run_script(
-                f"{name}-verify-queue",
-                node,
-                "verify-queue.sh",
-                ["--user", m.user, "--worker-name", ct.hostname],
-                vmid=ct.vm_id,
-                parent=self,
-                depends_on=[self.install_pipeline],
-                triggers=[self.install_pipeline.stdin.apply(lambda s: render.sha256(s or ""))],
-                replace_with=[self.container],
-            )
-            self.worker = pulumi.Output.all(self.gpu, self.verify_queue.stdout).apply(lambda v: {
-                "name": ct.hostname, "node": node.node_name, "vmId": ct.vm_id, "hostname": ct.hostname,
-                "encoder": enc.encoder, "gpu": v[0], "queue": render.parse_json_output(v[1], "queue check")})
+            self.verify_queue, self.worker = worker_proof(
+                name, cfg, node, vmid=ct.vm_id, worker_name=ct.hostname, hostname=ct.hostname,
+                encoder=enc.encoder, gpu=self.gpu, parent=self, install=self.install_pipeline,
+                container=self.container)
         self.pipeline = self.install_pipeline.stdout.apply(
             lambda s: render.parse_json_output(s, "pipeline install")
         )

@@ -17,7 +17,7 @@ from .config import StackConfig, WorkerConfig
 from .container import privileged_container, raw_lines_step, verify_step
 from .media_host import MediaHost
 from .monitoring_render import worker_metrics_endpoint
-from .queue_ct import QueueLink, deliver_queue_password
+from .queue_ct import QueueLink, deliver_queue_password, worker_proof
 from .remote import Node, run_script
 from .transcoder_ct import transcode_bootstrap
 
@@ -51,7 +51,6 @@ class WorkerCT(pulumi.ComponentResource):
             lambda d: render.container_lines(render.gpu_lines(d) if use_gpu else [], w.extra_raw_lines))
         self.raw = raw_lines_step(name, w.vm_id, self.raw_lines, node, cfg, self, self.container)
 
-        m = cfg.media
         self.bootstrap = transcode_bootstrap(name, cfg, node, w.vm_id, w.render_node, self, self.raw, self.container)
         self.queue_password = deliver_queue_password(name, cfg, node, w.vm_id, queue, self, self.bootstrap,
                                                      self.container)
@@ -71,18 +70,6 @@ class WorkerCT(pulumi.ComponentResource):
             depends_on=[self.bootstrap, self.queue_password],
             replace_with=[self.container],
         )
-        # the worker's proof: it reaches the queue (media-pipeline workers --json) and, with a GPU, the GPU
-        self.verify_queue = run_script(
-            f"{name}-verify-queue",
-            node,
-            "verify-queue.sh",
-            ["--user", m.user, "--worker-name", w.name],
-            vmid=w.vm_id,
-            parent=self,
-            depends_on=[self.install_pipeline],
-            triggers=[self.install_pipeline.stdin.apply(lambda s: render.sha256(s or ""))],
-            replace_with=[self.container],
-        )
         self.gpu: pulumi.Output[dict[str, Any]]
         if use_gpu:
             args = ["--render-node", w.render_node] if w.render_node else []
@@ -93,8 +80,8 @@ class WorkerCT(pulumi.ComponentResource):
             self.gpu = self.verify.stdout.apply(lambda s: render.parse_json_output(s, "GPU verification"))
         else:
             self.gpu = pulumi.Output.from_input({"ok": None, "reason": "gpu none: this worker encodes with libx265"})
-        self.queue_proof = self.verify_queue.stdout.apply(lambda s: render.parse_json_output(s, "queue check"))
-        self.summary = pulumi.Output.all(self.gpu, self.queue_proof).apply(lambda v: {
-            "name": w.name, "node": node.node_name, "vmId": w.vm_id, "hostname": w.hostname,
-            "encoder": w.encoder, "gpu": v[0], "queue": v[1]})
+        # the worker's proof: it reaches the queue (media-pipeline workers --json), and its GPU's above
+        self.verify_queue, self.summary = worker_proof(
+            name, cfg, node, vmid=w.vm_id, worker_name=w.name, hostname=w.hostname, encoder=w.encoder,
+            gpu=self.gpu, parent=self, install=self.install_pipeline, container=self.container)
         self.register_outputs({"vmId": w.vm_id, "rawLines": self.raw_lines, "worker": self.summary})
