@@ -72,21 +72,22 @@ node=$lab/node
 # lab_pids: processes that belong to the lab: the recorded ones, every process in the node's
 # mount namespace (sessions, pct), and all their descendants (pct exec runs in nested namespaces).
 lab_pids() {
-  local f pid ppid ns path target
+  local f pid ppid ns ns2 path target
   local -A parent=() mine=()
   ns=$(cat "$lab/run/node.ns" 2>/dev/null || true)
-  for f in "$lab/run/pve.pid" "$lab/run/node.pid"; do
+  ns2=$(cat "$lab/run/node2.ns" 2>/dev/null || true)
+  for f in "$lab/run/pve.pid" "$lab/run/node.pid" "$lab/run/node2.pid"; do
     pid=$(cat "$f" 2>/dev/null || true)
     [[ $pid =~ ^[0-9]+$ && -d /proc/$pid ]] && mine[$pid]=1
   done
   while read -r pid ppid; do
     parent[$pid]=$ppid
   done < <(ps -e -o pid=,ppid= || true)
-  if [[ -n $ns ]]; then
+  if [[ -n $ns || -n $ns2 ]]; then
     while read -r path target; do
       pid=${path#/proc/}
       pid=${pid%%/*}
-      [[ $target == "$ns" ]] && mine[$pid]=1
+      [[ $target == "$ns" || $target == "$ns2" ]] && mine[$pid]=1
     done < <(find /proc -mindepth 3 -maxdepth 3 -path '/proc/[0-9]*/ns/mnt' -printf '%p %l\n' 2>/dev/null || true)
   fi
   local grew=1
@@ -179,7 +180,8 @@ if [[ ${#pids[@]} -gt 0 ]]; then
 else
   ok "nothing running"
 fi
-rm -f "$lab/run/pve.pid" "$lab/run/node.pid" "$lab/run/node.ns" "$lab/run/slirp.pid" "$lab/run/slirp.sock"
+rm -f "$lab/run/pve.pid" "$lab/run/node.pid" "$lab/run/node.ns" "$lab/run/slirp.pid" "$lab/run/slirp.sock" \
+  "$lab/run/node2.pid" "$lab/run/node2.ns" "$lab/run/node2.cgroup" "$lab/run/slirp2.pid" "$lab/run/slirp2.sock"
 
 # The node's mounts live in its own namespace and went with its processes; check that
 # nothing under .lab/ is mounted here (a lab started by hand could have leaked one).
@@ -204,7 +206,7 @@ while IFS= read -r -d '' f; do
   n=$((n + 1))
 done < <(
   find "$node/var/cache/lab-apt" -maxdepth 1 -name '*.deb' -print0 2>/dev/null
-  find "$node/var/lib/lxc" -maxdepth 7 -path '*/rootfs/var/cache/apt/archives/*.deb' -print0 2>/dev/null
+  find "$node/var/lib/lxc" "$lab/node2/var/lib/lxc" -maxdepth 7 -path '*/rootfs/var/cache/apt/archives/*.deb' -print0 2>/dev/null
 )
 ok "$n new package(s) kept"
 

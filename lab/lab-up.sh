@@ -20,6 +20,13 @@ first, by the pid files and the cgroup it wrote). As root.
                              Debian's lxc (own mount, PID, UTS, cgroup and network
                              namespaces: /mnt/storage is a mount, fake /dev/dri, /dev/sr0,
                              /dev/sg*, fake sysfs, pct; bridge vmbr0 10.99.0.1/24 with NAT)
+  ssh root@127.0.0.1 -p 12223  the second node of the same cluster, "pve2": the same, in
+                             .lab/node2, with its own namespaces, sshd and slirp4netns; its
+                             /mnt/storage is the first node's pool directory (one pool, as
+                             a cluster's nodes share one), its /etc/pve/nodes the first
+                             node's (as pmxcfs shows every node's configs); its vmbr0
+                             (10.99.0.2/24) is linked to the first node's by a veth pair,
+                             so containers on both nodes share one network (gateway 10.99.0.1)
 The node lives in its own cgroup (<cgroup2 mount>/homelab-lab-<hash of .lab>), the
 root of its cgroup namespace: its containers' cgroups go there, and lab-down.sh ends
 everything in it at once (cgroup.kill). slirp4netns links the node's network to this
@@ -54,15 +61,18 @@ export LAB_CACHE=$cache LAB_APT_CACHE=$apt_cache
 python=$project/.venv/bin/python
 node=$lab/node
 node_name=pve1
+node2=$lab/node2
+node2_name=pve2
 host=127.0.0.1
 pve_port=18006
 ssh_port=12222
+ssh2_port=12223
 # The node: a PVE host's sshd. Containers: close to Proxmox's debian-12-standard template.
 # lxc without recommends: no uidmap, so LXC writes an unprivileged container's ID maps
 # itself from /etc/subuid and /etc/subgid (docs/research/real-lxc-spike.md section 4).
 node_packages="openssh-server lxc zstd"  # zstd: PVE has it (templates are .tar.zst)
 ct_packages="systemd systemd-sysv ifupdown iputils-ping curl wget less vim-tiny locales cron apt-utils"
-ssh_opts=(-i "$lab/id_ed25519" -p "$ssh_port" -o BatchMode=yes -o StrictHostKeyChecking=no
+ssh_opts=(-i "$lab/id_ed25519" -o BatchMode=yes -o StrictHostKeyChecking=no
   -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=5)
 
 step "Checking what the lab needs"
@@ -117,12 +127,13 @@ end_previous() {
     [[ ! -d $cgroup ]] || die "could not remove the cgroup $cgroup"
   fi
   rm -f "$lab/run/pve.pid" "$lab/run/node.pid" "$lab/run/node.ns" "$lab/run/slirp.pid" "$lab/run/slirp.sock" \
-    "$lab/run/standin.pid"
+    "$lab/run/standin.pid" "$lab/run/node2.pid" "$lab/run/node2.ns" "$lab/run/slirp2.pid" "$lab/run/slirp2.sock"
 }
 
 step "A previous lab here"
 if alive "$lab/run/pve.pid" pve-lab.py && alive "$lab/run/node.pid" node-boot.sh && populated "$cgroup" &&
-  alive "$lab/run/slirp.pid" slirp4netns; then
+  alive "$lab/run/slirp.pid" slirp4netns && alive "$lab/run/node2.pid" node-boot.sh &&
+  alive "$lab/run/slirp2.pid" slirp4netns; then
   ok "running (API pid $(cat "$lab/run/pve.pid"), node pid $(cat "$lab/run/node.pid")): kept"
 elif [[ -e $lab/run/pve.pid || -e $lab/run/node.pid || -d $cgroup ]]; then
   end_previous
@@ -137,6 +148,7 @@ if [[ -d $node && ! -x $node/usr/bin/lxc-start ]]; then
 fi
 "$here/debian-rootfs.sh" --variant ct --packages "$ct_packages"
 "$here/debian-rootfs.sh" --variant node --packages "$node_packages" "$node"
+"$here/debian-rootfs.sh" --variant node --packages "$node_packages" "$node2"
 ok "trees ready"
 
 step "Lab credentials: SSH key, root@pam password, TLS certificate"
@@ -160,8 +172,10 @@ fi
 password=$(cat "$lab/pve/password")
 ok "credentials in $lab (id_ed25519, pve/)"
 
-# mk_node PATH TYPE MAJOR MINOR GROUP: a device node in the node tree (kept if already right).
+# mk_node ROOT PATH TYPE MAJOR MINOR GROUP: a device node in a node tree (kept if already right).
 mk_node() {
+  local node=$1
+  shift
   local path=$node/dev/$1 type=$2 major=$3 minor=$4 group=$5 want have
   want=$(printf '%x %x' "$major" "$minor")
   have=$(stat -c '%t %T' "$path" 2>/dev/null || true)
@@ -174,10 +188,10 @@ mk_node() {
   chmod 0660 "$path"
 }
 
-# fake_sysfs: the sysfs entries the discovery reads (SYSFS_ROOT=/opt/lab/sysfs in the node):
+# fake_sysfs ROOT: the sysfs entries the discovery reads (SYSFS_ROOT=/opt/lab/sysfs in the node):
 # sg0 is a disk (type 0, sda), sg1 the optical drive (type 5, sr0); card0/renderD128 an Arc GPU.
 fake_sysfs() {
-  local s=$node/opt/lab/sysfs pci=devices/pci0000:00 d
+  local s=$1/opt/lab/sysfs pci=devices/pci0000:00 d
   d=$s/$pci/0000:00:17.0/ata1/host0/target0:0:0/0:0:0:0
   mkdir -p "$d/block/sda" "$d/scsi_generic/sg0"
   printf '0\n' >"$d/type"; printf 'ATA     \n' >"$d/vendor"; printf 'WDC WD40EFRX-68N\n' >"$d/model"
@@ -204,46 +218,49 @@ fake_sysfs() {
   ln -sfn ../../../0000:03:00.0 "$d/drm/renderD128/device"
 }
 
-step "Configuring the node tree $node"
-printf '%s\n' "$node_name" >"$node/etc/hostname"
-printf '127.0.0.1 localhost\n127.0.1.1 %s.lab %s\n::1 localhost ip6-localhost ip6-loopback\n' "$node_name" "$node_name" >"$node/etc/hosts"
-# slirp4netns's DNS forwarder: the node and its containers resolve through this machine's resolver
-printf 'nameserver 10.0.2.3\n' >"$node/etc/resolv.conf"
-# as on a PVE node: root may map 100000-165535 for unprivileged containers
-printf 'root:100000:65536\n' >"$node/etc/subuid"
-printf 'root:100000:65536\n' >"$node/etc/subgid"
-if ! grep -q '^render:' "$node/etc/group"; then
-  holder=$(awk -F: '$3 == 104 { print $1 }' "$node/etc/group")
-  [[ -z $holder ]] || die "gid 104 is taken by group '$holder' in the node tree; a PVE 8 node has render=104 (rm -rf $node and retry)"
-  chroot "$node" groupadd -g 104 render
-fi
-mk_node dri/card0 c 226 0 video
-mk_node dri/renderD128 c 226 128 render
-mk_node sr0 b 11 0 cdrom
-mk_node sg0 c 21 0 disk
-mk_node sg1 c 21 1 cdrom
-chmod 0755 "$node/dev/dri"
-[[ -L $node/dev/ptmx ]] || { rm -f "$node/dev/ptmx"; ln -s pts/ptmx "$node/dev/ptmx"; }
-fake_sysfs
-mkdir -p "$node/mnt/storage" "$node/etc/pve/nodes/$node_name/lxc" "$node/var/lib/lxc" "$node/var/lib/lab/ct-template" \
-  "$node/var/cache/lab-apt" "$node/opt/lab"
-ln -sfn "nodes/$node_name/lxc" "$node/etc/pve/lxc"
-ln -sfn "nodes/$node_name" "$node/etc/pve/local"
-install -m 0755 "$here/pct.py" "$node/usr/sbin/pct"
-install -m 0755 "$here/lab-session.sh" "$node/usr/local/sbin/lab-session"
-install -m 0755 "$here/lxc-netaddbr.sh" "$node/usr/local/sbin/lab-lxcnetaddbr"
-install -m 0755 "$here/lxc-poststop.sh" "$node/usr/local/sbin/lab-lxc-poststop"
-install -m 0755 "$here/lxc-start.sh" "$node/usr/local/sbin/lab-lxc-start"
-install -m 0755 "$here/lxc-setup.sh" "$node/usr/local/sbin/lab-lxc-setup"
-install -m 0755 "$here/node-systemctl.sh" "$node/usr/local/sbin/systemctl"
-mkdir -p "$node/var/log/lxc"
-install -d -m 0700 "$node/etc/pve-lab"
-(umask 077 && printf '{"url": "https://10.0.2.2:%s/", "node": "%s", "username": "root@pam", "password": "%s"}\n' \
-  "$pve_port" "$node_name" "$password" >"$node/etc/pve-lab/api.json")
-install -d -m 0700 "$node/root/.ssh"
-install -m 0600 "$lab/id_ed25519.pub" "$node/root/.ssh/authorized_keys"
-[[ -f $node/etc/ssh/ssh_host_ed25519_key ]] || ssh-keygen -q -t ed25519 -N '' -C "root@$node_name" -f "$node/etc/ssh/ssh_host_ed25519_key"
-cat >"$node/etc/ssh/sshd_config" <<EOF
+# configure_node NAME ROOT SSH_PORT: a node tree made ready to boot (idempotent).
+configure_node() {
+  local node_name=$1 node=$2 ssh_port=$3
+  step "Configuring the node tree $node ($node_name)"
+  printf '%s\n' "$node_name" >"$node/etc/hostname"
+  printf '127.0.0.1 localhost\n127.0.1.1 %s.lab %s\n::1 localhost ip6-localhost ip6-loopback\n' "$node_name" "$node_name" >"$node/etc/hosts"
+  # slirp4netns's DNS forwarder: the node and its containers resolve through this machine's resolver
+  printf 'nameserver 10.0.2.3\n' >"$node/etc/resolv.conf"
+  # as on a PVE node: root may map 100000-165535 for unprivileged containers
+  printf 'root:100000:65536\n' >"$node/etc/subuid"
+  printf 'root:100000:65536\n' >"$node/etc/subgid"
+  if ! grep -q '^render:' "$node/etc/group"; then
+    holder=$(awk -F: '$3 == 104 { print $1 }' "$node/etc/group")
+    [[ -z $holder ]] || die "gid 104 is taken by group '$holder' in the node tree; a PVE 8 node has render=104 (rm -rf $node and retry)"
+    chroot "$node" groupadd -g 104 render
+  fi
+  mk_node "$node" dri/card0 c 226 0 video
+  mk_node "$node" dri/renderD128 c 226 128 render
+  mk_node "$node" sr0 b 11 0 cdrom
+  mk_node "$node" sg0 c 21 0 disk
+  mk_node "$node" sg1 c 21 1 cdrom
+  chmod 0755 "$node/dev/dri"
+  [[ -L $node/dev/ptmx ]] || { rm -f "$node/dev/ptmx"; ln -s pts/ptmx "$node/dev/ptmx"; }
+  fake_sysfs "$node"
+  mkdir -p "$node/mnt/storage" "$node/etc/pve/nodes/$node_name/lxc" "$node/var/lib/lxc" "$node/var/lib/lab/ct-template" \
+    "$node/var/cache/lab-apt" "$node/opt/lab"
+  ln -sfn "nodes/$node_name/lxc" "$node/etc/pve/lxc"
+  ln -sfn "nodes/$node_name" "$node/etc/pve/local"
+  install -m 0755 "$here/pct.py" "$node/usr/sbin/pct"
+  install -m 0755 "$here/lab-session.sh" "$node/usr/local/sbin/lab-session"
+  install -m 0755 "$here/lxc-netaddbr.sh" "$node/usr/local/sbin/lab-lxcnetaddbr"
+  install -m 0755 "$here/lxc-poststop.sh" "$node/usr/local/sbin/lab-lxc-poststop"
+  install -m 0755 "$here/lxc-start.sh" "$node/usr/local/sbin/lab-lxc-start"
+  install -m 0755 "$here/lxc-setup.sh" "$node/usr/local/sbin/lab-lxc-setup"
+  install -m 0755 "$here/node-systemctl.sh" "$node/usr/local/sbin/systemctl"
+  mkdir -p "$node/var/log/lxc"
+  install -d -m 0700 "$node/etc/pve-lab"
+  (umask 077 && printf '{"url": "https://10.0.2.2:%s/", "node": "%s", "username": "root@pam", "password": "%s"}\n' \
+    "$pve_port" "$node_name" "$password" >"$node/etc/pve-lab/api.json")
+  install -d -m 0700 "$node/root/.ssh"
+  install -m 0600 "$lab/id_ed25519.pub" "$node/root/.ssh/authorized_keys"
+  [[ -f $node/etc/ssh/ssh_host_ed25519_key ]] || ssh-keygen -q -t ed25519 -N '' -C "root@$node_name" -f "$node/etc/ssh/ssh_host_ed25519_key"
+  cat >"$node/etc/ssh/sshd_config" <<EOF
 # The lab node's sshd (written by lab/lab-up.sh). Key only; in the node's own network
 # namespace, reached from this machine through slirp4netns's forward of $host:$ssh_port.
 Port $ssh_port
@@ -269,20 +286,26 @@ PidFile /run/sshd.pid
 ForceCommand /usr/local/sbin/lab-session
 Subsystem sftp /usr/lib/openssh/sftp-server
 EOF
-touch "$node/var/log/pct.log" "$node/var/log/ssh-commands.log" "$node/var/log/lxc-events.log"
-# apt's downloads, shared by the container trees (hard links: same filesystem as the trees)
-for f in "$apt_cache"/*.deb; do
-  [[ -f $f && ! -e $node/var/cache/lab-apt/${f##*/} ]] || continue
-  ln "$f" "$node/var/cache/lab-apt/" 2>/dev/null || cp -p "$f" "$node/var/cache/lab-apt/"
-done
-ok "node $node_name: /dev/dri/{card0,renderD128}, /dev/sr0, /dev/sg0, /dev/sg1, fake sysfs, pct, sshd config"
+  touch "$node/var/log/pct.log" "$node/var/log/ssh-commands.log" "$node/var/log/lxc-events.log"
+  # apt's downloads, shared by the container trees (hard links: same filesystem as the trees)
+  for f in "$apt_cache"/*.deb; do
+    [[ -f $f && ! -e $node/var/cache/lab-apt/${f##*/} ]] || continue
+    ln "$f" "$node/var/cache/lab-apt/" 2>/dev/null || cp -p "$f" "$node/var/cache/lab-apt/"
+  done
+  ok "node $node_name: /dev/dri/{card0,renderD128}, /dev/sr0, /dev/sg0, /dev/sg1, fake sysfs, pct, sshd config"
+}
+configure_node "$node_name" "$node" "$ssh_port"
+configure_node "$node2_name" "$node2" "$ssh2_port"
+# the second node shows the first node's container configs (node-boot.sh binds them at /etc/pve/nodes)
+mkdir -p "$node/etc/pve/nodes/$node2_name/lxc"
 
 step "Proxmox API (fakepve) on https://$host:$pve_port/"
 if alive "$lab/run/pve.pid" pve-lab.py; then
   ok "already running (pid $(cat "$lab/run/pve.pid"))"
 else
   port_busy "$pve_port" && die "port $pve_port is in use by another program (ss -ltnp 'sport = :$pve_port'); the lab needs it"
-  setsid "$python" "$here/pve-lab.py" --node-root "$node" --node "$node_name" --host "$host" --port "$pve_port" \
+  setsid "$python" "$here/pve-lab.py" --node-root "$node" --node "$node_name" --extra-node "$node2_name=$node2" \
+    --host "$host" --port "$pve_port" \
     --password-file "$lab/pve/password" --cert "$lab/pve/cert.pem" --key "$lab/pve/key.pem" \
     >>"$lab/log/pve.log" 2>&1 </dev/null &
   echo $! >"$lab/run/pve.pid"
@@ -292,32 +315,40 @@ fi
 curl -skf -o /dev/null --data-urlencode "username=root@pam" --data-urlencode "password=$password" \
   "https://$host:$pve_port/api2/json/access/ticket" || die "fakepve refuses the lab's root@pam password; run lab/lab-down.sh, then lab-up.sh"
 
-step "Node on $host:$ssh_port (own namespaces and cgroup $cgroup, pivoted into $node)"
-if alive "$lab/run/node.pid" node-boot.sh; then
-  ok "already running (pid $(cat "$lab/run/node.pid"))"
-else
-  port_busy "$ssh_port" && die "port $ssh_port is in use by another program (ss -ltnp 'sport = :$ssh_port'); the lab needs it"
-  mkdir -p "$cgroup/init.scope"
-  # started in the lab's cgroup, so that it is the root of the node's cgroup namespace
-  # shellcheck disable=SC2016  # expanded by the inner bash
-  setsid bash -c 'echo $$ >"$1/cgroup.procs"; shift; exec "$@"' lab-node "$cgroup" \
-    unshare --mount --uts --pid --cgroup --net --fork --kill-child=SIGTERM --propagation private -- \
-    "$here/node-boot.sh" "$node" "$cache/bookworm-ct" >>"$lab/log/node.log" 2>&1 </dev/null &
-  echo $! >"$lab/run/node.pid"
-  node_init() { awk '{ print $1 }' "/proc/$(cat "$lab/run/node.pid")/task/$(cat "$lab/run/node.pid")/children" 2>/dev/null; }
-  node_ready() { [[ -n $(node_init) ]] && grep -qx "$(node_init)" "$cgroup/init.scope/cgroup.procs"; }
-  retry 100 0.1 node_ready || die "the node did not boot; see $lab/log/node.log"
-  # unshare itself leaves the namespace's root cgroup too (LXC enables controllers there)
-  cat "$lab/run/node.pid" >"$cgroup/init.scope/cgroup.procs"
-  readlink "/proc/$(node_init)/ns/mnt" >"$lab/run/node.ns"
-  rm -f "$lab/run/slirp.sock"
-  # shellcheck disable=SC2016  # expanded by the inner bash
-  setsid bash -c 'echo $$ >"$1/init.scope/cgroup.procs"; shift; exec "$@"' lab-slirp "$cgroup" \
-    slirp4netns --configure --mtu=65520 --api-socket "$lab/run/slirp.sock" "$(node_init)" tap0 \
-    >>"$lab/log/slirp.log" 2>&1 </dev/null &
-  echo $! >"$lab/run/slirp.pid"
-  retry 100 0.1 test -S "$lab/run/slirp.sock" || die "slirp4netns did not start; see $lab/log/slirp.log"
-  "$python" - "$lab/run/slirp.sock" "$host" "$ssh_port" <<'PY' || die "slirp4netns refused the forward of $host:$ssh_port; see $lab/log/slirp.log"
+# start_node NAME ROOT RUN CGROUP SSH_PORT [node-boot.sh options]: boot a node in its own
+# namespaces inside CGROUP (the root of its cgroup namespace), with its own slirp4netns (the way
+# out, 10.0.2.2 for the API, and the forward of $host:SSH_PORT to its sshd); RUN names its pid
+# files ($lab/run/RUN.pid, .ns, .cgroup; the slirp's from RUN with "node" read as "slirp").
+start_node() {
+  local name=$1 root=$2 run=$3 cg=$4 port=$5
+  shift 5
+  local slirp=${run/node/slirp}
+  step "Node $name on $host:$port (own namespaces and cgroup $cg, pivoted into $root)"
+  if alive "$lab/run/$run.pid" node-boot.sh; then
+    ok "already running (pid $(cat "$lab/run/$run.pid"))"
+  else
+    port_busy "$port" && die "port $port is in use by another program (ss -ltnp 'sport = :$port'); the lab needs it"
+    mkdir -p "$cg/init.scope"
+    # started in its cgroup, so that it is the root of the node's cgroup namespace
+    # shellcheck disable=SC2016  # expanded by the inner bash
+    setsid bash -c 'echo $$ >"$1/cgroup.procs"; shift; exec "$@"' lab-node "$cg" \
+      unshare --mount --uts --pid --cgroup --net --fork --kill-child=SIGTERM --propagation private -- \
+      "$here/node-boot.sh" "$root" "$cache/bookworm-ct" "$@" >>"$lab/log/$run.log" 2>&1 </dev/null &
+    echo $! >"$lab/run/$run.pid"
+    node_init() { awk '{ print $1 }' "/proc/$(cat "$lab/run/$run.pid")/task/$(cat "$lab/run/$run.pid")/children" 2>/dev/null; }
+    node_ready() { [[ -n $(node_init) ]] && grep -qx "$(node_init)" "$cg/init.scope/cgroup.procs"; }
+    retry 100 0.1 node_ready || die "the node $name did not boot; see $lab/log/$run.log"
+    # unshare itself leaves the namespace's root cgroup too (LXC enables controllers there)
+    cat "$lab/run/$run.pid" >"$cg/init.scope/cgroup.procs"
+    readlink "/proc/$(node_init)/ns/mnt" >"$lab/run/$run.ns"
+    rm -f "$lab/run/$slirp.sock"
+    # shellcheck disable=SC2016  # expanded by the inner bash
+    setsid bash -c 'echo $$ >"$1/init.scope/cgroup.procs"; shift; exec "$@"' lab-slirp "$cg" \
+      slirp4netns --configure --mtu=65520 --api-socket "$lab/run/$slirp.sock" "$(node_init)" tap0 \
+      >>"$lab/log/$slirp.log" 2>&1 </dev/null &
+    echo $! >"$lab/run/$slirp.pid"
+    retry 100 0.1 test -S "$lab/run/$slirp.sock" || die "slirp4netns did not start; see $lab/log/$slirp.log"
+    "$python" - "$lab/run/$slirp.sock" "$host" "$port" <<'PY' || die "slirp4netns refused the forward of $host:$port; see $lab/log/$slirp.log"
 import json, socket, sys
 sock, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 s = socket.socket(socket.AF_UNIX)
@@ -328,14 +359,43 @@ got = json.loads(s.recv(4096) or b"{}")
 if "return" not in got:
     sys.exit(f"slirp4netns: {got}")
 PY
-  ok "started (pid $(cat "$lab/run/node.pid"), log $lab/log/node.log; slirp4netns pid $(cat "$lab/run/slirp.pid"))"
+    ok "started (pid $(cat "$lab/run/$run.pid"), log $lab/log/$run.log; slirp4netns pid $(cat "$lab/run/$slirp.pid"))"
+  fi
+  printf '%s\n' "$cg" >"$lab/run/$run.cgroup"
+  local got
+  node_login() { ssh "${ssh_opts[@]}" -p "$port" "root@$host" true 2>/dev/null; }
+  retry 100 0.2 node_login || true
+  got=$(ssh "${ssh_opts[@]}" -p "$port" "root@$host" 'hostname; findmnt -n -o TARGET /mnt/storage') ||
+    die "cannot log in to the node $name with $lab/id_ed25519; see $lab/log/$run.log"
+  [[ $got == "$name"$'\n'/mnt/storage ]] || die "the node $name answered '$got', expected its name and the pool mount"
+}
+start_node "$node_name" "$node" node "$cgroup" "$ssh_port"
+# the second node: a cgroup inside the lab's (lab-down.sh's cgroup.kill ends both), which
+# needs the lab's cgroup to hand its controllers down (it holds no process itself: init.scope does)
+read -r -a controllers <"$cgroup/cgroup.controllers" || true
+for c in "${controllers[@]}"; do
+  grep -qw "$c" "$cgroup/cgroup.subtree_control" || echo "+$c" >"$cgroup/cgroup.subtree_control" 2>/dev/null || true
+done
+start_node "$node2_name" "$node2" node2 "$cgroup/node-$node2_name" "$ssh2_port" \
+  --bridge 10.99.0.2/24 --pool "$node/mnt/storage" --pve-nodes "$node/etc/pve/nodes"
+
+# one network for the containers of both nodes, as a cluster's nodes share a LAN: a veth pair
+# between the two nodes' vmbr0 (it goes with either node's network namespace)
+step "Linking vmbr0 of $node_name and $node2_name"
+init_of() { awk '{ print $1 }' "/proc/$(cat "$lab/run/$1.pid")/task/$(cat "$lab/run/$1.pid")/children"; }
+pid1=$(init_of node)
+pid2=$(init_of node2)
+if nsenter -t "$pid1" -n ip link show lab-to-pve2 >/dev/null 2>&1; then
+  ok "linked already"
+else
+  ip link add lab-to-pve2 netns "$pid1" type veth peer name lab-to-pve1 netns "$pid2"
+  nsenter -t "$pid1" -n ip link set lab-to-pve2 master vmbr0 up
+  nsenter -t "$pid2" -n ip link set lab-to-pve1 master vmbr0 up
+  # shellcheck disable=SC2016  # expanded by the inner bash
+  retry 50 0.1 nsenter -t "$pid2" -n bash -c 'exec 3<>"/dev/tcp/10.99.0.1/$1"' - "$ssh_port" 2>/dev/null ||
+    die "$node2_name cannot reach $node_name's sshd at 10.99.0.1:$ssh_port over the link"
+  ok "$node2_name (10.99.0.2) reaches $node_name's sshd (10.99.0.1:$ssh_port) over vmbr0"
 fi
-printf '%s\n' "$cgroup" >"$lab/run/node.cgroup"
-node_login() { ssh "${ssh_opts[@]}" "root@$host" true 2>/dev/null; }
-retry 100 0.2 node_login || true
-got=$(ssh "${ssh_opts[@]}" "root@$host" 'hostname; findmnt -n -o TARGET /mnt/storage') ||
-  die "cannot log in to the node with $lab/id_ed25519; see $lab/log/node.log"
-[[ $got == "$node_name"$'\n'/mnt/storage ]] || die "the node answered '$got', expected its name and the pool mount"
 
 # Grafana's and Jellyfin's repositories cannot be reached from here: their stand-ins, signed with
 # lab/standin-key.asc (Pulumi.lab.yaml pins its fingerprint), served in the node's network on its
@@ -382,6 +442,13 @@ LAB_EVENTS_LOG=$node/var/log/lxc-events.log
 LAB_PVE_PID=$(cat "$lab/run/pve.pid")
 LAB_NODE_PID=$(cat "$lab/run/node.pid")
 LAB_CGROUP=$cgroup
+# the second node of the cluster (same API, same key; its own sshd, tree and namespaces)
+LAB_NODE2=$node2_name
+LAB_SSH2_PORT=$ssh2_port
+LAB_NODE2_ROOT=$node2
+LAB_NODE2_PID=$(cat "$lab/run/node2.pid")
+LAB_CONF2_DIR=$node/etc/pve/nodes/$node2_name/lxc
+LAB_CT2_DIR=$node2/var/lib/lxc
 EOF
 ok "$lab/env"
 

@@ -6,7 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 usage() {
   cat <<'USAGE'
 Usage: unshare --mount --uts --pid --cgroup --net --fork --kill-child=SIGTERM --propagation private -- \
-         lab/node-boot.sh NODE_ROOT CT_TEMPLATE
+         lab/node-boot.sh NODE_ROOT CT_TEMPLATE [--bridge CIDR] [--pool DIR] [--pve-nodes DIR]
 
 Run by lab/lab-up.sh as PID 1 of the node's own PID namespace, in its own mount, UTS,
 cgroup and network namespaces (never this machine's), with its own hostname (the tree's
@@ -16,6 +16,12 @@ PID namespace with its init). lab-up.sh starts it inside the lab's own cgroup, w
 the root of the node's cgroup namespace.
   NODE_ROOT    the node's Debian 12 tree (.lab/node)
   CT_TEMPLATE  the cached container tree, bound read-only at /var/lib/lab/ct-template
+  --bridge CIDR    the node's address on vmbr0 (default 10.99.0.1/24; the second node 10.99.0.2/24)
+  --pool DIR       bind DIR at /mnt/storage (default: the tree's own mnt/storage); the second
+                   node gets the first one's, so both see one pool, as a cluster's nodes do
+  --pve-nodes DIR  bind DIR at /etc/pve/nodes: the first node's, so that every node sees every
+                   node's container configs, as pmxcfs shows them (/etc/pve/lxc and
+                   /etc/pve/local stay this node's links)
 Network (this machine's ip and nft, before the pivot): lo up; the bridge vmbr0 with
 10.99.0.1/24, the containers' gateway as on the lab stack; forwarding and a masquerade
 of 10.99.0.0/24 out of tap0, the slirp4netns link lab-up.sh adds for the way out; the
@@ -32,9 +38,21 @@ USAGE
 }
 
 [[ ${1:-} == -h || ${1:-} == --help ]] && { usage; exit 0; }
-[[ $# -eq 2 ]] || die "needs NODE_ROOT and CT_TEMPLATE (see --help)"
+[[ $# -ge 2 ]] || die "needs NODE_ROOT and CT_TEMPLATE (see --help)"
 root=$(realpath "$1")
 template=$(realpath "$2")
+shift 2
+bridge=10.99.0.1/24
+pool=$root/mnt/storage
+pve_nodes=""
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --bridge) bridge=$2; shift 2 ;;
+    --pool) pool=$(realpath "$2"); shift 2 ;;
+    --pve-nodes) pve_nodes=$(realpath "$2"); shift 2 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
 [[ -x $root/usr/sbin/sshd ]] || die "$root has no /usr/sbin/sshd; run lab/lab-up.sh"
 # Refuse to run in this machine's own namespace: the mounts would leak onto it.
 [[ $(readlink /proc/self/ns/mnt) != $(readlink /proc/1/ns/mnt) ]] || die "run me under unshare --mount --uts (see --help)"
@@ -48,7 +66,7 @@ hostname "$(cat "$root/etc/hostname")"
 
 ip link set lo up
 ip link add vmbr0 type bridge
-ip addr add 10.99.0.1/24 dev vmbr0
+ip addr add "$bridge" dev vmbr0
 ip link set vmbr0 up
 echo 1 >/proc/sys/net/ipv4/ip_forward
 nft -f - <<'NFT'
@@ -72,7 +90,11 @@ mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$root/sys/fs/cgroup"
 mkdir -p "$root/sys/fs/cgroup/init.scope"
 mkdir -m 0700 "$root/run/lab-sysfs"
 mount -t sysfs -o nosuid,nodev,noexec sysfs "$root/run/lab-sysfs"
-mount --bind "$root/mnt/storage" "$root/mnt/storage"
+mount --bind "$pool" "$root/mnt/storage"
+if [[ -n $pve_nodes ]]; then
+  mkdir -p "$root/etc/pve/nodes"
+  mount --bind "$pve_nodes" "$root/etc/pve/nodes"
+fi
 mount --bind "$template" "$root/var/lib/lab/ct-template"
 mount -o remount,bind,ro "$root/var/lib/lab/ct-template"
 mkdir -p "$root/.old-root"

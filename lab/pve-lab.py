@@ -365,17 +365,41 @@ def rmtree_one_fs(path):
 
 # ------------------------------------------------------------------ the server
 
+class LabNode(object):
+    """One node of the lab's cluster: its tree, and where lab-up.sh wrote its init's pid and cgroup
+    (run/<tree's name>.pid and .cgroup beside the trees: run/node.pid for .lab/node). The container
+    configs of every node live under the first node's etc/pve/nodes/<name>/lxc, which lab-up.sh binds
+    into the other nodes at /etc/pve/nodes: pmxcfs shows each node every node's configs."""
+
+    def __init__(self, name, root, pve_root):
+        self.name = name
+        self.root = os.path.abspath(root)
+        self.conf_dir = os.path.join(os.path.abspath(pve_root), 'etc/pve/nodes', name, 'lxc')
+        self.lxc_dir = os.path.join(self.root, 'var/lib/lxc')
+        self.events = os.path.join(self.root, 'var/log/lxc-events.log')
+        base = os.path.basename(self.root.rstrip('/'))
+        run = os.path.join(os.path.dirname(self.root), 'run')
+        self.pid_file = os.path.join(run, base + '.pid')
+        self.cgroup_file = os.path.join(run, base + '.cgroup')
+
+    def path(self, inside):
+        """A path of the node's own filesystem, seen from here."""
+        return os.path.join(self.root, str(inside).lstrip('/'))
+
+
 class LabPve(FakePve):
-    def __init__(self, node_root, node='pve1', **kwargs):
+    def __init__(self, node_root, node='pve1', extra_nodes=(), **kwargs):
         super().__init__(**kwargs)
-        self.nodes = {node: {'online': True}}
-        # The program targets PVE 8.
+        # the program targets PVE 8; the nodes of one cluster: the first one and --extra-node's
         self.version, self.release_version = '8.4.1', '8.4'
         self.lab_node = node
         self.node_root = os.path.abspath(node_root)
-        self.conf_dir = os.path.join(self.node_root, 'etc/pve/nodes', node, 'lxc')
-        self.lxc_dir = os.path.join(self.node_root, 'var/lib/lxc')
-        self.events = os.path.join(self.node_root, 'var/log/lxc-events.log')
+        self.lab_nodes = {node: LabNode(node, node_root, node_root)}
+        for name, root in extra_nodes:
+            self.lab_nodes[name] = LabNode(name, root, node_root)
+        self.nodes = dict((name, {'online': True}) for name in self.lab_nodes)
+        main = self.lab_nodes[node]
+        self.conf_dir, self.lxc_dir, self.events = main.conf_dir, main.lxc_dir, main.events
         self.task_failures = {}
         self.seen = []          # [seq, method, path, status]
         self._lab_ours = {}         # vmid -> sections the mirror wrote
@@ -384,8 +408,9 @@ class LabPve(FakePve):
         self.lxc_output = {}        # vmid -> what the last lxc-start printed (its hooks' output)
         self._seen_stopped = {}     # vmid -> when LXC was first seen stopped while the API said running
         self.lab_dir = os.path.dirname(self.node_root)
-        os.makedirs(self.conf_dir, exist_ok=True)
-        os.makedirs(self.lxc_dir, exist_ok=True)
+        for n in self.lab_nodes.values():
+            os.makedirs(n.conf_dir, exist_ok=True)
+            os.makedirs(n.lxc_dir, exist_ok=True)
         # the node has run `pvesm set local --content iso,vztmpl,backup,snippets` (README)
         self.storages['local']['content'] = 'iso,vztmpl,backup,snippets'
 
@@ -440,12 +465,26 @@ class LabPve(FakePve):
 
     # ---------------------------------------------------------------- mirror
 
-    def conf_path(self, vmid):
-        return os.path.join(self.conf_dir, '{0}.conf'.format(vmid))
+    def node_of(self, vmid, node=None):
+        """The lab node of a container: the one named, else fakepve's, else the one whose
+        config or tree it left (a destroyed container), else the first node."""
+        if node is not None:
+            return node if isinstance(node, LabNode) else self.lab_nodes[node]
+        ct = self.ct(int(vmid))
+        if ct is not None and ct.node in self.lab_nodes:
+            return self.lab_nodes[ct.node]
+        for n in self.lab_nodes.values():
+            if os.path.exists(os.path.join(n.conf_dir, '{0}.conf'.format(vmid))) or \
+                    os.path.lexists(os.path.join(n.lxc_dir, str(vmid))):
+                return n
+        return self.lab_nodes[self.lab_node]
 
-    def event(self, vmid, what):
+    def conf_path(self, vmid, node=None):
+        return os.path.join(self.node_of(vmid, node).conf_dir, '{0}.conf'.format(vmid))
+
+    def event(self, vmid, what, node=None):
         line = '{0} {1} {2}\n'.format(time.strftime('%Y-%m-%dT%H:%M:%S%z'), vmid, what)
-        with open(self.events, 'a', encoding='utf-8') as fh:
+        with open(self.node_of(vmid, node).events, 'a', encoding='utf-8') as fh:
             fh.write(line)
 
     def sync(self):
@@ -459,10 +498,10 @@ class LabPve(FakePve):
         self._storage_cfg()
         present = set()
         for ct in self.cts:
-            if ct.node != self.lab_node:
+            if ct.node not in self.lab_nodes:
                 continue
             vmid = ct.vmid
-            present.add(vmid)
+            present.add((ct.node, vmid))
             path = self.conf_path(vmid)
             old = read_text(path)
             if old is None:
@@ -480,17 +519,18 @@ class LabPve(FakePve):
                 elif vmid in self._lab_pids:
                     self.event(vmid, 'stop')
                 self._lab_pids[vmid] = pid
-        for name in os.listdir(self.conf_dir):
-            m = re.fullmatch(r'(\d+)\.conf', name)
-            if m and int(m.group(1)) not in present:
-                vmid = int(m.group(1))
-                if self.lxc_running(vmid):
-                    self.lxc_stop(vmid)  # destroyed while running (--force, --purge)
-                os.unlink(os.path.join(self.conf_dir, name))
-                self._lab_pids.pop(vmid, None)
-                self._lab_ours.pop(vmid, None)
-                self.event(vmid, 'destroy')
-                self._remove_tree(vmid)
+        for node in self.lab_nodes.values():
+            for name in os.listdir(node.conf_dir):
+                m = re.fullmatch(r'(\d+)\.conf', name)
+                if m and (node.name, int(m.group(1))) not in present:
+                    vmid = int(m.group(1))
+                    if self.lxc_running(vmid, node):
+                        self.lxc_stop(vmid, node=node)  # destroyed while running (--force, --purge)
+                    os.unlink(os.path.join(node.conf_dir, name))
+                    self._lab_pids.pop(vmid, None)
+                    self._lab_ours.pop(vmid, None)
+                    self.event(vmid, 'destroy', node)
+                    self._remove_tree(vmid, node)
 
     def _reconcile(self, ct):
         """fakepve's power state against LXC's: a container that powered off by itself is
@@ -498,7 +538,7 @@ class LabPve(FakePve):
         as pve-container@<id>'s restart); one fakepve stopped another way is killed."""
         state = self.lxc_state(ct.vmid)
         if ct.status == 'running' and state == 'stopped':
-            reboot = os.path.join(self.lxc_dir, str(ct.vmid), 'reboot')
+            reboot = os.path.join(self.node_of(ct.vmid).lxc_dir, str(ct.vmid), 'reboot')
             # LXC may leave the monitor's cgroup before its post-stop hook has written the
             # trigger: without one, wait a little before calling it a power-off
             first = self._seen_stopped.setdefault(ct.vmid, time.time())
@@ -524,25 +564,26 @@ class LabPve(FakePve):
     def lxc_config_text(self, vmid):
         """update_lxc_config for this node: the conf as it is now, the node's include files,
         cgroup controllers and bridges."""
+        node = self.node_of(vmid)
         text = read_text(self.conf_path(vmid)) or ''
-        controllers = (read_text(os.path.join(self.cgroup(), 'cgroup.controllers')) or '').split()
+        controllers = (read_text(os.path.join(self.cgroup(node), 'cgroup.controllers')) or '').split()
 
         def have_conf(path):
-            return os.path.isfile(os.path.join(self.node_root, path.lstrip('/')))
+            return os.path.isfile(node.path(path))
 
         def device(path):
-            st = os.stat(os.path.join(self.node_root, path.lstrip('/')))
+            st = os.stat(node.path(path))
             return ('b' if stat.S_ISBLK(st.st_mode) else 'c'), os.major(st.st_rdev), os.minor(st.st_rdev)
 
         try:
             return lxc_config(vmid, text, have_conf=have_conf, controllers=controllers, device=device,
-                              bridge_mtu=self._bridge_mtu)
+                              bridge_mtu=lambda bridge: self._bridge_mtu(bridge, node))
         except (OSError, ValueError) as e:
             raise TaskError(str(e)) from None
 
-    def _bridge_mtu(self, bridge):
+    def _bridge_mtu(self, bridge, node=None):
         """The bridge's MTU from `ip` in the node (its /sys holds only cgroup2)."""
-        rc, out = self._node_run(['ip', '-o', 'link', 'show', 'dev', str(bridge)], timeout=10)
+        rc, out = self._node_run(['ip', '-o', 'link', 'show', 'dev', str(bridge)], timeout=10, node=node)
         m = re.search(r' mtu (\d+) ', out)
         if rc != 0 or not m:
             raise TaskError("bridge '{0}' does not exist on node (netN: bridge=)".format(bridge))
@@ -557,22 +598,23 @@ class LabPve(FakePve):
             m = KEYVAL.match(line)
             if m and not line.startswith(('#', 'lxc.')):
                 conf[m.group(1)] = m.group(2).strip()
-        base = os.path.join(self.lxc_dir, str(vmid), 'passthrough')
+        node = self.node_of(vmid)
+        base = os.path.join(node.lxc_dir, str(vmid), 'passthrough')
         shutil.rmtree(base, ignore_errors=True)
         offset = 100000 if str(conf.get('unprivileged', '0')) in TRUE else 0
         for key in sorted((k for k in conf if re.fullmatch(r'dev\d+', k)), key=lambda k: int(k[3:])):
             dev = conf_options(conf[key])
             path = dev.get('path') or dev.get('')
-            st = os.stat(os.path.join(self.node_root, path.lstrip('/')))
-            node = os.path.join(base, path.lstrip('/'))
-            os.makedirs(os.path.dirname(node), exist_ok=True)
+            st = os.stat(node.path(path))
+            made = os.path.join(base, path.lstrip('/'))
+            os.makedirs(os.path.dirname(made), exist_ok=True)
             mode = int(dev.get('mode') or '0660', 8)
-            os.mknod(node, (st.st_mode & (stat.S_IFCHR | stat.S_IFBLK)) | mode, st.st_rdev)
-            os.chown(node, offset + int(dev.get('uid') or 0), offset + int(dev.get('gid') or 0))
-            os.chmod(node, mode)
+            os.mknod(made, (st.st_mode & (stat.S_IFCHR | stat.S_IFBLK)) | mode, st.st_rdev)
+            os.chown(made, offset + int(dev.get('uid') or 0), offset + int(dev.get('gid') or 0))
+            os.chmod(made, mode)
 
     def _write_lxc_config(self, vmid):
-        d = os.path.join(self.lxc_dir, str(vmid))
+        d = os.path.join(self.node_of(vmid).lxc_dir, str(vmid))
         os.makedirs(d, exist_ok=True)
         try:
             self._passthrough_nodes(vmid)
@@ -589,19 +631,20 @@ class LabPve(FakePve):
 
     # ------------------------------------------------------------------ LXC
 
-    def cgroup(self):
-        """The lab's cgroup (lab-up.sh wrote it): the root of the node's cgroup namespace."""
-        path = read_text(os.path.join(self.lab_dir, 'run', 'node.cgroup'))
+    def cgroup(self, node=None):
+        """The node's cgroup (lab-up.sh wrote it): the root of the node's cgroup namespace."""
+        node = node if isinstance(node, LabNode) else self.lab_nodes[node or self.lab_node]
+        path = read_text(node.cgroup_file)
         if not path or not os.path.isdir(path.strip()):
-            raise TaskError('the lab node is not running (no cgroup in {0}/run/node.cgroup)'.format(self.lab_dir))
+            raise TaskError('the lab node {0} is not running (no cgroup in {1})'.format(node.name, node.cgroup_file))
         return path.strip()
 
-    def lxc_state(self, vmid):
+    def lxc_state(self, vmid, node=None):
         """LXC's view, read from the cgroups (no exec): 'running' while the container's cgroup
         lxc/<vmid> holds processes, 'stopping' while only its monitor (lxc.monitor/<vmid>, which
         runs the post-stop hooks) is left, else 'stopped'."""
         try:
-            cg = self.cgroup()
+            cg = self.cgroup(self.node_of(vmid, node))
         except TaskError:
             return 'stopped'
         for sub, state in (('lxc', 'running'), ('lxc.monitor', 'stopping')):
@@ -609,15 +652,17 @@ class LabPve(FakePve):
                 return state
         return 'stopped'
 
-    def lxc_running(self, vmid):
-        return self.lxc_state(vmid) == 'running'
+    def lxc_running(self, vmid, node=None):
+        return self.lxc_state(vmid, node) == 'running'
 
-    def _node_run(self, argv, timeout=120, env=None, input=None):
-        """Run argv in the node: all its namespaces, its root and the cgroup /init.scope (LXC
-        reads its own cgroup from there; pct and sshd's sessions run there too)."""
-        procs = os.path.join(self.cgroup(), 'init.scope', 'cgroup.procs')
+    def _node_run(self, argv, timeout=120, env=None, input=None, node=None):
+        """Run argv in the node (the first one unless named): all its namespaces, its root and
+        the cgroup /init.scope (LXC reads its own cgroup from there; pct and sshd's sessions
+        run there too)."""
+        node = node if isinstance(node, LabNode) else self.lab_nodes[node or self.lab_node]
+        procs = os.path.join(self.cgroup(node), 'init.scope', 'cgroup.procs')
         cmd = ['/bin/sh', '-c', 'echo $$ >"$1" && shift && exec "$@"', 'sh', procs,
-               'nsenter', '-t', self._node_pid(), '-m', '-u', '-i', '-p', '-C', '-n', '-r', '-w', '--'] + list(argv)
+               'nsenter', '-t', self._node_pid(node), '-m', '-u', '-i', '-p', '-C', '-n', '-r', '-w', '--'] + list(argv)
         base = {'PATH': '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'LANG': 'C.UTF-8',
                 'SYSFS_ROOT': '/opt/lab/sysfs'}
         base.update(env or {})
@@ -631,7 +676,7 @@ class LabPve(FakePve):
         """lab-lxc-start in the node (pve-container@<id>): lxc-start -F on the generated config;
         a failure (a hook, a refused line) fails the task and leaves the container stopped."""
         vmid = str(ct.vmid)
-        rc, out = self._node_run(['lab-lxc-start', vmid], timeout=120)
+        rc, out = self._node_run(['lab-lxc-start', vmid], timeout=120, node=self.node_of(vmid))
         lines = [line for line in out.splitlines() if line.strip()]
         if rc != 0:
             self.event(ct.vmid, 'lxc-start failed exit={0}'.format(rc))
@@ -646,11 +691,12 @@ class LabPve(FakePve):
         self.lxc_output[ct.vmid] = lines[:-1]
         return pid
 
-    def lxc_stop(self, vmid, timeout=None):
+    def lxc_stop(self, vmid, timeout=None, node=None):
         """lxc-stop: a clean shutdown within timeout seconds (True if it stopped), or a kill."""
+        node = self.node_of(vmid, node)
         argv = ['lxc-stop', '-n', str(vmid)] + (['-t', str(int(timeout))] if timeout is not None else ['-k'])
-        rc, out = self._node_run(argv, timeout=(timeout or 0) + 60)
-        if rc != 0 and self.lxc_running(vmid):
+        rc, out = self._node_run(argv, timeout=(timeout or 0) + 60, node=node)
+        if rc != 0 and self.lxc_running(vmid, node):
             if timeout is not None:
                 return False
             raise TaskError('lxc-stop -k of CT {0} failed: {1}'.format(vmid, out.strip()))
@@ -664,7 +710,7 @@ class LabPve(FakePve):
 
     def _prepare(self, ct):
         """Before each start: the rootfs (from the template the first time) and PVE's Setup files."""
-        rc, out = self._node_run(['lab-lxc-setup', str(ct.vmid)], timeout=600)
+        rc, out = self._node_run(['lab-lxc-setup', str(ct.vmid)], timeout=600, node=self.node_of(ct.vmid))
         if rc != 0:
             raise TaskError("unable to prepare CT {0}: {1}".format(ct.vmid, ' '.join(out.split())[-800:]))
 
@@ -674,15 +720,26 @@ class LabPve(FakePve):
         """After fakepve's download-url or upload: on a dir storage, a container template is also a
         file on the node (PVE: <path>/template/cache/<file>), which node-side tools read (e.g.
         host-template-group.sh reads its ./etc/group). The lab's containers are made from the
-        template tree itself (lab-lxc-setup), so the file holds that tree's ./etc only."""
+        template tree itself (lab-lxc-setup), so the file holds that tree's ./etc only.
+        fakepve keeps one volume list per storage for the whole cluster, where PVE keeps a `local`
+        dir storage per node: so the file is written on every node of the lab (a download on one
+        node is seen on all; the program downloads the template on each node that runs a container)."""
         super().store_file(storage, filename, size, content)
         st = self.storages.get(storage) or {}
         if content != 'vztmpl' or st.get('type') != 'dir' or not st.get('path'):
             return
-        cache = os.path.join(self.node_root, st['path'].lstrip('/'), 'template', 'cache')
+        for node in self.lab_nodes.values():
+            try:
+                pid = self._node_pid(node)
+            except TaskError:
+                continue  # a node that is not running gets it when asked again
+            self._template_file(node, pid, st['path'], filename)
+
+    def _template_file(self, node, pid, path, filename):
+        cache = node.path(os.path.join(path, 'template', 'cache'))
         os.makedirs(cache, exist_ok=True)
         # the template tree as the node mounts it (node-boot.sh), seen through its init's root
-        tree = '/proc/{0}/root/var/lib/lab/ct-template'.format(self._node_pid())
+        tree = '/proc/{0}/root/var/lib/lab/ct-template'.format(pid)
         target = os.path.join(cache, filename)
         tmp = target + '.lab-partial'
         comp = ['zstd', '-q', '-c'] if filename.endswith('.zst') else ['gzip', '-c']
@@ -703,14 +760,16 @@ class LabPve(FakePve):
                 if st.get(key):
                     out.append('\t{0} {1}'.format(key, st[key]))
             out.append('')
-        path = os.path.join(self.node_root, 'etc/pve/storage.cfg')
         text = '\n'.join(out)
-        if read_text(path) != text:
-            write_atomic(path, text)
+        for node in self.lab_nodes.values():
+            path = node.path('etc/pve/storage.cfg')
+            if os.path.isdir(os.path.dirname(path)) and read_text(path) != text:
+                write_atomic(path, text)
 
-    def _node_pid(self):
+    def _node_pid(self, node=None):
         """The node's init (PID 1 of its namespaces): the child of the unshare lab-up.sh started."""
-        run = os.path.join(os.path.dirname(self.node_root), 'run', 'node.pid')
+        node = node if isinstance(node, LabNode) else self.lab_nodes[node or self.lab_node]
+        run = node.pid_file
         try:
             with open(run, encoding='utf-8') as fh:
                 outer = fh.read().strip()
@@ -738,7 +797,8 @@ class LabPve(FakePve):
         if store is None or not volname.startswith('snippets/'):
             raise TaskError("'{0}' is not in the snippets directory".format(volid))
         path = os.path.join(store.get('path') or '/var/lib/vz', volname)
-        full = os.path.join(self.node_root, path.lstrip('/'))
+        node = self.node_of(ct.vmid)
+        full = node.path(path)
         if not os.path.isfile(full):
             raise TaskError("script '{0}' does not exist".format(volid))
         if not os.access(full, os.X_OK):
@@ -746,7 +806,7 @@ class LabPve(FakePve):
         vmid = str(ct.vmid)
         rc, output = self._node_run(
             ['/bin/sh', '-c', 'mkdir -p /run/lock/lxc && exec flock -w 60 /run/lock/lxc/pve-config-"$1".lock "$2" "$1" "$3"',
-             'sh', vmid, path, phase])
+             'sh', vmid, path, phase], node=node)
         self._append_task_log(vmid, [line for line in output.splitlines() if line.strip()])
         self.event(ct.vmid, 'hook {0} exit={1}'.format(phase, rc))
         if rc != 0:
@@ -779,14 +839,15 @@ class LabPve(FakePve):
             # as someone typing it would: once systemd answers (a container just started may not yet)
             boot = ('for i in $(seq 300); do [ -S /run/systemd/private ] && break; sleep 0.1; done; '
                     'systemctl is-system-running --wait >/dev/null 2>&1; exec systemctl reboot')
-            rc, out = self._node_run(['lxc-attach', '-n', str(vmid), '--', '/bin/sh', '-c', boot], timeout=90)
+            rc, out = self._node_run(['lxc-attach', '-n', str(vmid), '--', '/bin/sh', '-c', boot], timeout=90,
+                                     node=self.node_of(vmid))
             deadline = time.time() + 60
             while self.lxc_state(vmid) != 'stopped' and time.time() < deadline:
                 time.sleep(0.05)
             if self.lxc_state(vmid) != 'stopped':
                 raise ValueError('CT {0} did not stop within 60 s of its reboot (systemctl reboot: exit {1}, {2})'.format(
                     vmid, rc, out.strip()))
-            trigger = os.path.join(self.lxc_dir, str(vmid), 'reboot')
+            trigger = os.path.join(self.node_of(vmid).lxc_dir, str(vmid), 'reboot')
             deadline = time.time() + REBOOT_GRACE
             while not os.path.exists(trigger) and time.time() < deadline:
                 time.sleep(0.05)  # the post-stop hook may run after the cgroups emptied
@@ -862,12 +923,13 @@ class LabPve(FakePve):
             self._stopped(ct)
         return upid
 
-    def _remove_tree(self, vmid):
+    def _remove_tree(self, vmid, node=None):
         """The container's volume goes with it: move its tree aside now, delete it in the background."""
-        d = os.path.join(self.lxc_dir, str(vmid))
+        lxc_dir = self.node_of(vmid, node).lxc_dir
+        d = os.path.join(lxc_dir, str(vmid))
         if not os.path.lexists(d):
             return
-        trash = os.path.join(self.lxc_dir, '.destroyed-{0}-{1}'.format(vmid, int(time.time() * 1000)))
+        trash = os.path.join(lxc_dir, '.destroyed-{0}-{1}'.format(vmid, int(time.time() * 1000)))
         os.rename(d, trash)
 
         def remove():
@@ -928,6 +990,7 @@ class LabPve(FakePve):
     def _state(self):
         return {
             'node': self.lab_node,
+            'nodes': sorted(self.lab_nodes),
             'containers': [{'vmid': ct.vmid, 'node': ct.node, 'status': ct.status, 'pid': ct.pid,
                             'lock': ct.lock, 'config': ct.config, 'pending': ct.pending}
                            for ct in self.cts],
@@ -941,13 +1004,19 @@ class LabPve(FakePve):
 async def serve(args):
     with open(args.password_file, encoding='utf-8') as fh:
         password = fh.read().strip()
-    pve = LabPve(args.node_root, node=args.node, user='root@pam', password=password, host=args.host,
-                 port=args.port)
+    extra = []
+    for spec in args.extra_node:
+        name, _, root = spec.partition('=')
+        if not name or not root:
+            raise SystemExit('--extra-node wants NAME=TREE, got {0!r}'.format(spec))
+        extra.append((name, root))
+    pve = LabPve(args.node_root, node=args.node, extra_nodes=extra, user='root@pam', password=password,
+                 host=args.host, port=args.port)
     pve.time_scale = args.time_scale
     await pve.start(args.cert, args.key)
     pve.sync()
-    print('pve-lab: fakepve on https://{0}:{1} (node {2}, conf files in {3})'.format(
-        pve.host, pve.port, pve.lab_node, pve.conf_dir), flush=True)
+    print('pve-lab: fakepve on https://{0}:{1} (nodes {2}, conf files in {3})'.format(
+        pve.host, pve.port, ' '.join(sorted(pve.lab_nodes)), os.path.dirname(pve.conf_dir)), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -962,6 +1031,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--node-root', required=True, help='the node tree (its etc/pve is the pmxcfs stand-in)')
     p.add_argument('--node', default='pve1', help='node name (default pve1)')
+    p.add_argument('--extra-node', action='append', default=[], metavar='NAME=TREE',
+                   help='another node of the cluster and its tree (its pid and cgroup in run/<tree name>.*)')
     p.add_argument('--host', default='127.0.0.1')
     p.add_argument('--port', type=int, default=18006)
     p.add_argument('--password-file', required=True, help="root@pam's password (first line)")

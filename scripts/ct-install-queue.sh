@@ -93,6 +93,13 @@ if write_if_changed "$etc/conf.d/media-queue.conf" 0644 <<CONF; then restart=tru
 listen_addresses = '127.0.0.1,$listen'
 port = $port
 password_encryption = scram-sha-256
+# a worker whose node dies or whose link is cut never closes its session, which holds its advisory
+# locks (the scanner's among them) until the server notices: ask after 10 s of silence, give up after
+# 3 probes 5 s apart or 30 s of unacknowledged data (the kernel's default would be about 2 hours)
+tcp_keepalives_idle = 10
+tcp_keepalives_interval = 5
+tcp_keepalives_count = 3
+tcp_user_timeout = 30000
 CONF
 
 step "pg_hba.conf: $role to $database from ${allowed[*]} only"

@@ -72,6 +72,12 @@ class Lab:
         self.endpoint = env["LAB_ENDPOINT"].rstrip("/")
         self.password = Path(env["LAB_PVE_PASSWORD_FILE"]).read_text().strip()
         self.ssh_port = int(env["LAB_SSH_PORT"])
+        # the second node of the cluster (lab-up.sh): its own sshd and tree, the same API
+        self.node2 = env.get("LAB_NODE2", "")
+        self.node2_root = Path(env["LAB_NODE2_ROOT"]) if env.get("LAB_NODE2_ROOT") else None
+        self.ssh_ports = {self.node: self.ssh_port}
+        if self.node2:
+            self.ssh_ports[self.node2] = int(env["LAB_SSH2_PORT"])
         self.key = env["LAB_SSH_KEY"]
         self._ctx = ssl.create_default_context()
         self._ctx.check_hostname = False
@@ -85,9 +91,11 @@ class Lab:
 
     # ----------------------------------------------------------------- ssh
 
-    def ssh(self, command: str, *, input: str | None = None, timeout: float = 120, check: bool = True):
+    def ssh(self, command: str, *, input: str | None = None, timeout: float = 120, check: bool = True,
+            node: str | None = None):
+        """command on a node (the first one unless named) over its sshd."""
         return run(
-            ["ssh", "-i", self.key, "-p", str(self.ssh_port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            ["ssh", "-i", self.key, "-p", str(self.ssh_ports[node or self.node]), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
              "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"root@{self.env['LAB_SSH_HOST']}", command],
             input=input, timeout=timeout, check=check,
         )
@@ -128,17 +136,30 @@ class Lab:
             raise AssertionError(f"{method} {path} {body}: HTTP {e.code}: {e.read().decode(errors='replace')}") from None
 
     def containers(self) -> dict[int, dict]:
-        return {int(c["vmid"]): c for c in self.api("GET", f"/nodes/{self.node}/lxc")}
+        """Every container of the cluster, each with its "node"."""
+        out = {}
+        for node in self.ssh_ports:
+            for c in self.api("GET", f"/nodes/{node}/lxc"):
+                out[int(c["vmid"])] = dict(c, node=node)
+        return out
+
+    def node_of(self, vmid: int) -> str:
+        """The node a container is on (the first node when the cluster has none by that id)."""
+        return self.containers().get(vmid, {}).get("node", self.node)
+
+    def pct(self, vmid: int, args: str, **kw):
+        """`pct <args>` for a container, on the node that has it."""
+        return self.ssh(f"pct {args}", node=self.node_of(vmid), **kw)
 
     def remove_all_containers(self) -> None:
         """Stop and destroy every container fakepve has (left by an earlier run)."""
         for vmid, ct in self.containers().items():
             if ct["status"] == "running":
-                self.api("POST", f"/nodes/{self.node}/lxc/{vmid}/status/stop")
-            self.api("DELETE", f"/nodes/{self.node}/lxc/{vmid}")
+                self.api("POST", f"/nodes/{ct['node']}/lxc/{vmid}/status/stop")
+            self.api("DELETE", f"/nodes/{ct['node']}/lxc/{vmid}")
 
     def ct_config(self, vmid: int) -> dict:
-        return self.api("GET", f"/nodes/{self.node}/lxc/{vmid}/config")
+        return self.api("GET", f"/nodes/{self.node_of(vmid)}/lxc/{vmid}/config")
 
     # ---------------------------------------------------------------- logs
 
@@ -158,8 +179,13 @@ class Lab:
         return [line.split(" ", 2)[2] for line in self._lines("var/log/ssh-commands.log") if line.count(" ") >= 2]
 
     def events(self, vmid: int | None = None) -> list[tuple[int, str]]:
+        """lxc-events.log of every node (each node's lines in their order, the first node's first)."""
         out = []
-        for line in self._lines("var/log/lxc-events.log"):
+        lines = self._lines("var/log/lxc-events.log")
+        if self.node2_root is not None:
+            p = self.node2_root / "var/log/lxc-events.log"
+            lines += p.read_text().splitlines() if p.exists() else []
+        for line in lines:
             parts = line.split(" ", 2)
             if len(parts) == 3 and (vmid is None or int(parts[1]) == vmid):
                 out.append((int(parts[1]), parts[2]))

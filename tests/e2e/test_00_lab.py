@@ -116,6 +116,50 @@ def test_conf_file_follows_the_api_and_keeps_raw_lines(lab, ct):
              what="the container tree to go")
 
 
+def test_the_second_node_is_a_node_of_the_same_cluster(lab):
+    """pve2 (lab-up.sh): its own sshd, tree and namespaces; the same fakepve cluster; the first node's
+    pool directory at /mnt/storage and its /etc/pve/nodes (as pmxcfs shows every node's configs);
+    its vmbr0 linked to pve1's, so containers of both nodes share one network."""
+    vmid = 298
+    assert lab.node2 == "pve2"
+    got = lab.ssh("hostname; findmnt -n -o TARGET /mnt/storage; readlink /etc/pve/lxc; ls /etc/pve/nodes",
+                  node="pve2").stdout.split()
+    assert got == ["pve2", "/mnt/storage", "nodes/pve2/lxc", "pve1", "pve2"], got
+    assert lab.ssh("hostname").stdout.strip() == "pve1"  # the other sshd
+    probe = lab.pool / f".node2-probe-{os.getpid()}"
+    probe.write_text("one pool\n")
+    try:
+        assert lab.ssh(f"cat /mnt/storage/{probe.name}", node="pve2").stdout == "one pool\n"
+    finally:
+        probe.unlink()
+    assert sorted(n["node"] for n in lab.api("GET", "/nodes")) == ["pve1", "pve2"]
+    if vmid in lab.containers():
+        lab.api("DELETE", f"/nodes/{lab.node_of(vmid)}/lxc/{vmid}?force=1")
+    params = {"vmid": vmid, "ostemplate": TEMPLATE, "hostname": "labtest2", "cores": 1, "memory": 256,
+              "rootfs": "local-lvm:4", "unprivileged": 1,
+              "net0": "name=eth0,bridge=vmbr0,ip=10.99.0.98/24,gw=10.99.0.1", "start": 1}
+    upid = lab.api("POST", "/nodes/pve2/lxc", params)
+    assert lab.api("GET", f"/nodes/pve2/tasks/{upid}/status")["exitstatus"] == "OK"
+    try:
+        assert lab.node_of(vmid) == "pve2"
+        conf = lab.node_root / "etc/pve/nodes/pve2/lxc" / f"{vmid}.conf"
+        assert "hostname: labtest2" in conf.read_text()
+        assert (lab.node2_root / f"var/lib/lxc/{vmid}/rootfs/etc").is_dir()
+        assert not (lab.ct_dir / str(vmid)).exists()
+        # LXC of pve2 runs it; pve1's knows nothing of it
+        assert lab.ssh(f"lxc-info -n {vmid} -s -H", node="pve2").stdout.strip() == "RUNNING"
+        assert lab.ssh(f"lxc-info -n {vmid} -s -H", check=False).stdout.strip() != "RUNNING"
+        assert lab.ssh(f"pct exec {vmid} -- hostname", node="pve2").stdout.strip() == "labtest2"
+        # one network: pve1's bridge (the gateway) over the link, and apt's way out through pve1's NAT
+        lab.ssh(f"pct exec {vmid} -- ping -c1 -W5 10.99.0.1", node="pve2")
+        lab.ssh(f"pct exec {vmid} -- getent hosts deb.debian.org", node="pve2")
+    finally:
+        lab.api("POST", f"/nodes/pve2/lxc/{vmid}/status/stop")
+        lab.api("DELETE", f"/nodes/pve2/lxc/{vmid}")
+    assert not conf.exists()
+    wait_for(lambda: not (lab.node2_root / f"var/lib/lxc/{vmid}").exists(), 60, what="pve2's container tree to go")
+
+
 def node_pid(lab, vmid):
     """The container init's pid in the node (what fakepve reports, from lxc-info)."""
     return int(lab.containers()[vmid]["pid"])

@@ -197,9 +197,10 @@ def test_new_gpu_node_rewrites_raw_lines_and_restarts_only_the_transcoder(lab, d
 WORKERS = [
     {"name": "worker-2", "vmId": 211, "cores": 1, "memory": 512, "swap": 256, "diskGb": 4,
      "datastore": "local-lvm", "ipv4": "10.99.0.211/24", "gpu": "auto"},
-    {"name": "worker-3", "vmId": 212, "cores": 1, "memory": 512, "swap": 256, "diskGb": 4,
+    {"name": "worker-3", "vmId": 212, "node": "pve2", "cores": 1, "memory": 512, "swap": 256, "diskGb": 4,
      "datastore": "local-lvm", "ipv4": "10.99.0.212/24", "gpu": "none", "crf": 28},
 ]
+NODES = [{"name": "pve2", "ssh": {"host": "127.0.0.1", "port": 12223}}]
 QUEUE = {"vmId": 205, "ipv4": "10.99.0.205/24", "diskGb": 4, "datastore": "local-lvm", "leaseSeconds": 15}
 
 
@@ -208,10 +209,11 @@ def test_two_extra_workers_and_the_queue_come_and_go(lab, deployer, config_resto
     container and two workers are created, worker 1 moves onto the queue, everything proves it
     reaches PostgreSQL, and `preview --expect-no-changes` holds; then the keys are removed: the
     engine deletes the three containers, worker 1 is back on its own store, the media and the
-    queue's dumps stay. (One node: a worker on a second node is proven under mocks only.)"""
+    queue's dumps stay. worker-3 is on the lab's second node (homelab-media:nodes: pve2, its own sshd)."""
     before = {v: len(lab.events(v)) for v in (TRANSCODER, RIPPER, JELLYFIN, MONITORING)}
     deployer.set_section("queue", QUEUE)
     deployer.set_section("workers", WORKERS)
+    deployer.set_section("nodes", NODES)
     deployer.up()
     out = deployer.outputs()
     q = out["queue"]
@@ -224,6 +226,11 @@ def test_two_extra_workers_and_the_queue_come_and_go(lab, deployer, config_resto
     for v in (211, 212):
         mp = pve_options(lab.ct_config(v)["mp0"], "volume")
         assert (mp["volume"], mp["mp"]) == ("/mnt/storage", "/mnt/storage")
+    # worker-3 is pve2's: its node in the outputs and the API, its tree in pve2's, pve2's hook started it
+    assert {w["name"]: w["node"] for w in out["workers"]} == {"transcoder": "pve1", "worker-2": "pve1",
+                                                              "worker-3": "pve2"}
+    assert lab.node_of(212) == "pve2" and (lab.node2_root / "var/lib/lxc/212/rootfs/etc").is_dir()
+    assert [e for e in lab.events(212) if e[1].startswith("hook pre-start") and e[1].endswith("exit=0")]
     # no existing container was replaced (worker 1 changes by its steps only)
     for v, n in before.items():
         assert not [e for e in lab.events(v)[n:] if e[1] in ("create", "destroy")], (v, lab.events(v)[n:])

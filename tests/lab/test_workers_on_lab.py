@@ -1,12 +1,15 @@
 """Many workers, one queue, in the lab (issue 16, docs/adr/0017): the lab stack plus
-homelab-media:queue and two extra workers, deployed by the program (the engine-less runner);
-Debian's PostgreSQL 15 as a systemd service in the unprivileged queue container, three
-media-pipeline workers (the transcoder and worker-2, worker-3) as systemd services in real LXC
-containers, real ffmpeg on real files on the shared pool.
+homelab-media:queue, homelab-media:nodes (the lab's second node, pve2) and two extra workers,
+worker-3 on pve2, deployed by the program (the engine-less runner); Debian's PostgreSQL 15 as a
+systemd service in the unprivileged queue container, three media-pipeline workers (the
+transcoder and worker-2 on pve1, worker-3 on pve2) as systemd services in real LXC containers,
+real ffmpeg on real files on the pool both nodes mount.
 
-What the lab cannot show: a second PVE node (the lab has one node; homelab-media:nodes is proven
-under mocks in tests/unit/test_workers_ct.py), and a pool shared across machines (NFS/SMB,
-mergerfs on each node): here every container binds the same directory of one node.
+What the lab cannot show: real PVE nodes in a real cluster (pve2 is a second sshd, tree and set
+of namespaces beside pve1, under the same fakepve; /etc/pve/nodes is a bind mount, not
+pmxcfs/corosync), and a pool shared across machines (NFS/SMB, mergerfs on each node): here both
+nodes bind the same directory of one machine, so a network filesystem's locking, caching and
+latency are not exercised.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ QUEUE_VMID = 205
 WORKERS = [
     {"name": "worker-2", "vmId": 211, "hostname": "worker-2", "cores": 1, "memory": 512, "swap": 256, "diskGb": 4,
      "ipv4": "10.99.0.211/24", "datastore": "local-lvm", "gpu": "auto"},
-    {"name": "worker-3", "vmId": 212, "hostname": "worker-3", "cores": 1, "memory": 512, "swap": 256, "diskGb": 4,
-     "ipv4": "10.99.0.212/24", "datastore": "local-lvm", "gpu": "none", "crf": 28},
+    {"name": "worker-3", "vmId": 212, "hostname": "worker-3", "node": "pve2", "cores": 1, "memory": 512, "swap": 256,
+     "diskGb": 4, "ipv4": "10.99.0.212/24", "datastore": "local-lvm", "gpu": "none", "crf": 28},
 ]
+NODES = [{"name": "pve2", "ssh": {"host": "127.0.0.1", "port": 12223}}]
 QUEUE = {"vmId": QUEUE_VMID, "ipv4": "10.99.0.205/24", "diskGb": 4, "datastore": "local-lvm", "leaseSeconds": 15}
 ALL = {"transcoder": 201, "worker-2": 211, "worker-3": 212}
 
@@ -39,6 +43,7 @@ def workers_stack(tmp_path) -> str:
     doc = yaml.safe_load((ROOT / "Pulumi.lab.yaml").read_text())
     doc["config"][f"{NS}:queue"] = QUEUE
     doc["config"][f"{NS}:workers"] = WORKERS
+    doc["config"][f"{NS}:nodes"] = NODES
     path = tmp_path / "Pulumi.lab.workers.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return str(path)
@@ -56,7 +61,8 @@ def up(lab, sentinels, stack_path):
 
 
 def ct(lab, vmid: int, command: str, timeout: float = 120, check: bool = True):
-    return lab.ssh(f"pct exec {vmid} -- bash -c {shlex.quote(command)}", timeout=timeout, check=check)
+    """command in a container, through pct on the node that has it."""
+    return lab.pct(vmid, f"exec {vmid} -- bash -c {shlex.quote(command)}", timeout=timeout, check=check)
 
 
 def jobs(lab) -> list[dict]:
@@ -74,7 +80,7 @@ def test_the_queue_and_every_worker_come_up_and_prove_it(lab, up):
     assert set(names) == set(ALL)
     for name, w in names.items():
         assert w["queue"]["reachable"] is True and w["queue"]["state"] == "healthy", (name, w)
-        assert w["vmId"] == ALL[name] and w["node"] == "pve1"
+        assert w["vmId"] == ALL[name] and w["node"] == ("pve2" if name == "worker-3" else "pve1")
     assert names["worker-3"]["gpu"]["reason"].startswith("gpu none")
     assert "render_node" in names["worker-2"]["gpu"]  # verify-gpu.sh ran in it
     # PostgreSQL is Debian's, a systemd unit of the unprivileged container
@@ -149,7 +155,7 @@ def test_a_stopped_worker_loses_its_job_to_another_after_the_lease(lab, up):
     job = wait_for(running, 300, every=2, what=f"a worker encoding {rip}")
     victim = job["worker"]
     stopped_at = time.monotonic()
-    lab.ssh(f"pct stop {ALL[victim]}", timeout=120)  # the container dies mid-encode: no goodbye
+    lab.pct(ALL[victim], f"stop {ALL[victim]}", timeout=120)  # the container dies mid-encode: no goodbye
     try:
         def done():
             js = [j for j in jobs(lab) if j["source"] == rip]
@@ -161,7 +167,7 @@ def test_a_stopped_worker_loses_its_job_to_another_after_the_lease(lab, up):
         assert not [p for p in (lab.pool / "movies").rglob("*partial*")]
         assert time.monotonic() - stopped_at > QUEUE["leaseSeconds"]  # taken back only after the lease
     finally:
-        lab.ssh(f"pct start {ALL[victim]}", timeout=300)
+        lab.pct(ALL[victim], f"start {ALL[victim]}", timeout=300)
 
 
 def make_rips(lab, names: list[str], seconds: int, size: str = "320x180") -> list[str]:
@@ -235,6 +241,140 @@ def test_postgresql_stopped_for_30_s_mid_run_fails_nothing(lab, up):
         log = ct(lab, vmid, "journalctl -u media-pipeline --no-pager -o cat --since '-10 min'").stdout
         lost = [line for line in log.splitlines() if "job queue" in line and "unreachable" in line]
         assert len(lost) <= 2, lost
+
+
+def test_worker_3_runs_on_the_second_node_and_shares_the_pool(lab, up):
+    """worker-3 is a container of pve2: made by pve2's LXC in pve2's tree, its config where pmxcfs keeps
+    pve2's (seen from pve1 too), started through pve2's hookscript; it reaches the queue on pve1 over
+    the shared bridge and sees the pool as pve1's containers do."""
+    assert lab.node2 == "pve2"
+    assert lab.node_of(212) == "pve2" and lab.node_of(211) == "pve1" and lab.node_of(QUEUE_VMID) == "pve1"
+    assert (lab.node2_root / "var/lib/lxc/212/rootfs/etc/debian_version").exists()
+    assert not (lab.node_root / "var/lib/lxc/212").exists()
+    # pmxcfs: pve2's configs under /etc/pve/nodes/pve2, on both nodes
+    for node in ("pve1", "pve2"):
+        conf = lab.ssh("cat /etc/pve/nodes/pve2/lxc/212.conf", node=node).stdout
+        assert "hostname: worker-3" in conf and "hookscript:" in conf, (node, conf)
+    assert lab.ssh("test -e /etc/pve/lxc/212.conf && echo here || echo elsewhere").stdout.strip() == "elsewhere"
+    # pve2 ran its own MediaHost steps (pool check, media user, hookscript) and the worker's hook
+    hooks = [what for _, what in lab.events(212) if what.startswith("hook pre-start")]
+    assert hooks and all(h.endswith("exit=0") for h in hooks), hooks
+    assert (lab.node2_root / "var/lib/vz/snippets").is_dir()
+    assert any(p.name.startswith("homelab-media") for p in (lab.node2_root / "var/lib/vz/snippets").iterdir())
+    # one pool: a file a pve1 container writes is the file worker-3 reads
+    marker = f"pool-check-{os.getpid()}"
+    ct(lab, 201, f"runuser -u media -- sh -c 'echo {marker} > /mnt/storage/staging/.{marker}'")
+    try:
+        assert ct(lab, 212, f"cat /mnt/storage/staging/.{marker}").stdout.strip() == marker
+    finally:
+        ct(lab, 201, f"rm -f /mnt/storage/staging/.{marker}")
+    # and the queue across the nodes' link: worker-3's session comes from its own address
+    who = ct(lab, QUEUE_VMID, "runuser -u postgres -- psql -d media_pipeline -Atc "
+                               "\"SELECT DISTINCT host(client_addr) FROM pg_stat_activity WHERE usename = 'media_pipeline'\"")
+    assert "10.99.0.212" in who.stdout.split(), who.stdout
+
+
+def healthy_workers(lab) -> set[str]:
+    """The workers `media-pipeline workers` calls healthy (read from the queue, in the transcoder)."""
+    got = json.loads(ct(lab, 201, "runuser -u media -- media-pipeline workers --json").stdout)
+    return {w["name"] for w in got if w["state"] == "healthy"}
+
+
+def scanner_address(lab) -> str | None:
+    """The address of the worker holding the scanner's advisory lock (pgstore LOCK_APP 0x6D70, LOCK_SCANNER 1)."""
+    got = ct(lab, QUEUE_VMID, "runuser -u postgres -- psql -d media_pipeline -Atc \"SELECT host(a.client_addr) "
+                               "FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' "
+                               "AND l.classid = 28016 AND l.objid = 1 AND l.objsubid = 2 AND l.granted\"").stdout.split()
+    return got[0] if got else None
+
+
+def test_when_the_scanning_worker_is_killed_another_scans_within_a_poll(lab, up):
+    """kill -9 of the elected scanner (kept down): another worker takes the advisory lock within a poll
+    and enqueues what lands in staging next; then the killed one comes back as a plain worker."""
+    by_address = {f"10.99.0.{vmid}": name for name, vmid in ALL.items()}
+    first = wait_for(lambda: scanner_address(lab), 60, every=1, what="an elected scanner")
+    victim = by_address[first]
+    poll = json.loads(ct(lab, ALL[victim], "cat /etc/media-pipeline/config.json").stdout).get("poll_seconds", 10)
+    # no restart in between: the kill, then the unit stopped (systemd would restart it after 10 s)
+    ct(lab, ALL[victim], "systemctl kill -s SIGKILL media-pipeline.service; systemctl stop media-pipeline.service")
+    killed_at = time.monotonic()
+    try:
+        second = wait_for(lambda: (lambda a: a if a not in (None, first) else None)(scanner_address(lab)),
+                          float(poll) + 30, every=0.5, what="another worker taking the scanning over")
+        took = time.monotonic() - killed_at
+        print(f"scanner {victim} killed -> {by_address[second]} scanning after {took:.1f} s (poll {poll} s)")
+        assert took <= float(poll) + 5, took
+        title = f"After The Scanner {os.getpid()} (2024)"
+        (rip,) = make_rips(lab, [title], 2, "160x90")
+
+        def done():
+            js = [j for j in jobs(lab) if j["source"] == rip]
+            return js[0] if js and js[0]["state"] == "done" else None
+        finished = wait_for(done, 600, every=2, what=f"{rip} enqueued by the new scanner and done")
+        assert finished["worker"] != victim
+    finally:
+        ct(lab, ALL[victim], "systemctl start media-pipeline.service")
+    wait_for(lambda: victim in healthy_workers(lab), 120, every=2, what=f"{victim} back")
+    assert scanner_address(lab) == second  # it came back as a plain worker
+
+
+def test_migrate_a_sqlite_store_of_1000_jobs_into_the_queue(lab, up):
+    """`media-pipeline migrate` in the transcoder, from a SQLite store of 1,000 jobs into Debian's
+    PostgreSQL in the queue container (a scratch schema of the queue's database, so that the workers
+    do not take its jobs): every job is there, and a second run copies nothing."""
+    from tests.queue.test_workers_real import _sqlite_with_jobs
+
+    src = lab.node_root / "var/lib/lxc/201/rootfs/tmp/migrate-1000.sqlite3"
+    src.unlink(missing_ok=True)
+    _sqlite_with_jobs(src, 1000)
+    os.chmod(src, 0o644)
+    schema = "migrate_check"
+    psql = "runuser -u postgres -- psql -d media_pipeline -v ON_ERROR_STOP=1 -Atc"
+    ct(lab, QUEUE_VMID, f"{psql} 'DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema} AUTHORIZATION media_pipeline'")
+    url = f"postgresql://media_pipeline@10.99.0.205:5432/media_pipeline?options=-csearch_path%3D{schema}"
+    try:
+        first = ct(lab, 201, f"runuser -u media -- media-pipeline migrate --from /tmp/migrate-1000.sqlite3 --to '{url}'",
+                   timeout=300)
+        assert "1000 job(s) copied" in first.stdout, first.stdout
+        counts = dict(line.split("|") for line in ct(lab, QUEUE_VMID, f"{psql} 'SELECT state, count(*) FROM "
+                                                                      f"{schema}.jobs GROUP BY state'").stdout.split())
+        # the 250 running ones are queued again (nobody runs them now)
+        assert counts == {"queued": "500", "failed": "250", "done": "250"}, counts
+        ids = ct(lab, QUEUE_VMID, f"{psql} 'SELECT min(id), max(id), count(DISTINCT source) FROM {schema}.jobs'").stdout
+        assert ids.strip() == "1|1000|1000", ids
+        again = ct(lab, 201, f"runuser -u media -- media-pipeline migrate --from /tmp/migrate-1000.sqlite3 --to '{url}'",
+                   timeout=300)
+        assert "0 job(s) copied" in again.stdout and "1000 already there" in again.stdout, again.stdout
+        # the live queue did not get them
+        assert not [j for j in jobs(lab) if "/pool/staging/Film " in j["source"]]
+    finally:
+        ct(lab, QUEUE_VMID, f"{psql} 'DROP SCHEMA IF EXISTS {schema} CASCADE'")
+        src.unlink(missing_ok=True)
+
+
+def test_a_cut_link_to_the_second_node_ends_its_session_and_it_comes_back(lab, up):
+    """The link between the nodes cut (pve2's end of the veth down): worker-3 cannot close its
+    session, so PostgreSQL's TCP keepalives end it (and free its advisory locks) in about 25 s,
+    not the kernel's 2 hours; with the link back, worker-3 reconnects by itself."""
+    show = ct(lab, QUEUE_VMID, "runuser -u postgres -- psql -Atc 'SHOW tcp_keepalives_idle' -c "
+                               "'SHOW tcp_keepalives_interval' -c 'SHOW tcp_keepalives_count' -c 'SHOW tcp_user_timeout'")
+    assert show.stdout.split() == ["10", "5", "3", "30s"], show.stdout
+
+    def sessions_of_worker_3():
+        return int(ct(lab, QUEUE_VMID, "runuser -u postgres -- psql -d media_pipeline -Atc \"SELECT count(*) FROM "
+                                       "pg_stat_activity WHERE client_addr = '10.99.0.212'\"").stdout.strip())
+    assert sessions_of_worker_3() >= 1
+    lab.ssh("ip link set lab-to-pve1 down", node="pve2")
+    cut_at = time.monotonic()
+    try:
+        wait_for(lambda: sessions_of_worker_3() == 0, 90, every=1, what="PostgreSQL ending worker-3's session")
+        gone = time.monotonic() - cut_at
+        print(f"link cut -> worker-3's session ended by the server after {gone:.1f} s")
+        assert gone <= 60, gone
+    finally:
+        lab.ssh("ip link set lab-to-pve1 up", node="pve2")
+    wait_for(lambda: sessions_of_worker_3() >= 1 and "worker-3" in healthy_workers(lab), 180, every=2,
+             what="worker-3 back on the queue after the link came back")
 
 
 def test_pg_dump_writes_into_the_backup_folder_on_the_pool(lab, up):
