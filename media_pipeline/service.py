@@ -784,13 +784,18 @@ def main(argv: list[str] | None = None) -> int:
                       help="the last Jellyfin refresh instead of the jobs (with --json: as an object)")
     retry_p = sub.add_parser("retry", help="queue failed (or cancelled) jobs again with fresh attempts")
     retry_p.add_argument("ids", type=int, nargs="+")
+    cancel_p = sub.add_parser("cancel", help="cancel queued jobs (never claimed; the rips stay in staging; "
+                                             "retry undoes it)")
+    cancel_p.add_argument("ids", type=int, nargs="+")
+    front_p = sub.add_parser("front", help="move queued jobs to the front of the queue (the last one named first)")
+    front_p.add_argument("ids", type=int, nargs="+")
     wk_p = sub.add_parser("workers", help="list the workers of the queue (healthy, stale or gone)")
     wk_p.add_argument("--json", action="store_true", help="machine-readable")
     mig_p = sub.add_parser("migrate", help="move a SQLite job store into PostgreSQL (idempotent)")
     mig_p.add_argument("--from", dest="src", required=True, metavar="SQLITE", help="the SQLite job database")
     mig_p.add_argument("--to", dest="dst", required=True, metavar="URL",
                        help="postgresql:// URL (password from the config's db_password_file)")
-    for p in (run_p, st_p, retry_p, wk_p, mig_p):
+    for p in (run_p, st_p, retry_p, cancel_p, front_p, wk_p, mig_p):
         p.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -804,6 +809,10 @@ def main(argv: list[str] | None = None) -> int:
         return _status(cfg, args)
     if args.cmd == "retry":
         return _retry(cfg, args.ids)
+    if args.cmd == "cancel":
+        return _operate(cfg, args.ids, "cancel", "cancelled")
+    if args.cmd == "front":
+        return _operate(cfg, args.ids, "to_front", "at the front of the queue")
     if args.cmd == "workers":
         return _workers(cfg, args)
     if args.cmd == "migrate":
@@ -900,6 +909,25 @@ def _retry(cfg: config_mod.Config, ids: list[int]) -> int:
             print(f"job {job_id}: not a failed or cancelled job", file=sys.stderr)
             rc = 1
     store.close()
+    return rc
+
+
+def _operate(cfg: config_mod.Config, ids: list[int], what: str, done: str) -> int:
+    """cancel / front from the command line: what the status page's buttons do (the store's
+    cancel / to_front), for queued jobs only; any other job is named with its state, exit 1."""
+    store = open_store(cfg)
+    rc = 0
+    try:
+        for job_id in ids:
+            if getattr(store, what)(job_id):
+                print(f"job {job_id}: {done}")
+                continue
+            job = store.get(job_id)
+            state = f"it is {job.state}" if job is not None else "there is no such job"
+            print(f"job {job_id}: not a queued job ({state})", file=sys.stderr)
+            rc = 1
+    finally:
+        store.close()
     return rc
 
 

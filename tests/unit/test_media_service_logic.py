@@ -608,3 +608,28 @@ def test_a_cancelled_job_stays_cancelled_and_its_rip_stays(tmp_path, capsys):
     store = JobStore(cfg.db)
     assert store.get(job.id).state == "queued" and store.get(job.id).attempts == 0
     store.close()
+
+
+def test_cancel_and_front_from_the_command_line(tmp_path, capsys):
+    """`media-pipeline cancel ID...` and `front ID...` do what the page's buttons do, for queued jobs
+    only; a job in another state, or none, is named with why, and the exit code is 1."""
+    cfg = make_cfg(tmp_path)
+    os.makedirs(os.path.dirname(cfg.db), exist_ok=True)
+    store = JobStore(cfg.db)
+    a, b, c = (store.enqueue(str(tmp_path / "staging" / f"D{i}" / "title_t00.mkv"), 100, 1) for i in range(3))
+    store.close()
+    cfg_file = tmp_path / "config.json"
+    cfg_file.write_text(json.dumps(cfg.to_json()))
+    assert service.main(["--config", str(cfg_file), "front", str(c)]) == 0
+    assert f"job {c}: at the front of the queue" in capsys.readouterr().out
+    assert service.main(["--config", str(cfg_file), "cancel", str(a)]) == 0
+    assert f"job {a}: cancelled" in capsys.readouterr().out
+    assert service.main(["--config", str(cfg_file), "cancel", str(a), "999"]) == 1
+    err = capsys.readouterr().err
+    assert f"job {a}: not a queued job (it is cancelled)" in err and "job 999: not a queued job (there is no such job)" in err
+    store = JobStore(cfg.db)
+    assert store.get(a).state == "cancelled"
+    assert store.claim().id == c and store.claim().id == b and store.claim() is None  # c went first
+    store.close()
+    assert service.main(["--config", str(cfg_file), "front", str(b)]) == 1
+    assert f"job {b}: not a queued job (it is running)" in capsys.readouterr().err
