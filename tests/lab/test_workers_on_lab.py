@@ -186,6 +186,41 @@ def make_rips(lab, names: list[str], seconds: int, size: str = "320x180") -> lis
     return made
 
 
+def test_a_worker_killed_mid_encode_loses_its_job_to_another_after_the_lease(lab, up):
+    """kill -9 of every process of a worker's service (media-pipeline and its ffmpeg) mid-encode, the
+    unit then kept down: the job runs again on another worker once the lease has run out, the dead
+    worker's partial output is removed, and one library file comes out."""
+    title = f"Killed {os.getpid()} (2024)"
+    (rip,) = make_rips(lab, [title], 40)
+
+    def running():
+        js = [j for j in jobs(lab) if j["source"] == rip and j["state"] == "running" and j.get("progress", 0) > 0]
+        return js[0] if js else None
+    victim = wait_for(running, 300, every=2, what=f"a worker encoding {rip}")["worker"]
+    vmid = ALL[victim]
+    partials = [p for p in (lab.pool / "movies").rglob("*partial*") if title in p.name]
+    # no restart in between (systemd would restart it after 10 s): the kill, then the unit stopped
+    ct(lab, vmid, "systemctl kill -s SIGKILL media-pipeline.service; systemctl stop media-pipeline.service")
+    killed_at = time.monotonic()
+    via = ALL["worker-2"] if victim == "transcoder" else ALL["transcoder"]
+    try:
+        def done():
+            js = [j for j in jobs(lab, via) if j["source"] == rip]
+            return js[0] if js and js[0]["state"] == "done" else None
+        finished = wait_for(done, 900, every=3, what=f"{rip} finished by another worker")
+        took = time.monotonic() - killed_at
+        print(f"{victim} killed mid-encode -> done by {finished['worker']} {took:.1f} s later "
+              f"(lease {QUEUE['leaseSeconds']} s)")
+        assert finished["worker"] != victim, (victim, finished)
+        assert took > QUEUE["leaseSeconds"]  # taken back only after the lease
+    finally:
+        ct(lab, vmid, "systemctl start media-pipeline.service")
+    files = [p for p in (lab.pool / "movies").rglob("*.mkv") if title in p.name]
+    assert len(files) == 1, files
+    assert not [p for p in (lab.pool / "movies").rglob("*partial*") if title in p.name], partials
+    wait_for(lambda: victim in healthy_workers(lab), 120, every=2, what=f"{victim} back")
+
+
 def test_a_frozen_worker_is_fenced_and_discards_its_output(lab, up):
     """SIGSTOP past the lease, then SIGCONT: another worker finishes the job, the frozen one finds
     it no longer owns it and discards its output; one library file."""
