@@ -315,6 +315,9 @@ fi
 curl -skf -o /dev/null --data-urlencode "username=root@pam" --data-urlencode "password=$password" \
   "https://$host:$pve_port/api2/json/access/ticket" || die "fakepve refuses the lab's root@pam password; run lab/lab-down.sh, then lab-up.sh"
 
+# init_of RUN: the node's init (PID 1 of its namespaces), the child of the unshare in $lab/run/RUN.pid.
+init_of() { awk '{ print $1 }' "/proc/$(cat "$lab/run/$1.pid")/task/$(cat "$lab/run/$1.pid")/children" 2>/dev/null; }
+
 # start_node NAME ROOT RUN CGROUP SSH_PORT [node-boot.sh options]: boot a node in its own
 # namespaces inside CGROUP (the root of its cgroup namespace), with its own slirp4netns (the way
 # out, 10.0.2.2 for the API, and the forward of $host:SSH_PORT to its sshd); RUN names its pid
@@ -335,16 +338,15 @@ start_node() {
       unshare --mount --uts --pid --cgroup --net --fork --kill-child=SIGTERM --propagation private -- \
       "$here/node-boot.sh" "$root" "$cache/bookworm-ct" "$@" >>"$lab/log/$run.log" 2>&1 </dev/null &
     echo $! >"$lab/run/$run.pid"
-    node_init() { awk '{ print $1 }' "/proc/$(cat "$lab/run/$run.pid")/task/$(cat "$lab/run/$run.pid")/children" 2>/dev/null; }
-    node_ready() { [[ -n $(node_init) ]] && grep -qx "$(node_init)" "$cg/init.scope/cgroup.procs"; }
+    node_ready() { [[ -n $(init_of "$run") ]] && grep -qx "$(init_of "$run")" "$cg/init.scope/cgroup.procs"; }
     retry 100 0.1 node_ready || die "the node $name did not boot; see $lab/log/$run.log"
     # unshare itself leaves the namespace's root cgroup too (LXC enables controllers there)
     cat "$lab/run/$run.pid" >"$cg/init.scope/cgroup.procs"
-    readlink "/proc/$(node_init)/ns/mnt" >"$lab/run/$run.ns"
+    readlink "/proc/$(init_of "$run")/ns/mnt" >"$lab/run/$run.ns"
     rm -f "$lab/run/$slirp.sock"
     # shellcheck disable=SC2016  # expanded by the inner bash
     setsid bash -c 'echo $$ >"$1/init.scope/cgroup.procs"; shift; exec "$@"' lab-slirp "$cg" \
-      slirp4netns --configure --mtu=65520 --api-socket "$lab/run/$slirp.sock" "$(node_init)" tap0 \
+      slirp4netns --configure --mtu=65520 --api-socket "$lab/run/$slirp.sock" "$(init_of "$run")" tap0 \
       >>"$lab/log/$slirp.log" 2>&1 </dev/null &
     echo $! >"$lab/run/$slirp.pid"
     retry 100 0.1 test -S "$lab/run/$slirp.sock" || die "slirp4netns did not start; see $lab/log/$slirp.log"
@@ -382,7 +384,6 @@ start_node "$node2_name" "$node2" node2 "$cgroup/node-$node2_name" "$ssh2_port" 
 # one network for the containers of both nodes, as a cluster's nodes share a LAN: a veth pair
 # between the two nodes' vmbr0 (it goes with either node's network namespace)
 step "Linking vmbr0 of $node_name and $node2_name"
-init_of() { awk '{ print $1 }' "/proc/$(cat "$lab/run/$1.pid")/task/$(cat "$lab/run/$1.pid")/children"; }
 pid1=$(init_of node)
 pid2=$(init_of node2)
 if nsenter -t "$pid1" -n ip link show lab-to-pve2 >/dev/null 2>&1; then
@@ -404,8 +405,7 @@ step "Stand-in apt repositories (lab/standin-repos.py) on 10.99.0.1:18080 (Grafa
 if alive "$lab/run/standin.pid" standin-repos.py; then
   ok "running (pid $(cat "$lab/run/standin.pid")): kept"
 else
-  node_pid=$(cat "$lab/run/node.pid")
-  init_pid=$(awk '{ print $1 }' "/proc/$node_pid/task/$node_pid/children")
+  init_pid=$(init_of node)
   mkdir -p "$lab/standin"
   : >"$lab/log/standin.log"
   # shellcheck disable=SC2016  # expanded by the inner bash

@@ -117,6 +117,22 @@ def test_pg_hba_admits_the_workers_only_and_the_password_is_nowhere_in_clear(lab
     assert '"queue-password"' in state  # the runner keeps it like the engine keeps a secret output
 
 
+def wait_encoding(lab, rip: str) -> dict:
+    """The job of rip once a worker is encoding it (progress above 0)."""
+    def running():
+        js = [j for j in jobs(lab) if j["source"] == rip and j["state"] == "running" and j.get("progress", 0) > 0]
+        return js[0] if js else None
+    return wait_for(running, 300, every=2, what=f"a worker encoding {rip}")
+
+
+def wait_done(lab, rip: str, via: int = 201, *, timeout: float = 900, what: str = "") -> dict:
+    """The job of rip once it is done (read through the worker via)."""
+    def done():
+        js = [j for j in jobs(lab, via) if j["source"] == rip]
+        return js[0] if js and js[0]["state"] == "done" else None
+    return wait_for(done, timeout, every=3, what=what or f"{rip} done")
+
+
 def test_twelve_rips_each_become_one_library_file_across_the_workers(lab, up):
     batch = f"Queue Batch {os.getpid()}"
     make = " && ".join(
@@ -151,19 +167,13 @@ def test_a_stopped_worker_loses_its_job_to_another_after_the_lease(lab, up):
                  f"-metadata:s:a:0 language=eng '/tmp/{title}.mkv' && chown media: '/tmp/{title}.mkv' && "
                  f"mv '/tmp/{title}.mkv' '{rip}' && touch '{rip}.done'", timeout=180)
 
-    def running():
-        js = [j for j in jobs(lab) if j["source"] == rip and j["state"] == "running" and j.get("progress", 0) > 0]
-        return js[0] if js else None
-    job = wait_for(running, 300, every=2, what=f"a worker encoding {rip}")
+    job = wait_encoding(lab, rip)
     victim = job["worker"]
     stopped_at = time.monotonic()
     lab.pct(ALL[victim], f"stop {ALL[victim]}", timeout=120)  # the container dies mid-encode: no goodbye
     via = ALL["worker-2"] if victim == "transcoder" else ALL["transcoder"]  # a worker still up
     try:
-        def done():
-            js = [j for j in jobs(lab, via) if j["source"] == rip]
-            return js[0] if js and js[0]["state"] == "done" else None
-        finished = wait_for(done, 900, every=3, what=f"{rip} finished by another worker")
+        finished = wait_done(lab, rip, via, timeout=900, what=f"{rip} finished by another worker")
         assert finished["worker"] != victim, (victim, finished)
         files = [p for p in (lab.pool / "movies").rglob("*.mkv") if title in p.name]
         assert len(files) == 1, files
@@ -193,10 +203,7 @@ def test_a_worker_killed_mid_encode_loses_its_job_to_another_after_the_lease(lab
     title = f"Killed {os.getpid()} (2024)"
     (rip,) = make_rips(lab, [title], 40)
 
-    def running():
-        js = [j for j in jobs(lab) if j["source"] == rip and j["state"] == "running" and j.get("progress", 0) > 0]
-        return js[0] if js else None
-    victim = wait_for(running, 300, every=2, what=f"a worker encoding {rip}")["worker"]
+    victim = wait_encoding(lab, rip)["worker"]
     vmid = ALL[victim]
     partials = [p for p in (lab.pool / "movies").rglob("*partial*") if title in p.name]
     # no restart in between (systemd would restart it after 10 s): the kill, then the unit stopped
@@ -204,10 +211,7 @@ def test_a_worker_killed_mid_encode_loses_its_job_to_another_after_the_lease(lab
     killed_at = time.monotonic()
     via = ALL["worker-2"] if victim == "transcoder" else ALL["transcoder"]
     try:
-        def done():
-            js = [j for j in jobs(lab, via) if j["source"] == rip]
-            return js[0] if js and js[0]["state"] == "done" else None
-        finished = wait_for(done, 900, every=3, what=f"{rip} finished by another worker")
+        finished = wait_done(lab, rip, via, timeout=900, what=f"{rip} finished by another worker")
         took = time.monotonic() - killed_at
         print(f"{victim} killed mid-encode -> done by {finished['worker']} {took:.1f} s later "
               f"(lease {QUEUE['leaseSeconds']} s)")
@@ -227,10 +231,7 @@ def test_a_frozen_worker_is_fenced_and_discards_its_output(lab, up):
     title = f"Frozen {os.getpid()} (2024)"
     (rip,) = make_rips(lab, [title], 40)
 
-    def running():
-        js = [j for j in jobs(lab) if j["source"] == rip and j["state"] == "running" and j.get("progress", 0) > 0]
-        return js[0] if js else None
-    victim = wait_for(running, 300, every=2, what=f"a worker encoding {rip}")["worker"]
+    victim = wait_encoding(lab, rip)["worker"]
     vmid = ALL[victim]
     since = ct(lab, vmid, "date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
     ct(lab, vmid, "systemctl kill -s SIGSTOP media-pipeline.service")
@@ -242,10 +243,7 @@ def test_a_frozen_worker_is_fenced_and_discards_its_output(lab, up):
     finally:
         ct(lab, vmid, "systemctl kill -s SIGCONT media-pipeline.service")
 
-    def done():
-        js = [j for j in jobs(lab) if j["source"] == rip]
-        return js[0] if js and js[0]["state"] == "done" else None
-    finished = wait_for(done, 900, every=3, what=f"{rip} done")
+    finished = wait_done(lab, rip, timeout=900, what=f"{rip} done")
     assert finished["worker"] != victim
     wait_for(lambda: "its output is discarded" in ct(lab, vmid, f"journalctl -u media-pipeline --since '{since}' "
                                                                  "--no-pager -o cat").stdout,
@@ -345,10 +343,7 @@ def test_when_the_scanning_worker_is_killed_another_scans_within_a_poll(lab, up)
         title = f"After The Scanner {os.getpid()} (2024)"
         (rip,) = make_rips(lab, [title], 2, "160x90")
 
-        def done():
-            js = [j for j in jobs(lab) if j["source"] == rip]
-            return js[0] if js and js[0]["state"] == "done" else None
-        finished = wait_for(done, 600, every=2, what=f"{rip} enqueued by the new scanner and done")
+        finished = wait_done(lab, rip, timeout=600, what=f"{rip} enqueued by the new scanner and done")
         assert finished["worker"] != victim
     finally:
         ct(lab, ALL[victim], "systemctl start media-pipeline.service")
